@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Installs everything MemoriesDB needs on Debian 12 and builds + installs the extension.
+# Idempotent: every step checks whether its work is already done.
+#
+#   scripts/setup.sh            install system packages, pgvector, cargo-pgrx; build and install the extension
+#   scripts/setup.sh --deps     only the dependencies (no extension build)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+
+PGRX_VERSION=0.18.1
+
+need_root() {
+    if [ "$(id -u)" -ne 0 ]; then
+        die "setup installs system packages and must run as root (try: sudo $0)"
+    fi
+}
+
+install_debian_packages() {
+    local pkgs=(postgresql-15 postgresql-server-dev-15 postgresql-contrib
+                postgresql-15-pgtap libtap-parser-sourcehandler-pgtap-perl
+                libclang-dev clang pkg-config build-essential sudo dpkg-dev
+                ca-certificates curl python3 python3-venv)
+    local missing=()
+    for p in "${pkgs[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+    done
+    if [ ${#missing[@]} -eq 0 ]; then
+        log "debian packages: present"
+        return
+    fi
+    log "installing debian packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    # Debian starts a default cluster on 5432; MemoriesDB runs its own clusters and does not need it.
+}
+
+install_pgvector() {
+    if [ -f "$(pg_config --sharedir)/extension/vector.control" ] && [ -f "$(pg_config --pkglibdir)/vector.so" ]; then
+        log "pgvector: present ($(grep default_version "$(pg_config --sharedir)/extension/vector.control"))"
+        return
+    fi
+    # pgvector is not packaged for PostgreSQL 15 in Debian 12. Build Debian 13's source package
+    # (0.8.x) against PostgreSQL 15. Only a deb-src entry is added: binary trixie sources
+    # would upgrade libc and most of the system.
+    local list=/etc/apt/sources.list.d/memoriesdb-trixie-src.sources
+    if [ ! -f "$list" ]; then
+        cat > "$list" <<'SRC'
+Types: deb-src
+URIs: http://deb.debian.org/debian
+Suites: trixie
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+        apt-get update -qq
+    fi
+    local work=/var/cache/memoriesdb/pgvector-src
+    rm -rf "$work" && mkdir -p "$work"
+    log "building pgvector from Debian's source package"
+    (cd "$work" && apt-get source -qq pgvector >/dev/null 2>&1 && cd pgvector-*/ \
+        && make -s OPTFLAGS="" PG_CONFIG=/usr/bin/pg_config >/dev/null && make -s install PG_CONFIG=/usr/bin/pg_config >/dev/null)
+    [ -f "$(pg_config --pkglibdir)/vector.so" ] || die "pgvector build failed"
+}
+
+install_cargo_pgrx() {
+    if cargo pgrx --version 2>/dev/null | grep -q "$PGRX_VERSION"; then
+        log "cargo-pgrx $PGRX_VERSION: present"
+    else
+        log "installing cargo-pgrx $PGRX_VERSION (about 7 minutes on 2 cores)"
+        cargo install cargo-pgrx --version "$PGRX_VERSION" --locked --quiet
+    fi
+    if [ ! -f "$HOME/.pgrx/config.toml" ] || ! grep -q pg15 "$HOME/.pgrx/config.toml"; then
+        cargo pgrx init --pg15 /usr/bin/pg_config >/dev/null
+    fi
+}
+
+build_and_install_extension() {
+    log "building and installing the memoriesdb extension (release)"
+    cargo pgrx install --release --pg-config /usr/bin/pg_config >/dev/null
+    log "installed: $(pg_config --sharedir)/extension/memoriesdb.control"
+}
+
+need_root
+install_debian_packages
+export PATH="$HOME/.cargo/bin:$PATH"
+command -v cargo >/dev/null || die "cargo not found: install Rust (rustup) first"
+install_pgvector
+install_cargo_pgrx
+if [ "${1:-}" != "--deps" ]; then
+    build_and_install_extension
+fi

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Runs MemoriesDB's whole test suite on a fresh Debian 12 machine (as root). Installs what it
+# needs first (idempotent), and starts and removes its own throwaway clusters: it never touches a
+# cluster that scripts/run.sh left running.
+#
+#   1. #[pg_test]   logic inside the backend          (cargo pgrx test, pgrx's own cluster)
+#   2. pg_test/     the SQL contract as psql sees it  (pgTAP via pg_prove, throwaway cluster)
+#   3. tests/       real clients, non-superuser roles, several connections (same cluster)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+export PATH="$HOME/.cargo/bin:$PATH"
+
+scripts/setup.sh --deps
+
+log "tier 1: #[pg_test] and unit tests (cargo pgrx test)"
+PGRX_TEST_DATA=/tmp/memoriesdb-pgrx-test
+cargo pgrx test pg15 --runas postgres --pgdata "$PGRX_TEST_DATA"
+
+# cargo pgrx test installed a test build; install the release build the other tiers test.
+log "installing the release build for the external tiers"
+cargo pgrx install --release --pg-config /usr/bin/pg_config >/dev/null
+
+CLUSTER=/tmp/memoriesdb-test-cluster-$$
+PORT=$(free_port 55400)
+trap 'cluster_stop "$CLUSTER" remove' EXIT
+log "starting a throwaway cluster in $CLUSTER on port $PORT"
+cluster_start "$CLUSTER" "$PORT"
+
+log "tier 2: pg_test/ (pgTAP)"
+cluster_psql "$CLUSTER" "$PORT" -d postgres -c "CREATE DATABASE memoriesdb_pgtap"
+cluster_psql "$CLUSTER" "$PORT" -d memoriesdb_pgtap \
+    -c "CREATE EXTENSION memoriesdb CASCADE" -c "CREATE EXTENSION pgtap"
+runuser -u postgres -- pg_prove -h localhost -p "$PORT" -U postgres -d memoriesdb_pgtap --failures pg_test/*.sql
+
+log "tier 3: tests/ (integration, as non-superuser roles)"
+export MEMORIESDB_TEST_ADMIN_URL="host=localhost port=$PORT user=postgres dbname=postgres"
+cargo test -p memoriesdb-integration-tests --release -- --test-threads=1
+
+log "all tests passed"

@@ -1,0 +1,94 @@
+//! Graph integrity: the memory graph stays acyclic, also under concurrent writers.
+//!
+//! Adding `source -> target` closes a cycle exactly when `source` is already reachable from
+//! `target`. Two transactions can each add one edge of a cycle while each check passes on its own
+//! snapshot, so edge writers that could close a cycle are serialised on one row
+//! (`memory_graph_clock`) and the reachability check runs on a fresh snapshot taken after that
+//! row lock is held.
+//!
+//! Fast path, with no serialisation: when `source` was created by this very transaction and has
+//! no incoming edge, no path can lead into it — other transactions cannot see the row, so they
+//! cannot point at it — and the new edge cannot be part of a cycle. Every message's `belongs_to`
+//! and every fork's `forked_from` edge takes this path, so conversation writes never queue on
+//! the graph lock.
+
+use crate::errors::{raise, TriggerError};
+use pgrx::prelude::*;
+
+/// Does `source` need the serialised check? False only for a memory created by the current
+/// transaction that nothing points at yet.
+fn needs_serialised_check(schema: &str, source: pgrx::Uuid) -> bool {
+    let fresh_leaf = Spi::get_one_with_args::<bool>(
+        &format!(
+            "SELECT m.xmin::text = (pg_catalog.pg_current_xact_id()::xid)::text
+                    AND NOT EXISTS (SELECT 1 FROM {schema}.memory_edges e WHERE e.target_id = m.id)
+               FROM {schema}.memories m WHERE m.id = $1"
+        ),
+        &[source.into()],
+    );
+    !matches!(fresh_leaf, Ok(Some(true)))
+}
+
+/// Is `to` reachable from `from` along edges? Breadth-first over a recursive query whose UNION
+/// (not UNION ALL) is the visited set, so it terminates on any graph and never recurses in Rust.
+/// Runs through writable SPI so that it reads with a snapshot taken now, after the lock.
+fn reachable(schema: &str, from: pgrx::Uuid, to: pgrx::Uuid) -> bool {
+    Spi::get_one_with_args::<bool>(
+        &format!(
+            "WITH RECURSIVE reach(id) AS (
+                 SELECT $1::uuid
+                 UNION
+                 SELECT e.target_id FROM {schema}.memory_edges e JOIN reach r ON e.source_id = r.id
+             )
+             SELECT EXISTS (SELECT 1 FROM reach WHERE id = $2)"
+        ),
+        &[from.into(), to.into()],
+    )
+    .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("cycle check failed: {e}"), None))
+    .unwrap_or(false)
+}
+
+/// BEFORE INSERT OR UPDATE OF source_id, target_id trigger on `memory_edges`.
+#[pg_trigger]
+fn prevent_cycles<'a>(
+    trigger: &'a PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, impl WhoAllocated>>, TriggerError> {
+    let row = trigger.new().ok_or(TriggerError::NotARowTrigger)?;
+    let source: Option<pgrx::Uuid> = row.get_by_name("source_id")?;
+    let target: Option<pgrx::Uuid> = row.get_by_name("target_id")?;
+    let relation: String = row.get_by_name("relation")?.unwrap_or_default();
+    let (Some(source), Some(target)) = (source, target) else {
+        // NOT NULL constraints report the missing endpoint right after this trigger.
+        return Ok(Some(row));
+    };
+    if source == target {
+        raise(
+            PgSqlErrorCode::ERRCODE_CHECK_VIOLATION,
+            format!("edge {source} -[{relation}]-> {target} is a self-loop"),
+            Some("a memory cannot be related to itself"),
+        );
+    }
+    if let Some(old) = trigger.old() {
+        let unchanged = old.get_by_name::<pgrx::Uuid>("source_id")? == Some(source)
+            && old.get_by_name::<pgrx::Uuid>("target_id")? == Some(target);
+        if unchanged {
+            return Ok(Some(row));
+        }
+    }
+    // The extension's tables share the schema of the table this trigger is on.
+    let schema = spi::quote_identifier(trigger.table_schema()?);
+    if needs_serialised_check(&schema, source) {
+        // Waits for any concurrent edge writer; under REPEATABLE READ or SERIALIZABLE a
+        // concurrent committed writer makes this fail with 40001, and the client retries.
+        Spi::run(&format!("UPDATE {schema}.memory_graph_clock SET version = version + 1"))
+            .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("graph lock failed: {e}"), None));
+        if reachable(&schema, target, source) {
+            raise(
+                PgSqlErrorCode::ERRCODE_CHECK_VIOLATION,
+                format!("edge {source} -[{relation}]-> {target} would close a cycle"),
+                Some("the memory graph is acyclic: the target already reaches the source"),
+            );
+        }
+    }
+    Ok(Some(row))
+}

@@ -1,0 +1,40 @@
+//! MemoriesDB: conversational memory for AI applications, inside PostgreSQL.
+//!
+//! Rust carries the parts where it is faster or safer than SQL: SHA-256 content hashing, the
+//! cycle check on the memory graph, and time-ordered ids. Everything that is naturally SQL
+//! (tables, the conversation API, audit, events) lives in `src/sql/*.sql`, pulled in below in
+//! dependency order.
+
+use pgrx::prelude::*;
+
+::pgrx::pg_module_magic!(name, version);
+
+mod errors;
+mod graph;
+mod hashing;
+mod ids;
+
+extension_sql_file!("sql/schema.sql", name = "schema", requires = [ids::uuid_generate_v7]);
+extension_sql_file!("sql/identity.sql", name = "identity", requires = ["schema"]);
+extension_sql_file!(
+    "sql/triggers.sql",
+    name = "triggers",
+    requires = ["identity", hashing::update_content_hash, graph::prevent_cycles]
+);
+extension_sql_file!("sql/sessions.sql", name = "sessions", requires = ["triggers"]);
+extension_sql_file!("sql/integrity.sql", name = "integrity", requires = ["sessions", hashing::content_sha256]);
+extension_sql_file!("sql/grants.sql", name = "grants", requires = ["integrity"], finalize);
+
+#[cfg(any(test, feature = "pg_test"))]
+mod pg_tests;
+
+/// Required by `cargo pgrx test`; must be visible at the crate root.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    #[must_use]
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec![]
+    }
+}

@@ -1,0 +1,9 @@
+-- Privileges. Ordinary roles use MemoriesDB through its functions and tables; the audit log and
+-- the queues are written only by the extension's SECURITY DEFINER trigger functions.
+GRANT SELECT, INSERT, UPDATE, DELETE ON @extschema@.memories, @extschema@.memory_edges,
+    @extschema@.memory_sessions TO PUBLIC;
+GRANT SELECT, INSERT ON @extschema@.users TO PUBLIC;
+GRANT SELECT ON @extschema@.audit_log, @extschema@.embedding_schedule, @extschema@.vindexing_schedule,
+    @extschema@.memory_graph TO PUBLIC;
+-- prevent_cycles() serialises edge writers on this row
+GRANT SELECT, UPDATE ON @extschema@.memory_graph_clock TO PUBLIC;

@@ -1,0 +1,151 @@
+-- MemoriesDB schema: the tables everything else stands on.
+--
+-- Every object is created in the extension's schema (@extschema@, normally public) and every
+-- reference inside function bodies is schema-qualified, so a caller's search_path can never
+-- redirect the extension to an object of the caller's choosing.
+
+-- Users: the tenants and authors of memories. `db_role` maps a database role to a user so that
+-- a role connecting directly acts as that user without setting anything.
+CREATE TABLE @extschema@.users (
+    id          uuid PRIMARY KEY DEFAULT @extschema@.uuid_generate_v7(),
+    name        text NOT NULL CHECK (length(btrim(name)) BETWEEN 1 AND 200),
+    db_role     name UNIQUE,
+    _metadata   jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(_metadata) = 'object'),
+    _created_at timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE @extschema@.users IS 'MemoriesDB users (tenants); db_role optionally maps a database role to a user';
+
+-- Memories: every node of the memory graph. Sessions and messages are memories too; their
+-- conversational fields are typed columns so that transcripts are index range scans, not graph
+-- walks. The belongs_to / forked_from edges mirror them in the graph.
+CREATE TABLE @extschema@.memories (
+    id                uuid PRIMARY KEY DEFAULT @extschema@.uuid_generate_v7(),
+    kind              text NOT NULL DEFAULT 'memory' CHECK (kind ~ '^[a-z][a-z0-9_]{0,62}$'),
+    content           text NOT NULL DEFAULT '',
+    -- hex SHA-256 of content, maintained by the update_content_hash() trigger; never trusted from input
+    content_hash      text NOT NULL DEFAULT '' ,
+    content_embedding vector,
+    _metadata         jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(_metadata) = 'object'),
+    -- message fields: the session the message was written in, its 1-based position in that
+    -- session's branch (positions continue from the fork point), and the speaker
+    session_id        uuid,
+    position          bigint,
+    role              text CHECK (length(role) BETWEEN 1 AND 64),
+    _created_at       timestamptz NOT NULL DEFAULT now(),
+    _updated_at       timestamptz NOT NULL DEFAULT now(),
+    created_by        uuid,
+    updated_by        uuid,
+    CONSTRAINT memories_message_fields CHECK (
+        (kind = 'message') = (session_id IS NOT NULL AND position IS NOT NULL AND role IS NOT NULL))
+);
+COMMENT ON TABLE @extschema@.memories IS 'Every node of the memory graph: sessions, messages and free memories';
+-- Transcript order within a branch segment; also guarantees one message per position.
+CREATE UNIQUE INDEX memories_session_position ON @extschema@.memories (session_id, position)
+    WHERE session_id IS NOT NULL;
+CREATE INDEX memories_kind ON @extschema@.memories (kind, _created_at);
+CREATE INDEX memories_created_by ON @extschema@.memories (created_by);
+
+-- Sessions: the branch structure. A fork records its parent and the fork point (a position in
+-- the parent's branch) and copies nothing: reading a branch walks this ancestry.
+CREATE TABLE @extschema@.memory_sessions (
+    id              uuid PRIMARY KEY REFERENCES @extschema@.memories (id) ON DELETE CASCADE,
+    parent_id       uuid REFERENCES @extschema@.memory_sessions (id) ON DELETE RESTRICT,
+    fork_position   bigint NOT NULL DEFAULT 0 CHECK (fork_position >= 0),
+    fork_message_id uuid REFERENCES @extschema@.memories (id) ON DELETE RESTRICT,
+    depth           integer NOT NULL DEFAULT 0 CHECK (depth >= 0),
+    -- position of the newest message this branch sees; the next message gets last_position + 1.
+    -- Updating it is also the per-session lock that orders concurrent appends.
+    last_position   bigint NOT NULL DEFAULT 0,
+    CHECK ((parent_id IS NULL) = (depth = 0)),
+    CHECK (last_position >= fork_position)
+);
+COMMENT ON TABLE @extschema@.memory_sessions IS 'Branch structure of sessions: parent and fork point, never copied messages';
+CREATE INDEX memory_sessions_parent ON @extschema@.memory_sessions (parent_id) WHERE parent_id IS NOT NULL;
+
+ALTER TABLE @extschema@.memories
+    ADD CONSTRAINT memories_session_fk FOREIGN KEY (session_id)
+    REFERENCES @extschema@.memory_sessions (id) ON DELETE CASCADE;
+
+-- Edges: typed, weighted relations between memories. The graph is kept acyclic by prevent_cycles().
+CREATE TABLE @extschema@.memory_edges (
+    id          uuid PRIMARY KEY DEFAULT @extschema@.uuid_generate_v7(),
+    source_id   uuid NOT NULL REFERENCES @extschema@.memories (id) ON DELETE CASCADE,
+    target_id   uuid NOT NULL REFERENCES @extschema@.memories (id) ON DELETE CASCADE,
+    relation    text NOT NULL CHECK (relation ~ '^[a-z][a-z0-9_]{0,62}$'),
+    weight      double precision NOT NULL DEFAULT 1.0
+                CHECK (weight > '-Infinity'::float8 AND weight < 'Infinity'::float8),
+    _metadata   jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(_metadata) = 'object'),
+    _created_at timestamptz NOT NULL DEFAULT now(),
+    created_by  uuid,
+    CONSTRAINT memory_edges_no_self_loop CHECK (source_id <> target_id),
+    CONSTRAINT memory_edges_unique UNIQUE (source_id, target_id, relation)
+);
+COMMENT ON TABLE @extschema@.memory_edges IS 'Typed, weighted relations between memories; kept acyclic';
+CREATE INDEX memory_edges_target ON @extschema@.memory_edges (target_id, relation);
+
+-- Serialises writers of edges that could close a cycle together (see prevent_cycles()).
+-- A row rather than an advisory lock: under REPEATABLE READ a concurrent update of this row
+-- raises a serialization failure, which is exactly right, because such a transaction's snapshot
+-- cannot see the edges the other writer committed.
+CREATE TABLE @extschema@.memory_graph_clock (
+    singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    version   bigint NOT NULL DEFAULT 0
+);
+INSERT INTO @extschema@.memory_graph_clock DEFAULT VALUES;
+
+-- Audit: one row per insert/update/delete of a memory or an edge, written by log_memory_change().
+CREATE TABLE @extschema@.audit_log (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    table_name  text NOT NULL,
+    operation   text NOT NULL CHECK (operation IN ('INSERT', 'UPDATE', 'DELETE')),
+    row_id      uuid NOT NULL,
+    old_row     jsonb,
+    new_row     jsonb,
+    acting_user uuid,
+    db_role     name NOT NULL,
+    txid        bigint NOT NULL,
+    changed_at  timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE @extschema@.audit_log IS 'Append-only change log of memories and edges (before/after state, user, role, transaction)';
+CREATE INDEX audit_log_row ON @extschema@.audit_log (row_id, id);
+
+-- Queue of memories waiting for an embedding. One row per memory: changing the content again
+-- before a worker gets to it simply re-arms the same row with the new hash.
+CREATE TABLE @extschema@.embedding_schedule (
+    memory_id    uuid PRIMARY KEY REFERENCES @extschema@.memories (id) ON DELETE CASCADE,
+    content_hash text NOT NULL,
+    status       text NOT NULL DEFAULT 'pending'
+                 CHECK (status IN ('pending', 'processing', 'done', 'failed', 'dead')),
+    attempts     integer NOT NULL DEFAULT 0,
+    last_error   text,
+    locked_until timestamptz,
+    enqueued_at  timestamptz NOT NULL DEFAULT now(),
+    updated_at   timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE @extschema@.embedding_schedule IS 'Memories waiting for (re)computation of their embedding';
+CREATE INDEX embedding_schedule_pending ON @extschema@.embedding_schedule (enqueued_at)
+    WHERE status IN ('pending', 'failed');
+
+-- Queue of index/view refreshes driven by new embeddings.
+CREATE TABLE @extschema@.vindexing_schedule (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    target      text NOT NULL,
+    memory_id   uuid REFERENCES @extschema@.memories (id) ON DELETE CASCADE,
+    status      text NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'processing', 'done', 'failed', 'dead')),
+    attempts    integer NOT NULL DEFAULT 0,
+    last_error  text,
+    enqueued_at timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE @extschema@.vindexing_schedule IS 'Index and view refreshes waiting for a worker';
+CREATE INDEX vindexing_schedule_pending ON @extschema@.vindexing_schedule (enqueued_at) WHERE status = 'pending';
+
+-- pg_dump skips rows of extension-owned tables unless they are registered here.
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.users', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.memories', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.memory_sessions', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.memory_edges', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.audit_log', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.audit_log_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.embedding_schedule', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.vindexing_schedule', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.vindexing_schedule_id_seq', '');

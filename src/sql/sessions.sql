@@ -1,0 +1,190 @@
+-- The conversation API: sessions, messages, O(1) forks and transcripts.
+--
+-- A session is a memory of kind 'session' with a row in memory_sessions. A message is a memory
+-- of kind 'message' with (session_id, position, role) and a belongs_to edge to its session. A
+-- fork is a new session whose memory_sessions row names its parent and the fork point, plus a
+-- forked_from edge; no message is copied. The branch a session sees is its lineage: its own
+-- messages and, for each ancestor, the messages up to the point where the line forked off.
+
+-- Raise a clear error unless the session exists; returns its memory_sessions row.
+CREATE FUNCTION @extschema@.require_session(session_id uuid, argument text DEFAULT 'session_id')
+RETURNS @extschema@.memory_sessions
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    found_session @extschema@.memory_sessions;
+BEGIN
+    IF require_session.session_id IS NULL THEN
+        RAISE EXCEPTION '% must not be NULL', argument USING ERRCODE = '22004';
+    END IF;
+    SELECT s.* INTO found_session FROM @extschema@.memory_sessions s WHERE s.id = require_session.session_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'session % does not exist', require_session.session_id
+            USING ERRCODE = 'P0002', HINT = 'create one with create_session(title)';
+    END IF;
+    RETURN found_session;
+END
+$$;
+
+-- The sessions whose messages a branch sees, with the last position it sees from each: the
+-- session itself (everything) and each ancestor up to the fork point of the line below it.
+-- Costs one index probe per ancestor, whatever the number of messages.
+CREATE FUNCTION @extschema@.session_lineage(session_id uuid)
+RETURNS TABLE (lineage_session_id uuid, visible_upto bigint, generation integer)
+LANGUAGE sql STABLE AS $$
+    WITH RECURSIVE chain AS (
+        SELECT s.id, s.parent_id, s.fork_position, 9223372036854775807::bigint AS upto, 0 AS generation
+          FROM @extschema@.memory_sessions s
+         WHERE s.id = $1
+        UNION ALL
+        -- a fork may sit at an inherited message, so an ancestor is seen only up to the
+        -- lowest fork point on the way down to the branch
+        SELECT p.id, p.parent_id, p.fork_position, LEAST(c.fork_position, c.upto), c.generation + 1
+          FROM @extschema@.memory_sessions p
+          JOIN chain c ON p.id = c.parent_id
+    )
+    SELECT chain.id, chain.upto, chain.generation FROM chain
+$$;
+
+CREATE FUNCTION @extschema@.create_session(title text, metadata jsonb DEFAULT '{}')
+RETURNS uuid LANGUAGE plpgsql AS $$
+DECLARE
+    new_id uuid;
+BEGIN
+    IF title IS NULL THEN
+        RAISE EXCEPTION 'title must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    INSERT INTO @extschema@.memories (kind, content, _metadata)
+    VALUES ('session', title, @extschema@.metadata_object(metadata, 'metadata'))
+    RETURNING id INTO new_id;
+    INSERT INTO @extschema@.memory_sessions (id) VALUES (new_id);
+    RETURN new_id;
+END
+$$;
+
+CREATE FUNCTION @extschema@.add_message_to_session(session_id uuid, role text, content text, metadata jsonb DEFAULT '{}')
+RETURNS uuid LANGUAGE plpgsql AS $$
+DECLARE
+    new_position bigint;
+    new_id uuid;
+    clean_metadata jsonb := @extschema@.metadata_object(metadata, 'metadata');
+BEGIN
+    IF add_message_to_session.session_id IS NULL THEN
+        RAISE EXCEPTION 'session_id must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    IF add_message_to_session.role IS NULL OR pg_catalog.btrim(add_message_to_session.role) = '' THEN
+        RAISE EXCEPTION 'role must be a non-empty string, got %', pg_catalog.quote_nullable(add_message_to_session.role)
+            USING ERRCODE = '22023', HINT = 'e.g. user, assistant, system, or a speaker name';
+    END IF;
+    IF pg_catalog.length(add_message_to_session.role) > 64 THEN
+        RAISE EXCEPTION 'role is % characters long; at most 64 are allowed: "%..."',
+            pg_catalog.length(add_message_to_session.role), pg_catalog.left(add_message_to_session.role, 40)
+            USING ERRCODE = '22001';
+    END IF;
+    IF add_message_to_session.content IS NULL THEN
+        RAISE EXCEPTION 'content must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    -- Taking the next position locks the session row: concurrent appends to one session queue
+    -- here and get consecutive positions; appends to different sessions do not interact.
+    UPDATE @extschema@.memory_sessions s SET last_position = s.last_position + 1
+     WHERE s.id = add_message_to_session.session_id
+    RETURNING s.last_position INTO new_position;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'session % does not exist', add_message_to_session.session_id
+            USING ERRCODE = 'P0002', HINT = 'create one with create_session(title)';
+    END IF;
+    INSERT INTO @extschema@.memories (kind, content, _metadata, session_id, position, role)
+    VALUES ('message', add_message_to_session.content, clean_metadata,
+            add_message_to_session.session_id, new_position, add_message_to_session.role)
+    RETURNING id INTO new_id;
+    INSERT INTO @extschema@.memory_edges (source_id, target_id, relation)
+    VALUES (new_id, add_message_to_session.session_id, 'belongs_to');
+    RETURN new_id;
+END
+$$;
+
+-- Fork a session at a message it sees (parent_message_id, or metadata->>'parent_message_id'),
+-- by default at its latest message. Costs the same for 10 or 100,000 messages: nothing is copied.
+CREATE FUNCTION @extschema@.fork_session(session_id uuid, new_title text, metadata jsonb DEFAULT '{}',
+                                         parent_message_id uuid DEFAULT NULL)
+RETURNS uuid LANGUAGE plpgsql AS $$
+DECLARE
+    parent @extschema@.memory_sessions;
+    clean_metadata jsonb := @extschema@.metadata_object(metadata, 'metadata');
+    fork_message uuid := parent_message_id;
+    fork_at bigint;
+    message_session uuid;
+    new_id uuid;
+BEGIN
+    parent := @extschema@.require_session(fork_session.session_id);
+    IF new_title IS NULL THEN
+        RAISE EXCEPTION 'new_title must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    IF fork_message IS NULL AND clean_metadata ? 'parent_message_id' THEN
+        IF pg_catalog.jsonb_typeof(clean_metadata -> 'parent_message_id') <> 'string'
+           OR (clean_metadata ->> 'parent_message_id') !~ '^\{?[0-9A-Fa-f]{8}-?([0-9A-Fa-f]{4}-?){3}[0-9A-Fa-f]{12}\}?$' THEN
+            RAISE EXCEPTION 'metadata.parent_message_id is not a message id: %', clean_metadata -> 'parent_message_id'
+                USING ERRCODE = '22023';
+        END IF;
+        fork_message := (clean_metadata ->> 'parent_message_id')::uuid;
+    END IF;
+
+    IF fork_message IS NULL THEN
+        -- the latest message the branch sees (0 when it sees none)
+        fork_at := parent.last_position;
+        SELECT m.id INTO fork_message
+          FROM @extschema@.session_lineage(fork_session.session_id) l
+          JOIN @extschema@.memories m ON m.session_id = l.lineage_session_id AND m.position = fork_at
+         WHERE fork_at <= l.visible_upto;
+    ELSE
+        SELECT m.position, m.session_id INTO fork_at, message_session
+          FROM @extschema@.memories m WHERE m.id = fork_message AND m.kind = 'message';
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'message % does not exist', fork_message USING ERRCODE = 'P0002';
+        END IF;
+        IF NOT EXISTS (SELECT 1 FROM @extschema@.session_lineage(fork_session.session_id) l
+                        WHERE l.lineage_session_id = message_session AND fork_at <= l.visible_upto) THEN
+            RAISE EXCEPTION 'message % is not part of session %', fork_message, fork_session.session_id
+                USING ERRCODE = '22023',
+                      HINT = 'the fork point must be a message the session''s transcript shows';
+        END IF;
+    END IF;
+
+    INSERT INTO @extschema@.memories (kind, content, _metadata)
+    VALUES ('session', new_title, clean_metadata)
+    RETURNING id INTO new_id;
+    INSERT INTO @extschema@.memory_sessions (id, parent_id, fork_position, fork_message_id, depth, last_position)
+    VALUES (new_id, parent.id, fork_at, fork_message, parent.depth + 1, fork_at);
+    INSERT INTO @extschema@.memory_edges (source_id, target_id, relation, _metadata)
+    VALUES (new_id, parent.id, 'forked_from',
+            pg_catalog.jsonb_build_object('fork_position', fork_at, 'parent_message_id', fork_message));
+    RETURN new_id;
+END
+$$;
+
+-- The transcript a branch sees, in order: inherited messages first, then its own.
+-- origin_session_id names the session (this one or an ancestor) each message was written in.
+CREATE FUNCTION @extschema@.get_formatted_conversation(session_id uuid, include_metadata boolean DEFAULT false)
+RETURNS TABLE ("position" bigint, role text, content text, message_id uuid, origin_session_id uuid,
+               created_at timestamptz, metadata jsonb)
+LANGUAGE plpgsql STABLE AS $$
+#variable_conflict use_column
+BEGIN
+    PERFORM @extschema@.require_session(get_formatted_conversation.session_id);
+    RETURN QUERY
+    SELECT m.position, m.role, m.content, m.id, m.session_id, m._created_at,
+           CASE WHEN get_formatted_conversation.include_metadata THEN m._metadata END
+      FROM @extschema@.session_lineage(get_formatted_conversation.session_id) l
+     CROSS JOIN LATERAL (
+           SELECT * FROM @extschema@.memories mm
+            WHERE mm.session_id = l.lineage_session_id AND mm.position <= l.visible_upto
+            ORDER BY mm.position) m
+     ORDER BY m.position;
+END
+$$;
+
+-- The same transcript as plain text, one "role: content" line per message.
+CREATE FUNCTION @extschema@.get_conversation_text(session_id uuid)
+RETURNS text LANGUAGE sql STABLE AS $$
+    SELECT coalesce(pg_catalog.string_agg(c.role || ': ' || c.content, E'\n' ORDER BY c.position), '')
+      FROM @extschema@.get_formatted_conversation($1) c
+$$;
