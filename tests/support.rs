@@ -1,1 +1,103 @@
-pub fn placeholder() {}
+//! Test support: each test gets its own database (with the extension) on the cluster that
+//! `scripts/test.sh` started, and an ordinary non-superuser login role to act through.
+//! The admin connection string comes from MEMORIESDB_TEST_ADMIN_URL.
+
+use postgres::{Client, NoTls};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+pub use postgres;
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+pub struct TestDb {
+    admin_url: String,
+    pub name: String,
+    pub role: String,
+}
+
+fn admin_url() -> String {
+    std::env::var("MEMORIESDB_TEST_ADMIN_URL").expect(
+        "MEMORIESDB_TEST_ADMIN_URL is not set: run the integration tests through scripts/test.sh, \
+         which starts a throwaway cluster",
+    )
+}
+
+fn unique_suffix() -> String {
+    format!("{}_{}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst))
+}
+
+impl TestDb {
+    /// A fresh database with `CREATE EXTENSION memoriesdb CASCADE` and a login role that is not a
+    /// superuser and owns nothing.
+    pub fn new() -> TestDb {
+        let admin_url = admin_url();
+        let suffix = unique_suffix();
+        let name = format!("mdb_it_{suffix}");
+        let role = format!("mdb_app_{suffix}");
+        let mut admin = Client::connect(&admin_url, NoTls).expect("connect as admin");
+        admin.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
+        admin
+            .batch_execute(&format!("DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE"))
+            .unwrap();
+        let db = TestDb { admin_url, name, role };
+        db.admin().batch_execute("CREATE EXTENSION memoriesdb CASCADE").unwrap();
+        db
+    }
+
+    fn url_for(&self, user: &str) -> String {
+        let base: Vec<&str> = self
+            .admin_url
+            .split_whitespace()
+            .filter(|kv| !kv.starts_with("user=") && !kv.starts_with("dbname="))
+            .collect();
+        format!("{} user={} dbname={}", base.join(" "), user, self.name)
+    }
+
+    /// A superuser connection to this test's database.
+    pub fn admin(&self) -> Client {
+        Client::connect(&self.url_for("postgres"), NoTls).expect("connect as admin")
+    }
+
+    /// A connection as the ordinary (non-superuser) role.
+    pub fn connect(&self) -> Client {
+        Client::connect(&self.url_for(&self.role), NoTls).expect("connect as the test role")
+    }
+
+    /// Another ordinary login role in this cluster (dropped with the test database).
+    pub fn extra_role(&self, tag: &str) -> String {
+        let role = format!("{}_{tag}", self.role);
+        self.admin()
+            .batch_execute(&format!("DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN NOSUPERUSER"))
+            .unwrap();
+        role
+    }
+
+    pub fn connect_as(&self, role: &str) -> Client {
+        Client::connect(&self.url_for(role), NoTls).expect("connect as extra role")
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Ok(mut admin) = Client::connect(&self.admin_url, NoTls) {
+            let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+            let roles: Vec<String> = admin
+                .query("SELECT rolname::text FROM pg_roles WHERE rolname LIKE $1", &[&format!("{}%", self.role)])
+                .map(|rows| rows.iter().map(|r| r.get(0)).collect())
+                .unwrap_or_default();
+            for role in roles {
+                let _ = admin.batch_execute(&format!("DROP ROLE IF EXISTS {role}"));
+            }
+        }
+    }
+}
+
+/// The SQLSTATE of a failed statement, e.g. "23514".
+pub fn sqlstate(err: &postgres::Error) -> String {
+    err.code().map(|c| c.code().to_string()).unwrap_or_else(|| format!("no SQLSTATE: {err}"))
+}
+
+/// Channel name for a session's chat events: chat_updates_<uuid without dashes>.
+pub fn chat_channel(session: &uuid::Uuid) -> String {
+    format!("chat_updates_{}", session.simple())
+}
