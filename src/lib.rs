@@ -1,9 +1,9 @@
 //! MemoriesDB: conversational memory for AI applications, inside PostgreSQL.
 //!
 //! Rust carries the parts where it is faster or safer than SQL: SHA-256 content hashing, the
-//! cycle check on the memory graph, and time-ordered ids. Everything that is naturally SQL
-//! (tables, the conversation API, audit, events) lives in `src/sql/*.sql`, pulled in below in
-//! dependency order.
+//! cycle check and the breadth-first traversal of the memory graph, and time-ordered ids.
+//! Everything that is naturally SQL (tables, the conversation API, search, queues, audit,
+//! events) lives in `src/sql/*.sql`, pulled in below in dependency order.
 
 use pgrx::prelude::*;
 
@@ -13,6 +13,7 @@ mod errors;
 mod graph;
 mod hashing;
 mod ids;
+mod traversal;
 
 extension_sql_file!("sql/schema.sql", name = "schema", requires = [ids::uuid_generate_v7]);
 extension_sql_file!("sql/identity.sql", name = "identity", requires = ["schema"]);
@@ -23,7 +24,10 @@ extension_sql_file!(
 );
 extension_sql_file!("sql/sessions.sql", name = "sessions", requires = ["triggers"]);
 extension_sql_file!("sql/integrity.sql", name = "integrity", requires = ["sessions", hashing::content_sha256]);
-extension_sql_file!("sql/grants.sql", name = "grants", requires = ["integrity"], finalize);
+extension_sql_file!("sql/search.sql", name = "search", requires = ["sessions"]);
+extension_sql_file!("sql/embeddings.sql", name = "embeddings", requires = ["search"]);
+extension_sql_file!("sql/graph_api.sql", name = "graph_api", requires = ["sessions", traversal::traverse_memory_graph]);
+extension_sql_file!("sql/grants.sql", name = "grants", requires = ["integrity", "embeddings", "graph_api"], finalize);
 
 #[cfg(any(test, feature = "pg_test"))]
 mod pg_tests;

@@ -4,6 +4,27 @@
 -- reference inside function bodies is schema-qualified, so a caller's search_path can never
 -- redirect the extension to an object of the caller's choosing.
 
+-- MemoriesDB's functions name pgvector's type, operators and functions through their schema,
+-- which must therefore be this extension's schema. (CREATE EXTENSION memoriesdb CASCADE puts
+-- pgvector there when it is not installed yet.)
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_extension e
+                    WHERE e.extname = 'vector' AND e.extnamespace = '@extschema@'::regnamespace) THEN
+        RAISE EXCEPTION 'memoriesdb must be installed in the same schema as pgvector (extension "vector")'
+            USING ERRCODE = '0A000',
+                  HINT = 'CREATE EXTENSION memoriesdb SCHEMA <the schema of extension vector>';
+    END IF;
+END
+$$;
+
+-- The text search configuration new memories are indexed with: the memoriesdb.text_search_config
+-- setting when set (e.g. 'simple' for multilingual content), otherwise english.
+CREATE FUNCTION @extschema@.default_search_config() RETURNS regconfig
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT coalesce(nullif(pg_catalog.current_setting('memoriesdb.text_search_config', true), ''), 'english')::regconfig
+$$;
+
 -- Users: the tenants and authors of memories. `db_role` maps a database role to a user so that
 -- a role connecting directly acts as that user without setting anything.
 CREATE TABLE @extschema@.users (
@@ -24,7 +45,17 @@ CREATE TABLE @extschema@.memories (
     content           text NOT NULL DEFAULT '',
     -- hex SHA-256 of content, maintained by the update_content_hash() trigger; never trusted from input
     content_hash      text NOT NULL DEFAULT '' ,
+    -- any dimension; per-dimension HNSW indexes come from create_vector_index(dims)
     content_embedding vector,
+    -- the model that computed content_embedding; both are cleared when the content changes,
+    -- so a stale embedding is never served
+    embedding_model   text,
+    -- full-text search: each memory is indexed with its own configuration. The first 256 KiB of
+    -- text are indexed, which keeps every tsvector below PostgreSQL's 1 MB limit, so that no
+    -- content, however large, can make a write fail.
+    search_config     regconfig NOT NULL DEFAULT @extschema@.default_search_config(),
+    search_tsv        tsvector GENERATED ALWAYS AS
+                      (to_tsvector(search_config, "left"(content, 262144))) STORED,
     _metadata         jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(_metadata) = 'object'),
     -- message fields: the session the message was written in, its 1-based position in that
     -- session's branch (positions continue from the fork point), and the speaker
@@ -44,6 +75,8 @@ CREATE UNIQUE INDEX memories_session_position ON @extschema@.memories (session_i
     WHERE session_id IS NOT NULL;
 CREATE INDEX memories_kind ON @extschema@.memories (kind, _created_at);
 CREATE INDEX memories_created_by ON @extschema@.memories (created_by);
+CREATE INDEX memories_search ON @extschema@.memories USING gin (search_tsv);
+CREATE INDEX memories_metadata ON @extschema@.memories USING gin (_metadata jsonb_path_ops);
 
 -- Sessions: the branch structure. A fork records its parent and the fork point (a position in
 -- the parent's branch) and copies nothing: reading a branch walks this ancestry.
@@ -127,9 +160,11 @@ CREATE INDEX embedding_schedule_pending ON @extschema@.embedding_schedule (enque
     WHERE status IN ('pending', 'failed');
 
 -- Queue of index/view refreshes driven by new embeddings.
+-- target 'vector_index': make sure an HNSW index exists for embeddings of `dimensions`.
 CREATE TABLE @extschema@.vindexing_schedule (
     id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    target      text NOT NULL,
+    target      text NOT NULL CHECK (target IN ('vector_index')),
+    dimensions  integer CHECK (dimensions BETWEEN 1 AND 16000),
     memory_id   uuid REFERENCES @extschema@.memories (id) ON DELETE CASCADE,
     status      text NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'processing', 'done', 'failed', 'dead')),
     attempts    integer NOT NULL DEFAULT 0,
@@ -138,6 +173,9 @@ CREATE TABLE @extschema@.vindexing_schedule (
 );
 COMMENT ON TABLE @extschema@.vindexing_schedule IS 'Index and view refreshes waiting for a worker';
 CREATE INDEX vindexing_schedule_pending ON @extschema@.vindexing_schedule (enqueued_at) WHERE status = 'pending';
+-- one pending item per piece of work
+CREATE UNIQUE INDEX vindexing_schedule_once ON @extschema@.vindexing_schedule (target, dimensions)
+    WHERE status IN ('pending', 'processing');
 
 -- pg_dump skips rows of extension-owned tables unless they are registered here.
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.users', '');

@@ -23,6 +23,18 @@ BEGIN
 END
 $$;
 
+-- An embedding describes the content it was computed from: when the content changes, the old
+-- embedding is dropped (and the enqueue trigger below asks for a new one), so vector search
+-- never serves a stale embedding as current.
+CREATE FUNCTION @extschema@.invalidate_stale_embedding() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.content_embedding := NULL;
+    NEW.embedding_model := NULL;
+    RETURN NEW;
+END
+$$;
+
 -- Audit: one row per changed memory or edge. SECURITY DEFINER so that nobody needs (or gets)
 -- INSERT on audit_log: rows are written only here. search_path is pinned.
 CREATE FUNCTION @extschema@.log_memory_change() RETURNS trigger
@@ -60,6 +72,9 @@ BEGIN
     ON CONFLICT (memory_id) DO UPDATE
         SET content_hash = EXCLUDED.content_hash, status = 'pending', attempts = 0,
             last_error = NULL, locked_until = NULL, enqueued_at = now(), updated_at = now();
+    -- wakes LISTENing embedding workers at commit; identical notifications within one
+    -- transaction are folded into one by PostgreSQL
+    PERFORM pg_notify('memoriesdb_embedding_queue', '');
     RETURN NULL;
 END
 $$;
@@ -117,6 +132,9 @@ CREATE TRIGGER memories_10_content_hash BEFORE INSERT OR UPDATE ON @extschema@.m
     FOR EACH ROW EXECUTE FUNCTION @extschema@.update_content_hash();
 CREATE TRIGGER memories_20_provenance BEFORE INSERT OR UPDATE ON @extschema@.memories
     FOR EACH ROW EXECUTE FUNCTION @extschema@.stamp_provenance();
+CREATE TRIGGER memories_30_invalidate_embedding BEFORE UPDATE OF content ON @extschema@.memories
+    FOR EACH ROW WHEN (OLD.content IS DISTINCT FROM NEW.content)
+    EXECUTE FUNCTION @extschema@.invalidate_stale_embedding();
 CREATE TRIGGER memories_50_audit AFTER INSERT OR UPDATE OR DELETE ON @extschema@.memories
     FOR EACH ROW EXECUTE FUNCTION @extschema@.log_memory_change();
 CREATE TRIGGER memories_60_enqueue_new AFTER INSERT ON @extschema@.memories

@@ -1,0 +1,160 @@
+-- The embedding pipeline, as SQL any worker can drive:
+--
+--   LISTEN memoriesdb_embedding_queue;                  -- woken when work is queued
+--   SELECT * FROM claim_embedding_batch(16);             -- lease a batch (SKIP LOCKED)
+--   SELECT store_embedding(memory_id, '[...]', 'all-MiniLM-L6-v2', content_hash);
+--   SELECT fail_embedding(memory_id, 'model timeout');   -- retry later, dead after max attempts
+--   SELECT process_vindexing();                          -- build the indexes new embeddings need
+--
+-- A leased item whose worker died becomes claimable again when its lease runs out.
+
+CREATE FUNCTION @extschema@.claim_embedding_batch(batch_size integer DEFAULT 10, lease interval DEFAULT '5 minutes')
+RETURNS TABLE (memory_id uuid, content text, content_hash text, attempts integer)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+BEGIN
+    IF batch_size IS NULL OR batch_size < 1 OR batch_size > 1000 THEN
+        RAISE EXCEPTION 'batch_size must be between 1 and 1000, got %', batch_size USING ERRCODE = '22023';
+    END IF;
+    IF lease IS NULL OR lease <= interval '0' THEN
+        RAISE EXCEPTION 'lease must be a positive interval, got %', lease USING ERRCODE = '22023';
+    END IF;
+    RETURN QUERY
+    WITH claimable AS (
+        SELECT q.memory_id
+          FROM @extschema@.embedding_schedule q
+         WHERE (q.status IN ('pending', 'failed') AND (q.locked_until IS NULL OR q.locked_until <= now()))
+            OR (q.status = 'processing' AND q.locked_until <= now())
+         ORDER BY q.enqueued_at
+         LIMIT batch_size
+           FOR UPDATE SKIP LOCKED
+    ), leased AS (
+        UPDATE @extschema@.embedding_schedule q
+           SET status = 'processing', attempts = q.attempts + 1,
+               locked_until = now() + lease, updated_at = now()
+          FROM claimable c
+         WHERE q.memory_id = c.memory_id
+        RETURNING q.memory_id, q.content_hash, q.attempts
+    )
+    SELECT l.memory_id, m.content, l.content_hash, l.attempts
+      FROM leased l JOIN @extschema@.memories m ON m.id = l.memory_id;
+END
+$$;
+
+-- Store the embedding computed for `content_hash`. Returns false, storing nothing, when the
+-- memory's content has changed since (the queue already holds the newer content, so the work
+-- is redone). Storing an embedding of a dimension that has no HNSW index yet queues its creation.
+CREATE FUNCTION @extschema@.store_embedding(memory_id uuid, embedding vector, model text, content_hash text)
+RETURNS boolean LANGUAGE plpgsql AS $$
+DECLARE
+    dims integer := @extschema@.require_usable_embedding(embedding);
+BEGIN
+    IF store_embedding.memory_id IS NULL OR store_embedding.content_hash IS NULL THEN
+        RAISE EXCEPTION 'memory_id and content_hash must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    IF model IS NULL OR pg_catalog.btrim(model) = '' OR pg_catalog.length(model) > 200 THEN
+        RAISE EXCEPTION 'model must name the embedding model (1..200 characters), got %', pg_catalog.quote_nullable(model)
+            USING ERRCODE = '22023';
+    END IF;
+    IF dims > 16000 THEN
+        RAISE EXCEPTION 'embedding has % dimensions; at most 16000 are supported', dims USING ERRCODE = '22023';
+    END IF;
+    UPDATE @extschema@.memories m
+       SET content_embedding = embedding, embedding_model = model
+     WHERE m.id = store_embedding.memory_id AND m.content_hash = store_embedding.content_hash;
+    IF NOT FOUND THEN
+        IF NOT EXISTS (SELECT 1 FROM @extschema@.memories m WHERE m.id = store_embedding.memory_id) THEN
+            RAISE EXCEPTION 'memory % does not exist', store_embedding.memory_id USING ERRCODE = 'P0002';
+        END IF;
+        RETURN false;  -- stale: computed from content that has changed since
+    END IF;
+    UPDATE @extschema@.embedding_schedule q
+       SET status = 'done', locked_until = NULL, last_error = NULL, updated_at = now()
+     WHERE q.memory_id = store_embedding.memory_id AND q.content_hash = store_embedding.content_hash;
+    IF dims <= 2000 AND NOT EXISTS (
+        SELECT 1 FROM pg_catalog.pg_class c
+         WHERE c.relname = 'memories_embedding_hnsw_' || dims AND c.relnamespace = '@extschema@'::regnamespace) THEN
+        INSERT INTO @extschema@.vindexing_schedule (target, dimensions) VALUES ('vector_index', dims)
+        ON CONFLICT (target, dimensions) WHERE status IN ('pending', 'processing') DO NOTHING;
+    END IF;
+    RETURN true;
+END
+$$;
+
+-- Record a failed attempt. The item is retried after an exponential backoff (2^attempts
+-- seconds, at most an hour) and becomes 'dead' after max_attempts attempts. Returns the status.
+CREATE FUNCTION @extschema@.fail_embedding(memory_id uuid, error text, max_attempts integer DEFAULT 5)
+RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+    new_status text;
+BEGIN
+    IF max_attempts IS NULL OR max_attempts < 1 THEN
+        RAISE EXCEPTION 'max_attempts must be at least 1, got %', max_attempts USING ERRCODE = '22023';
+    END IF;
+    UPDATE @extschema@.embedding_schedule q
+       SET status = CASE WHEN q.attempts >= max_attempts THEN 'dead' ELSE 'failed' END,
+           last_error = pg_catalog."left"(coalesce(error, 'unknown error'), 2000),
+           locked_until = now() + least(interval '1 second' * power(2, q.attempts), interval '1 hour'),
+           updated_at = now()
+     WHERE q.memory_id = fail_embedding.memory_id
+    RETURNING q.status INTO new_status;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'memory % is not in the embedding queue', fail_embedding.memory_id USING ERRCODE = 'P0002';
+    END IF;
+    RETURN new_status;
+END
+$$;
+
+-- Put dead items back in the queue (e.g. after fixing the model server). Returns how many.
+CREATE FUNCTION @extschema@.retry_dead_embeddings() RETURNS bigint
+LANGUAGE sql AS $$
+    WITH revived AS (
+        UPDATE @extschema@.embedding_schedule q
+           SET status = 'pending', attempts = 0, locked_until = NULL, updated_at = now()
+         WHERE q.status = 'dead'
+        RETURNING 1)
+    SELECT count(*) FROM revived
+$$;
+
+-- Do queued index work: create the HNSW index for each new embedding dimension. Returns the
+-- number of items done. Runs as the extension owner (only the table owner may create indexes).
+CREATE FUNCTION @extschema@.process_vindexing(max_items integer DEFAULT 10)
+RETURNS integer LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    item record;
+    done integer := 0;
+BEGIN
+    FOR item IN
+        SELECT v.id, v.target, v.dimensions FROM @extschema@.vindexing_schedule v
+         WHERE v.status = 'pending' ORDER BY v.enqueued_at LIMIT max_items
+           FOR UPDATE SKIP LOCKED
+    LOOP
+        PERFORM @extschema@.create_vector_index(item.dimensions);
+        UPDATE @extschema@.vindexing_schedule SET status = 'done', attempts = attempts + 1 WHERE id = item.id;
+        done := done + 1;
+    END LOOP;
+    RETURN done;
+END
+$$;
+
+-- Queue health at a glance.
+CREATE VIEW @extschema@.embedding_queue_status AS
+SELECT count(*) FILTER (WHERE q.status = 'pending')    AS pending,
+       count(*) FILTER (WHERE q.status = 'processing') AS processing,
+       count(*) FILTER (WHERE q.status = 'failed')     AS failed,
+       count(*) FILTER (WHERE q.status = 'dead')       AS dead,
+       count(*) FILTER (WHERE q.status = 'done')       AS done,
+       min(q.enqueued_at) FILTER (WHERE q.status IN ('pending', 'failed', 'processing')) AS oldest_waiting_since,
+       now() - min(q.enqueued_at) FILTER (WHERE q.status IN ('pending', 'failed', 'processing')) AS oldest_waiting_age
+  FROM @extschema@.embedding_schedule q;
+
+-- How many memories with content have a current embedding, per kind.
+CREATE VIEW @extschema@.embedding_coverage AS
+SELECT m.kind,
+       count(*) AS memories,
+       count(m.content_embedding) AS embedded,
+       round(100.0 * count(m.content_embedding) / count(*), 1) AS percent,
+       array_remove(array_agg(DISTINCT m.embedding_model), NULL) AS models
+  FROM @extschema@.memories m
+ WHERE m.content <> ''
+ GROUP BY m.kind;

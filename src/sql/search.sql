@@ -1,0 +1,294 @@
+-- Search: full-text, vector, hybrid; all branch-aware when restricted to a session.
+--
+-- Common optional filters, with the same names everywhere:
+--   session_id       only what that session's branch sees (its messages and the inherited prefix
+--                    of its ancestors up to each fork point), exactly, without duplicates
+--   kind_filter      only memories of this kind ('message', 'session', 'memory', ...)
+--   metadata_filter  only memories whose _metadata contains this JSON object (@>)
+--   lim              at most this many rows (1 .. 10000; default 10)
+
+-- Validation shared by the search functions; returns the effective limit.
+CREATE FUNCTION @extschema@.search_limit(lim integer) RETURNS integer
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+BEGIN
+    IF lim IS NULL THEN
+        RETURN 10;
+    END IF;
+    IF lim < 1 OR lim > 10000 THEN
+        RAISE EXCEPTION 'lim must be between 1 and 10000, got %', lim USING ERRCODE = '22023';
+    END IF;
+    RETURN lim;
+END
+$$;
+
+-- Full-text search with websearch_to_tsquery semantics: quoted phrases, -exclusion, "or".
+-- Any text a user types is accepted; a query with no searchable words (empty, only stop words
+-- or punctuation) returns no rows. Ranked by ts_rank_cd, which looks only at each row and its
+-- query (no corpus-wide statistics that could leak one tenant's vocabulary to another).
+-- snippet highlights the matches with <b>...</b>.
+CREATE FUNCTION @extschema@.search_memories(
+    query text,
+    session_id uuid DEFAULT NULL,
+    kind_filter text DEFAULT NULL,
+    metadata_filter jsonb DEFAULT NULL,
+    lim integer DEFAULT 10,
+    config regconfig DEFAULT NULL)
+RETURNS TABLE (id uuid, content text, kind text, role text, origin_session_id uuid, "position" bigint,
+               rank real, snippet text)
+LANGUAGE plpgsql STABLE AS $$
+#variable_conflict use_column
+DECLARE
+    cfg regconfig := coalesce(config, @extschema@.default_search_config());
+    n integer := @extschema@.search_limit(lim);
+    q tsquery;
+BEGIN
+    IF query IS NULL THEN
+        RAISE EXCEPTION 'query must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    q := pg_catalog.websearch_to_tsquery(cfg, query);
+    IF pg_catalog.numnode(q) = 0 THEN
+        RETURN;
+    END IF;
+    IF search_memories.session_id IS NULL THEN
+        RETURN QUERY
+        WITH hits AS (
+            SELECT m.id, m.content, m.kind, m.role, m.session_id, m.position,
+                   pg_catalog.ts_rank_cd(m.search_tsv, q) AS r
+              FROM @extschema@.memories m
+             WHERE m.search_tsv @@ q
+               AND (kind_filter IS NULL OR m.kind = kind_filter)
+               AND (metadata_filter IS NULL OR m._metadata @> metadata_filter)
+             ORDER BY r DESC, m.id
+             LIMIT n)
+        SELECT h.id, h.content, h.kind, h.role, h.session_id, h.position, h.r,
+               pg_catalog.ts_headline(cfg, pg_catalog."left"(h.content, 262144), q,
+                                      'MaxFragments=2, MaxWords=20, MinWords=5')
+          FROM hits h ORDER BY h.r DESC, h.id;
+    ELSE
+        PERFORM @extschema@.require_session(search_memories.session_id);
+        RETURN QUERY
+        WITH hits AS (
+            SELECT m.id, m.content, m.kind, m.role, m.session_id, m.position,
+                   pg_catalog.ts_rank_cd(m.search_tsv, q) AS r
+              FROM @extschema@.session_lineage(search_memories.session_id) l
+              JOIN @extschema@.memories m
+                ON m.session_id = l.lineage_session_id AND m.position <= l.visible_upto
+             WHERE m.search_tsv @@ q
+               AND (kind_filter IS NULL OR m.kind = kind_filter)
+               AND (metadata_filter IS NULL OR m._metadata @> metadata_filter)
+             ORDER BY r DESC, m.id
+             LIMIT n)
+        SELECT h.id, h.content, h.kind, h.role, h.session_id, h.position, h.r,
+               pg_catalog.ts_headline(cfg, pg_catalog."left"(h.content, 262144), q,
+                                      'MaxFragments=2, MaxWords=20, MinWords=5')
+          FROM hits h ORDER BY h.r DESC, h.id;
+    END IF;
+END
+$$;
+
+-- Checks a query embedding: finite (pgvector already rejects NaN and infinity on input) and
+-- not all zeros, for which cosine similarity is undefined.
+CREATE FUNCTION @extschema@.require_usable_embedding(embedding vector, argument text DEFAULT 'embedding')
+RETURNS integer LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+BEGIN
+    IF embedding IS NULL THEN
+        RAISE EXCEPTION '% must not be NULL', argument USING ERRCODE = '22004';
+    END IF;
+    IF @extschema@.vector_norm(embedding) = 0 THEN
+        RAISE EXCEPTION '% is the zero vector: cosine similarity is undefined', argument USING ERRCODE = '22023';
+    END IF;
+    RETURN @extschema@.vector_dims(embedding);
+END
+$$;
+
+-- Creates (if missing) the HNSW index for embeddings of one dimension, using pgvector's
+-- expression + partial index pattern, so embeddings of different dimensions coexist in one
+-- column and each dimension gets its own index. Returns the index name.
+CREATE FUNCTION @extschema@.create_vector_index(dimensions integer, m integer DEFAULT 16, ef_construction integer DEFAULT 64)
+RETURNS text LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    index_name text := 'memories_embedding_hnsw_' || dimensions;
+BEGIN
+    IF dimensions IS NULL OR dimensions < 1 OR dimensions > 2000 THEN
+        RAISE EXCEPTION 'dimensions must be between 1 and 2000 (pgvector''s HNSW limit), got %', dimensions
+            USING ERRCODE = '22023';
+    END IF;
+    IF m IS NULL OR m < 2 OR m > 100 OR ef_construction IS NULL OR ef_construction < 4 OR ef_construction > 1000 THEN
+        RAISE EXCEPTION 'm must be 2..100 and ef_construction 4..1000, got % and %', m, ef_construction
+            USING ERRCODE = '22023';
+    END IF;
+    EXECUTE format(
+        'CREATE INDEX IF NOT EXISTS %I ON %I.memories USING hnsw ((content_embedding::%I.vector(%s)) %I.vector_cosine_ops)'
+        ' WITH (m = %s, ef_construction = %s) WHERE %I.vector_dims(content_embedding) = %s',
+        index_name, '@extschema@', '@extschema@', dimensions, '@extschema@', m, ef_construction, '@extschema@', dimensions);
+    RETURN index_name;
+END
+$$;
+
+-- Vector search: similarity = 1 - cosine distance, highest first, at most lim rows with
+-- similarity >= threshold. Without a session it uses the HNSW index of the query's dimension
+-- (create_vector_index) with pgvector's iterative index scan, so selective filters still return
+-- lim rows when that many qualify; with a session it is an exact scan of that branch.
+-- Only memories whose embedding has the query's dimension are compared.
+CREATE FUNCTION @extschema@.vector_search(
+    embedding vector,
+    threshold double precision DEFAULT 0.7,
+    lim integer DEFAULT 10,
+    session_id uuid DEFAULT NULL,
+    kind_filter text DEFAULT NULL,
+    metadata_filter jsonb DEFAULT NULL)
+RETURNS TABLE (id uuid, content text, kind text, role text, origin_session_id uuid, "position" bigint,
+               similarity double precision)
+LANGUAGE plpgsql STABLE
+SET hnsw.iterative_scan = 'relaxed_order'
+SET hnsw.ef_search = 100
+AS $$
+#variable_conflict use_column
+DECLARE
+    dims integer := @extschema@.require_usable_embedding(embedding);
+    n integer := @extschema@.search_limit(lim);
+    min_similarity double precision := coalesce(threshold, -1);
+BEGIN
+    IF min_similarity < -1 OR min_similarity > 1 OR min_similarity <> min_similarity THEN
+        RAISE EXCEPTION 'threshold must be between -1 and 1 (cosine similarity), got %', threshold
+            USING ERRCODE = '22023';
+    END IF;
+    IF vector_search.session_id IS NOT NULL THEN
+        PERFORM @extschema@.require_session(vector_search.session_id);
+        RETURN QUERY
+        SELECT * FROM (
+            SELECT m.id, m.content, m.kind, m.role, m.session_id, m.position,
+                   1 - (m.content_embedding OPERATOR(@extschema@.<=>) embedding) AS sim
+              FROM @extschema@.session_lineage(vector_search.session_id) l
+              JOIN @extschema@.memories m
+                ON m.session_id = l.lineage_session_id AND m.position <= l.visible_upto
+             WHERE @extschema@.vector_dims(m.content_embedding) = dims
+               AND (kind_filter IS NULL OR m.kind = kind_filter)
+               AND (metadata_filter IS NULL OR m._metadata @> metadata_filter)
+             ORDER BY sim DESC, m.id
+             LIMIT n) hits
+         WHERE hits.sim >= min_similarity;
+        RETURN;
+    END IF;
+    -- Static statements for the common dimensions keep their cached plans; others are planned
+    -- per call. The ORDER BY expression matches the index expression of create_vector_index.
+    -- Ordering by distance and then cutting at the threshold returns exactly the top rows above
+    -- the threshold, because similarity falls monotonically along that order.
+    CASE dims
+    WHEN 384 THEN
+        RETURN QUERY SELECT * FROM (
+            SELECT m.id, m.content, m.kind, m.role, m.session_id, m.position,
+                   1 - (m.content_embedding::@extschema@.vector(384) OPERATOR(@extschema@.<=>) embedding::@extschema@.vector(384)) AS sim
+              FROM @extschema@.memories m
+             WHERE @extschema@.vector_dims(m.content_embedding) = 384
+               AND (kind_filter IS NULL OR m.kind = kind_filter)
+               AND (metadata_filter IS NULL OR m._metadata @> metadata_filter)
+             ORDER BY m.content_embedding::@extschema@.vector(384) OPERATOR(@extschema@.<=>) embedding::@extschema@.vector(384)
+             LIMIT n) hits
+         WHERE hits.sim >= min_similarity ORDER BY hits.sim DESC;
+    WHEN 768 THEN
+        RETURN QUERY SELECT * FROM (
+            SELECT m.id, m.content, m.kind, m.role, m.session_id, m.position,
+                   1 - (m.content_embedding::@extschema@.vector(768) OPERATOR(@extschema@.<=>) embedding::@extschema@.vector(768)) AS sim
+              FROM @extschema@.memories m
+             WHERE @extschema@.vector_dims(m.content_embedding) = 768
+               AND (kind_filter IS NULL OR m.kind = kind_filter)
+               AND (metadata_filter IS NULL OR m._metadata @> metadata_filter)
+             ORDER BY m.content_embedding::@extschema@.vector(768) OPERATOR(@extschema@.<=>) embedding::@extschema@.vector(768)
+             LIMIT n) hits
+         WHERE hits.sim >= min_similarity ORDER BY hits.sim DESC;
+    WHEN 1024 THEN
+        RETURN QUERY SELECT * FROM (
+            SELECT m.id, m.content, m.kind, m.role, m.session_id, m.position,
+                   1 - (m.content_embedding::@extschema@.vector(1024) OPERATOR(@extschema@.<=>) embedding::@extschema@.vector(1024)) AS sim
+              FROM @extschema@.memories m
+             WHERE @extschema@.vector_dims(m.content_embedding) = 1024
+               AND (kind_filter IS NULL OR m.kind = kind_filter)
+               AND (metadata_filter IS NULL OR m._metadata @> metadata_filter)
+             ORDER BY m.content_embedding::@extschema@.vector(1024) OPERATOR(@extschema@.<=>) embedding::@extschema@.vector(1024)
+             LIMIT n) hits
+         WHERE hits.sim >= min_similarity ORDER BY hits.sim DESC;
+    WHEN 1536 THEN
+        RETURN QUERY SELECT * FROM (
+            SELECT m.id, m.content, m.kind, m.role, m.session_id, m.position,
+                   1 - (m.content_embedding::@extschema@.vector(1536) OPERATOR(@extschema@.<=>) embedding::@extschema@.vector(1536)) AS sim
+              FROM @extschema@.memories m
+             WHERE @extschema@.vector_dims(m.content_embedding) = 1536
+               AND (kind_filter IS NULL OR m.kind = kind_filter)
+               AND (metadata_filter IS NULL OR m._metadata @> metadata_filter)
+             ORDER BY m.content_embedding::@extschema@.vector(1536) OPERATOR(@extschema@.<=>) embedding::@extschema@.vector(1536)
+             LIMIT n) hits
+         WHERE hits.sim >= min_similarity ORDER BY hits.sim DESC;
+    ELSE
+        RETURN QUERY EXECUTE format(
+            'SELECT * FROM (
+                SELECT m.id, m.content, m.kind, m.role, m.session_id, m.position,
+                       1 - (m.content_embedding::%1$I.vector(%2$s) OPERATOR(%1$I.<=>) $1::%1$I.vector(%2$s)) AS sim
+                  FROM %1$I.memories m
+                 WHERE %1$I.vector_dims(m.content_embedding) = %2$s
+                   AND ($2 IS NULL OR m.kind = $2)
+                   AND ($3 IS NULL OR m._metadata @> $3)
+                 ORDER BY m.content_embedding::%1$I.vector(%2$s) OPERATOR(%1$I.<=>) $1::%1$I.vector(%2$s)
+                 LIMIT $4) hits
+             WHERE hits.sim >= $5 ORDER BY hits.sim DESC', '@extschema@', dims)
+        USING embedding, kind_filter, metadata_filter, n, min_similarity;
+    END CASE;
+END
+$$;
+
+-- Hybrid search: reciprocal-rank fusion of the full-text and the vector ranking.
+--   score = text_weight / (rrf_k + text_rank) + vector_weight / (rrf_k + vector_rank)
+-- where a ranking a row is missing from contributes 0, so a row found by only one method still
+-- appears. Each component's rank and score is returned beside the fused score. Each ranking
+-- contributes its top `candidates` rows (default 5 x lim).
+CREATE FUNCTION @extschema@.hybrid_search(
+    query text,
+    embedding vector,
+    lim integer DEFAULT 10,
+    session_id uuid DEFAULT NULL,
+    kind_filter text DEFAULT NULL,
+    metadata_filter jsonb DEFAULT NULL,
+    text_weight double precision DEFAULT 1.0,
+    vector_weight double precision DEFAULT 1.0,
+    rrf_k integer DEFAULT 60,
+    candidates integer DEFAULT NULL,
+    config regconfig DEFAULT NULL)
+RETURNS TABLE (id uuid, content text, kind text, role text, origin_session_id uuid, "position" bigint,
+               score double precision, text_rank bigint, text_score real,
+               vector_rank bigint, vector_similarity double precision)
+LANGUAGE plpgsql STABLE AS $$
+#variable_conflict use_column
+DECLARE
+    n integer := @extschema@.search_limit(lim);
+    pool integer := @extschema@.search_limit(coalesce(candidates, least(n * 5, 10000)));
+BEGIN
+    IF text_weight IS NULL OR vector_weight IS NULL OR text_weight < 0 OR vector_weight < 0
+       OR text_weight <> text_weight OR vector_weight <> vector_weight
+       OR text_weight = 'Infinity' OR vector_weight = 'Infinity' THEN
+        RAISE EXCEPTION 'text_weight and vector_weight must be finite and >= 0, got % and %', text_weight, vector_weight
+            USING ERRCODE = '22023';
+    END IF;
+    IF rrf_k IS NULL OR rrf_k < 1 THEN
+        RAISE EXCEPTION 'rrf_k must be a positive integer, got %', rrf_k USING ERRCODE = '22023';
+    END IF;
+    RETURN QUERY
+    WITH text_hits AS (
+        SELECT t.id, t.content, t.kind, t.role, t.origin_session_id, t.position, t.rank AS text_score,
+               row_number() OVER (ORDER BY t.rank DESC, t.id) AS text_rank
+          FROM @extschema@.search_memories(query, hybrid_search.session_id, kind_filter, metadata_filter, pool, config) t
+    ), vector_hits AS (
+        SELECT v.id, v.content, v.kind, v.role, v.origin_session_id, v.position, v.similarity,
+               row_number() OVER (ORDER BY v.similarity DESC, v.id) AS vector_rank
+          FROM @extschema@.vector_search(embedding, -1, pool, hybrid_search.session_id, kind_filter, metadata_filter) v
+    )
+    SELECT coalesce(t.id, v.id), coalesce(t.content, v.content), coalesce(t.kind, v.kind),
+           coalesce(t.role, v.role), coalesce(t.origin_session_id, v.origin_session_id),
+           coalesce(t.position, v.position),
+           coalesce(text_weight / (rrf_k + t.text_rank), 0) + coalesce(vector_weight / (rrf_k + v.vector_rank), 0) AS fused,
+           t.text_rank, t.text_score, v.vector_rank, v.similarity
+      FROM text_hits t
+      FULL OUTER JOIN vector_hits v ON v.id = t.id
+     ORDER BY fused DESC, coalesce(t.id, v.id)
+     LIMIT n;
+END
+$$;
