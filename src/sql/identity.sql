@@ -18,14 +18,7 @@ DECLARE
     mapped uuid;
 BEGIN
     IF asserted IS NOT NULL AND asserted <> '' THEN
-        -- validated by pattern rather than by catching the cast error: an EXCEPTION block
-        -- would open a subtransaction on every row written
-        IF asserted !~ '^\s*\{?[0-9A-Fa-f]{8}-?([0-9A-Fa-f]{4}-?){3}[0-9A-Fa-f]{12}\}?\s*$' THEN
-            RAISE EXCEPTION 'app.current_user is not a valid user id: "%"', asserted
-                USING ERRCODE = '22023',
-                      HINT = 'set it to a users.id uuid, e.g. SELECT set_memory_user(''<uuid>'')';
-        END IF;
-        RETURN asserted::uuid;
+        RETURN @extschema@.parse_uuid(asserted, 'app.current_user is not a valid user id');
     END IF;
     SELECT u.id INTO mapped FROM @extschema@.users u WHERE u.db_role = @extschema@.acting_db_role();
     RETURN mapped;
@@ -84,5 +77,19 @@ BEGIN
             USING ERRCODE = '22023';
     END IF;
     RETURN value;
+END
+$$;
+
+-- Parse a uuid given as text, or fail with 22023: '<complaint>: "<value>"'.
+-- Checked by a pattern that accepts a subset of what the uuid type accepts, rather than by
+-- catching the cast's error: an EXCEPTION block would open a subtransaction on every call.
+CREATE FUNCTION @extschema@.parse_uuid(value text, complaint text) RETURNS uuid
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+BEGIN
+    IF value !~ '^(\{[0-9A-Fa-f]{8}-?([0-9A-Fa-f]{4}-?){3}[0-9A-Fa-f]{12}\}|[0-9A-Fa-f]{8}-?([0-9A-Fa-f]{4}-?){3}[0-9A-Fa-f]{12})$' THEN
+        RAISE EXCEPTION '%: "%"', complaint, value
+            USING ERRCODE = '22023', HINT = 'a uuid looks like 01a21f03-29cf-73a6-baaf-99d93cbcd453';
+    END IF;
+    RETURN value::uuid;
 END
 $$;

@@ -71,7 +71,9 @@ BEGIN
     IF add_message_to_session.session_id IS NULL THEN
         RAISE EXCEPTION 'session_id must not be NULL' USING ERRCODE = '22004';
     END IF;
-    IF add_message_to_session.role IS NULL OR pg_catalog.btrim(add_message_to_session.role) = '' THEN
+    -- blank means only (Unicode) white space
+    IF add_message_to_session.role IS NULL
+       OR add_message_to_session.role ~ '^[[:space:]\u00a0\u1680\u2000-\u200b\u2028\u2029\u202f\u205f\u3000\ufeff]*$' THEN
         RAISE EXCEPTION 'role must be a non-empty string, got %', pg_catalog.quote_nullable(add_message_to_session.role)
             USING ERRCODE = '22023', HINT = 'e.g. user, assistant, system, or a speaker name';
     END IF;
@@ -79,6 +81,10 @@ BEGIN
         RAISE EXCEPTION 'role is % characters long; at most 64 are allowed: "%..."',
             pg_catalog.length(add_message_to_session.role), pg_catalog.left(add_message_to_session.role, 40)
             USING ERRCODE = '22001';
+    END IF;
+    IF add_message_to_session.role ~ '[[:cntrl:]]' THEN
+        RAISE EXCEPTION 'role must not contain control characters, got %', pg_catalog.quote_literal(add_message_to_session.role)
+            USING ERRCODE = '22023';
     END IF;
     IF add_message_to_session.content IS NULL THEN
         RAISE EXCEPTION 'content must not be NULL' USING ERRCODE = '22004';
@@ -120,12 +126,11 @@ BEGIN
         RAISE EXCEPTION 'new_title must not be NULL' USING ERRCODE = '22004';
     END IF;
     IF fork_message IS NULL AND clean_metadata ? 'parent_message_id' THEN
-        IF pg_catalog.jsonb_typeof(clean_metadata -> 'parent_message_id') <> 'string'
-           OR (clean_metadata ->> 'parent_message_id') !~ '^\{?[0-9A-Fa-f]{8}-?([0-9A-Fa-f]{4}-?){3}[0-9A-Fa-f]{12}\}?$' THEN
+        IF pg_catalog.jsonb_typeof(clean_metadata -> 'parent_message_id') <> 'string' THEN
             RAISE EXCEPTION 'metadata.parent_message_id is not a message id: %', clean_metadata -> 'parent_message_id'
                 USING ERRCODE = '22023';
         END IF;
-        fork_message := (clean_metadata ->> 'parent_message_id')::uuid;
+        fork_message := @extschema@.parse_uuid(clean_metadata ->> 'parent_message_id', 'metadata.parent_message_id is not a message id');
     END IF;
 
     IF fork_message IS NULL THEN

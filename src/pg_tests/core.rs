@@ -1,34 +1,9 @@
-//! In-backend tests of the extension's logic. Each runs as superuser inside a transaction that is
-//! rolled back, so commit-time behaviour (NOTIFY delivery, concurrency, RLS) is tested in
-//! `tests/` against a real cluster instead.
+//! Sessions, forks, hashing, cycles, audit.
 
-use pgrx::prelude::*;
-
-#[pg_schema]
+#[pgrx::pg_schema]
 mod tests {
+    use crate::pg_tests::{one, session_with, transcript, uuid_of};
     use pgrx::prelude::*;
-
-    fn one<T: FromDatum + IntoDatum>(sql: &str) -> T {
-        Spi::get_one::<T>(sql).expect("query failed").expect("query returned NULL")
-    }
-
-    fn uuid_of(sql: &str) -> String {
-        one::<pgrx::Uuid>(sql).to_string()
-    }
-
-    /// A session with `n` messages "m1".."mn" alternating user/assistant.
-    fn session_with(n: usize) -> String {
-        let s = uuid_of("SELECT create_session('t')");
-        for i in 1..=n {
-            let role = if i % 2 == 1 { "user" } else { "assistant" };
-            Spi::run(&format!("SELECT add_message_to_session('{s}', '{role}', 'm{i}')")).unwrap();
-        }
-        s
-    }
-
-    fn transcript(session: &str) -> String {
-        one::<String>(&format!("SELECT get_conversation_text('{session}')"))
-    }
 
     #[pg_test]
     fn content_hash_is_sha256_and_cannot_be_forged() {
