@@ -117,8 +117,8 @@ SELECT trigger_is('memory_edges', 'memory_edges_10_prevent_cycles', 'prevent_cyc
 SELECT trigger_is('memory_edges', 'memory_edges_50_audit', 'log_memory_change', 'memory_edges has the audit trigger');
 SELECT trigger_is('audit_log', 'audit_log_append_only', 'audit_log_append_only',
                   'audit_log has the append-only trigger');
-SELECT trigger_is('audit_log', 'audit_log_no_truncate', 'audit_log_append_only',
-                  'audit_log has the no-truncate trigger');
+SELECT ok((SELECT tgtype & 1 = 0 FROM pg_trigger WHERE tgrelid = 'audit_log'::regclass AND tgname = 'audit_log_append_only'),
+          'the append-only trigger is statement-level, so it fires even when RLS leaves no rows');
 SELECT set_eq(
     $$SELECT event_object_table::text, trigger_name::text, action_timing::text, event_manipulation::text,
              action_orientation::text
@@ -137,11 +137,11 @@ SELECT set_eq(
              ('memory_edges', 'memory_edges_50_audit', 'AFTER', 'INSERT', 'ROW'),
              ('memory_edges', 'memory_edges_50_audit', 'AFTER', 'UPDATE', 'ROW'),
              ('memory_edges', 'memory_edges_50_audit', 'AFTER', 'DELETE', 'ROW'),
-             ('audit_log', 'audit_log_append_only', 'BEFORE', 'UPDATE', 'ROW'),
-             ('audit_log', 'audit_log_append_only', 'BEFORE', 'DELETE', 'ROW')$$,
+             ('audit_log', 'audit_log_append_only', 'BEFORE', 'UPDATE', 'STATEMENT'),
+             ('audit_log', 'audit_log_append_only', 'BEFORE', 'DELETE', 'STATEMENT')$$,
     'hash and cycle checks run BEFORE each row write, the audit AFTER each insert/update/delete');
-SELECT ok((SELECT tgtype & 32 <> 0 FROM pg_trigger WHERE tgrelid = 'audit_log'::regclass AND tgname = 'audit_log_no_truncate'),
-          'audit_log_no_truncate fires on TRUNCATE');
+SELECT ok((SELECT tgtype & 32 <> 0 FROM pg_trigger WHERE tgrelid = 'audit_log'::regclass AND tgname = 'audit_log_append_only'),
+          'audit_log_append_only also fires on TRUNCATE');
 SELECT is_definer('log_memory_change', ARRAY[]::name[],
                   'log_memory_change() is SECURITY DEFINER (nobody needs INSERT on audit_log)');
 

@@ -16,8 +16,10 @@ SELECT plan(38);
 
 CREATE ROLE memoriesdb_pgtap_writer NOLOGIN NOSUPERUSER;
 CREATE ROLE memoriesdb_pgtap_auditor NOLOGIN NOSUPERUSER;
--- the auditor holds the privileges the trigger layer must still refuse
+-- the auditor holds the privileges the trigger layer must still refuse, and reads every audit
+-- row (memoriesdb_auditor), so row-level security does not hide the rows it aims at
 GRANT UPDATE, DELETE, TRUNCATE ON audit_log TO memoriesdb_pgtap_auditor;
+GRANT memoriesdb_auditor TO memoriesdb_pgtap_auditor;
 SELECT create_user('Pgtap Writer', 'memoriesdb_pgtap_writer') AS writer_user \gset
 
 -- an audit row written by the superuser, for the UPDATE/DELETE attempts to aim at
@@ -44,8 +46,10 @@ SELECT throws_ok(format($$INSERT INTO audit_log (table_name, operation, row_id, 
                  '42501', 'permission denied for table audit_log', 'a plain role cannot forge an audit row by INSERT');
 SELECT throws_ok($$ALTER TABLE audit_log DISABLE TRIGGER audit_log_append_only$$,
                  '42501', 'must be owner of table audit_log', 'a plain role cannot disable the append-only trigger');
+RESET ROLE;
 SELECT is((SELECT db_role FROM audit_log WHERE id = :su_audit_id), 'postgres'::name,
           'the superuser''s audit row is untouched');
+SET ROLE memoriesdb_pgtap_writer;
 
 -- ---------------------------------------------------------------------------------------------
 -- ... yet its writes through the API are audited under its own name
@@ -83,8 +87,10 @@ SELECT is((SELECT new_row ->> 'content' FROM audit_log WHERE row_id = :'wm'), 'h
           'the audit row holds the message as written');
 SELECT is((SELECT created_by FROM memories WHERE id = :'ws'), :'writer_user'::uuid,
           'the plain role''s memories are created_by its mapped user');
+RESET ROLE;  -- the queue is visible to workers (and superusers) only
 SELECT is((SELECT status FROM embedding_schedule WHERE memory_id = :'wm'), 'pending',
           'the plain role''s message is queued for embedding (through the SECURITY DEFINER trigger)');
+SET ROLE memoriesdb_pgtap_writer;
 
 UPDATE memories SET content = 'plain x, edited' WHERE id = :'x';
 DELETE FROM memory_edges WHERE source_id = :'y' AND target_id = :'z';
@@ -117,8 +123,10 @@ SELECT is((SELECT count(*) FROM audit_log), :audit_before_savepoint::bigint,
           'the audit log has exactly as many rows as before the savepoint');
 SELECT is((SELECT last_position FROM memory_sessions WHERE id = :'ws'), :ws_last_before::bigint,
           'the rolled-back message did not advance the session');
+RESET ROLE;
 SELECT is((SELECT count(*) FROM embedding_schedule WHERE memory_id IN (:'doomed_msg', :'doomed_mem')), 0::bigint,
           'the rolled-back memories are not queued for embedding');
+SET ROLE memoriesdb_pgtap_writer;
 SELECT add_message_to_session(:'ws', 'user', 'after the rollback') AS after_msg \gset
 SELECT is((SELECT position FROM memories WHERE id = :'after_msg'), :ws_last_before::bigint + 1,
           'the next message takes the position the rolled-back one would have had');

@@ -29,19 +29,12 @@ fn needs_serialised_check(schema: &str, source: pgrx::Uuid) -> bool {
     !matches!(fresh_leaf, Ok(Some(true)))
 }
 
-/// Is `to` reachable from `from` along edges? Breadth-first over a recursive query whose UNION
-/// (not UNION ALL) is the visited set, so it terminates on any graph and never recurses in Rust.
-/// Runs through writable SPI so that it reads with a snapshot taken now, after the lock.
+/// Is `to` reachable from `from` along edges? Asks `edge_path_exists()` (SQL, SECURITY DEFINER so
+/// that edges the caller cannot see still count), through writable SPI so that it reads with a
+/// snapshot taken now, after the lock.
 fn reachable(schema: &str, from: pgrx::Uuid, to: pgrx::Uuid) -> bool {
     Spi::get_one_with_args::<bool>(
-        &format!(
-            "WITH RECURSIVE reach(id) AS (
-                 SELECT $1::uuid
-                 UNION
-                 SELECT e.target_id FROM {schema}.memory_edges e JOIN reach r ON e.source_id = r.id
-             )
-             SELECT EXISTS (SELECT 1 FROM reach WHERE id = $2)"
-        ),
+        &format!("SELECT {schema}.edge_path_exists($1, $2)"),
         &[from.into(), to.into()],
     )
     .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("cycle check failed: {e}"), None))

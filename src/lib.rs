@@ -27,7 +27,8 @@ extension_sql_file!("sql/integrity.sql", name = "integrity", requires = ["sessio
 extension_sql_file!("sql/search.sql", name = "search", requires = ["sessions"]);
 extension_sql_file!("sql/embeddings.sql", name = "embeddings", requires = ["search"]);
 extension_sql_file!("sql/graph_api.sql", name = "graph_api", requires = ["sessions", traversal::traverse_memory_graph]);
-extension_sql_file!("sql/grants.sql", name = "grants", requires = ["integrity", "embeddings", "graph_api"], finalize);
+extension_sql_file!("sql/security.sql", name = "security", requires = ["integrity", "embeddings", "graph_api", hashing::content_sha256]);
+extension_sql_file!("sql/grants.sql", name = "grants", requires = ["security"], finalize);
 
 #[cfg(any(test, feature = "pg_test"))]
 mod pg_tests;

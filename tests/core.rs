@@ -168,11 +168,7 @@ fn concurrent_transactions_cannot_close_a_cycle_repeatable_read() {
 #[test]
 fn audit_has_exactly_one_row_per_change_and_nothing_for_rolled_back_work() {
     let db = TestDb::new();
-    let user: Uuid = db
-        .admin()
-        .query_one("SELECT create_user('alice', $1::name)", &[&db.role])
-        .unwrap()
-        .get(0);
+    let user = db.user;
     let mut c = db.connect();
     let session = create_session(&mut c, "audited"); // 1 memory
     for i in 0..10 {
@@ -243,7 +239,7 @@ fn the_audit_log_cannot_be_changed_by_an_ordinary_role() {
         let err = c.batch_execute(sql).expect_err(sql);
         assert_eq!(sqlstate(&err), "42501", "{sql}: {err}");
     }
-    let n: i64 = c.query_one("SELECT count(*) FROM audit_log", &[]).unwrap().get(0);
+    let n: i64 = db.admin().query_one("SELECT count(*) FROM audit_log", &[]).unwrap().get(0);
     assert_eq!(n, 1);
 }
 

@@ -10,6 +10,7 @@ use uuid::Uuid;
 #[test]
 fn two_workers_never_get_the_same_item() {
     let db = TestDb::new();
+    db.grant("memoriesdb_worker", &db.role);
     let mut setup = db.connect();
     setup
         .batch_execute("INSERT INTO memories (content) SELECT 'memory ' || g FROM generate_series(1, 400) g")
@@ -65,6 +66,7 @@ fn two_workers_never_get_the_same_item() {
 #[test]
 fn an_expired_lease_makes_the_item_claimable_again() {
     let db = TestDb::new();
+    db.grant("memoriesdb_worker", &db.role);
     let mut c = db.connect();
     c.batch_execute("INSERT INTO memories (content) VALUES ('x')").unwrap();
     let first = c.query("SELECT memory_id FROM claim_embedding_batch(1, interval '200 milliseconds')", &[]).unwrap();

@@ -12,7 +12,9 @@ static COUNTER: AtomicUsize = AtomicUsize::new(0);
 pub struct TestDb {
     admin_url: String,
     pub name: String,
+    /// an ordinary login role, mapped to `user`
     pub role: String,
+    pub user: uuid::Uuid,
 }
 
 fn admin_url() -> String {
@@ -39,8 +41,13 @@ impl TestDb {
         admin
             .batch_execute(&format!("DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE"))
             .unwrap();
-        let db = TestDb { admin_url, name, role };
-        db.admin().batch_execute("CREATE EXTENSION memoriesdb CASCADE").unwrap();
+        let mut db = TestDb { admin_url, name, role, user: uuid::Uuid::nil() };
+        let mut admin = db.admin();
+        admin.batch_execute("CREATE EXTENSION memoriesdb CASCADE").unwrap();
+        db.user = admin
+            .query_one("SELECT create_user('test user', $1::name)", &[&db.role])
+            .unwrap()
+            .get(0);
         db
     }
 
@@ -63,13 +70,24 @@ impl TestDb {
         Client::connect(&self.url_for(&self.role), NoTls).expect("connect as the test role")
     }
 
-    /// Another ordinary login role in this cluster (dropped with the test database).
-    pub fn extra_role(&self, tag: &str) -> String {
+    /// Another ordinary login role in this cluster (dropped with the test database), mapped to a
+    /// new user of its own; returns the role and that user.
+    pub fn extra_role(&self, tag: &str) -> (String, uuid::Uuid) {
         let role = format!("{}_{tag}", self.role);
-        self.admin()
+        let mut admin = self.admin();
+        admin
             .batch_execute(&format!("DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN NOSUPERUSER"))
             .unwrap();
-        role
+        let user = admin
+            .query_one("SELECT create_user($1, $2::name)", &[&tag, &role])
+            .unwrap()
+            .get(0);
+        (role, user)
+    }
+
+    /// Make a role a member of one of MemoriesDB's roles (memoriesdb_worker, _trusted, _auditor).
+    pub fn grant(&self, memoriesdb_role: &str, role: &str) {
+        self.admin().batch_execute(&format!("GRANT {memoriesdb_role} TO {role}")).unwrap();
     }
 
     pub fn connect_as(&self, role: &str) -> Client {

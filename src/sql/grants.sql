@@ -1,13 +1,21 @@
--- Privileges. Ordinary roles use MemoriesDB through its functions and tables; the audit log and
--- the queues are written only by the extension's SECURITY DEFINER trigger functions.
+-- Privileges. Table privileges are broad because row-level security (security.sql) decides
+-- which rows each user reaches; the audit log and the queues are written only by the
+-- extension's SECURITY DEFINER trigger functions.
 GRANT SELECT, INSERT, UPDATE, DELETE ON @extschema@.memories, @extschema@.memory_edges,
-    @extschema@.memory_sessions TO PUBLIC;
-GRANT SELECT, INSERT ON @extschema@.users TO PUBLIC;
+    @extschema@.memory_sessions, @extschema@.memory_shares, @extschema@.memory_share_segments TO PUBLIC;
+GRANT SELECT, INSERT, UPDATE ON @extschema@.users TO PUBLIC;
 GRANT SELECT ON @extschema@.audit_log, @extschema@.memory_graph,
     @extschema@.embedding_queue_status, @extschema@.embedding_coverage TO PUBLIC;
--- embedding workers lease and complete queue items through claim_embedding_batch() and friends
+-- embedding workers (members of memoriesdb_worker, per policy) work the queues
 GRANT SELECT, UPDATE ON @extschema@.embedding_schedule TO PUBLIC;
--- store_embedding() queues index work for new embedding dimensions
 GRANT SELECT, INSERT, UPDATE ON @extschema@.vindexing_schedule TO PUBLIC;
 -- prevent_cycles() serialises edge writers on this row
 GRANT SELECT, UPDATE ON @extschema@.memory_graph_clock TO PUBLIC;
+
+-- Functions that act as the extension owner and are not for everyone.
+REVOKE EXECUTE ON FUNCTION @extschema@.verify_audit_chain() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.verify_audit_chain() TO memoriesdb_auditor;
+REVOKE EXECUTE ON FUNCTION @extschema@.create_vector_index(integer, integer, integer) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.create_vector_index(integer, integer, integer) TO memoriesdb_worker;
+REVOKE EXECUTE ON FUNCTION @extschema@.process_vindexing(integer) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.process_vindexing(integer) TO memoriesdb_worker;

@@ -9,18 +9,59 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
                 ELSE pg_catalog.current_setting('role')::name END
 $$;
 
--- The acting user: `app.current_user` when it is set, otherwise the user mapped to the acting
--- database role, otherwise NULL (anonymous).
-CREATE FUNCTION @extschema@.current_memory_user() RETURNS uuid
-LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
+-- Roles MemoriesDB's policies refer to. Roles belong to the cluster, not the database, so they
+-- are created only when missing and are left in place by DROP EXTENSION.
+--   memoriesdb_trusted   may assert the acting user through app.current_user (application
+--                        servers, poolers) and create users
+--   memoriesdb_worker    embedding and indexing workers: read all content, work the queues
+--   memoriesdb_auditor   reads the whole audit log
+DO $$
 DECLARE
-    asserted text := pg_catalog.current_setting('app.current_user', true);
+    r text;
+BEGIN
+    FOREACH r IN ARRAY ARRAY['memoriesdb_trusted', 'memoriesdb_worker', 'memoriesdb_auditor'] LOOP
+        IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = r) THEN
+            EXECUTE format('CREATE ROLE %I NOLOGIN', r);
+        END IF;
+    END LOOP;
+END
+$$;
+
+-- Is the acting database role a member of `role_name`? (Superusers are members of every role.)
+CREATE FUNCTION @extschema@.acting_role_is(role_name name) RETURNS boolean
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT pg_catalog.pg_has_role(@extschema@.acting_db_role(), role_name, 'MEMBER')
+$$;
+
+-- The acting user, resolved per statement:
+--   * a role trusted to assert identities (member of memoriesdb_trusted) acts as the user named
+--     by app.current_user when it is set;
+--   * otherwise the role acts as the user mapped to it (users.db_role), or as nobody (NULL).
+-- An untrusted role that sets app.current_user to anyone but its own user gets 42501: it gains
+-- nothing. SECURITY DEFINER so that the lookup of the role's user is not itself subject to the
+-- row-level security that calls this function.
+CREATE FUNCTION @extschema@.current_memory_user() RETURNS uuid
+LANGUAGE plpgsql STABLE PARALLEL SAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    asserted text := current_setting('app.current_user', true);
+    role_name name := @extschema@.acting_db_role();
     mapped uuid;
+    claimed uuid;
 BEGIN
     IF asserted IS NOT NULL AND asserted <> '' THEN
-        RETURN @extschema@.parse_uuid(asserted, 'app.current_user is not a valid user id');
+        claimed := @extschema@.parse_uuid(asserted, 'app.current_user is not a valid user id');
+        IF pg_has_role(role_name, 'memoriesdb_trusted', 'MEMBER') THEN
+            RETURN claimed;
+        END IF;
     END IF;
-    SELECT u.id INTO mapped FROM @extschema@.users u WHERE u.db_role = @extschema@.acting_db_role();
+    SELECT u.id INTO mapped FROM @extschema@.users u WHERE u.db_role = role_name;
+    IF claimed IS NOT NULL AND claimed IS DISTINCT FROM mapped THEN
+        RAISE EXCEPTION 'role "%" may not act as user %: app.current_user is honoured only for members of memoriesdb_trusted',
+            role_name, claimed
+            USING ERRCODE = '42501',
+                  HINT = 'an administrator can run GRANT memoriesdb_trusted TO ' || quote_ident(role_name)
+                         || ' for an application or pooler role';
+    END IF;
     RETURN mapped;
 END
 $$;
@@ -31,6 +72,9 @@ RETURNS uuid LANGUAGE plpgsql AS $$
 DECLARE
     new_id uuid;
 BEGIN
+    IF NOT @extschema@.acting_role_is('memoriesdb_trusted') THEN
+        RAISE EXCEPTION 'only members of memoriesdb_trusted can create users' USING ERRCODE = '42501';
+    END IF;
     IF create_user.name IS NULL OR pg_catalog.btrim(create_user.name) = '' THEN
         RAISE EXCEPTION 'user name must not be empty' USING ERRCODE = '22023';
     END IF;
@@ -47,7 +91,8 @@ END
 $$;
 
 -- Set the acting user for the current transaction (is_local, the default, which is what a
--- transaction-mode pooler needs) or for the rest of the session. Spares callers the quoting
+-- transaction-mode pooler needs) or for the rest of the session. Only members of
+-- memoriesdb_trusted may name another user than their own. Spares callers the quoting
 -- that `SET app."current_user" = '...'` needs (current_user is a reserved word).
 CREATE FUNCTION @extschema@.set_memory_user(user_id uuid, is_local boolean DEFAULT true)
 RETURNS uuid LANGUAGE plpgsql AS $$
@@ -55,6 +100,11 @@ BEGIN
     IF user_id IS NULL THEN
         PERFORM pg_catalog.set_config('app.current_user', '', is_local);
         RETURN NULL;
+    END IF;
+    IF NOT @extschema@.acting_role_is('memoriesdb_trusted')
+       AND user_id IS DISTINCT FROM (SELECT u.id FROM @extschema@.users u WHERE u.db_role = @extschema@.acting_db_role()) THEN
+        RAISE EXCEPTION 'role "%" may not act as user %: only members of memoriesdb_trusted can assert identities',
+            @extschema@.acting_db_role(), user_id USING ERRCODE = '42501';
     END IF;
     IF NOT EXISTS (SELECT 1 FROM @extschema@.users u WHERE u.id = set_memory_user.user_id) THEN
         RAISE EXCEPTION 'user % does not exist', user_id USING ERRCODE = 'P0002';

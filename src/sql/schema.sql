@@ -64,8 +64,9 @@ CREATE TABLE @extschema@.memories (
     role              text CHECK (length(role) BETWEEN 1 AND 64),
     _created_at       timestamptz NOT NULL DEFAULT now(),
     _updated_at       timestamptz NOT NULL DEFAULT now(),
-    created_by        uuid,
-    updated_by        uuid,
+    -- provenance: set by trigger from the acting user, never from the caller's values
+    created_by        uuid REFERENCES @extschema@.users (id),
+    updated_by        uuid REFERENCES @extschema@.users (id),
     CONSTRAINT memories_message_fields CHECK (
         (kind = 'message') = (session_id IS NOT NULL AND position IS NOT NULL AND role IS NOT NULL))
 );
@@ -82,6 +83,8 @@ CREATE INDEX memories_metadata ON @extschema@.memories USING gin (_metadata json
 -- the parent's branch) and copies nothing: reading a branch walks this ancestry.
 CREATE TABLE @extschema@.memory_sessions (
     id              uuid PRIMARY KEY REFERENCES @extschema@.memories (id) ON DELETE CASCADE,
+    -- the session memory's creator, kept here so row-level security on sessions is one index probe
+    owner_id        uuid REFERENCES @extschema@.users (id),
     parent_id       uuid REFERENCES @extschema@.memory_sessions (id) ON DELETE RESTRICT,
     fork_position   bigint NOT NULL DEFAULT 0 CHECK (fork_position >= 0),
     fork_message_id uuid REFERENCES @extschema@.memories (id) ON DELETE RESTRICT,
@@ -94,6 +97,7 @@ CREATE TABLE @extschema@.memory_sessions (
 );
 COMMENT ON TABLE @extschema@.memory_sessions IS 'Branch structure of sessions: parent and fork point, never copied messages';
 CREATE INDEX memory_sessions_parent ON @extschema@.memory_sessions (parent_id) WHERE parent_id IS NOT NULL;
+CREATE INDEX memory_sessions_owner ON @extschema@.memory_sessions (owner_id);
 
 ALTER TABLE @extschema@.memories
     ADD CONSTRAINT memories_session_fk FOREIGN KEY (session_id)
@@ -109,12 +113,13 @@ CREATE TABLE @extschema@.memory_edges (
                 CHECK (weight > '-Infinity'::float8 AND weight < 'Infinity'::float8),
     _metadata   jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(_metadata) = 'object'),
     _created_at timestamptz NOT NULL DEFAULT now(),
-    created_by  uuid,
+    created_by  uuid REFERENCES @extschema@.users (id),
     CONSTRAINT memory_edges_no_self_loop CHECK (source_id <> target_id),
     CONSTRAINT memory_edges_unique UNIQUE (source_id, target_id, relation)
 );
 COMMENT ON TABLE @extschema@.memory_edges IS 'Typed, weighted relations between memories; kept acyclic';
 CREATE INDEX memory_edges_target ON @extschema@.memory_edges (target_id, relation);
+CREATE INDEX memory_edges_created_by ON @extschema@.memory_edges (created_by);
 
 -- Serialises writers of edges that could close a cycle together (see prevent_cycles()).
 -- A row rather than an advisory lock: under REPEATABLE READ a concurrent update of this row
@@ -135,12 +140,21 @@ CREATE TABLE @extschema@.audit_log (
     old_row     jsonb,
     new_row     jsonb,
     acting_user uuid,
+    -- the owner of the changed row: the user this audit row concerns
+    subject_user uuid,
     db_role     name NOT NULL,
     txid        bigint NOT NULL,
-    changed_at  timestamptz NOT NULL DEFAULT now()
+    changed_at  timestamptz NOT NULL DEFAULT now(),
+    -- tamper evidence, filled in by seal_audit_log(): the row's place in the hash chain and
+    -- sha256(previous chain_hash || this row's canonical text)
+    chain_position bigint UNIQUE,
+    chain_hash  text
 );
 COMMENT ON TABLE @extschema@.audit_log IS 'Append-only change log of memories and edges (before/after state, user, role, transaction)';
 CREATE INDEX audit_log_row ON @extschema@.audit_log (row_id, id);
+CREATE INDEX audit_log_subject ON @extschema@.audit_log (subject_user, id);
+CREATE INDEX audit_log_acting ON @extschema@.audit_log (acting_user, id);
+CREATE INDEX audit_log_unsealed ON @extschema@.audit_log (txid, id) WHERE chain_position IS NULL;
 
 -- Queue of memories waiting for an embedding. One row per memory: changing the content again
 -- before a worker gets to it simply re-arms the same row with the new hash.
@@ -177,6 +191,32 @@ CREATE INDEX vindexing_schedule_pending ON @extschema@.vindexing_schedule (enque
 CREATE UNIQUE INDEX vindexing_schedule_once ON @extschema@.vindexing_schedule (target, dimensions)
     WHERE status IN ('pending', 'processing');
 
+-- Sharing: explicit grants of read (or read-write) access to a memory or a session.
+CREATE TABLE @extschema@.memory_shares (
+    memory_id  uuid NOT NULL REFERENCES @extschema@.memories (id) ON DELETE CASCADE,
+    grantee    uuid NOT NULL REFERENCES @extschema@.users (id) ON DELETE CASCADE,
+    can_write  boolean NOT NULL DEFAULT false,
+    granted_by uuid NOT NULL REFERENCES @extschema@.users (id) ON DELETE CASCADE,
+    granted_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (memory_id, grantee)
+);
+CREATE INDEX memory_shares_grantee ON @extschema@.memory_shares (grantee, memory_id);
+COMMENT ON TABLE @extschema@.memory_shares IS 'Explicit grants of a memory or session to another user';
+
+-- A shared session shares what its branch shows: for each session of its lineage, the messages
+-- up to the position the branch sees. Precomputed at grant time so that the row-level security
+-- policy on memories is a single index probe per row.
+CREATE TABLE @extschema@.memory_share_segments (
+    grantee       uuid NOT NULL,
+    session_id    uuid NOT NULL REFERENCES @extschema@.memory_sessions (id) ON DELETE CASCADE,
+    visible_upto  bigint NOT NULL,
+    shared_memory uuid NOT NULL,
+    can_write     boolean NOT NULL DEFAULT false,
+    FOREIGN KEY (shared_memory, grantee) REFERENCES @extschema@.memory_shares (memory_id, grantee) ON DELETE CASCADE,
+    PRIMARY KEY (grantee, session_id, shared_memory)
+);
+COMMENT ON TABLE @extschema@.memory_share_segments IS 'Per-session visibility derived from shared sessions (maintained by share_memory)';
+
 -- pg_dump skips rows of extension-owned tables unless they are registered here.
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.users', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.memories', '');
@@ -185,5 +225,7 @@ SELECT pg_catalog.pg_extension_config_dump('@extschema@.memory_edges', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.audit_log', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.audit_log_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.embedding_schedule', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.memory_shares', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.memory_share_segments', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.vindexing_schedule', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.vindexing_schedule_id_seq', '');

@@ -49,14 +49,15 @@ CREATE FUNCTION @extschema@.create_session(title text, metadata jsonb DEFAULT '{
 RETURNS uuid LANGUAGE plpgsql AS $$
 DECLARE
     new_id uuid;
+    owner uuid;
 BEGIN
     IF title IS NULL THEN
         RAISE EXCEPTION 'title must not be NULL' USING ERRCODE = '22004';
     END IF;
     INSERT INTO @extschema@.memories (kind, content, _metadata)
     VALUES ('session', title, @extschema@.metadata_object(metadata, 'metadata'))
-    RETURNING id INTO new_id;
-    INSERT INTO @extschema@.memory_sessions (id) VALUES (new_id);
+    RETURNING id, created_by INTO new_id, owner;
+    INSERT INTO @extschema@.memory_sessions (id, owner_id) VALUES (new_id, owner);
     RETURN new_id;
 END
 $$;
@@ -120,6 +121,7 @@ DECLARE
     fork_at bigint;
     message_session uuid;
     new_id uuid;
+    owner uuid;
 BEGIN
     parent := @extschema@.require_session(fork_session.session_id);
     IF new_title IS NULL THEN
@@ -156,9 +158,9 @@ BEGIN
 
     INSERT INTO @extschema@.memories (kind, content, _metadata)
     VALUES ('session', new_title, clean_metadata)
-    RETURNING id INTO new_id;
-    INSERT INTO @extschema@.memory_sessions (id, parent_id, fork_position, fork_message_id, depth, last_position)
-    VALUES (new_id, parent.id, fork_at, fork_message, parent.depth + 1, fork_at);
+    RETURNING id, created_by INTO new_id, owner;
+    INSERT INTO @extschema@.memory_sessions (id, owner_id, parent_id, fork_position, fork_message_id, depth, last_position)
+    VALUES (new_id, owner, parent.id, fork_at, fork_message, parent.depth + 1, fork_at);
     INSERT INTO @extschema@.memory_edges (source_id, target_id, relation, _metadata)
     VALUES (new_id, parent.id, 'forked_from',
             pg_catalog.jsonb_build_object('fork_position', fork_at, 'parent_message_id', fork_message));

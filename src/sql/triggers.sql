@@ -23,6 +23,38 @@ BEGIN
 END
 $$;
 
+-- Is `to` reachable from `from` along edges? Used by prevent_cycles(). Breadth-first over a
+-- recursive query whose UNION (not UNION ALL) is the visited set, so it terminates on any graph
+-- and stops as soon as `to` is found. SECURITY DEFINER: edges the caller cannot see can still
+-- close a cycle, so they must count. VOLATILE: each call reads with a fresh snapshot.
+CREATE FUNCTION @extschema@.edge_path_exists("from" uuid, "to" uuid) RETURNS boolean
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    WITH RECURSIVE reach(id) AS (
+        SELECT $1
+        UNION
+        SELECT e.target_id FROM @extschema@.memory_edges e JOIN reach r ON e.source_id = r.id
+    )
+    SELECT EXISTS (SELECT 1 FROM reach WHERE id = $2)
+$$;
+
+-- An edge may only connect memories the acting user can see. A memory another user owns (and
+-- did not share) gets exactly the error a missing one gets from the foreign key, so edges cannot
+-- be used to probe for other tenants' ids. Runs as the caller, under row-level security.
+CREATE FUNCTION @extschema@.require_visible_endpoints() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM @extschema@.memories m WHERE m.id = NEW.source_id) THEN
+        RAISE EXCEPTION 'insert or update on table "memory_edges" violates foreign key constraint "memory_edges_source_id_fkey"'
+            USING ERRCODE = '23503', DETAIL = format('Key (source_id)=(%s) is not present in table "memories".', NEW.source_id);
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM @extschema@.memories m WHERE m.id = NEW.target_id) THEN
+        RAISE EXCEPTION 'insert or update on table "memory_edges" violates foreign key constraint "memory_edges_target_id_fkey"'
+            USING ERRCODE = '23503', DETAIL = format('Key (target_id)=(%s) is not present in table "memories".', NEW.target_id);
+    END IF;
+    RETURN NEW;
+END
+$$;
+
 -- An embedding describes the content it was computed from: when the content changes, the old
 -- embedding is dropped (and the enqueue trigger below asks for a new one), so vector search
 -- never serves a stale embedding as current.
@@ -40,23 +72,28 @@ $$;
 CREATE FUNCTION @extschema@.log_memory_change() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    INSERT INTO @extschema@.audit_log (table_name, operation, row_id, old_row, new_row, acting_user, db_role, txid)
+    INSERT INTO @extschema@.audit_log (table_name, operation, row_id, old_row, new_row, acting_user,
+                                       subject_user, db_role, txid)
     VALUES (TG_TABLE_NAME, TG_OP,
             CASE WHEN TG_OP = 'DELETE' THEN OLD.id ELSE NEW.id END,
             CASE WHEN TG_OP <> 'INSERT' THEN to_jsonb(OLD) END,
             CASE WHEN TG_OP <> 'DELETE' THEN to_jsonb(NEW) END,
-            @extschema@.current_memory_user(), @extschema@.acting_db_role(), txid_current());
+            @extschema@.current_memory_user(),
+            CASE WHEN TG_OP = 'DELETE' THEN OLD.created_by ELSE NEW.created_by END,
+            @extschema@.acting_db_role(), txid_current());
     RETURN NULL;
 END
 $$;
 
 -- The audit log is append-only: UPDATE, DELETE and TRUNCATE fail for everyone but superusers.
--- (Privileges already deny them; this also holds for the table's owner.)
+-- (Privileges already deny them; this also holds for the table's owner and for roles that were
+-- granted the privileges.) A statement-level trigger, so that it fails even when row-level
+-- security leaves the statement no rows to touch.
 CREATE FUNCTION @extschema@.audit_log_append_only() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
     IF (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user) THEN
-        RETURN CASE TG_OP WHEN 'DELETE' THEN OLD ELSE NEW END;
+        RETURN NULL;
     END IF;
     RAISE EXCEPTION 'audit_log is append-only: % is not allowed', TG_OP USING ERRCODE = '42501';
 END
@@ -147,6 +184,10 @@ CREATE TRIGGER memories_70_events AFTER INSERT ON @extschema@.memories
     FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.notify_memory_events();
 
 -- memory_edges
+CREATE TRIGGER memory_edges_05_visible_endpoints BEFORE INSERT OR UPDATE OF source_id, target_id
+    ON @extschema@.memory_edges
+    FOR EACH ROW WHEN (NEW.source_id IS NOT NULL AND NEW.target_id IS NOT NULL)
+    EXECUTE FUNCTION @extschema@.require_visible_endpoints();
 CREATE TRIGGER memory_edges_10_prevent_cycles BEFORE INSERT OR UPDATE OF source_id, target_id
     ON @extschema@.memory_edges
     FOR EACH ROW EXECUTE FUNCTION @extschema@.prevent_cycles();
@@ -156,7 +197,5 @@ CREATE TRIGGER memory_edges_50_audit AFTER INSERT OR UPDATE OR DELETE ON @extsch
     FOR EACH ROW EXECUTE FUNCTION @extschema@.log_memory_change();
 
 -- audit_log
-CREATE TRIGGER audit_log_append_only BEFORE UPDATE OR DELETE ON @extschema@.audit_log
-    FOR EACH ROW EXECUTE FUNCTION @extschema@.audit_log_append_only();
-CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON @extschema@.audit_log
+CREATE TRIGGER audit_log_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON @extschema@.audit_log
     FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.audit_log_append_only();

@@ -1,0 +1,292 @@
+-- Multi-tenancy: forced row-level security on every table, explicit sharing, and a
+-- tamper-evident audit chain. See SECURITY.md for the trust model in plain words.
+--
+-- A user sees and changes their own memories, edges and sessions, plus what was explicitly
+-- shared with them. Policies compare against (SELECT current_memory_user()), which PostgreSQL
+-- evaluates once per query, and every condition is an index probe.
+
+-- ---------------------------------------------------------------------------------------------
+-- Sharing
+-- ---------------------------------------------------------------------------------------------
+
+-- Does a user with this id exist? (For the sharing functions: the users table itself shows each
+-- user only their own row.)
+CREATE FUNCTION @extschema@.user_exists(user_id uuid) RETURNS boolean
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT EXISTS (SELECT 1 FROM @extschema@.users u WHERE u.id = $1)
+$$;
+
+-- Share a memory or a session with another user, read-only or read-write. Sharing a session
+-- shares what its branch shows (its messages and the inherited prefix of its ancestors); with
+-- can_write the grantee may also add messages to it. Sharing again changes can_write.
+CREATE FUNCTION @extschema@.share_memory(memory_id uuid, grantee uuid, can_write boolean DEFAULT false)
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    me uuid := @extschema@.current_memory_user();
+    owner uuid;
+    memory_kind text;
+BEGIN
+    IF share_memory.memory_id IS NULL OR share_memory.grantee IS NULL OR share_memory.can_write IS NULL THEN
+        RAISE EXCEPTION 'memory_id, grantee and can_write must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    SELECT m.created_by, m.kind INTO owner, memory_kind
+      FROM @extschema@.memories m WHERE m.id = share_memory.memory_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'memory % does not exist', share_memory.memory_id USING ERRCODE = 'P0002';
+    END IF;
+    IF me IS NULL OR owner IS DISTINCT FROM me THEN
+        RAISE EXCEPTION 'only the owner of memory % can share it', share_memory.memory_id USING ERRCODE = '42501';
+    END IF;
+    IF share_memory.grantee = me THEN
+        RAISE EXCEPTION 'memory % already belongs to user %', share_memory.memory_id, me USING ERRCODE = '22023';
+    END IF;
+    IF NOT @extschema@.user_exists(share_memory.grantee) THEN
+        RAISE EXCEPTION 'user % does not exist', share_memory.grantee USING ERRCODE = 'P0002';
+    END IF;
+    INSERT INTO @extschema@.memory_shares AS s (memory_id, grantee, can_write, granted_by)
+    VALUES (share_memory.memory_id, share_memory.grantee, share_memory.can_write, me)
+    ON CONFLICT ON CONSTRAINT memory_shares_pkey
+    DO UPDATE SET can_write = EXCLUDED.can_write, granted_at = now();
+    IF memory_kind = 'session' THEN
+        DELETE FROM @extschema@.memory_share_segments g
+         WHERE g.grantee = share_memory.grantee AND g.shared_memory = share_memory.memory_id;
+        INSERT INTO @extschema@.memory_share_segments (grantee, session_id, visible_upto, shared_memory, can_write)
+        SELECT share_memory.grantee, l.lineage_session_id, l.visible_upto, share_memory.memory_id,
+               share_memory.can_write AND l.lineage_session_id = share_memory.memory_id
+          FROM @extschema@.session_lineage(share_memory.memory_id) l;
+    END IF;
+END
+$$;
+
+-- Take a share back; effective for the grantee's next statement. Returns whether there was one.
+CREATE FUNCTION @extschema@.revoke_share(memory_id uuid, grantee uuid)
+RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+    DELETE FROM @extschema@.memory_shares s
+     WHERE s.memory_id = revoke_share.memory_id AND s.grantee = revoke_share.grantee
+       AND s.granted_by = @extschema@.current_memory_user();
+    RETURN FOUND;
+END
+$$;
+
+-- ---------------------------------------------------------------------------------------------
+-- Row-level security: enabled and forced on every table (the table owner is subject to it too;
+-- only superusers and BYPASSRLS roles are not).
+-- ---------------------------------------------------------------------------------------------
+ALTER TABLE @extschema@.users ENABLE ROW LEVEL SECURITY;
+ALTER TABLE @extschema@.users FORCE ROW LEVEL SECURITY;
+ALTER TABLE @extschema@.memories ENABLE ROW LEVEL SECURITY;
+ALTER TABLE @extschema@.memories FORCE ROW LEVEL SECURITY;
+ALTER TABLE @extschema@.memory_sessions ENABLE ROW LEVEL SECURITY;
+ALTER TABLE @extschema@.memory_sessions FORCE ROW LEVEL SECURITY;
+ALTER TABLE @extschema@.memory_edges ENABLE ROW LEVEL SECURITY;
+ALTER TABLE @extschema@.memory_edges FORCE ROW LEVEL SECURITY;
+ALTER TABLE @extschema@.memory_shares ENABLE ROW LEVEL SECURITY;
+ALTER TABLE @extschema@.memory_shares FORCE ROW LEVEL SECURITY;
+ALTER TABLE @extschema@.memory_share_segments ENABLE ROW LEVEL SECURITY;
+ALTER TABLE @extschema@.memory_share_segments FORCE ROW LEVEL SECURITY;
+ALTER TABLE @extschema@.memory_graph_clock ENABLE ROW LEVEL SECURITY;
+ALTER TABLE @extschema@.memory_graph_clock FORCE ROW LEVEL SECURITY;
+ALTER TABLE @extschema@.audit_log ENABLE ROW LEVEL SECURITY;
+ALTER TABLE @extschema@.audit_log FORCE ROW LEVEL SECURITY;
+ALTER TABLE @extschema@.embedding_schedule ENABLE ROW LEVEL SECURITY;
+ALTER TABLE @extschema@.embedding_schedule FORCE ROW LEVEL SECURITY;
+ALTER TABLE @extschema@.vindexing_schedule ENABLE ROW LEVEL SECURITY;
+ALTER TABLE @extschema@.vindexing_schedule FORCE ROW LEVEL SECURITY;
+
+-- users: your own row; trusted roles (which assert identities and create users) and auditors see all
+CREATE POLICY users_read ON @extschema@.users FOR SELECT
+    USING ((SELECT @extschema@.acting_role_is('memoriesdb_trusted'))
+           OR (SELECT @extschema@.acting_role_is('memoriesdb_auditor'))
+           OR id = (SELECT @extschema@.current_memory_user()));
+CREATE POLICY users_manage ON @extschema@.users FOR ALL
+    USING ((SELECT @extschema@.acting_role_is('memoriesdb_trusted')))
+    WITH CHECK ((SELECT @extschema@.acting_role_is('memoriesdb_trusted')));
+
+-- memories: own, shared directly, or a message inside what a shared session shows; workers read all
+CREATE POLICY memories_read ON @extschema@.memories FOR SELECT
+    USING ((SELECT @extschema@.acting_role_is('memoriesdb_worker'))
+           OR created_by = (SELECT @extschema@.current_memory_user())
+           OR (session_id IS NOT NULL AND EXISTS (
+                   SELECT 1 FROM @extschema@.memory_share_segments g
+                    WHERE g.grantee = (SELECT @extschema@.current_memory_user())
+                      AND g.session_id = memories.session_id AND memories.position <= g.visible_upto))
+           OR EXISTS (SELECT 1 FROM @extschema@.memory_shares g
+                       WHERE g.memory_id = memories.id
+                         AND g.grantee = (SELECT @extschema@.current_memory_user())));
+-- writing: as yourself, into your own sessions or sessions shared with you for writing
+CREATE POLICY memories_insert ON @extschema@.memories FOR INSERT
+    WITH CHECK (created_by = (SELECT @extschema@.current_memory_user())
+                AND (session_id IS NULL
+                     OR EXISTS (SELECT 1 FROM @extschema@.memory_sessions s
+                                 WHERE s.id = memories.session_id
+                                   AND s.owner_id = (SELECT @extschema@.current_memory_user()))
+                     OR EXISTS (SELECT 1 FROM @extschema@.memory_shares g
+                                 WHERE g.memory_id = memories.session_id AND g.can_write
+                                   AND g.grantee = (SELECT @extschema@.current_memory_user()))));
+CREATE POLICY memories_update ON @extschema@.memories FOR UPDATE
+    USING ((SELECT @extschema@.acting_role_is('memoriesdb_worker'))
+           OR created_by = (SELECT @extschema@.current_memory_user())
+           OR EXISTS (SELECT 1 FROM @extschema@.memory_shares g
+                       WHERE g.memory_id = memories.id AND g.can_write
+                         AND g.grantee = (SELECT @extschema@.current_memory_user())));
+CREATE POLICY memories_delete ON @extschema@.memories FOR DELETE
+    USING (created_by = (SELECT @extschema@.current_memory_user()));
+
+-- sessions: own, or part of what a shared session shows; appending to a shared session needs can_write
+CREATE POLICY memory_sessions_read ON @extschema@.memory_sessions FOR SELECT
+    USING ((SELECT @extschema@.acting_role_is('memoriesdb_worker'))
+           OR owner_id = (SELECT @extschema@.current_memory_user())
+           OR EXISTS (SELECT 1 FROM @extschema@.memory_share_segments g
+                       WHERE g.grantee = (SELECT @extschema@.current_memory_user())
+                         AND g.session_id = memory_sessions.id));
+CREATE POLICY memory_sessions_insert ON @extschema@.memory_sessions FOR INSERT
+    WITH CHECK (owner_id = (SELECT @extschema@.current_memory_user()));
+CREATE POLICY memory_sessions_update ON @extschema@.memory_sessions FOR UPDATE
+    USING (owner_id = (SELECT @extschema@.current_memory_user())
+           OR EXISTS (SELECT 1 FROM @extschema@.memory_shares g
+                       WHERE g.memory_id = memory_sessions.id AND g.can_write
+                         AND g.grantee = (SELECT @extschema@.current_memory_user())));
+CREATE POLICY memory_sessions_delete ON @extschema@.memory_sessions FOR DELETE
+    USING (owner_id = (SELECT @extschema@.current_memory_user()));
+
+-- edges: your own, or edges between memories you can see
+CREATE POLICY memory_edges_read ON @extschema@.memory_edges FOR SELECT
+    USING (created_by = (SELECT @extschema@.current_memory_user())
+           OR (EXISTS (SELECT 1 FROM @extschema@.memories m WHERE m.id = memory_edges.source_id)
+               AND EXISTS (SELECT 1 FROM @extschema@.memories m WHERE m.id = memory_edges.target_id)));
+CREATE POLICY memory_edges_insert ON @extschema@.memory_edges FOR INSERT
+    WITH CHECK (created_by = (SELECT @extschema@.current_memory_user()));
+CREATE POLICY memory_edges_update ON @extschema@.memory_edges FOR UPDATE
+    USING (created_by = (SELECT @extschema@.current_memory_user()));
+CREATE POLICY memory_edges_delete ON @extschema@.memory_edges FOR DELETE
+    USING (created_by = (SELECT @extschema@.current_memory_user()));
+
+-- shares: the grantor manages them, the grantee sees them
+CREATE POLICY memory_shares_read ON @extschema@.memory_shares FOR SELECT
+    USING (grantee = (SELECT @extschema@.current_memory_user())
+           OR granted_by = (SELECT @extschema@.current_memory_user()));
+CREATE POLICY memory_shares_write ON @extschema@.memory_shares FOR ALL
+    USING (granted_by = (SELECT @extschema@.current_memory_user()))
+    WITH CHECK (granted_by = (SELECT @extschema@.current_memory_user()));
+CREATE POLICY memory_share_segments_read ON @extschema@.memory_share_segments FOR SELECT
+    USING (grantee = (SELECT @extschema@.current_memory_user())
+           OR EXISTS (SELECT 1 FROM @extschema@.memory_shares s
+                       WHERE s.memory_id = memory_share_segments.shared_memory
+                         AND s.grantee = memory_share_segments.grantee
+                         AND s.granted_by = (SELECT @extschema@.current_memory_user())));
+CREATE POLICY memory_share_segments_write ON @extschema@.memory_share_segments FOR ALL
+    USING (EXISTS (SELECT 1 FROM @extschema@.memory_shares s
+                    WHERE s.memory_id = memory_share_segments.shared_memory
+                      AND s.grantee = memory_share_segments.grantee
+                      AND s.granted_by = (SELECT @extschema@.current_memory_user())))
+    WITH CHECK (EXISTS (SELECT 1 FROM @extschema@.memory_shares s
+                         WHERE s.memory_id = memory_share_segments.shared_memory
+                           AND s.grantee = memory_share_segments.grantee
+                           AND s.granted_by = (SELECT @extschema@.current_memory_user())));
+
+-- the cycle-check serialisation row carries no data
+CREATE POLICY memory_graph_clock_all ON @extschema@.memory_graph_clock FOR ALL USING (true) WITH CHECK (true);
+
+-- audit rows: visible to the user they concern (owner of the changed row) or who made the
+-- change, and to auditors. Written only by log_memory_change() (as the extension owner).
+CREATE POLICY audit_log_read ON @extschema@.audit_log FOR SELECT
+    USING ((SELECT @extschema@.acting_role_is('memoriesdb_auditor'))
+           OR subject_user = (SELECT @extschema@.current_memory_user())
+           OR acting_user = (SELECT @extschema@.current_memory_user()));
+
+-- queues: workers only (rows are added by SECURITY DEFINER triggers)
+CREATE POLICY embedding_schedule_workers ON @extschema@.embedding_schedule FOR ALL
+    USING ((SELECT @extschema@.acting_role_is('memoriesdb_worker')))
+    WITH CHECK ((SELECT @extschema@.acting_role_is('memoriesdb_worker')));
+CREATE POLICY vindexing_schedule_workers ON @extschema@.vindexing_schedule FOR ALL
+    USING ((SELECT @extschema@.acting_role_is('memoriesdb_worker')))
+    WITH CHECK ((SELECT @extschema@.acting_role_is('memoriesdb_worker')));
+
+-- Views read their tables as the caller, so the policies above apply through them too.
+ALTER VIEW @extschema@.memory_graph SET (security_invoker = true);
+ALTER VIEW @extschema@.embedding_queue_status SET (security_invoker = true);
+ALTER VIEW @extschema@.embedding_coverage SET (security_invoker = true);
+
+-- ---------------------------------------------------------------------------------------------
+-- Tamper-evident audit: a hash chain over the audit log
+-- ---------------------------------------------------------------------------------------------
+
+-- The canonical text of an audit row that the chain hashes (jsonb's text form is canonical).
+CREATE FUNCTION @extschema@.audit_row_text(a @extschema@.audit_log) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT pg_catalog.jsonb_build_array(a.id, a.table_name, a.operation, a.row_id, a.old_row, a.new_row,
+                                        a.acting_user, a.subject_user, a.db_role, a.txid, a.changed_at)::text
+$$;
+
+-- Link every finished transaction's audit rows into the chain, in (transaction, row) order:
+-- chain_hash = sha256(previous chain_hash || audit_row_text(row)). Only transactions older than
+-- every running one are sealed, so no row can later appear before a sealed one. Writers never
+-- wait for this: call it periodically (a worker, cron, or pg_cron every minute). Returns the
+-- number of rows sealed.
+CREATE FUNCTION @extschema@.seal_audit_log(max_rows integer DEFAULT 100000)
+RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    horizon bigint := txid_snapshot_xmin(txid_current_snapshot());
+    position bigint;
+    previous text;
+    sealed bigint := 0;
+    r @extschema@.audit_log;
+BEGIN
+    PERFORM pg_advisory_xact_lock(hashtext('memoriesdb.audit_chain'));
+    SELECT a.chain_position, a.chain_hash INTO position, previous
+      FROM @extschema@.audit_log a WHERE a.chain_position IS NOT NULL
+     ORDER BY a.chain_position DESC LIMIT 1;
+    position := coalesce(position, 0);
+    previous := coalesce(previous, '');
+    FOR r IN
+        SELECT * FROM @extschema@.audit_log a
+         WHERE a.chain_position IS NULL AND a.txid < horizon
+         ORDER BY a.txid, a.id LIMIT max_rows
+    LOOP
+        position := position + 1;
+        previous := @extschema@.content_sha256(previous || @extschema@.audit_row_text(r));
+        UPDATE @extschema@.audit_log SET chain_position = position, chain_hash = previous WHERE id = r.id;
+        sealed := sealed + 1;
+    END LOOP;
+    RETURN sealed;
+END
+$$;
+
+-- Recompute the chain and report the first broken link: a changed row (its hash no longer
+-- matches), a removed row (a gap in positions) or a forged hash. `intact` is true when every
+-- sealed row verifies. Compare `last_hash` with a value recorded outside the database earlier
+-- to detect a rewrite of the whole chain by a superuser.
+CREATE FUNCTION @extschema@.verify_audit_chain()
+RETURNS TABLE (intact boolean, sealed_rows bigint, unsealed_rows bigint, first_broken_position bigint,
+               first_broken_audit_id bigint, problem text, last_hash text)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    expected_position bigint := 0;
+    previous text := '';
+    r @extschema@.audit_log;
+BEGIN
+    unsealed_rows := (SELECT count(*) FROM @extschema@.audit_log a WHERE a.chain_position IS NULL);
+    FOR r IN SELECT * FROM @extschema@.audit_log a WHERE a.chain_position IS NOT NULL ORDER BY a.chain_position LOOP
+        expected_position := expected_position + 1;
+        IF r.chain_position <> expected_position THEN
+            intact := false; sealed_rows := expected_position - 1;
+            first_broken_position := expected_position; first_broken_audit_id := r.id;
+            problem := format('chain position %s is missing (next present: %s): rows were removed',
+                              expected_position, r.chain_position);
+            last_hash := previous;
+            RETURN NEXT; RETURN;
+        END IF;
+        previous := @extschema@.content_sha256(previous || @extschema@.audit_row_text(r));
+        IF r.chain_hash IS DISTINCT FROM previous THEN
+            intact := false; sealed_rows := expected_position - 1;
+            first_broken_position := r.chain_position; first_broken_audit_id := r.id;
+            problem := 'row content or chain hash was changed after sealing';
+            last_hash := r.chain_hash;
+            RETURN NEXT; RETURN;
+        END IF;
+    END LOOP;
+    intact := true; sealed_rows := expected_position; last_hash := nullif(previous, '');
+    RETURN NEXT;
+END
+$$;
