@@ -96,6 +96,11 @@ BEGIN
      WHERE s.id = add_message_to_session.session_id
     RETURNING s.last_position INTO new_position;
     IF NOT FOUND THEN
+        -- visible but not updatable: shared with the caller read-only
+        IF EXISTS (SELECT 1 FROM @extschema@.memory_sessions s WHERE s.id = add_message_to_session.session_id) THEN
+            RAISE EXCEPTION 'session % is shared with you read-only', add_message_to_session.session_id
+                USING ERRCODE = '42501', HINT = 'its owner can share it with can_write => true';
+        END IF;
         RAISE EXCEPTION 'session % does not exist', add_message_to_session.session_id
             USING ERRCODE = 'P0002', HINT = 'create one with create_session(title)';
     END IF;
