@@ -38,29 +38,39 @@ $$;
 --     by app.current_user when it is set;
 --   * otherwise the role acts as the user mapped to it (users.db_role), or as nobody (NULL).
 -- An untrusted role that sets app.current_user to anyone but its own user gets 42501: it gains
--- nothing. SECURITY DEFINER so that the lookup of the role's user is not itself subject to the
--- row-level security that calls this function.
+-- nothing. PL/pgSQL, so that its one query keeps a cached plan; SECURITY INVOKER, because the users
+-- policy lets every role read the row mapped to it, which is all this lookup needs.
 CREATE FUNCTION @extschema@.current_memory_user() RETURNS uuid
-LANGUAGE plpgsql STABLE PARALLEL SAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
 DECLARE
-    asserted text := current_setting('app.current_user', true);
-    role_name name := @extschema@.acting_db_role();
-    mapped uuid;
+    asserted text := pg_catalog.current_setting('app.current_user', true);
     claimed uuid;
+    mapped uuid;
 BEGIN
     IF asserted IS NOT NULL AND asserted <> '' THEN
         claimed := @extschema@.parse_uuid(asserted, 'app.current_user is not a valid user id');
-        IF pg_has_role(role_name, 'memoriesdb_trusted', 'MEMBER') THEN
+        IF @extschema@.acting_role_is('memoriesdb_trusted') THEN
             RETURN claimed;
         END IF;
     END IF;
-    SELECT u.id INTO mapped FROM @extschema@.users u WHERE u.db_role = role_name;
-    IF claimed IS NOT NULL AND claimed IS DISTINCT FROM mapped THEN
+    SELECT u.id INTO mapped FROM @extschema@.users u WHERE u.db_role = @extschema@.acting_db_role();
+    IF claimed IS NOT NULL THEN
+        RETURN @extschema@.refuse_identity_claim(claimed, mapped);
+    END IF;
+    RETURN mapped;
+END
+$$;
+
+-- An untrusted role claimed a user: fine if it is its own, 42501 otherwise.
+CREATE FUNCTION @extschema@.refuse_identity_claim(claimed uuid, mapped uuid) RETURNS uuid
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    IF claimed IS DISTINCT FROM mapped THEN
         RAISE EXCEPTION 'role "%" may not act as user %: app.current_user is honoured only for members of memoriesdb_trusted',
-            role_name, claimed
+            @extschema@.acting_db_role(), claimed
             USING ERRCODE = '42501',
-                  HINT = 'an administrator can run GRANT memoriesdb_trusted TO ' || quote_ident(role_name)
-                         || ' for an application or pooler role';
+                  HINT = 'an administrator can run GRANT memoriesdb_trusted TO '
+                         || pg_catalog.quote_ident(@extschema@.acting_db_role()) || ' for an application or pooler role';
     END IF;
     RETURN mapped;
 END

@@ -36,7 +36,6 @@ CREATE FUNCTION @extschema@.search_memories(
 RETURNS TABLE (id uuid, content text, kind text, role text, origin_session_id uuid, "position" bigint,
                rank real, snippet text)
 LANGUAGE plpgsql STABLE AS $$
-#variable_conflict use_column
 DECLARE
     cfg regconfig := coalesce(config, @extschema@.default_search_config());
     n integer := @extschema@.search_limit(lim);
@@ -49,38 +48,70 @@ BEGIN
     IF pg_catalog.numnode(q) = 0 THEN
         RETURN;
     END IF;
-    IF search_memories.session_id IS NULL THEN
+    IF search_memories.session_id IS NOT NULL THEN
+        -- as the caller: a session the caller cannot see does not exist
+        PERFORM @extschema@.require_session(search_memories.session_id);
+    END IF;
+    RETURN QUERY SELECT * FROM @extschema@.search_visible_memories(q, cfg, search_memories.session_id,
+                                                                   kind_filter, metadata_filter, n);
+END
+$$;
+
+-- The body of search_memories(), which has validated its arguments. Row-level security cannot let
+-- the planner use the GIN index (the @@ operator is not leakproof, so it may not run before the
+-- policy), which would turn every search into a scan of all tenants' rows. So this function runs
+-- as the extension owner and applies the very rule of the memories_read policy as
+-- an ordinary condition after the index match. It returns only rows the caller may see.
+CREATE FUNCTION @extschema@.search_visible_memories(q tsquery, cfg regconfig, session_id uuid,
+                                                    kind_filter text, metadata_filter jsonb, n integer)
+RETURNS TABLE (id uuid, content text, kind text, role text, origin_session_id uuid, "position" bigint,
+               rank real, snippet text)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET jit = off AS $$
+#variable_conflict use_column
+DECLARE
+    -- the caller's identity (role and settings are the caller's, also inside SECURITY DEFINER)
+    me uuid := @extschema@.current_memory_user();
+    worker boolean := @extschema@.acting_role_is('memoriesdb_worker');
+BEGIN
+    IF search_visible_memories.session_id IS NULL THEN
         RETURN QUERY
         WITH hits AS (
             SELECT m.id, m.content, m.kind, m.role, m.session_id, m.position,
-                   pg_catalog.ts_rank_cd(m.search_tsv, q) AS r
+                   ts_rank_cd(m.search_tsv, q) AS r
               FROM @extschema@.memories m
              WHERE m.search_tsv @@ q
+               AND (worker OR m.created_by = me
+                    OR (m.session_id IS NOT NULL AND EXISTS (
+                            SELECT 1 FROM @extschema@.memory_share_segments g
+                             WHERE g.grantee = me AND g.session_id = m.session_id AND m.position <= g.visible_upto))
+                    OR EXISTS (SELECT 1 FROM @extschema@.memory_shares g WHERE g.memory_id = m.id AND g.grantee = me))
                AND (kind_filter IS NULL OR m.kind = kind_filter)
                AND (metadata_filter IS NULL OR m._metadata @> metadata_filter)
              ORDER BY r DESC, m.id
              LIMIT n)
         SELECT h.id, h.content, h.kind, h.role, h.session_id, h.position, h.r,
-               pg_catalog.ts_headline(cfg, pg_catalog."left"(h.content, 262144), q,
-                                      'MaxFragments=2, MaxWords=20, MinWords=5')
+               ts_headline(cfg, "left"(h.content, 262144), q, 'MaxFragments=2, MaxWords=20, MinWords=5')
           FROM hits h ORDER BY h.r DESC, h.id;
     ELSE
-        PERFORM @extschema@.require_session(search_memories.session_id);
         RETURN QUERY
         WITH hits AS (
             SELECT m.id, m.content, m.kind, m.role, m.session_id, m.position,
-                   pg_catalog.ts_rank_cd(m.search_tsv, q) AS r
-              FROM @extschema@.session_lineage(search_memories.session_id) l
+                   ts_rank_cd(m.search_tsv, q) AS r
+              FROM @extschema@.session_lineage(search_visible_memories.session_id) l
               JOIN @extschema@.memories m
                 ON m.session_id = l.lineage_session_id AND m.position <= l.visible_upto
              WHERE m.search_tsv @@ q
+               AND (worker OR m.created_by = me
+                    OR (m.session_id IS NOT NULL AND EXISTS (
+                            SELECT 1 FROM @extschema@.memory_share_segments g
+                             WHERE g.grantee = me AND g.session_id = m.session_id AND m.position <= g.visible_upto))
+                    OR EXISTS (SELECT 1 FROM @extschema@.memory_shares g WHERE g.memory_id = m.id AND g.grantee = me))
                AND (kind_filter IS NULL OR m.kind = kind_filter)
                AND (metadata_filter IS NULL OR m._metadata @> metadata_filter)
              ORDER BY r DESC, m.id
              LIMIT n)
         SELECT h.id, h.content, h.kind, h.role, h.session_id, h.position, h.r,
-               pg_catalog.ts_headline(cfg, pg_catalog."left"(h.content, 262144), q,
-                                      'MaxFragments=2, MaxWords=20, MinWords=5')
+               ts_headline(cfg, "left"(h.content, 262144), q, 'MaxFragments=2, MaxWords=20, MinWords=5')
           FROM hits h ORDER BY h.r DESC, h.id;
     END IF;
 END
@@ -139,11 +170,7 @@ CREATE FUNCTION @extschema@.vector_search(
     metadata_filter jsonb DEFAULT NULL)
 RETURNS TABLE (id uuid, content text, kind text, role text, origin_session_id uuid, "position" bigint,
                similarity double precision)
-LANGUAGE plpgsql STABLE
-SET hnsw.iterative_scan = 'relaxed_order'
-SET hnsw.ef_search = 100
-AS $$
-#variable_conflict use_column
+LANGUAGE plpgsql STABLE AS $$
 DECLARE
     dims integer := @extschema@.require_usable_embedding(embedding);
     n integer := @extschema@.search_limit(lim);
@@ -154,15 +181,48 @@ BEGIN
             USING ERRCODE = '22023';
     END IF;
     IF vector_search.session_id IS NOT NULL THEN
+        -- as the caller: a session the caller cannot see does not exist
         PERFORM @extschema@.require_session(vector_search.session_id);
+    END IF;
+    RETURN QUERY SELECT * FROM @extschema@.vector_search_visible(embedding, dims, min_similarity, n,
+                                                                 vector_search.session_id, kind_filter, metadata_filter);
+END
+$$;
+
+-- The body of vector_search(), which has validated its arguments. Like search_visible_memories()
+-- it runs as the extension owner and applies the memories_read rule itself, so that the HNSW index
+-- can drive the search instead of a scan under row-level security; it returns only rows the
+-- caller may see.
+CREATE FUNCTION @extschema@.vector_search_visible(embedding vector, dims integer, min_similarity double precision,
+                                                  n integer, session_id uuid, kind_filter text, metadata_filter jsonb)
+RETURNS TABLE (id uuid, content text, kind text, role text, origin_session_id uuid, "position" bigint,
+               similarity double precision)
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET jit = off
+SET hnsw.iterative_scan = 'relaxed_order'
+SET hnsw.ef_search = 100
+AS $$
+#variable_conflict use_column
+DECLARE
+    -- the caller's identity (role and settings are the caller's, also inside SECURITY DEFINER)
+    me uuid := @extschema@.current_memory_user();
+    worker boolean := @extschema@.acting_role_is('memoriesdb_worker');
+BEGIN
+    IF vector_search_visible.session_id IS NOT NULL THEN
         RETURN QUERY
         SELECT * FROM (
             SELECT m.id, m.content, m.kind, m.role, m.session_id, m.position,
                    1 - (m.content_embedding OPERATOR(@extschema@.<=>) embedding) AS sim
-              FROM @extschema@.session_lineage(vector_search.session_id) l
+              FROM @extschema@.session_lineage(vector_search_visible.session_id) l
               JOIN @extschema@.memories m
                 ON m.session_id = l.lineage_session_id AND m.position <= l.visible_upto
              WHERE @extschema@.vector_dims(m.content_embedding) = dims
+               AND (worker OR m.created_by = me
+                    OR (m.session_id IS NOT NULL AND EXISTS (
+                            SELECT 1 FROM @extschema@.memory_share_segments g
+                             WHERE g.grantee = me AND g.session_id = m.session_id AND m.position <= g.visible_upto))
+                    OR EXISTS (SELECT 1 FROM @extschema@.memory_shares g WHERE g.memory_id = m.id AND g.grantee = me))
                AND (kind_filter IS NULL OR m.kind = kind_filter)
                AND (metadata_filter IS NULL OR m._metadata @> metadata_filter)
              ORDER BY sim DESC, m.id
@@ -181,6 +241,11 @@ BEGIN
                    1 - (m.content_embedding::@extschema@.vector(384) OPERATOR(@extschema@.<=>) embedding::@extschema@.vector(384)) AS sim
               FROM @extschema@.memories m
              WHERE @extschema@.vector_dims(m.content_embedding) = 384
+               AND (worker OR m.created_by = me
+                    OR (m.session_id IS NOT NULL AND EXISTS (
+                            SELECT 1 FROM @extschema@.memory_share_segments g
+                             WHERE g.grantee = me AND g.session_id = m.session_id AND m.position <= g.visible_upto))
+                    OR EXISTS (SELECT 1 FROM @extschema@.memory_shares g WHERE g.memory_id = m.id AND g.grantee = me))
                AND (kind_filter IS NULL OR m.kind = kind_filter)
                AND (metadata_filter IS NULL OR m._metadata @> metadata_filter)
              ORDER BY m.content_embedding::@extschema@.vector(384) OPERATOR(@extschema@.<=>) embedding::@extschema@.vector(384)
@@ -192,6 +257,11 @@ BEGIN
                    1 - (m.content_embedding::@extschema@.vector(768) OPERATOR(@extschema@.<=>) embedding::@extschema@.vector(768)) AS sim
               FROM @extschema@.memories m
              WHERE @extschema@.vector_dims(m.content_embedding) = 768
+               AND (worker OR m.created_by = me
+                    OR (m.session_id IS NOT NULL AND EXISTS (
+                            SELECT 1 FROM @extschema@.memory_share_segments g
+                             WHERE g.grantee = me AND g.session_id = m.session_id AND m.position <= g.visible_upto))
+                    OR EXISTS (SELECT 1 FROM @extschema@.memory_shares g WHERE g.memory_id = m.id AND g.grantee = me))
                AND (kind_filter IS NULL OR m.kind = kind_filter)
                AND (metadata_filter IS NULL OR m._metadata @> metadata_filter)
              ORDER BY m.content_embedding::@extschema@.vector(768) OPERATOR(@extschema@.<=>) embedding::@extschema@.vector(768)
@@ -203,6 +273,11 @@ BEGIN
                    1 - (m.content_embedding::@extschema@.vector(1024) OPERATOR(@extschema@.<=>) embedding::@extschema@.vector(1024)) AS sim
               FROM @extschema@.memories m
              WHERE @extschema@.vector_dims(m.content_embedding) = 1024
+               AND (worker OR m.created_by = me
+                    OR (m.session_id IS NOT NULL AND EXISTS (
+                            SELECT 1 FROM @extschema@.memory_share_segments g
+                             WHERE g.grantee = me AND g.session_id = m.session_id AND m.position <= g.visible_upto))
+                    OR EXISTS (SELECT 1 FROM @extschema@.memory_shares g WHERE g.memory_id = m.id AND g.grantee = me))
                AND (kind_filter IS NULL OR m.kind = kind_filter)
                AND (metadata_filter IS NULL OR m._metadata @> metadata_filter)
              ORDER BY m.content_embedding::@extschema@.vector(1024) OPERATOR(@extschema@.<=>) embedding::@extschema@.vector(1024)
@@ -214,6 +289,11 @@ BEGIN
                    1 - (m.content_embedding::@extschema@.vector(1536) OPERATOR(@extschema@.<=>) embedding::@extschema@.vector(1536)) AS sim
               FROM @extschema@.memories m
              WHERE @extschema@.vector_dims(m.content_embedding) = 1536
+               AND (worker OR m.created_by = me
+                    OR (m.session_id IS NOT NULL AND EXISTS (
+                            SELECT 1 FROM @extschema@.memory_share_segments g
+                             WHERE g.grantee = me AND g.session_id = m.session_id AND m.position <= g.visible_upto))
+                    OR EXISTS (SELECT 1 FROM @extschema@.memory_shares g WHERE g.memory_id = m.id AND g.grantee = me))
                AND (kind_filter IS NULL OR m.kind = kind_filter)
                AND (metadata_filter IS NULL OR m._metadata @> metadata_filter)
              ORDER BY m.content_embedding::@extschema@.vector(1536) OPERATOR(@extschema@.<=>) embedding::@extschema@.vector(1536)
@@ -226,12 +306,17 @@ BEGIN
                        1 - (m.content_embedding::%1$I.vector(%2$s) OPERATOR(%1$I.<=>) $1::%1$I.vector(%2$s)) AS sim
                   FROM %1$I.memories m
                  WHERE %1$I.vector_dims(m.content_embedding) = %2$s
+                   AND ($6 OR m.created_by = $7
+                        OR (m.session_id IS NOT NULL AND EXISTS (
+                                SELECT 1 FROM %1$I.memory_share_segments g
+                                 WHERE g.grantee = $7 AND g.session_id = m.session_id AND m.position <= g.visible_upto))
+                        OR EXISTS (SELECT 1 FROM %1$I.memory_shares g WHERE g.memory_id = m.id AND g.grantee = $7))
                    AND ($2 IS NULL OR m.kind = $2)
                    AND ($3 IS NULL OR m._metadata @> $3)
                  ORDER BY m.content_embedding::%1$I.vector(%2$s) OPERATOR(%1$I.<=>) $1::%1$I.vector(%2$s)
                  LIMIT $4) hits
              WHERE hits.sim >= $5 ORDER BY hits.sim DESC', '@extschema@', dims)
-        USING embedding, kind_filter, metadata_filter, n, min_similarity;
+        USING embedding, kind_filter, metadata_filter, n, min_similarity, worker, me;
     END CASE;
 END
 $$;

@@ -94,16 +94,19 @@ ALTER TABLE @extschema@.embedding_schedule FORCE ROW LEVEL SECURITY;
 ALTER TABLE @extschema@.vindexing_schedule ENABLE ROW LEVEL SECURITY;
 ALTER TABLE @extschema@.vindexing_schedule FORCE ROW LEVEL SECURITY;
 
--- users: your own row; trusted roles (which assert identities and create users) and auditors see all
+-- users: the row mapped to your role; trusted roles (which assert identities and create users)
+-- and auditors see all. (current_memory_user() reads through this policy, so it must not call it.)
 CREATE POLICY users_read ON @extschema@.users FOR SELECT
     USING ((SELECT @extschema@.acting_role_is('memoriesdb_trusted'))
            OR (SELECT @extschema@.acting_role_is('memoriesdb_auditor'))
-           OR id = (SELECT @extschema@.current_memory_user()));
+           OR db_role = (SELECT @extschema@.acting_db_role()));
 CREATE POLICY users_manage ON @extschema@.users FOR ALL
     USING ((SELECT @extschema@.acting_role_is('memoriesdb_trusted')))
     WITH CHECK ((SELECT @extschema@.acting_role_is('memoriesdb_trusted')));
 
--- memories: own, shared directly, or a message inside what a shared session shows; workers read all
+-- memories: own, shared directly, or a message inside what a shared session shows; workers read
+-- all. search_visible_memories() and vector_search_visible() (search.sql) apply this same rule
+-- themselves; change them together.
 CREATE POLICY memories_read ON @extschema@.memories FOR SELECT
     USING ((SELECT @extschema@.acting_role_is('memoriesdb_worker'))
            OR created_by = (SELECT @extschema@.current_memory_user())
