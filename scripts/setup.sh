@@ -20,7 +20,8 @@ install_debian_packages() {
     local pkgs=(postgresql-15 postgresql-server-dev-15 postgresql-contrib
                 postgresql-15-pgtap libtap-parser-sourcehandler-pgtap-perl
                 libclang-dev clang pkg-config build-essential sudo dpkg-dev
-                ca-certificates curl python3 python3-venv)
+                ca-certificates curl python3 python3-venv
+                chromium chromium-driver iproute2 util-linux)   # the hub's browser and client tests
     local missing=()
     for p in "${pkgs[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -75,6 +76,31 @@ install_cargo_pgrx() {
     fi
 }
 
+# The hub's real-client tests: Python's websocket-client in a venv, playwright-core (driving
+# Debian's /usr/bin/chromium; it never downloads a browser) in hub/e2e.
+HUB_VENV=/var/lib/memoriesdb/hub-venv
+install_hub_test_clients() {
+    if ! command -v npm >/dev/null; then
+        log "installing node.js and npm"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm
+    fi
+    if "$HUB_VENV/bin/python" -c 'import websocket' 2>/dev/null \
+        && "$HUB_VENV/bin/pip" freeze 2>/dev/null | grep -qxF -f hub/tests/clients/requirements.txt; then
+        log "hub python venv: present ($HUB_VENV)"
+    else
+        log "creating the hub's python venv in $HUB_VENV"
+        mkdir -p "$(dirname "$HUB_VENV")"
+        /usr/bin/python3 -m venv "$HUB_VENV"
+        "$HUB_VENV/bin/pip" install -q --disable-pip-version-check -r hub/tests/clients/requirements.txt
+    fi
+    if [ -d hub/e2e/node_modules/playwright-core ] && [ hub/e2e/node_modules/.package-lock.json -nt hub/e2e/package-lock.json ]; then
+        log "hub e2e node modules: present"
+    else
+        log "installing the hub's browser-test modules (npm ci in hub/e2e)"
+        (cd hub/e2e && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error)
+    fi
+}
+
 build_and_install_extension() {
     log "building and installing the memoriesdb extension (release)"
     cargo pgrx install --release --pg-config /usr/bin/pg_config >/dev/null
@@ -87,6 +113,7 @@ export PATH="$HOME/.cargo/bin:$PATH"
 command -v cargo >/dev/null || die "cargo not found: install Rust (rustup) first"
 install_pgvector
 install_cargo_pgrx
+install_hub_test_clients
 if [ "${1:-}" != "--deps" ]; then
     build_and_install_extension
 fi

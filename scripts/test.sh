@@ -6,6 +6,7 @@
 #   1. #[pg_test]   logic inside the backend          (cargo pgrx test, pgrx's own cluster)
 #   2. pg_test/     the SQL contract as psql sees it  (pgTAP via pg_prove, throwaway cluster)
 #   3. tests/       real clients, non-superuser roles, several connections (same cluster)
+#   4. hub/         the WebSocket hub with real clients: Rust, Python, psql, Chromium (same cluster)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -36,5 +37,10 @@ runuser -u postgres -- pg_prove -h localhost -p "$PORT" -U postgres -d memoriesd
 log "tier 3: tests/ (integration, as non-superuser roles)"
 export MEMORIESDB_TEST_ADMIN_URL="host=localhost port=$PORT user=postgres dbname=postgres"
 cargo test -p memoriesdb-integration-tests --release -- --test-threads=1
+
+log "tier 4: hub (memoriesdb-hub against the same cluster: protocol, robustness, auth, Python, psql, Chromium)"
+# Each test creates its own database and starts its own hub processes on free ports; the
+# specification's Python example runs in a private network namespace on its fixed port 5002.
+cargo test -p memoriesdb-hub --release -- --test-threads=2
 
 log "all tests passed"

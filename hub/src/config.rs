@@ -1,0 +1,191 @@
+//! Command-line flags and environment variables. Every flag has an environment variable of the
+//! same name (MEMORIESDB_HUB_<FLAG>), so the hub can be configured either way.
+
+use clap::Parser;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+#[derive(Parser, Debug, Clone)]
+#[command(name = "memoriesdb-hub", version, about = "WebSocket hub for MemoriesDB")]
+pub struct Config {
+    /// Address to listen on. Non-loopback addresses need --jwt-secret (or --allow-anonymous).
+    #[arg(long, env = "MEMORIESDB_HUB_HOST", default_value = "127.0.0.1")]
+    pub host: IpAddr,
+
+    /// TCP port to listen on.
+    #[arg(long, short = 'p', env = "MEMORIESDB_HUB_PORT", default_value_t = 5002)]
+    pub port: u16,
+
+    /// PostgreSQL connection string (key=value or postgresql:// URL).
+    #[arg(
+        long,
+        env = "MEMORIESDB_HUB_DATABASE_URL",
+        default_value = "host=localhost port=5433 user=postgres dbname=memoriesdb"
+    )]
+    pub database_url: String,
+
+    /// HS256 secret for JWT authentication. Authentication is off when neither this nor
+    /// --jwt-secret-file is given.
+    #[arg(long, env = "MEMORIESDB_HUB_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// File holding the HS256 secret (trailing newline ignored); keeps it out of `ps`.
+    #[arg(long, env = "MEMORIESDB_HUB_JWT_SECRET_FILE")]
+    pub jwt_secret_file: Option<std::path::PathBuf>,
+
+    /// Listen on a non-loopback address without authentication (not for production).
+    #[arg(long, env = "MEMORIESDB_HUB_ALLOW_ANONYMOUS")]
+    pub allow_anonymous: bool,
+
+    /// Comma-separated Origin values browsers may connect from ("*" = any). Empty: only pages
+    /// served by the hub itself (Origin host = Host header) and clients that send no Origin.
+    #[arg(long, env = "MEMORIESDB_HUB_ALLOWED_ORIGINS", value_delimiter = ',', default_value = "")]
+    pub allowed_origins: Vec<String>,
+
+    /// Maximum number of simultaneous WebSocket connections.
+    #[arg(long, env = "MEMORIESDB_HUB_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// Maximum number of channels one connection may subscribe to.
+    #[arg(long, env = "MEMORIESDB_HUB_MAX_CHANNELS_PER_CONNECTION", default_value_t = 100)]
+    pub max_channels_per_connection: usize,
+
+    /// Maximum size of one incoming WebSocket message (bytes).
+    #[arg(long, env = "MEMORIESDB_HUB_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024)]
+    pub max_message_bytes: usize,
+
+    /// Maximum size of one incoming WebSocket frame (bytes).
+    #[arg(long, env = "MEMORIESDB_HUB_MAX_FRAME_BYTES", default_value_t = 64 * 1024)]
+    pub max_frame_bytes: usize,
+
+    /// Messages that may wait for one client; a client that lets more pile up is disconnected.
+    #[arg(long, env = "MEMORIESDB_HUB_OUTBOUND_QUEUE", default_value_t = 1024)]
+    pub outbound_queue: usize,
+
+    /// How often the hub pings each client (e.g. 20s, 500ms).
+    #[arg(long, env = "MEMORIESDB_HUB_PING_INTERVAL", default_value = "20s", value_parser = parse_duration)]
+    pub ping_interval: Duration,
+
+    /// A client that sends nothing (not even a pong) for ping-interval + pong-timeout is dropped.
+    #[arg(long, env = "MEMORIESDB_HUB_PONG_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    pub pong_timeout: Duration,
+
+    /// A connection with no subscriptions that sends no request for this long is closed.
+    #[arg(long, env = "MEMORIESDB_HUB_IDLE_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// Time allowed from TCP accept to a complete HTTP request head (slow-loris defence).
+    #[arg(long, env = "MEMORIESDB_HUB_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub handshake_timeout: Duration,
+
+    /// How long a write to one client may block before the client is dropped.
+    #[arg(long, env = "MEMORIESDB_HUB_WRITE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub write_timeout: Duration,
+
+    /// Database connections for pub and chat actions (the LISTEN connection is separate).
+    #[arg(long, env = "MEMORIESDB_HUB_DB_POOL_SIZE", default_value_t = 8)]
+    pub db_pool_size: usize,
+
+    /// statement_timeout for pub and chat actions.
+    #[arg(long, env = "MEMORIESDB_HUB_STATEMENT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub statement_timeout: Duration,
+
+    /// Longest wait between two attempts to re-establish the LISTEN connection.
+    #[arg(long, env = "MEMORIESDB_HUB_RECONNECT_MAX_BACKOFF", default_value = "5s", value_parser = parse_duration)]
+    pub reconnect_max_backoff: Duration,
+
+    /// How often the LISTEN connection is probed with `SELECT 1` (catches dead TCP peers).
+    #[arg(long, env = "MEMORIESDB_HUB_LISTENER_PROBE_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub listener_probe_interval: Duration,
+
+    /// How long SIGTERM waits for clients to receive their close frame.
+    #[arg(long, env = "MEMORIESDB_HUB_SHUTDOWN_GRACE", default_value = "5s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// Log format: text or json.
+    #[arg(long, env = "MEMORIESDB_HUB_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+
+    /// Log filter (tracing EnvFilter syntax), e.g. info or memoriesdb_hub=debug.
+    #[arg(long, env = "MEMORIESDB_HUB_LOG", default_value = "info")]
+    pub log: String,
+}
+
+impl Config {
+    pub fn listen_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.host, self.port)
+    }
+
+    /// The JWT secret from --jwt-secret or --jwt-secret-file, if any.
+    pub fn jwt_secret_bytes(&self) -> Result<Option<Vec<u8>>, String> {
+        if let Some(secret) = &self.jwt_secret {
+            return Ok(Some(secret.as_bytes().to_vec()));
+        }
+        if let Some(path) = &self.jwt_secret_file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read --jwt-secret-file {}: {e}", path.display()))?;
+            return Ok(Some(text.trim_end_matches(['\n', '\r']).as_bytes().to_vec()));
+        }
+        Ok(None)
+    }
+
+    /// Refuse configurations that are unsafe or cannot work.
+    pub fn validate(&self, auth_enabled: bool) -> Result<(), String> {
+        if !auth_enabled && !self.host.is_loopback() && !self.allow_anonymous {
+            return Err(format!(
+                "refusing to listen on {} without authentication: set --jwt-secret (or \
+                 MEMORIESDB_HUB_JWT_SECRET), or pass --allow-anonymous",
+                self.host
+            ));
+        }
+        if self.outbound_queue == 0 || self.db_pool_size == 0 || self.max_connections == 0 {
+            return Err("--outbound-queue, --db-pool-size and --max-connections must be at least 1".into());
+        }
+        if self.ping_interval.is_zero() {
+            return Err("--ping-interval must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+/// Parse "250ms", "20s", "5m", "1h" or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: u64 = number.parse().map_err(|_| format!("not a duration: {text:?} (try 500ms, 20s, 5m)"))?;
+    let millis = match unit.trim() {
+        "ms" => value,
+        "" | "s" => value.saturating_mul(1000),
+        "m" => value.saturating_mul(60_000),
+        "h" => value.saturating_mul(3_600_000),
+        other => return Err(format!("unknown duration unit {other:?} in {text:?} (ms, s, m, h)")),
+    };
+    Ok(Duration::from_millis(millis))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("20s"), Ok(Duration::from_secs(20)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert!(parse_duration("fast").is_err());
+        assert!(parse_duration("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn anonymous_public_listening_is_refused() {
+        let mut config = Config::parse_from(["memoriesdb-hub"]);
+        assert!(config.validate(false).is_ok(), "loopback without auth is the development default");
+        config.host = "0.0.0.0".parse().unwrap();
+        assert!(config.validate(false).is_err());
+        assert!(config.validate(true).is_ok());
+        config.allow_anonymous = true;
+        assert!(config.validate(false).is_ok());
+    }
+}

@@ -1,0 +1,481 @@
+//! One WebSocket connection: a reader (requests in, handled one at a time in order) and a writer
+//! (drains the client's bounded outbound queue, sends heartbeat pings, enforces timeouts).
+//!
+//! The two halves never wait for each other: replies go through the same bounded queue as
+//! deliveries, so a client that floods requests but does not read its replies fills its own
+//! queue and is disconnected, like any other slow reader.
+
+use crate::auth::Grant;
+use crate::channel::ChannelName;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::protocol::{self, code, Action, Envelope, Request, RequestName};
+use crate::registry::{ClientControl, ClientHandle, CloseReason};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Map, Value};
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::time::{timeout, Instant};
+
+/// How long a subscription waits for PostgreSQL to confirm LISTEN before it is acknowledged
+/// as pending.
+const LISTEN_CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
+/// Frames the writer sends per flush when several are queued (fewer system calls under load).
+const FRAMES_PER_FLUSH: usize = 64;
+/// How long the goodbye (close frame) may take.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Last time the client sent anything (any frame) and a request (a text frame), in
+/// milliseconds since the connection opened; read by the writer's timers.
+struct Activity {
+    opened: Instant,
+    last_frame_ms: AtomicU64,
+    last_request_ms: AtomicU64,
+    subscriptions: AtomicUsize,
+}
+
+impl Activity {
+    fn now_ms(&self) -> u64 {
+        self.opened.elapsed().as_millis() as u64
+    }
+}
+
+/// Serve one upgraded connection until either side closes it.
+pub async fn serve(hub: Arc<Hub>, socket: WebSocket, initial_channels: Vec<ChannelName>, grant: Option<Grant>, peer: SocketAddr) {
+    let (sink, stream) = socket.split();
+    let (queue_tx, queue_rx) = mpsc::channel(hub.config.outbound_queue);
+    let control = Arc::new(ClientControl::new());
+    let client = hub.registry.register(queue_tx, control.clone());
+    Metrics::inc(&hub.metrics.connections_total);
+    let activity = Arc::new(Activity {
+        opened: Instant::now(),
+        last_frame_ms: AtomicU64::new(0),
+        last_request_ms: AtomicU64::new(0),
+        subscriptions: AtomicUsize::new(0),
+    });
+    tracing::debug!(client = client.id, %peer, user = ?grant.as_ref().map(|g| g.user), "connected");
+
+    let writer = tokio::spawn(write_loop(hub.clone(), sink, queue_rx, control.clone(), activity.clone()));
+    let mut connection = Connection { hub: hub.clone(), client, grant, subscriptions: BTreeSet::new(), activity };
+    if !initial_channels.is_empty() {
+        // Subscriptions from the URL are live before the first request is read, so a client may
+        // publish right after connecting and receive its own message.
+        connection.add_subscriptions(&initial_channels);
+        let pending = hub.listener.wait_until_listening(&initial_channels, LISTEN_CONFIRM_TIMEOUT).await;
+        if !pending.is_empty() {
+            tracing::warn!(client = connection.client.id, ?pending, "LISTEN not confirmed yet for URL channels");
+        }
+    }
+    connection.read_loop(stream).await;
+
+    // Whatever ended the reader, stop the writer and forget the client.
+    control.close(CloseReason::ClientGone);
+    hub.registry.unregister(connection.client.id, &connection.subscriptions);
+    let _ = writer.await;
+    tracing::debug!(client = connection.client.id, reason = ?control.reason(), dropped = control.dropped(), "disconnected");
+}
+
+struct Connection {
+    hub: Arc<Hub>,
+    client: Arc<ClientHandle>,
+    grant: Option<Grant>,
+    subscriptions: BTreeSet<ChannelName>,
+    activity: Arc<Activity>,
+}
+
+impl Connection {
+    async fn read_loop(&mut self, mut stream: SplitStream<WebSocket>) {
+        let control = self.client.control.clone();
+        let expiry = tokio::time::sleep(self.token_lifetime());
+        tokio::pin!(expiry);
+        loop {
+            let frame = tokio::select! {
+                biased;
+                _ = control.closed() => return,
+                _ = &mut expiry, if self.grant.is_some() => {
+                    control.close(CloseReason::TokenExpired);
+                    return;
+                }
+                frame = stream.next() => frame,
+            };
+            let frame = match frame {
+                Some(Ok(frame)) => frame,
+                Some(Err(error)) => {
+                    control.close(read_error_reason(error));
+                    return;
+                }
+                None => return,
+            };
+            let now = self.activity.now_ms();
+            self.activity.last_frame_ms.store(now, Ordering::Relaxed);
+            match frame {
+                Message::Text(text) => {
+                    self.activity.last_request_ms.store(now, Ordering::Relaxed);
+                    Metrics::inc(&self.hub.metrics.messages_in_total);
+                    // Boxed: request handling holds database futures; keeping them off the
+                    // connection's own future keeps idle connections small.
+                    Box::pin(self.handle_text(text)).await;
+                    if self.grant.is_some() {
+                        expiry.as_mut().reset(Instant::now() + self.token_lifetime());
+                    }
+                }
+                Message::Binary(_) => {
+                    Metrics::inc(&self.hub.metrics.messages_in_total);
+                    self.send_error(None, None, code::UNSUPPORTED_FRAME, "binary frames are not supported; send JSON as text");
+                }
+                Message::Ping(_) | Message::Pong(_) => {}
+                Message::Close(_) => return,
+            }
+        }
+    }
+
+    fn token_lifetime(&self) -> Duration {
+        match &self.grant {
+            Some(grant) => grant.remaining(),
+            None => Duration::from_secs(365 * 24 * 3600),
+        }
+    }
+
+    async fn handle_text(&mut self, text: Utf8Bytes) {
+        match protocol::parse_request(text.as_str()) {
+            Ok(envelope) => self.handle(envelope).await,
+            Err(error) => {
+                Metrics::inc(&self.hub.metrics.error_replies_total);
+                self.enqueue(error.frame());
+            }
+        }
+    }
+
+    async fn handle(&mut self, envelope: Envelope) {
+        let Envelope { id, name, request } = envelope;
+        let id = id.as_ref();
+        match request {
+            Request::Subscribe { channels } => self.subscribe(&name, id, channels).await,
+            Request::Unsubscribe { channels } => self.unsubscribe(&name, id, channels),
+            Request::Publish { channel, content, metadata } => self.publish(&name, id, channel, content, metadata).await,
+            Request::Authenticate { token } => self.reauthenticate(&name, id, &token),
+            Request::Ping => self.reply(&name, id, json!("pong")),
+            Request::Action(action) => self.run_action(&name, id, action).await,
+        }
+    }
+
+    fn add_subscriptions(&mut self, channels: &[ChannelName]) {
+        let new: Vec<ChannelName> = channels.iter().filter(|c| !self.subscriptions.contains(*c)).cloned().collect();
+        self.hub.registry.subscribe(&self.client, &new);
+        self.subscriptions.extend(new);
+        self.activity.subscriptions.store(self.subscriptions.len(), Ordering::Relaxed);
+    }
+
+    async fn subscribe(&mut self, name: &RequestName, id: Option<&Value>, requested: Vec<String>) {
+        let channels = match self.validate_channels(&requested) {
+            Ok(channels) => channels,
+            Err((code, message)) => return self.send_error(Some(name), id, code, &message),
+        };
+        if let Some(grant) = &self.grant {
+            let denied: Vec<&str> = channels.iter().map(ChannelName::as_str).filter(|c| !grant.can_read(c)).collect();
+            if !denied.is_empty() {
+                let message = format!("the token does not allow reading {}", denied.join(", "));
+                return self.send_error(Some(name), id, code::FORBIDDEN, &message);
+            }
+        }
+        let added = channels.iter().filter(|c| !self.subscriptions.contains(*c)).count();
+        let limit = self.hub.config.max_channels_per_connection;
+        if self.subscriptions.len() + added > limit {
+            let message = format!(
+                "subscribing to {added} more channel(s) would exceed the limit of {limit} per connection ({} now)",
+                self.subscriptions.len()
+            );
+            return self.send_error(Some(name), id, code::TOO_MANY_CHANNELS, &message);
+        }
+        self.add_subscriptions(&channels);
+        let pending = self.hub.listener.wait_until_listening(&channels, LISTEN_CONFIRM_TIMEOUT).await;
+        let mut result = json!({ "channels": channels.iter().map(ChannelName::as_str).collect::<Vec<_>>() });
+        if !pending.is_empty() {
+            // Subscribed, but PostgreSQL has not confirmed LISTEN (database unreachable): the
+            // client gets {"event":"reconnected"} once it has.
+            result["pending"] = json!(pending.iter().map(ChannelName::as_str).collect::<Vec<_>>());
+        }
+        self.reply(name, id, result);
+    }
+
+    fn unsubscribe(&mut self, name: &RequestName, id: Option<&Value>, requested: Vec<String>) {
+        let channels = match self.validate_channels(&requested) {
+            Ok(channels) => channels,
+            Err((code, message)) => return self.send_error(Some(name), id, code, &message),
+        };
+        let removed: Vec<ChannelName> = channels.into_iter().filter(|c| self.subscriptions.remove(c)).collect();
+        self.hub.registry.unsubscribe(self.client.id, &removed);
+        self.activity.subscriptions.store(self.subscriptions.len(), Ordering::Relaxed);
+        self.reply(name, id, json!({ "channels": removed.iter().map(ChannelName::as_str).collect::<Vec<_>>() }));
+    }
+
+    async fn publish(&mut self, name: &RequestName, id: Option<&Value>, channel: String, content: Value, metadata: Option<Value>) {
+        let channel = match ChannelName::parse(&channel) {
+            Ok(channel) => channel,
+            Err(message) => return self.send_error(Some(name), id, code::INVALID_CHANNEL, &message),
+        };
+        let mut payload = Map::new();
+        payload.insert("content".into(), content);
+        if let Some(metadata) = metadata {
+            payload.insert("metadata".into(), metadata);
+        }
+        if let Some(grant) = &self.grant {
+            if !grant.can_write(channel.as_str()) {
+                let message = format!("the token does not allow publishing to {channel}");
+                return self.send_error(Some(name), id, code::FORBIDDEN, &message);
+            }
+            // asserted by the hub, not by the client
+            payload.insert("sender".into(), Value::String(grant.user.to_string()));
+        }
+        let payload = Value::Object(payload).to_string();
+        if payload.len() > crate::database::MAX_NOTIFY_PAYLOAD_BYTES {
+            let message = format!(
+                "payload is {} bytes; PostgreSQL NOTIFY carries at most {} (content and metadata together)",
+                payload.len(),
+                crate::database::MAX_NOTIFY_PAYLOAD_BYTES
+            );
+            return self.send_error(Some(name), id, code::PAYLOAD_TOO_LARGE, &message);
+        }
+        Metrics::inc(&self.hub.metrics.publishes_total);
+        match self.hub.database.publish(&channel, &payload).await {
+            // acknowledged only when the client asked (gave an id): pub is fire-and-forget
+            Ok(()) => {
+                if id.is_some() {
+                    self.reply(name, id, json!({ "channel": channel.as_str() }));
+                }
+            }
+            Err(failure) => self.send_error_json(Some(name), id, failure.to_json()),
+        }
+    }
+
+    fn reauthenticate(&mut self, name: &RequestName, id: Option<&Value>, token: &str) {
+        let Some(authenticator) = &self.hub.auth else {
+            return self.send_error(Some(name), id, code::BAD_REQUEST, "authentication is not enabled on this hub");
+        };
+        match authenticator.verify(token) {
+            Ok(grant) => {
+                if self.grant.as_ref().is_some_and(|current| current.user != grant.user) {
+                    return self.send_error(Some(name), id, code::FORBIDDEN, "a connection cannot change its user");
+                }
+                let lost: Vec<&ChannelName> = self.subscriptions.iter().filter(|c| !grant.can_read(c.as_str())).collect();
+                if !lost.is_empty() {
+                    let lost: Vec<&str> = lost.iter().map(|c| c.as_str()).collect();
+                    let message = format!("the new token does not allow reading subscribed channels: {}", lost.join(", "));
+                    return self.send_error(Some(name), id, code::FORBIDDEN, &message);
+                }
+                let expires_in = grant.remaining().as_secs();
+                let user = grant.user;
+                self.grant = Some(grant);
+                self.reply(name, id, json!({ "user": user, "expires_in": expires_in }));
+            }
+            Err(error) => self.send_error(Some(name), id, code::UNAUTHORIZED, &error.to_string()),
+        }
+    }
+
+    async fn run_action(&mut self, name: &RequestName, id: Option<&Value>, action: Action) {
+        if let Err(message) = self.authorize(&action) {
+            return self.send_error(Some(name), id, code::FORBIDDEN, &message);
+        }
+        Metrics::inc(&self.hub.metrics.actions_total);
+        let user = self.grant.as_ref().map(|g| g.user);
+        match self.hub.database.run_action(&action, user).await {
+            Ok(mut result) => {
+                if let (Action::ListSessions { .. }, Some(grant)) = (&action, &self.grant) {
+                    // show only sessions whose channel the token may read
+                    if let Some(Value::Array(sessions)) = result.get_mut("sessions") {
+                        sessions.retain(|s| {
+                            s.get("session_id")
+                                .and_then(Value::as_str)
+                                .and_then(|id| uuid::Uuid::parse_str(id).ok())
+                                .is_some_and(|id| grant.can_read(ChannelName::for_session(&id).as_str()))
+                        });
+                    }
+                }
+                self.reply(name, id, result)
+            }
+            Err(failure) => self.send_error_json(Some(name), id, failure.to_json()),
+        }
+    }
+
+    /// With authentication on, chat actions need the rights the session's channel needs:
+    /// reading a transcript or forking needs read, sending a message needs write.
+    fn authorize(&self, action: &Action) -> Result<(), String> {
+        let Some(grant) = &self.grant else { return Ok(()) };
+        match action {
+            Action::SendMessage { session_id, .. } => {
+                let channel = ChannelName::for_session(session_id);
+                if grant.can_write(channel.as_str()) {
+                    Ok(())
+                } else {
+                    Err(format!("the token does not allow writing to {channel}"))
+                }
+            }
+            Action::GetTranscript { session_id, .. } | Action::ForkSession { session_id, .. } => {
+                let channel = ChannelName::for_session(session_id);
+                if grant.can_read(channel.as_str()) {
+                    Ok(())
+                } else {
+                    Err(format!("the token does not allow reading {channel}"))
+                }
+            }
+            Action::CreateSession { .. } | Action::ListSessions { .. } => Ok(()),
+        }
+    }
+
+    fn validate_channels(&self, requested: &[String]) -> Result<Vec<ChannelName>, (&'static str, String)> {
+        if requested.is_empty() {
+            return Err((code::BAD_REQUEST, "\"channels\" is empty".into()));
+        }
+        if requested.len() > self.hub.config.max_channels_per_connection {
+            return Err((
+                code::TOO_MANY_CHANNELS,
+                format!("at most {} channels per connection", self.hub.config.max_channels_per_connection),
+            ));
+        }
+        let mut channels = Vec::with_capacity(requested.len());
+        for name in requested {
+            let channel = ChannelName::parse(name).map_err(|message| (code::INVALID_CHANNEL, message))?;
+            if !channels.contains(&channel) {
+                channels.push(channel);
+            }
+        }
+        Ok(channels)
+    }
+
+    fn reply(&self, name: &RequestName, id: Option<&Value>, result: Value) {
+        self.enqueue(protocol::reply_frame(name, id, result));
+    }
+
+    fn send_error(&self, name: Option<&RequestName>, id: Option<&Value>, code: &str, message: &str) {
+        Metrics::inc(&self.hub.metrics.error_replies_total);
+        self.enqueue(protocol::error_frame(name, id, code, message));
+    }
+
+    fn send_error_json(&self, name: Option<&RequestName>, id: Option<&Value>, error: Value) {
+        Metrics::inc(&self.hub.metrics.error_replies_total);
+        self.enqueue(protocol::error_frame_with(name, id, error));
+    }
+
+    fn enqueue(&self, frame: Utf8Bytes) {
+        self.client.offer(frame, &self.hub.metrics);
+    }
+}
+
+/// Drain the outbound queue to the socket; ping; enforce heartbeat and idle timeouts; say
+/// goodbye with the close code the reason calls for.
+async fn write_loop(
+    hub: Arc<Hub>,
+    mut sink: SplitSink<WebSocket, Message>,
+    mut queue: mpsc::Receiver<Utf8Bytes>,
+    control: Arc<ClientControl>,
+    activity: Arc<Activity>,
+) {
+    let config = &hub.config;
+    let mut ticker = tokio::time::interval_at(Instant::now() + config.ping_interval, config.ping_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let silence_limit = (config.ping_interval + config.pong_timeout).as_millis() as u64;
+    let idle_limit = config.idle_timeout.as_millis() as u64;
+    loop {
+        tokio::select! {
+            biased;
+            _ = control.closed() => break,
+            frame = queue.recv() => {
+                let Some(frame) = frame else { break };
+                let send = async {
+                    sink.feed(Message::Text(frame)).await?;
+                    for _ in 1..FRAMES_PER_FLUSH {
+                        match queue.try_recv() {
+                            Ok(frame) => sink.feed(Message::Text(frame)).await?,
+                            Err(_) => break,
+                        }
+                    }
+                    sink.flush().await
+                };
+                if !send_within(send, config.write_timeout, &control, &hub.metrics).await {
+                    break;
+                }
+            }
+            _ = ticker.tick() => {
+                let now = activity.now_ms();
+                if now.saturating_sub(activity.last_frame_ms.load(Ordering::Relaxed)) > silence_limit {
+                    if control.close(CloseReason::HeartbeatTimeout) {
+                        Metrics::inc(&hub.metrics.heartbeat_timeouts_total);
+                    }
+                    break;
+                }
+                if activity.subscriptions.load(Ordering::Relaxed) == 0
+                    && now.saturating_sub(activity.last_request_ms.load(Ordering::Relaxed)) > idle_limit
+                {
+                    if control.close(CloseReason::IdleTimeout) {
+                        Metrics::inc(&hub.metrics.idle_timeouts_total);
+                    }
+                    break;
+                }
+                let ping = sink.send(Message::Ping(Default::default()));
+                if !send_within(ping, config.write_timeout, &control, &hub.metrics).await {
+                    break;
+                }
+            }
+        }
+    }
+    let reason = control.reason();
+    if let Some(frame) = reason.as_ref().and_then(|r| close_frame(r, control.dropped())) {
+        let _ = timeout(CLOSE_TIMEOUT, sink.send(Message::Close(Some(frame)))).await;
+    }
+    let _ = timeout(CLOSE_TIMEOUT, sink.close()).await;
+}
+
+/// Run a send; false (and the connection marked for closing) if it fails, times out (the client
+/// stopped reading and the socket buffer is full) or the connection is closing anyway.
+async fn send_within<F>(send: F, limit: Duration, control: &ClientControl, metrics: &Metrics) -> bool
+where
+    F: std::future::Future<Output = Result<(), axum::Error>>,
+{
+    tokio::select! {
+        _ = control.closed() => false,
+        outcome = timeout(limit, send) => match outcome {
+            Ok(Ok(())) => true,
+            Ok(Err(_)) => {
+                control.close(CloseReason::ClientGone);
+                false
+            }
+            Err(_) => {
+                if control.close(CloseReason::SlowClient) {
+                    Metrics::inc(&metrics.slow_client_disconnects_total);
+                }
+                false
+            }
+        }
+    }
+}
+
+fn close_frame(reason: &CloseReason, dropped: u64) -> Option<CloseFrame> {
+    let text = match reason {
+        CloseReason::SlowClient => format!("slow client: outbound queue full, {dropped} message(s) dropped"),
+        CloseReason::HeartbeatTimeout => "no pong: heartbeat timeout".into(),
+        CloseReason::IdleTimeout => "idle timeout".into(),
+        CloseReason::TokenExpired => "token expired".into(),
+        CloseReason::Shutdown => "hub shutting down".into(),
+        CloseReason::MessageTooBig => "message too big".into(),
+        CloseReason::ProtocolViolation => "websocket protocol error".into(),
+        CloseReason::ClientGone => return None,
+    };
+    Some(CloseFrame { code: reason.code(), reason: Utf8Bytes::from(text) })
+}
+
+/// Why reading failed, for the close frame: too big (1009), broken framing (1002), or a dead
+/// socket (nothing to say).
+fn read_error_reason(error: axum::Error) -> CloseReason {
+    let inner = error.into_inner();
+    match inner.downcast_ref::<tungstenite::Error>() {
+        Some(tungstenite::Error::Capacity(_)) => CloseReason::MessageTooBig,
+        Some(tungstenite::Error::Protocol(_)) | Some(tungstenite::Error::Utf8(_)) => CloseReason::ProtocolViolation,
+        _ => CloseReason::ClientGone,
+    }
+}

@@ -1,0 +1,203 @@
+//! Database work on behalf of clients: `pub` (through `SELECT pg_notify($1, $2)`, so every hub
+//! instance sharing the database delivers it) and the chat actions, which call the extension's
+//! SQL API. A small pool of ordinary connections serves both; the LISTEN connection is separate.
+//!
+//! With authentication on, each action runs in a transaction that first asserts the token's
+//! user with `set_config('app.current_user', <uuid>, true)` (transaction-local), so triggers
+//! record that user as the author and, once row-level security lands, policies apply to them.
+
+use crate::channel::ChannelName;
+use crate::protocol::{code, Action};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use serde_json::{json, Value};
+use std::time::Duration;
+use tokio_postgres::NoTls;
+use uuid::Uuid;
+
+/// PostgreSQL rejects NOTIFY payloads of 8000 bytes or more ("payload string too long").
+pub const MAX_NOTIFY_PAYLOAD_BYTES: usize = 7999;
+
+/// The application_name of pooled connections (visible in pg_stat_activity).
+pub const POOL_APPLICATION_NAME: &str = "memoriesdb-hub";
+
+/// An error to report to the client: a protocol code, a message and the SQLSTATE if any.
+#[derive(Debug)]
+pub struct DbFailure {
+    pub code: &'static str,
+    pub message: String,
+    pub sqlstate: Option<String>,
+}
+
+impl DbFailure {
+    pub fn to_json(&self) -> Value {
+        let mut error = json!({ "code": self.code, "message": self.message });
+        if let Some(state) = &self.sqlstate {
+            error["sqlstate"] = Value::String(state.clone());
+        }
+        error
+    }
+}
+
+impl From<tokio_postgres::Error> for DbFailure {
+    fn from(error: tokio_postgres::Error) -> DbFailure {
+        match error.as_db_error() {
+            Some(db) => {
+                let sqlstate = db.code().code().to_string();
+                let code = match sqlstate.as_str() {
+                    "P0002" | "02000" => code::NOT_FOUND,
+                    "42501" => code::FORBIDDEN,
+                    s if s.starts_with("22") || s == "23503" || s == "23514" => code::INVALID_ARGUMENT,
+                    _ => code::DATABASE_ERROR,
+                };
+                let mut message = db.message().to_string();
+                if let Some(hint) = db.hint() {
+                    message.push_str(&format!(" (hint: {hint})"));
+                }
+                DbFailure { code, message, sqlstate: Some(sqlstate) }
+            }
+            None if error.is_closed() => {
+                DbFailure { code: code::UNAVAILABLE, message: format!("database unavailable: {error}"), sqlstate: None }
+            }
+            None => DbFailure { code: code::DATABASE_ERROR, message: error.to_string(), sqlstate: None },
+        }
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for DbFailure {
+    fn from(error: deadpool_postgres::PoolError) -> DbFailure {
+        match error {
+            deadpool_postgres::PoolError::Backend(e) if e.as_db_error().is_some() => e.into(),
+            other => DbFailure { code: code::UNAVAILABLE, message: format!("database unavailable: {other}"), sqlstate: None },
+        }
+    }
+}
+
+pub struct Database {
+    pool: Pool,
+}
+
+impl Database {
+    pub fn new(pg_config: &tokio_postgres::Config, size: usize, statement_timeout: Duration) -> Result<Database, String> {
+        let mut config = pg_config.clone();
+        config.application_name(POOL_APPLICATION_NAME);
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(5));
+        }
+        // Bound every statement the hub runs for a client (a stuck lock must not pile up work).
+        let existing = config.get_options().unwrap_or("").to_string();
+        config.options(format!("{existing} -c statement_timeout={}", statement_timeout.as_millis()).trim());
+        let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let pool = Pool::builder(manager)
+            .max_size(size)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(Duration::from_secs(5)))
+            .create_timeout(Some(Duration::from_secs(5)))
+            .recycle_timeout(Some(Duration::from_secs(5)))
+            .build()
+            .map_err(|e| format!("cannot build the connection pool: {e}"))?;
+        Ok(Database { pool })
+    }
+
+    /// NOTIFY through PostgreSQL so that all hubs (and psql LISTENers) see it.
+    pub async fn publish(&self, channel: &ChannelName, payload: &str) -> Result<(), DbFailure> {
+        let client = self.pool.get().await?;
+        let statement = client.prepare_cached("SELECT pg_catalog.pg_notify($1, $2)").await?;
+        client.execute(&statement, &[&channel.as_str(), &payload]).await?;
+        Ok(())
+    }
+
+    /// Run a chat action as `user` (when authentication is on). Returns the reply's result.
+    pub async fn run_action(&self, action: &Action, user: Option<Uuid>) -> Result<Value, DbFailure> {
+        let mut client = self.pool.get().await?;
+        let transaction = client.transaction().await?;
+        if let Some(user) = user {
+            transaction
+                .execute("SELECT pg_catalog.set_config('app.current_user', $1, true)", &[&user.to_string()])
+                .await?;
+        }
+        let result = match action {
+            Action::SendMessage { session_id, content, role, metadata } => {
+                let row = transaction
+                    .query_one("SELECT add_message_to_session($1, $2, $3, $4)", &[session_id, role, content, metadata])
+                    .await?;
+                let message_id: Uuid = row.get(0);
+                json!({
+                    "message_id": message_id,
+                    "session_id": session_id,
+                    "channel": ChannelName::for_session(session_id).as_str(),
+                })
+            }
+            Action::GetTranscript { session_id, include_metadata, after_position, limit } => {
+                let row = transaction
+                    .query_one(
+                        "SELECT coalesce(jsonb_agg(to_jsonb(t) - 'rn' - CASE WHEN $2::boolean THEN '' ELSE 'metadata' END
+                                                   ORDER BY t.position) FILTER (WHERE t.rn <= $4::bigint), '[]'::jsonb),
+                                count(*) > $4::bigint
+                           FROM (SELECT c.*, row_number() OVER (ORDER BY c.position) AS rn
+                                   FROM get_formatted_conversation($1::uuid, $2::boolean) c
+                                  WHERE c.position > $3::bigint
+                                  ORDER BY c.position
+                                  LIMIT $4::bigint + 1) t",
+                        &[session_id, include_metadata, after_position, limit],
+                    )
+                    .await?;
+                let messages: Value = row.get(0);
+                let more: bool = row.get(1);
+                let session = session_summary(&transaction, session_id).await?;
+                json!({
+                    "session_id": session_id,
+                    "channel": ChannelName::for_session(session_id).as_str(),
+                    "session": session,
+                    "messages": messages,
+                    "more": more,
+                })
+            }
+            Action::CreateSession { title, metadata } => {
+                let row = transaction.query_one("SELECT create_session($1, $2)", &[title, metadata]).await?;
+                let session_id: Uuid = row.get(0);
+                json!({ "session_id": session_id, "channel": ChannelName::for_session(&session_id).as_str() })
+            }
+            Action::ForkSession { session_id, title, metadata, parent_message_id } => {
+                let row = transaction
+                    .query_one("SELECT fork_session($1, $2, $3, $4)", &[session_id, title, metadata, parent_message_id])
+                    .await?;
+                let fork_id: Uuid = row.get(0);
+                json!({
+                    "session_id": fork_id,
+                    "parent_session_id": session_id,
+                    "channel": ChannelName::for_session(&fork_id).as_str(),
+                })
+            }
+            Action::ListSessions { limit } => {
+                let row = transaction
+                    .query_one(
+                        "SELECT coalesce(jsonb_agg(jsonb_build_object(
+                                    'session_id', m.id, 'title', m.content, 'created_at', m._created_at,
+                                    'parent_id', s.parent_id, 'message_count', s.last_position)
+                                    ORDER BY m._created_at DESC, m.id DESC), '[]'::jsonb)
+                           FROM (SELECT id, content, _created_at FROM memories
+                                  WHERE kind = 'session' ORDER BY _created_at DESC, id DESC LIMIT $1) m
+                           JOIN memory_sessions s ON s.id = m.id",
+                        &[limit],
+                    )
+                    .await?;
+                json!({ "sessions": row.get::<_, Value>(0) })
+            }
+        };
+        transaction.commit().await?;
+        Ok(result)
+    }
+}
+
+/// Title and branch structure of a session, for clients showing a transcript.
+async fn session_summary(transaction: &deadpool_postgres::Transaction<'_>, session_id: &Uuid) -> Result<Value, DbFailure> {
+    let row = transaction
+        .query_opt(
+            "SELECT jsonb_build_object('title', m.content, 'parent_id', s.parent_id,
+                                       'fork_message_id', s.fork_message_id, 'fork_position', s.fork_position)
+               FROM memories m JOIN memory_sessions s ON s.id = m.id WHERE m.id = $1",
+            &[session_id],
+        )
+        .await?;
+    Ok(row.map(|r| r.get::<_, Value>(0)).unwrap_or(Value::Null))
+}

@@ -1,0 +1,271 @@
+//! HTTP endpoints: the WebSocket upgrade at /ws, the demo page at /, and /healthz, /readyz,
+//! /metrics for operators.
+
+use crate::channel::ChannelName;
+use crate::connection;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use axum::extract::connect_info::ConnectInfo;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use serde_json::json;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+const DEMO_PAGE: &str = include_str!("../static/index.html");
+
+/// The tungstenite read buffer per connection. Small, so idle connections stay small; larger
+/// frames grow it on demand.
+const READ_BUFFER_BYTES: usize = 4 * 1024;
+
+pub fn router(hub: Arc<Hub>) -> Router {
+    Router::new()
+        .route("/", get(demo_page))
+        .route("/ws", get(websocket))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(hub)
+}
+
+fn error_response(status: StatusCode, code: &str, message: &str) -> Response {
+    let body = json!({ "error": { "code": code, "message": message } }).to_string();
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+async fn websocket(
+    State(hub): State<Arc<Hub>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let reject = |status: StatusCode, code: &str, message: &str| {
+        Metrics::inc(&hub.metrics.connections_rejected_total);
+        tracing::debug!(%peer, code, message, "upgrade refused");
+        error_response(status, code, message)
+    };
+    let upgrade = match upgrade {
+        Ok(upgrade) => upgrade,
+        Err(rejection) => {
+            return reject(
+                StatusCode::UPGRADE_REQUIRED,
+                "websocket_required",
+                &format!("GET /ws must be a WebSocket upgrade ({rejection})"),
+            )
+        }
+    };
+    if hub.shutdown.is_cancelled() {
+        return reject(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the hub is shutting down");
+    }
+    if !origin_allowed(&hub.config.allowed_origins, &headers) {
+        return reject(StatusCode::FORBIDDEN, "origin_not_allowed", "this Origin is not in the hub's allow-list");
+    }
+    let params = parse_query(query.as_deref().unwrap_or(""));
+
+    let grant = match &hub.auth {
+        None => None,
+        Some(authenticator) => {
+            let token = params
+                .iter()
+                .find(|(k, _)| k == "token")
+                .map(|(_, v)| v.clone())
+                .or_else(|| bearer_token(&headers))
+                .unwrap_or_default();
+            match authenticator.verify(&token) {
+                Ok(grant) => Some(grant),
+                Err(error) => return reject(StatusCode::UNAUTHORIZED, "unauthorized", &error.to_string()),
+            }
+        }
+    };
+
+    let mut channels: Vec<ChannelName> = Vec::new();
+    for (_, name) in params.iter().filter(|(k, _)| k == "c") {
+        match ChannelName::parse(name) {
+            Ok(channel) => {
+                if !channels.contains(&channel) {
+                    channels.push(channel)
+                }
+            }
+            Err(message) => return reject(StatusCode::BAD_REQUEST, "invalid_channel", &message),
+        }
+    }
+    if channels.len() > hub.config.max_channels_per_connection {
+        let message = format!("at most {} channels per connection", hub.config.max_channels_per_connection);
+        return reject(StatusCode::BAD_REQUEST, "too_many_channels", &message);
+    }
+    if let Some(grant) = &grant {
+        let denied: Vec<&str> = channels.iter().map(ChannelName::as_str).filter(|c| !grant.can_read(c)).collect();
+        if !denied.is_empty() {
+            return reject(StatusCode::FORBIDDEN, "forbidden", &format!("the token does not allow reading {}", denied.join(", ")));
+        }
+    }
+
+    let Some(slot) = hub.reserve_connection() else {
+        return reject(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_connections",
+            &format!("the hub is at its limit of {} connections", hub.config.max_connections),
+        );
+    };
+
+    let config = &hub.config;
+    let upgrade = upgrade
+        .max_message_size(config.max_message_bytes)
+        .max_frame_size(config.max_frame_bytes.min(config.max_message_bytes))
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(16 * 1024)
+        // bounded by the outbound queue and FRAMES_PER_FLUSH; a hard stop for anything else
+        .max_write_buffer_size(4 * 1024 * 1024);
+    let task_hub = hub.clone();
+    upgrade.on_upgrade(move |socket| {
+        let tracker = task_hub.connections.clone();
+        tracker.track_future(async move {
+            let _slot = slot;
+            connection::serve(task_hub, socket, channels, grant, peer).await;
+        })
+    })
+}
+
+fn bearer_token(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_string())
+}
+
+/// Browsers always send Origin on WebSocket upgrades; other clients usually don't. A page may
+/// connect when it was served by the hub itself (same host), when its origin is in the
+/// allow-list, or when the allow-list contains "*". Without this check any web site a user
+/// visits could open a connection to a hub on their machine or network.
+fn origin_allowed(allowed: &[String], headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN) else { return true };
+    let Ok(origin) = origin.to_str() else { return false };
+    let origin = origin.trim_end_matches('/');
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+    let origin_host = origin.split_once("://").map(|(_, rest)| rest).unwrap_or("");
+    if !host.is_empty() && origin_host.eq_ignore_ascii_case(host) {
+        return true;
+    }
+    allowed.iter().map(|a| a.trim()).filter(|a| !a.is_empty()).any(|a| a == "*" || a.trim_end_matches('/').eq_ignore_ascii_case(origin))
+}
+
+/// Split a query string into decoded key/value pairs (repeated keys kept, in order).
+fn parse_query(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter(|part| !part.is_empty())
+        .map(|part| {
+            let (key, value) = part.split_once('=').unwrap_or((part, ""));
+            (percent_decode(key), percent_decode(value))
+        })
+        .collect()
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                    (Some(high), Some(low)) => {
+                        out.push(high * 16 + low);
+                        i += 2;
+                    }
+                    _ => out.push(b'%'),
+                }
+            }
+            other => out.push(other),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn hex(byte: u8) -> Option<u8> {
+    (byte as char).to_digit(16).map(|d| d as u8)
+}
+
+async fn demo_page() -> Response {
+    let mut response = (StatusCode::OK, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], DEMO_PAGE).into_response();
+    // The page loads nothing from anywhere: inline script and style, WebSocket to its own host.
+    response.headers_mut().insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; \
+             img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+        ),
+    );
+    response.headers_mut().insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    response
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Ready when the LISTEN connection is up (deliveries work) and the hub is not shutting down.
+async fn readyz(State(hub): State<Arc<Hub>>) -> Response {
+    let listener_up = hub.listener.is_up();
+    let ready = listener_up && !hub.shutdown.is_cancelled();
+    let body = json!({
+        "ready": ready,
+        "listener": if listener_up { "up" } else { "down" },
+        "shutting_down": hub.shutdown.is_cancelled(),
+        "listen_channels": hub.listener.listening_count(),
+    })
+    .to_string();
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+async fn metrics(State(hub): State<Arc<Hub>>) -> Response {
+    let body = hub.metrics.render(&hub.gauges());
+    (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_strings_decode() {
+        let pairs = parse_query("c=channel1&c=channel2&token=a.b.c&x=%41%2b+z&bad=%zz&end=%4");
+        assert_eq!(pairs[0], ("c".into(), "channel1".into()));
+        assert_eq!(pairs[1], ("c".into(), "channel2".into()));
+        assert_eq!(pairs[2], ("token".into(), "a.b.c".into()));
+        assert_eq!(pairs[3], ("x".into(), "A+ z".into()));
+        assert_eq!(pairs[4], ("bad".into(), "%zz".into()));
+        assert_eq!(pairs[5], ("end".into(), "%4".into()));
+        assert!(parse_query("").is_empty());
+    }
+
+    fn headers(origin: Option<&str>, host: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, HeaderValue::from_str(host).unwrap());
+        if let Some(origin) = origin {
+            headers.insert(header::ORIGIN, HeaderValue::from_str(origin).unwrap());
+        }
+        headers
+    }
+
+    #[test]
+    fn origins() {
+        let none: Vec<String> = vec![];
+        assert!(origin_allowed(&none, &headers(None, "localhost:5002")));
+        assert!(origin_allowed(&none, &headers(Some("http://localhost:5002"), "localhost:5002")));
+        assert!(!origin_allowed(&none, &headers(Some("http://evil.example"), "localhost:5002")));
+        assert!(!origin_allowed(&none, &headers(Some("null"), "localhost:5002")));
+        let list = vec!["https://app.example".to_string()];
+        assert!(origin_allowed(&list, &headers(Some("https://app.example"), "hub:5002")));
+        assert!(!origin_allowed(&list, &headers(Some("https://app.example.evil"), "hub:5002")));
+        assert!(origin_allowed(&["*".to_string()], &headers(Some("http://anything"), "hub:5002")));
+    }
+}

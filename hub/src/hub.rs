@@ -1,0 +1,74 @@
+//! The state every part of the hub shares.
+
+use crate::auth::Authenticator;
+use crate::config::Config;
+use crate::database::Database;
+use crate::listener::ListenerState;
+use crate::metrics::{Gauges, Metrics};
+use crate::registry::Registry;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub struct Hub {
+    pub config: Config,
+    pub registry: Arc<Registry>,
+    pub listener: Arc<ListenerState>,
+    pub metrics: Arc<Metrics>,
+    pub database: Database,
+    pub auth: Option<Authenticator>,
+    /// Cancelled on SIGTERM/SIGINT: stop accepting, close every connection with 1001.
+    pub shutdown: CancellationToken,
+    /// WebSocket connection tasks, so shutdown can wait for their close frames to go out.
+    pub connections: TaskTracker,
+    open_connections: AtomicUsize,
+}
+
+impl Hub {
+    pub fn new(config: Config, database: Database, auth: Option<Authenticator>) -> Hub {
+        let metrics = Arc::new(Metrics::default());
+        Hub {
+            config,
+            registry: Arc::new(Registry::new(metrics.clone())),
+            listener: Arc::new(ListenerState::new()),
+            metrics,
+            database,
+            auth,
+            shutdown: CancellationToken::new(),
+            connections: TaskTracker::new(),
+            open_connections: AtomicUsize::new(0),
+        }
+    }
+
+    /// Reserve one of the --max-connections slots; None when all are taken. The slot is
+    /// released when the returned guard is dropped (connection closed or upgrade failed).
+    pub fn reserve_connection(self: &Arc<Self>) -> Option<ConnectionSlot> {
+        let previous = self.open_connections.fetch_add(1, Ordering::AcqRel);
+        if previous >= self.config.max_connections {
+            self.open_connections.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(ConnectionSlot { hub: self.clone() })
+    }
+
+    pub fn gauges(&self) -> Gauges {
+        Gauges {
+            connections: self.registry.connection_count(),
+            subscriptions: self.registry.subscription_count(),
+            channels: self.registry.channel_count(),
+            listening_channels: self.listener.listening_count(),
+            listener_up: self.listener.is_up(),
+        }
+    }
+}
+
+pub struct ConnectionSlot {
+    hub: Arc<Hub>,
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.hub.open_connections.fetch_sub(1, Ordering::AcqRel);
+    }
+}

@@ -1,0 +1,28 @@
+//! memoriesdb-hub: bridges PostgreSQL LISTEN/NOTIFY to WebSocket clients, lets clients publish
+//! through `pg_notify` (so several hubs can share one database) and exposes MemoriesDB's chat
+//! API (send a message, read a transcript, create and fork sessions) over the same socket.
+//!
+//! Modules by capability:
+//! - [`config`]: flags and environment
+//! - [`channel`]: channel names, quoting, glob patterns
+//! - [`auth`]: optional HS256 JWT authentication
+//! - [`protocol`]: request parsing and the frames the hub sends
+//! - [`registry`]: connections, subscriptions and fan-out with bounded queues
+//! - [`listener`]: the dedicated LISTEN connection, reconciliation and reconnects
+//! - [`database`]: `pub` and the chat actions over a connection pool
+//! - [`connection`]: one WebSocket connection (reader, writer, heartbeat, timeouts)
+//! - [`http`]: the upgrade endpoint, demo page, health, readiness and metrics
+//! - [`server`]: startup, accept loop, graceful shutdown
+
+pub mod auth;
+pub mod channel;
+pub mod config;
+pub mod connection;
+pub mod database;
+pub mod http;
+pub mod hub;
+pub mod listener;
+pub mod metrics;
+pub mod protocol;
+pub mod registry;
+pub mod server;

@@ -1,0 +1,310 @@
+//! Who is connected and who listens to what; fan-out of one message to a channel's subscribers.
+//!
+//! Every client has a bounded outbound queue. Fan-out never waits: it offers the (shared,
+//! already serialized) frame to each subscriber's queue with `try_send`. A client whose queue is
+//! full is not waited for: the message is counted as dropped for it and the client is told to
+//! close ("slow client"), so one stalled reader never delays anyone else.
+
+use crate::channel::ChannelName;
+use crate::metrics::Metrics;
+use axum::extract::ws::Utf8Bytes;
+use std::borrow::Borrow;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+
+pub type ClientId = u64;
+
+impl Borrow<str> for ChannelName {
+    fn borrow(&self) -> &str {
+        self.as_str()
+    }
+}
+
+/// Why the hub closes a connection; decides the close code and reason the client sees.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The outbound queue overflowed: the client does not read fast enough.
+    SlowClient,
+    HeartbeatTimeout,
+    IdleTimeout,
+    TokenExpired,
+    Shutdown,
+    /// A message or frame over --max-message-bytes / --max-frame-bytes.
+    MessageTooBig,
+    /// Broken WebSocket framing (unmasked frame, bad UTF-8 in a text frame, ...).
+    ProtocolViolation,
+    /// The client closed the connection or the socket failed: nothing left to say.
+    ClientGone,
+}
+
+impl CloseReason {
+    pub fn code(&self) -> u16 {
+        match self {
+            CloseReason::SlowClient | CloseReason::TokenExpired => 1008, // policy violation
+            CloseReason::HeartbeatTimeout => 1011,
+            CloseReason::MessageTooBig => 1009,
+            CloseReason::ProtocolViolation => 1002,
+            CloseReason::IdleTimeout | CloseReason::ClientGone => 1000,
+            CloseReason::Shutdown => 1001, // going away
+        }
+    }
+}
+
+/// Shared between a connection's tasks and the fan-out: the way to ask a connection to close.
+pub struct ClientControl {
+    closing: CancellationToken,
+    reason: Mutex<Option<CloseReason>>,
+    dropped: AtomicU64,
+}
+
+impl ClientControl {
+    pub fn new() -> ClientControl {
+        ClientControl { closing: CancellationToken::new(), reason: Mutex::new(None), dropped: AtomicU64::new(0) }
+    }
+
+    /// Ask the connection to close; the first reason given wins. Returns true for the first call.
+    pub fn close(&self, reason: CloseReason) -> bool {
+        let first = {
+            let mut slot = self.reason.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if slot.is_none() {
+                *slot = Some(reason);
+                true
+            } else {
+                false
+            }
+        };
+        self.closing.cancel();
+        first
+    }
+
+    pub fn reason(&self) -> Option<CloseReason> {
+        self.reason.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+
+    pub async fn closed(&self) {
+        self.closing.cancelled().await
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.closing.is_cancelled()
+    }
+
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+impl Default for ClientControl {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A connected client as the fan-out sees it.
+pub struct ClientHandle {
+    pub id: ClientId,
+    queue: mpsc::Sender<Utf8Bytes>,
+    pub control: Arc<ClientControl>,
+}
+
+impl ClientHandle {
+    /// Offer a frame to the client's queue without waiting. Returns whether it was queued.
+    pub fn offer(&self, frame: Utf8Bytes, metrics: &Metrics) -> bool {
+        match self.queue.try_send(frame) {
+            Ok(()) => {
+                Metrics::inc(&metrics.messages_out_total);
+                true
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.control.dropped.fetch_add(1, Ordering::Relaxed);
+                Metrics::inc(&metrics.dropped_messages_total);
+                if self.control.close(CloseReason::SlowClient) {
+                    Metrics::inc(&metrics.slow_client_disconnects_total);
+                }
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+}
+
+#[derive(Default)]
+struct State {
+    clients: HashMap<ClientId, Arc<ClientHandle>>,
+    channels: HashMap<ChannelName, Vec<Arc<ClientHandle>>>,
+}
+
+pub struct Registry {
+    state: RwLock<State>,
+    next_id: AtomicU64,
+    /// Signalled when the set of channels with subscribers gains or loses a member; the
+    /// listener then brings its LISTEN set in line.
+    pub channels_changed: Notify,
+    metrics: Arc<Metrics>,
+}
+
+impl Registry {
+    pub fn new(metrics: Arc<Metrics>) -> Registry {
+        Registry {
+            state: RwLock::new(State::default()),
+            next_id: AtomicU64::new(1),
+            channels_changed: Notify::new(),
+            metrics,
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn register(&self, queue: mpsc::Sender<Utf8Bytes>, control: Arc<ClientControl>) -> Arc<ClientHandle> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let handle = Arc::new(ClientHandle { id, queue, control });
+        self.write().clients.insert(id, handle.clone());
+        handle
+    }
+
+    /// Subscribe a client to channels (already validated and authorized, not yet subscribed).
+    pub fn subscribe(&self, client: &Arc<ClientHandle>, channels: &[ChannelName]) {
+        let mut created = false;
+        {
+            let mut state = self.write();
+            for channel in channels {
+                let subscribers = state.channels.entry(channel.clone()).or_insert_with(|| {
+                    created = true;
+                    Vec::new()
+                });
+                if !subscribers.iter().any(|s| s.id == client.id) {
+                    subscribers.push(client.clone());
+                }
+            }
+        }
+        if created {
+            self.channels_changed.notify_one();
+        }
+    }
+
+    pub fn unsubscribe<'a>(&self, client: ClientId, channels: impl IntoIterator<Item = &'a ChannelName>) {
+        let mut emptied = false;
+        {
+            let mut state = self.write();
+            for channel in channels {
+                if let Some(subscribers) = state.channels.get_mut(channel.as_str()) {
+                    subscribers.retain(|s| s.id != client);
+                    if subscribers.is_empty() {
+                        state.channels.remove(channel.as_str());
+                        emptied = true;
+                    }
+                }
+            }
+        }
+        if emptied {
+            self.channels_changed.notify_one();
+        }
+    }
+
+    /// Forget a client and all its subscriptions (connection closed).
+    pub fn unregister<'a>(&self, client: ClientId, channels: impl IntoIterator<Item = &'a ChannelName>) {
+        self.unsubscribe(client, channels);
+        self.write().clients.remove(&client);
+    }
+
+    /// Deliver a frame to every subscriber of a channel. Returns how many queued it.
+    pub fn publish(&self, channel: &str, frame: &Utf8Bytes) -> usize {
+        let state = self.read();
+        let Some(subscribers) = state.channels.get(channel) else {
+            return 0;
+        };
+        subscribers.iter().filter(|client| client.offer(frame.clone(), &self.metrics)).count()
+    }
+
+    /// Deliver a frame to every connected client (hub events such as `reconnected`).
+    pub fn broadcast(&self, frame: &Utf8Bytes) -> usize {
+        let state = self.read();
+        state.clients.values().filter(|client| client.offer(frame.clone(), &self.metrics)).count()
+    }
+
+    /// Ask every connection to close (graceful shutdown).
+    pub fn close_all(&self, reason: CloseReason) {
+        for client in self.read().clients.values() {
+            client.control.close(reason.clone());
+        }
+    }
+
+    /// The channels that have at least one subscriber: what the hub must LISTEN on.
+    pub fn channel_names(&self) -> Vec<ChannelName> {
+        self.read().channels.keys().cloned().collect()
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.read().clients.len()
+    }
+
+    pub fn channel_count(&self) -> usize {
+        self.read().channels.len()
+    }
+
+    pub fn subscription_count(&self) -> usize {
+        self.read().channels.values().map(Vec::len).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn channel(name: &str) -> ChannelName {
+        ChannelName::parse(name).unwrap()
+    }
+
+    #[tokio::test]
+    async fn fan_out_reaches_only_subscribers() {
+        let registry = Registry::new(Arc::new(Metrics::default()));
+        let (tx_a, mut rx_a) = mpsc::channel(8);
+        let (tx_b, mut rx_b) = mpsc::channel(8);
+        let a = registry.register(tx_a, Arc::new(ClientControl::new()));
+        let b = registry.register(tx_b, Arc::new(ClientControl::new()));
+        registry.subscribe(&a, &[channel("x"), channel("y")]);
+        registry.subscribe(&b, &[channel("y")]);
+        assert_eq!(registry.channel_count(), 2);
+        assert_eq!(registry.subscription_count(), 3);
+        assert_eq!(registry.publish("x", &Utf8Bytes::from("1")), 1);
+        assert_eq!(registry.publish("y", &Utf8Bytes::from("2")), 2);
+        assert_eq!(registry.publish("z", &Utf8Bytes::from("3")), 0);
+        assert_eq!(rx_a.recv().await.unwrap().as_str(), "1");
+        assert_eq!(rx_a.recv().await.unwrap().as_str(), "2");
+        assert_eq!(rx_b.recv().await.unwrap().as_str(), "2");
+        registry.unregister(a.id, &[channel("x"), channel("y")]);
+        assert_eq!(registry.channel_count(), 1);
+        assert_eq!(registry.connection_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_closes_only_that_client() {
+        let metrics = Arc::new(Metrics::default());
+        let registry = Registry::new(metrics.clone());
+        let (slow_tx, _slow_rx) = mpsc::channel(2);
+        let (fast_tx, mut fast_rx) = mpsc::channel(100);
+        let slow = registry.register(slow_tx, Arc::new(ClientControl::new()));
+        let fast = registry.register(fast_tx, Arc::new(ClientControl::new()));
+        registry.subscribe(&slow, &[channel("c")]);
+        registry.subscribe(&fast, &[channel("c")]);
+        for i in 0..10 {
+            registry.publish("c", &Utf8Bytes::from(i.to_string()));
+        }
+        assert_eq!(slow.control.reason(), Some(CloseReason::SlowClient));
+        assert_eq!(slow.control.dropped(), 8);
+        assert!(!fast.control.is_closing());
+        for i in 0..10 {
+            assert_eq!(fast_rx.recv().await.unwrap().as_str(), i.to_string());
+        }
+        assert_eq!(metrics.slow_client_disconnects_total.load(Ordering::Relaxed), 1);
+    }
+}
