@@ -9,7 +9,9 @@ use pgrx::prelude::*;
 
 ::pgrx::pg_module_magic!(name, version);
 
+mod catalog;
 mod errors;
+mod events;
 mod graph;
 mod hashing;
 mod ids;
@@ -20,7 +22,7 @@ extension_sql_file!("sql/identity.sql", name = "identity", requires = ["schema"]
 extension_sql_file!(
     "sql/triggers.sql",
     name = "triggers",
-    requires = ["identity", hashing::update_content_hash, graph::prevent_cycles]
+    requires = ["identity", hashing::update_content_hash, graph::prevent_cycles, events::ensure_event_relay]
 );
 extension_sql_file!("sql/sessions.sql", name = "sessions", requires = ["triggers"]);
 extension_sql_file!("sql/integrity.sql", name = "integrity", requires = ["sessions", hashing::content_sha256]);

@@ -3,6 +3,7 @@
 //! the walk terminates on any graph and its cost is linear in the edges it touches — never the
 //! exponential path expansion of a naive recursive query. One SPI query per depth level.
 
+use crate::catalog::extension_schema;
 use crate::errors::raise;
 use pgrx::prelude::*;
 use std::collections::HashMap;
@@ -13,16 +14,6 @@ struct Discovery {
     depth: i32,
     relation: Option<String>,
     edge_id: Option<pgrx::Uuid>,
-}
-
-fn extension_schema() -> String {
-    Spi::get_one::<String>(
-        "SELECT pg_catalog.quote_ident(n.nspname::text) FROM pg_catalog.pg_extension e
-           JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'memoriesdb'",
-    )
-    .ok()
-    .flatten()
-    .unwrap_or_else(|| raise(PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT, "extension memoriesdb is not installed".into(), None))
 }
 
 /// The SQL that lists, for a frontier ($1) and relation filter ($2), each edge as

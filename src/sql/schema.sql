@@ -74,7 +74,6 @@ COMMENT ON TABLE @extschema@.memories IS 'Every node of the memory graph: sessio
 -- Transcript order within a branch segment; also guarantees one message per position.
 CREATE UNIQUE INDEX memories_session_position ON @extschema@.memories (session_id, position)
     WHERE session_id IS NOT NULL;
-CREATE INDEX memories_kind ON @extschema@.memories (kind, _created_at);
 CREATE INDEX memories_created_by ON @extschema@.memories (created_by);
 CREATE INDEX memories_search ON @extschema@.memories USING gin (search_tsv);
 CREATE INDEX memories_metadata ON @extschema@.memories USING gin (_metadata jsonb_path_ops);
@@ -119,7 +118,6 @@ CREATE TABLE @extschema@.memory_edges (
 );
 COMMENT ON TABLE @extschema@.memory_edges IS 'Typed, weighted relations between memories; kept acyclic';
 CREATE INDEX memory_edges_target ON @extschema@.memory_edges (target_id, relation);
-CREATE INDEX memory_edges_created_by ON @extschema@.memory_edges (created_by);
 
 -- Serialises writers of edges that could close a cycle together (see prevent_cycles()).
 -- A row rather than an advisory lock: under REPEATABLE READ a concurrent update of this row
@@ -153,7 +151,6 @@ CREATE TABLE @extschema@.audit_log (
 COMMENT ON TABLE @extschema@.audit_log IS 'Append-only change log of memories and edges (before/after state, user, role, transaction)';
 CREATE INDEX audit_log_row ON @extschema@.audit_log (row_id, id);
 CREATE INDEX audit_log_subject ON @extschema@.audit_log (subject_user, id);
-CREATE INDEX audit_log_acting ON @extschema@.audit_log (acting_user, id);
 CREATE INDEX audit_log_unsealed ON @extschema@.audit_log (txid, id) WHERE chain_position IS NULL;
 
 -- Queue of memories waiting for an embedding. One row per memory: changing the content again
@@ -216,6 +213,15 @@ CREATE TABLE @extschema@.memory_share_segments (
     PRIMARY KEY (grantee, session_id, shared_memory)
 );
 COMMENT ON TABLE @extschema@.memory_share_segments IS 'Per-session visibility derived from shared sessions (maintained by share_memory)';
+
+-- Change events on their way to NOTIFY: appended by the event triggers in the writer's
+-- transaction, moved to NOTIFY and deleted by the event relay (src/events.rs). Transient, so
+-- pg_dump leaves it out.
+CREATE TABLE @extschema@.memory_event_outbox (
+    id      bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    channel text NOT NULL,
+    payload text NOT NULL
+);
 
 -- pg_dump skips rows of extension-owned tables unless they are registered here.
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.users', '');

@@ -91,6 +91,10 @@ ALTER TABLE @extschema@.audit_log ENABLE ROW LEVEL SECURITY;
 ALTER TABLE @extschema@.audit_log FORCE ROW LEVEL SECURITY;
 ALTER TABLE @extschema@.embedding_schedule ENABLE ROW LEVEL SECURITY;
 ALTER TABLE @extschema@.embedding_schedule FORCE ROW LEVEL SECURITY;
+-- the outbox has no policy at all: only the relay (a superuser) and emit_events() (SECURITY
+-- DEFINER) touch it
+ALTER TABLE @extschema@.memory_event_outbox ENABLE ROW LEVEL SECURITY;
+ALTER TABLE @extschema@.memory_event_outbox FORCE ROW LEVEL SECURITY;
 ALTER TABLE @extschema@.vindexing_schedule ENABLE ROW LEVEL SECURITY;
 ALTER TABLE @extschema@.vindexing_schedule FORCE ROW LEVEL SECURITY;
 

@@ -76,8 +76,9 @@ BEGIN
                                        subject_user, db_role, txid)
     VALUES (TG_TABLE_NAME, TG_OP,
             CASE WHEN TG_OP = 'DELETE' THEN OLD.id ELSE NEW.id END,
-            CASE WHEN TG_OP <> 'INSERT' THEN to_jsonb(OLD) END,
-            CASE WHEN TG_OP <> 'DELETE' THEN to_jsonb(NEW) END,
+            -- search_tsv is derived from content, so it is left out of the recorded state
+            CASE WHEN TG_OP <> 'INSERT' THEN to_jsonb(OLD) - 'search_tsv' END,
+            CASE WHEN TG_OP <> 'DELETE' THEN to_jsonb(NEW) - 'search_tsv' END,
             @extschema@.current_memory_user(),
             CASE WHEN TG_OP = 'DELETE' THEN OLD.created_by ELSE NEW.created_by END,
             @extschema@.acting_db_role(), txid_current());
@@ -109,57 +110,85 @@ BEGIN
     ON CONFLICT (memory_id) DO UPDATE
         SET content_hash = EXCLUDED.content_hash, status = 'pending', attempts = 0,
             last_error = NULL, locked_until = NULL, enqueued_at = now(), updated_at = now();
-    -- wakes LISTENing embedding workers at commit; identical notifications within one
-    -- transaction are folded into one by PostgreSQL
-    PERFORM pg_notify('memoriesdb_embedding_queue', '');
+    -- new memories wake the workers through notify_memory_events(), once per statement;
+    -- changed content (rare) wakes them here
+    IF TG_OP = 'UPDATE' THEN
+        PERFORM @extschema@.emit_events(ARRAY['memoriesdb_embedding_queue'], ARRAY['']);
+    END IF;
     RETURN NULL;
 END
 $$;
 
--- Change events, once per INSERT statement. Each message gets one NOTIFY on its session's
--- channel chat_updates_<session id without dashes> and one on memoriesdb_events; new sessions
--- are announced on memoriesdb_events. Payloads carry ids and small fields only (role is capped at
--- 64 characters), never content, so they stay far below NOTIFY's 8000-byte limit and reveal no
--- private text. A statement inserting more than 100 messages sends one summary per session
--- instead of one event per row. NOTIFY is delivered at commit and never after a rollback.
+-- Send events: through the outbox and the event relay (see src/events.rs for why), or, when no
+-- relay can be started, by NOTIFY in this transaction. Either way they are delivered after
+-- commit, in order, and never for a rolled-back transaction.
+CREATE FUNCTION @extschema@.emit_events(channels text[], payloads text[]) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF coalesce(array_length(channels, 1), 0) = 0 THEN
+        RETURN;
+    END IF;
+    IF @extschema@.ensure_event_relay() THEN
+        INSERT INTO @extschema@.memory_event_outbox (channel, payload)
+        SELECT e.channel, e.payload FROM unnest(channels, payloads) WITH ORDINALITY AS e(channel, payload, n)
+         ORDER BY e.n;
+    ELSE
+        PERFORM pg_notify(e.channel, e.payload)
+           FROM unnest(channels, payloads) WITH ORDINALITY AS e(channel, payload, n) ORDER BY e.n;
+    END IF;
+END
+$$;
+
+-- Change events, once per INSERT statement on memories. Each message gets one event on its
+-- session's channel chat_updates_<session id without dashes> and one on memoriesdb_events; new
+-- sessions are announced on memoriesdb_events. Payloads carry ids and small fields only (role is
+-- capped at 64 characters), never content, so they stay far below NOTIFY's 8000-byte limit and
+-- reveal no private text. A statement inserting more than 100 messages sends one summary per
+-- session instead of one event per row. Embedding workers get one wake-up per statement that
+-- queued work, on memoriesdb_embedding_queue.
 CREATE FUNCTION @extschema@.notify_memory_events() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
     message_count bigint;
-    event record;
+    wake_workers boolean;
+    channels text[];
+    payloads text[];
 BEGIN
-    SELECT count(*) FILTER (WHERE i.kind = 'message') INTO message_count FROM inserted i;
+    SELECT count(*) FILTER (WHERE i.kind = 'message'), coalesce(bool_or(i.content <> ''), false)
+      INTO message_count, wake_workers FROM inserted i;
     IF message_count <= 100 THEN
-        FOR event IN
-            SELECT i.session_id, i.kind,
-                   pg_catalog.json_build_object(
-                       'op', 'INSERT', 'table', 'memories', 'kind', i.kind, 'id', i.id,
-                       'session_id', i.session_id, 'position', i.position, 'role', i.role,
-                       'created_at', i._created_at)::text AS payload
-              FROM inserted i
-             WHERE i.kind IN ('message', 'session')
-             ORDER BY i.session_id, i.position
-        LOOP
-            IF event.kind = 'message' THEN
-                PERFORM pg_catalog.pg_notify('chat_updates_' || pg_catalog.replace(event.session_id::text, '-', ''), event.payload);
-            END IF;
-            PERFORM pg_catalog.pg_notify('memoriesdb_events', event.payload);
-        END LOOP;
+        SELECT array_agg(e.channel ORDER BY e.n), array_agg(e.payload ORDER BY e.n) INTO channels, payloads
+          FROM (SELECT x.channel, x.payload, row_number() OVER (ORDER BY x.session_id, x.position, x.fanout) AS n
+                  FROM (SELECT i.session_id, i.position, f.fanout,
+                               CASE f.fanout WHEN 1 THEN 'chat_updates_' || pg_catalog.replace(i.session_id::text, '-', '')
+                                             ELSE 'memoriesdb_events' END AS channel,
+                               pg_catalog.json_build_object(
+                                   'op', 'INSERT', 'table', 'memories', 'kind', i.kind, 'id', i.id,
+                                   'session_id', i.session_id, 'position', i.position, 'role', i.role,
+                                   'created_at', i._created_at)::text AS payload
+                          FROM inserted i
+                          CROSS JOIN (VALUES (1), (2)) f(fanout)
+                         WHERE (i.kind = 'message') OR (i.kind = 'session' AND f.fanout = 2)) x) e;
     ELSE
-        FOR event IN
-            SELECT i.session_id,
-                   pg_catalog.json_build_object(
-                       'op', 'BULK_INSERT', 'table', 'memories', 'kind', 'message',
-                       'session_id', i.session_id, 'count', count(*),
-                       'first_position', min(i.position), 'last_position', max(i.position))::text AS payload
-              FROM inserted i
-             WHERE i.kind = 'message'
-             GROUP BY i.session_id
-        LOOP
-            PERFORM pg_catalog.pg_notify('chat_updates_' || pg_catalog.replace(event.session_id::text, '-', ''), event.payload);
-            PERFORM pg_catalog.pg_notify('memoriesdb_events', event.payload);
-        END LOOP;
+        SELECT array_agg(e.channel ORDER BY e.n), array_agg(e.payload ORDER BY e.n) INTO channels, payloads
+          FROM (SELECT x.channel, x.payload, row_number() OVER (ORDER BY x.session_id, x.fanout) AS n
+                  FROM (SELECT s.session_id, f.fanout,
+                               CASE f.fanout WHEN 1 THEN 'chat_updates_' || pg_catalog.replace(s.session_id::text, '-', '')
+                                             ELSE 'memoriesdb_events' END AS channel,
+                               pg_catalog.json_build_object(
+                                   'op', 'BULK_INSERT', 'table', 'memories', 'kind', 'message',
+                                   'session_id', s.session_id, 'count', s.n,
+                                   'first_position', s.first_position, 'last_position', s.last_position)::text AS payload
+                          FROM (SELECT i.session_id, count(*) AS n, min(i.position) AS first_position,
+                                       max(i.position) AS last_position
+                                  FROM inserted i WHERE i.kind = 'message' GROUP BY i.session_id) s
+                          CROSS JOIN (VALUES (1), (2)) f(fanout)) x) e;
     END IF;
+    IF wake_workers THEN
+        channels := channels || 'memoriesdb_embedding_queue'::text;
+        payloads := payloads || ''::text;
+    END IF;
+    PERFORM @extschema@.emit_events(channels, payloads);
     RETURN NULL;
 END
 $$;

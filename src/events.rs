@@ -1,0 +1,176 @@
+//! The event relay: change events reach LISTENers without slowing writers down.
+//!
+//! PostgreSQL serialises the commits of all transactions that sent a NOTIFY (a database-wide
+//! lock held from pre-commit until the commit record is flushed), so a NOTIFY inside every
+//! message insert caps write throughput at one commit per disk flush. Instead, the triggers
+//! append their events to `memory_event_outbox` in the writer's transaction, and a relay — a
+//! background worker per database, started on demand — moves them to NOTIFY in batches, in
+//! order, a few milliseconds after commit. Events of rolled-back transactions never reach the
+//! outbox. When no relay can be started (no free worker slot), the triggers fall back to NOTIFY
+//! in the writer's transaction, so no event is ever lost.
+//!
+//! Two advisory locks make "is a relay running?" exact without shared memory:
+//!   RELAY_KEY   held (exclusively, for its lifetime) by the running relay;
+//!   WRITER_KEY  held (shared, until commit) by every transaction that appends to the outbox.
+//! A relay that has been idle releases RELAY_KEY, then waits for WRITER_KEY exclusively — that
+//! is, for every in-flight writer to commit or abort — and drains once more before it exits.
+//! A writer that finds RELAY_KEY free starts a new relay. So every committed event is relayed.
+
+use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
+use pgrx::prelude::*;
+use std::time::{Duration, Instant};
+
+/// Advisory lock keys (two-int form; advisory locks are per database).
+const LOCK_CLASS: i32 = 0x4d44_4245; // "MDBE"
+const RELAY_KEY: i32 = 1;
+const WRITER_KEY: i32 = 2;
+
+/// How often an active relay looks for new events, and how long it stays without any.
+const POLL_INTERVAL: Duration = Duration::from_millis(2);
+const IDLE_EXIT_AFTER: Duration = Duration::from_secs(2);
+/// Events per relay transaction (each transaction takes NOTIFY's commit lock once).
+const BATCH: i64 = 2000;
+
+const RELAY_TYPE: &str = "memoriesdb event relay";
+
+/// For the event triggers: hold WRITER_KEY for this transaction and make sure a relay runs for
+/// this database. Returns false when no relay could be started; the caller then NOTIFYs itself.
+#[pg_extern(volatile, parallel_unsafe)]
+fn ensure_event_relay() -> bool {
+    let writer = [LOCK_CLASS.into(), WRITER_KEY.into()];
+    let relay = [LOCK_CLASS.into(), RELAY_KEY.into()];
+    let relay_missing = Spi::connect_mut(|client| {
+        client
+            .update("SELECT pg_catalog.pg_advisory_xact_lock_shared($1, $2)", None, &writer)
+            .expect("advisory lock");
+        // RELAY_KEY is free exactly when no relay runs; probe it with a momentary shared lock
+        client
+            .update(
+                "SELECT CASE WHEN pg_catalog.pg_try_advisory_lock_shared($1, $2)
+                             THEN pg_catalog.pg_advisory_unlock_shared($1, $2) ELSE false END",
+                None,
+                &relay,
+            )
+            .ok()
+            .and_then(|t| t.first().get_one::<bool>().ok().flatten())
+            .unwrap_or(false)
+    });
+    if !relay_missing {
+        return true;
+    }
+    // A relay started by this backend a moment ago may still be starting up.
+    thread_local! {
+        static LAST_START: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) };
+    }
+    if LAST_START.with(|t| t.get()).is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+        return true;
+    }
+    let started = start_relay();
+    if started {
+        LAST_START.with(|t| t.set(Some(Instant::now())));
+    }
+    started
+}
+
+fn start_relay() -> bool {
+    let database = unsafe { pg_sys::MyDatabaseId };
+    BackgroundWorkerBuilder::new(RELAY_TYPE)
+        .set_type(RELAY_TYPE)
+        .set_library("memoriesdb")
+        .set_function("memoriesdb_event_relay_main")
+        .set_argument(database.into_datum())
+        .enable_spi_access()
+        .set_restart_time(None)
+        .load_dynamic()
+        .is_ok()
+}
+
+/// Moves up to BATCH events from the outbox to NOTIFY in one transaction, in outbox order.
+/// Returns how many it moved, or None when the extension is not (or no longer) installed.
+fn relay_batch() -> Option<i64> {
+    BackgroundWorker::transaction(|| {
+        let schema = crate::catalog::installed_schema()?;
+        Spi::get_one_with_args::<i64>(
+            &format!(
+                "WITH batch AS (
+                     DELETE FROM {schema}.memory_event_outbox o
+                      WHERE o.id IN (SELECT id FROM {schema}.memory_event_outbox ORDER BY id LIMIT $1)
+                     RETURNING o.id, o.channel, o.payload)
+                 SELECT count(pg_catalog.pg_notify(b.channel, b.payload)) FROM (SELECT * FROM batch ORDER BY id) b"
+            ),
+            &[BATCH.into()],
+        )
+        .ok()
+        .flatten()
+    })
+}
+
+fn advisory(sql: &str, key: i32) -> bool {
+    BackgroundWorker::transaction(|| {
+        Spi::get_one_with_args::<bool>(sql, &[LOCK_CLASS.into(), key.into()])
+            .ok()
+            .flatten()
+            .unwrap_or(true)
+    })
+}
+
+/// Entry point of the relay worker; its argument is the database oid.
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn memoriesdb_event_relay_main(arg: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    let Some(database) = (unsafe { pg_sys::Oid::from_datum(arg, false) }) else {
+        return;
+    };
+    BackgroundWorker::connect_worker_to_spi_by_oid(Some(database), None);
+
+    // Become the relay, or leave if another one already is. Writers probe RELAY_KEY with
+    // momentary shared locks, so a failed attempt is retried briefly.
+    let started = Instant::now();
+    while !advisory("SELECT pg_catalog.pg_try_advisory_lock($1, $2)", RELAY_KEY) {
+        let other_relay = advisory(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_locks l
+                             WHERE l.locktype = 'advisory' AND l.database = (SELECT oid FROM pg_catalog.pg_database
+                                                                              WHERE datname = pg_catalog.current_database())
+                               AND l.classid::int = $1 AND l.objid::int = $2 AND l.objsubid = 2
+                               AND l.mode = 'ExclusiveLock' AND l.granted)",
+            RELAY_KEY,
+        );
+        if other_relay || started.elapsed() > Duration::from_secs(5) || !BackgroundWorker::wait_latch(Some(POLL_INTERVAL)) {
+            return;
+        }
+    }
+
+    let mut idle_since = Instant::now();
+    loop {
+        match relay_batch() {
+            None => return,
+            Some(moved) if moved > 0 => {
+                idle_since = Instant::now();
+                continue;
+            }
+            Some(_) => {}
+        }
+        if idle_since.elapsed() >= IDLE_EXIT_AFTER {
+            // Hand over: from now on writers start a new relay. Wait for the writers that still
+            // counted on this one, then relay what they committed.
+            advisory("SELECT pg_catalog.pg_advisory_unlock($1, $2)", RELAY_KEY);
+            advisory("SELECT true FROM pg_catalog.pg_advisory_lock($1, $2)", WRITER_KEY);
+            let last = relay_batch();
+            advisory("SELECT pg_catalog.pg_advisory_unlock($1, $2)", WRITER_KEY);
+            match last {
+                Some(moved) if moved > 0 => {
+                    // more work arrived: stay, if no new relay took over meanwhile
+                    if !advisory("SELECT pg_catalog.pg_try_advisory_lock($1, $2)", RELAY_KEY) {
+                        return;
+                    }
+                    idle_since = Instant::now();
+                }
+                _ => return,
+            }
+        }
+        if !BackgroundWorker::wait_latch(Some(POLL_INTERVAL)) {
+            return; // SIGTERM or postmaster death
+        }
+    }
+}
