@@ -96,3 +96,36 @@ test("a message sent in one tab appears live in the other; forks show the branch
     await user.context.close();
   }
 });
+
+test("the specification's JavaScript client: connect with ?c=, publish, receive; sub later", async () => {
+  const { context, page, errors } = await openPage();
+  const received = await page.evaluate(async () => {
+    // The README's version of the specification's example; the URL points at this hub.
+    const ws = new WebSocket("ws://" + location.host + "/ws?c=channel1&c=updates");
+    const messages = [];
+    const got = (predicate) => new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error("timeout; got " + JSON.stringify(messages))), 10000);
+      const check = () => { const m = messages.find(predicate); if (m) { clearTimeout(timer); resolve(m); } else setTimeout(check, 20); };
+      check();
+    });
+    ws.onmessage = (event) => { const data = JSON.parse(event.data); console.log("Received:", data); messages.push(data); };
+    function publish(channel, content) {
+      ws.send(JSON.stringify({ method: "pub", params: { channel: channel, content: content } }));
+    }
+    await new Promise((resolve) => { ws.onopen = resolve; });
+    publish("updates", "Hello, world!");
+    const first = await got((m) => m.channel === "updates");
+    ws.send(JSON.stringify({ method: "sub", params: { channels: ["new_channel"] } }));
+    await got((m) => m.method === "sub" && m.result);
+    publish("new_channel", { nested: true });
+    const second = await got((m) => m.channel === "new_channel");
+    ws.close();
+    return [first, second];
+  });
+  assert.deepEqual(received, [
+    { channel: "updates", payload: { content: "Hello, world!" } },
+    { channel: "new_channel", payload: { content: { nested: true } } },
+  ]);
+  assert.deepEqual(errors, []);
+  await context.close();
+});
