@@ -56,6 +56,7 @@ HUB="ws://127.0.0.1:$HUB_PORT"
     echo "rustc: $(rustc --version)"
     echo "postgres: $("$PG_BIN/postgres" --version)"
     echo "open files: $(ulimit -n)"
+    echo "load before the run: $(cut -d" " -f1-3 /proc/loadavg) (the machine is shared with builds; see BENCHMARKS.md)"
 } > "$OUT/environment.txt"
 
 start_hub

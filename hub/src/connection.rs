@@ -61,6 +61,10 @@ pub async fn serve(hub: Arc<Hub>, socket: WebSocket, initial_channels: Vec<Chann
     });
     tracing::debug!(client = client.id, %peer, user = ?grant.as_ref().map(|g| g.user), "connected");
 
+    if hub.shutdown.is_cancelled() {
+        // upgraded just as shutdown began, after close_all() ran
+        control.close(CloseReason::Shutdown);
+    }
     let writer = tokio::spawn(write_loop(hub.clone(), sink, queue_rx, control.clone(), activity.clone()));
     let mut connection = Connection { hub: hub.clone(), client, grant, subscriptions: BTreeSet::new(), activity };
     if !initial_channels.is_empty() {
@@ -381,10 +385,13 @@ async fn write_loop(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let silence_limit = (config.ping_interval + config.pong_timeout).as_millis() as u64;
     let idle_limit = config.idle_timeout.as_millis() as u64;
+    // one registration for the connection's lifetime, not one per message (hot path)
+    let closed = control.closed();
+    tokio::pin!(closed);
     loop {
         tokio::select! {
             biased;
-            _ = control.closed() => break,
+            _ = &mut closed => break,
             frame = queue.recv() => {
                 let Some(frame) = frame else { break };
                 let send = async {
@@ -397,7 +404,7 @@ async fn write_loop(
                     }
                     sink.flush().await
                 };
-                if !send_within(send, config.write_timeout, &control, &hub.metrics).await {
+                if !send_within(send, config.write_timeout, closed.as_mut(), &control, &hub.metrics).await {
                     break;
                 }
             }
@@ -418,7 +425,7 @@ async fn write_loop(
                     break;
                 }
                 let ping = sink.send(Message::Ping(Default::default()));
-                if !send_within(ping, config.write_timeout, &control, &hub.metrics).await {
+                if !send_within(ping, config.write_timeout, closed.as_mut(), &control, &hub.metrics).await {
                     break;
                 }
             }
@@ -433,12 +440,19 @@ async fn write_loop(
 
 /// Run a send; false (and the connection marked for closing) if it fails, times out (the client
 /// stopped reading and the socket buffer is full) or the connection is closing anyway.
-async fn send_within<F>(send: F, limit: Duration, control: &ClientControl, metrics: &Metrics) -> bool
+async fn send_within<F, C>(
+    send: F,
+    limit: Duration,
+    closed: std::pin::Pin<&mut C>,
+    control: &ClientControl,
+    metrics: &Metrics,
+) -> bool
 where
     F: std::future::Future<Output = Result<(), axum::Error>>,
+    C: std::future::Future<Output = ()>,
 {
     tokio::select! {
-        _ = control.closed() => false,
+        _ = closed => false,
         outcome = timeout(limit, send) => match outcome {
             Ok(Ok(())) => true,
             Ok(Err(_)) => {

@@ -278,7 +278,12 @@ async fn chat_actions_send_message_reaches_every_subscriber_of_the_session() {
 #[tokio::test]
 async fn endpoints_health_ready_metrics_and_demo_page() {
     let db = TestDb::new().await;
-    let hub = HubProcess::start(&db.url(), &[]).await;
+    let hub = HubProcess::start(&db.url(), &["--log-format", "json"]).await;
+    // structured logs: one JSON object per line
+    let log = hub.log_text();
+    let first: Value = serde_json::from_str(log.lines().next().expect("a log line")).expect("JSON log line");
+    assert!(first["fields"]["message"].as_str().is_some_and(|m| m.contains("listening")), "{first}");
+    assert_eq!(first["level"], "INFO");
     let (status, body) = http_get(hub.port, "/healthz").await.unwrap();
     assert_eq!((status, body.trim()), (200, "ok"));
     let (status, body) = http_get(hub.port, "/readyz").await.unwrap();

@@ -133,8 +133,8 @@ async fn two_hubs_on_one_database_see_each_others_messages() {
 #[tokio::test]
 async fn a_client_that_stops_reading_is_disconnected_and_slows_no_one() {
     let db = TestDb::new().await;
-    // bursts of 100 fit a 256-message queue; only a client that stops reading overflows it
-    let hub = HubProcess::start(&db.url(), &["--outbound-queue", "256", "--write-timeout", "3s"]).await;
+    // bursts of 100 fit easily in a 512-message queue; only a client that stops reading overflows it
+    let hub = HubProcess::start(&db.url(), &["--outbound-queue", "512", "--write-timeout", "3s"]).await;
 
     // the stalled client: a tiny receive buffer and it never reads
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
