@@ -6,26 +6,21 @@
 //! (`memory_graph_clock`) and the reachability check runs on a fresh snapshot taken after that
 //! row lock is held.
 //!
+//! Edges implied by the conversation tables (a message belongs_to its session, a fork is
+//! forked_from its parent; see the memory_graph_edges view) count as graph edges here: they are
+//! never written to memory_edges, so conversation writes never take this check at all.
+//!
 //! Fast path, with no serialisation: when `source` was created by this very transaction and has
 //! no incoming edge, no path can lead into it — other transactions cannot see the row, so they
-//! cannot point at it — and the new edge cannot be part of a cycle. Every message's `belongs_to`
-//! and every fork's `forked_from` edge takes this path, so conversation writes never queue on
-//! the graph lock.
+//! cannot point at it — and the new edge cannot be part of a cycle.
 
 use crate::errors::{raise, TriggerError};
 use pgrx::prelude::*;
 
 /// Does `source` need the serialised check? False only for a memory created by the current
-/// transaction that nothing points at yet.
+/// transaction that nothing points at yet (`is_fresh_leaf()` in SQL, which keeps its plan cached).
 fn needs_serialised_check(schema: &str, source: pgrx::Uuid) -> bool {
-    let fresh_leaf = Spi::get_one_with_args::<bool>(
-        &format!(
-            "SELECT m.xmin::text = (pg_catalog.pg_current_xact_id()::xid)::text
-                    AND NOT EXISTS (SELECT 1 FROM {schema}.memory_edges e WHERE e.target_id = m.id)
-               FROM {schema}.memories m WHERE m.id = $1"
-        ),
-        &[source.into()],
-    );
+    let fresh_leaf = Spi::get_one_with_args::<bool>(&format!("SELECT {schema}.is_fresh_leaf($1)"), &[source.into()]);
     !matches!(fresh_leaf, Ok(Some(true)))
 }
 

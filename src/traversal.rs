@@ -17,14 +17,15 @@ struct Discovery {
 }
 
 /// The SQL that lists, for a frontier ($1) and relation filter ($2), each edge as
-/// (from, to, relation, edge id), where `from` is in the frontier.
+/// (from, to, relation, edge id), where `from` is in the frontier. Implied edges (a message's
+/// belongs_to, a fork's forked_from) have no edge id.
 fn neighbour_query(schema: &str, direction: &str) -> String {
     let outgoing = format!(
-        "SELECT e.source_id, e.target_id, e.relation, e.id FROM {schema}.memory_edges e
+        "SELECT e.source_id, e.target_id, e.relation, e.edge_id FROM {schema}.memory_graph_edges e
           WHERE e.source_id = ANY($1) AND ($2::text[] IS NULL OR e.relation = ANY($2))"
     );
     let incoming = format!(
-        "SELECT e.target_id, e.source_id, e.relation, e.id FROM {schema}.memory_edges e
+        "SELECT e.target_id, e.source_id, e.relation, e.edge_id FROM {schema}.memory_graph_edges e
           WHERE e.target_id = ANY($1) AND ($2::text[] IS NULL OR e.relation = ANY($2))"
     );
     // a stable order makes the chosen first discovery (and so each path) deterministic

@@ -177,14 +177,13 @@ fn audit_has_exactly_one_row_per_change_and_nothing_for_rolled_back_work() {
     let mut c = db.connect();
     let session = create_session(&mut c, "audited"); // 1 memory
     for i in 0..10 {
-        add_message(&mut c, session, "user", &format!("m{i}")); // 10 memories + 10 edges
+        add_message(&mut c, session, "user", &format!("m{i}")); // 10 memories
     }
-    let fork: Uuid = c.query_one("SELECT fork_session($1, 'branch')", &[&session]).unwrap().get(0); // 1 + 1
+    let fork: Uuid = c.query_one("SELECT fork_session($1, 'branch')", &[&session]).unwrap().get(0); // 1 memory
     c.execute("UPDATE memories SET _metadata = '{\"k\": 1}' WHERE id = $1", &[&fork]).unwrap(); // 1 update
-    let deleted = c
-        .execute("DELETE FROM memory_edges WHERE target_id = $1 AND relation = 'belongs_to' AND source_id IN (SELECT id FROM memories WHERE content = 'm0')", &[&session])
-        .unwrap();
-    assert_eq!(deleted, 1);
+    let fact: Uuid = c.query_one("INSERT INTO memories (content) VALUES ('a fact') RETURNING id", &[]).unwrap().get(0); // 1
+    c.query_one("SELECT add_edge($1, $2, 'mentioned_in')", &[&fact, &session]).unwrap(); // 1 edge
+    assert!(c.query_one("SELECT remove_edge($1, $2, 'mentioned_in')", &[&fact, &session]).unwrap().get::<_, bool>(0)); // 1 delete
     // rolled back work leaves no audit rows
     let mut tx = c.transaction().unwrap();
     tx.query_one("SELECT add_message_to_session($1, 'user', 'gone')", &[&session]).unwrap();
@@ -197,10 +196,10 @@ fn audit_has_exactly_one_row_per_change_and_nothing_for_rolled_back_work() {
         .map(|r| (r.get(0), r.get(1), r.get(2)))
         .collect();
     let expected = vec![
-        ("memories".to_string(), "INSERT".to_string(), 12),
+        ("memories".to_string(), "INSERT".to_string(), 13),
         ("memories".to_string(), "UPDATE".to_string(), 1),
         ("memory_edges".to_string(), "DELETE".to_string(), 1),
-        ("memory_edges".to_string(), "INSERT".to_string(), 11),
+        ("memory_edges".to_string(), "INSERT".to_string(), 1),
     ];
     assert_eq!(counts, expected);
     // every row attributed to the acting user and role, with a transaction id and both states

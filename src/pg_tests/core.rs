@@ -71,9 +71,11 @@ mod tests {
         assert_eq!(one::<i64>("SELECT count(*) FROM memories WHERE kind = 'message'"), 7);
         // and the graph says so
         let forked_from = one::<i64>(&format!(
-            "SELECT count(*) FROM memory_edges WHERE source_id = '{deeper}' AND target_id = '{early}' AND relation = 'forked_from'"
+            "SELECT count(*) FROM memory_graph_edges WHERE source_id = '{deeper}' AND target_id = '{early}' AND relation = 'forked_from'"
         ));
         assert_eq!(forked_from, 1);
+        // ... derived from the session tables, not stored as a second copy
+        assert_eq!(one::<i64>("SELECT count(*) FROM memory_edges"), 0);
         let belongs = one::<i64>(&format!(
             "SELECT count(*) FROM memory_graph WHERE id = '{s}' AND relation = 'belongs_to' AND direction = 'incoming'"
         ));
@@ -91,6 +93,22 @@ mod tests {
         let id = uuid_of("INSERT INTO memories (id, content) VALUES ('00000000-0000-0000-0000-00000000000a', 'a') RETURNING id");
         Spi::run(&format!("INSERT INTO memory_edges (source_id, target_id, relation) VALUES ('{id}', '{id}', 'related_to')"))
             .unwrap();
+    }
+
+    #[pg_test(error = "edge 00000000-0000-0000-0000-00000000005e -[summarized_by]-> 00000000-0000-0000-0000-00000000003e would close a cycle")]
+    fn implied_edges_count_in_the_cycle_check() {
+        // the message belongs_to its session (an implied edge), so session -> message closes a cycle
+        Spi::run(
+            "INSERT INTO memories (id, kind, content) VALUES ('00000000-0000-0000-0000-00000000005e', 'session', 's');
+             INSERT INTO memory_sessions (id) VALUES ('00000000-0000-0000-0000-00000000005e');
+             INSERT INTO memories (id, kind, content, session_id, position, role)
+             VALUES ('00000000-0000-0000-0000-00000000003e', 'message', 'm', '00000000-0000-0000-0000-00000000005e', 1, 'user');",
+        )
+        .unwrap();
+        Spi::run(
+            "SELECT add_edge('00000000-0000-0000-0000-00000000005e', '00000000-0000-0000-0000-00000000003e', 'summarized_by')",
+        )
+        .unwrap();
     }
 
     /// A 10,000-edge chain n0 -> n1 -> ... -> n10000, built in one statement.

@@ -4,7 +4,7 @@
 GRANT SELECT, INSERT, UPDATE, DELETE ON @extschema@.memories, @extschema@.memory_edges,
     @extschema@.memory_sessions, @extschema@.memory_shares, @extschema@.memory_share_segments TO PUBLIC;
 GRANT SELECT, INSERT, UPDATE ON @extschema@.users TO PUBLIC;
-GRANT SELECT ON @extschema@.audit_log, @extschema@.memory_graph,
+GRANT SELECT ON @extschema@.audit_log, @extschema@.memory_graph, @extschema@.memory_graph_edges, @extschema@.vector_indexes,
     @extschema@.embedding_queue_status, @extschema@.embedding_coverage TO PUBLIC;
 -- embedding workers (members of memoriesdb_worker, per policy) work the queues
 GRANT SELECT, UPDATE ON @extschema@.embedding_schedule TO PUBLIC;
@@ -19,3 +19,5 @@ REVOKE EXECUTE ON FUNCTION @extschema@.create_vector_index(integer, integer, int
 GRANT EXECUTE ON FUNCTION @extschema@.create_vector_index(integer, integer, integer) TO memoriesdb_worker;
 REVOKE EXECUTE ON FUNCTION @extschema@.process_vindexing(integer) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION @extschema@.process_vindexing(integer) TO memoriesdb_worker;
+REVOKE EXECUTE ON FUNCTION @extschema@.restore_vector_indexes() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.restore_vector_indexes() TO memoriesdb_worker;

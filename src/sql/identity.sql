@@ -41,7 +41,9 @@ $$;
 -- nothing. PL/pgSQL, so that its one query keeps a cached plan; SECURITY INVOKER, because the users
 -- policy lets every role read the row mapped to it, which is all this lookup needs.
 CREATE FUNCTION @extschema@.current_memory_user() RETURNS uuid
-LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
+-- a fixed search_path: callers run with different ones (SECURITY DEFINER triggers pin theirs),
+-- and a cached plan is re-planned whenever the search_path differs from the one it was made with
+LANGUAGE plpgsql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     asserted text := pg_catalog.current_setting('app.current_user', true);
     claimed uuid;

@@ -17,13 +17,13 @@ $$;
 CREATE VIEW @extschema@.memory_graph AS
 SELECT m.id, m.kind, m.content, e.relation, 'outgoing'::text AS direction,
        e.target_id AS related_id, r.kind AS related_kind, r.content AS related_content,
-       e.weight, e._metadata AS edge_metadata, e.id AS edge_id
+       e.weight, e._metadata AS edge_metadata, e.edge_id
   FROM @extschema@.memories m
-  JOIN @extschema@.memory_edges e ON e.source_id = m.id
+  JOIN @extschema@.memory_graph_edges e ON e.source_id = m.id
   JOIN @extschema@.memories r ON r.id = e.target_id
 UNION ALL
 SELECT m.id, m.kind, m.content, e.relation, 'incoming'::text,
-       e.source_id, r.kind, r.content, e.weight, e._metadata, e.id
+       e.source_id, r.kind, r.content, e.weight, e._metadata, e.edge_id
   FROM @extschema@.memories m
-  JOIN @extschema@.memory_edges e ON e.target_id = m.id
+  JOIN @extschema@.memory_graph_edges e ON e.target_id = m.id
   JOIN @extschema@.memories r ON r.id = e.source_id;

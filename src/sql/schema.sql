@@ -214,6 +214,16 @@ CREATE TABLE @extschema@.memory_share_segments (
 );
 COMMENT ON TABLE @extschema@.memory_share_segments IS 'Per-session visibility derived from shared sessions (maintained by share_memory)';
 
+-- The per-dimension HNSW indexes create_vector_index() has built, with their settings. pg_dump
+-- does not dump indexes on an extension's tables, so this list is what restore_vector_indexes()
+-- rebuilds them from after a restore.
+CREATE TABLE @extschema@.vector_indexes (
+    dimensions      integer PRIMARY KEY CHECK (dimensions BETWEEN 1 AND 2000),
+    m               integer NOT NULL,
+    ef_construction integer NOT NULL,
+    created_at      timestamptz NOT NULL DEFAULT now()
+);
+
 -- Change events on their way to NOTIFY: appended by the event triggers in the writer's
 -- transaction, moved to NOTIFY and deleted by the event relay (src/events.rs). Transient, so
 -- pg_dump leaves it out.
@@ -222,6 +232,26 @@ CREATE TABLE @extschema@.memory_event_outbox (
     channel text NOT NULL,
     payload text NOT NULL
 );
+
+-- All edges of the memory graph: the stored ones (memory_edges) and the structural ones that
+-- the conversation tables already state — a message belongs_to its session (memories.session_id),
+-- a fork is forked_from its parent (memory_sessions.parent_id). Deriving those from the typed
+-- columns instead of storing a copy keeps one source of truth and keeps every message write to a
+-- single row; traversal, memory_graph and the cycle check all read this view.
+CREATE VIEW @extschema@.memory_graph_edges WITH (security_invoker = true) AS
+SELECT e.id AS edge_id, e.source_id, e.target_id, e.relation, e.weight, e._metadata, false AS implied
+  FROM @extschema@.memory_edges e
+UNION ALL
+SELECT NULL::uuid, m.id, m.session_id, 'belongs_to'::text, 1.0::double precision,
+       pg_catalog.jsonb_build_object('position', m.position), true
+  FROM @extschema@.memories m
+ WHERE m.session_id IS NOT NULL
+UNION ALL
+SELECT NULL::uuid, s.id, s.parent_id, 'forked_from'::text, 1.0::double precision,
+       pg_catalog.jsonb_build_object('fork_position', s.fork_position, 'parent_message_id', s.fork_message_id), true
+  FROM @extschema@.memory_sessions s
+ WHERE s.parent_id IS NOT NULL;
+COMMENT ON VIEW @extschema@.memory_graph_edges IS 'Every edge of the memory graph: stored edges plus belongs_to/forked_from implied by sessions and messages';
 
 -- pg_dump skips rows of extension-owned tables unless they are registered here.
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.users', '');
@@ -233,5 +263,6 @@ SELECT pg_catalog.pg_extension_config_dump('@extschema@.audit_log_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.embedding_schedule', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.memory_shares', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.memory_share_segments', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.vector_indexes', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.vindexing_schedule', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.vindexing_schedule_id_seq', '');

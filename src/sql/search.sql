@@ -152,7 +152,28 @@ BEGIN
         'CREATE INDEX IF NOT EXISTS %I ON %I.memories USING hnsw ((content_embedding::%I.vector(%s)) %I.vector_cosine_ops)'
         ' WITH (m = %s, ef_construction = %s) WHERE %I.vector_dims(content_embedding) = %s',
         index_name, '@extschema@', '@extschema@', dimensions, '@extschema@', m, ef_construction, '@extschema@', dimensions);
+    INSERT INTO @extschema@.vector_indexes AS v (dimensions, m, ef_construction)
+    VALUES (create_vector_index.dimensions, create_vector_index.m, create_vector_index.ef_construction)
+    ON CONFLICT ON CONSTRAINT vector_indexes_pkey DO NOTHING;
     RETURN index_name;
+END
+$$;
+
+-- Rebuild the HNSW indexes listed in vector_indexes that do not exist, e.g. after pg_restore
+-- (pg_dump does not dump indexes on an extension's tables). Returns how many it built.
+CREATE FUNCTION @extschema@.restore_vector_indexes() RETURNS integer
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v record;
+    built integer := 0;
+BEGIN
+    FOR v IN SELECT * FROM @extschema@.vector_indexes ORDER BY dimensions LOOP
+        IF to_regclass(format('%I.%I', '@extschema@', 'memories_embedding_hnsw_' || v.dimensions)) IS NULL THEN
+            PERFORM @extschema@.create_vector_index(v.dimensions, v.m, v.ef_construction);
+            built := built + 1;
+        END IF;
+    END LOOP;
+    RETURN built;
 END
 $$;
 

@@ -95,6 +95,8 @@ ALTER TABLE @extschema@.embedding_schedule FORCE ROW LEVEL SECURITY;
 -- DEFINER) touch it
 ALTER TABLE @extschema@.memory_event_outbox ENABLE ROW LEVEL SECURITY;
 ALTER TABLE @extschema@.memory_event_outbox FORCE ROW LEVEL SECURITY;
+ALTER TABLE @extschema@.vector_indexes ENABLE ROW LEVEL SECURITY;
+ALTER TABLE @extschema@.vector_indexes FORCE ROW LEVEL SECURITY;
 ALTER TABLE @extschema@.vindexing_schedule ENABLE ROW LEVEL SECURITY;
 ALTER TABLE @extschema@.vindexing_schedule FORCE ROW LEVEL SECURITY;
 
@@ -209,6 +211,9 @@ CREATE POLICY embedding_schedule_workers ON @extschema@.embedding_schedule FOR A
 CREATE POLICY vindexing_schedule_workers ON @extschema@.vindexing_schedule FOR ALL
     USING ((SELECT @extschema@.acting_role_is('memoriesdb_worker')))
     WITH CHECK ((SELECT @extschema@.acting_role_is('memoriesdb_worker')));
+
+-- the list of vector indexes is not secret
+CREATE POLICY vector_indexes_read ON @extschema@.vector_indexes FOR SELECT USING (true);
 
 -- Views read their tables as the caller, so the policies above apply through them too.
 ALTER VIEW @extschema@.memory_graph SET (security_invoker = true);

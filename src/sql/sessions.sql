@@ -1,10 +1,11 @@
 -- The conversation API: sessions, messages, O(1) forks and transcripts.
 --
 -- A session is a memory of kind 'session' with a row in memory_sessions. A message is a memory
--- of kind 'message' with (session_id, position, role) and a belongs_to edge to its session. A
--- fork is a new session whose memory_sessions row names its parent and the fork point, plus a
--- forked_from edge; no message is copied. The branch a session sees is its lineage: its own
--- messages and, for each ancestor, the messages up to the point where the line forked off.
+-- of kind 'message' with (session_id, position, role). A fork is a new session whose
+-- memory_sessions row names its parent and the fork point; no message is copied. In the memory
+-- graph (memory_graph_edges) a message belongs_to its session and a fork is forked_from its
+-- parent. The branch a session sees is its lineage: its own messages and, for each ancestor,
+-- the messages up to the point where the line forked off.
 
 -- Raise a clear error unless the session exists; returns its memory_sessions row.
 CREATE FUNCTION @extschema@.require_session(session_id uuid, argument text DEFAULT 'session_id')
@@ -108,8 +109,6 @@ BEGIN
     VALUES ('message', add_message_to_session.content, clean_metadata,
             add_message_to_session.session_id, new_position, add_message_to_session.role)
     RETURNING id INTO new_id;
-    INSERT INTO @extschema@.memory_edges (source_id, target_id, relation)
-    VALUES (new_id, add_message_to_session.session_id, 'belongs_to');
     RETURN new_id;
 END
 $$;
@@ -166,9 +165,6 @@ BEGIN
     RETURNING id, created_by INTO new_id, owner;
     INSERT INTO @extschema@.memory_sessions (id, owner_id, parent_id, fork_position, fork_message_id, depth, last_position)
     VALUES (new_id, owner, parent.id, fork_at, fork_message, parent.depth + 1, fork_at);
-    INSERT INTO @extschema@.memory_edges (source_id, target_id, relation, _metadata)
-    VALUES (new_id, parent.id, 'forked_from',
-            pg_catalog.jsonb_build_object('fork_position', fork_at, 'parent_message_id', fork_message));
     RETURN new_id;
 END
 $$;

@@ -23,18 +23,36 @@ BEGIN
 END
 $$;
 
--- Is `to` reachable from `from` along edges? Used by prevent_cycles(). Breadth-first over a
+-- Is `to` reachable from `from` along edges, stored or implied? Used by prevent_cycles(). Breadth-first over a
 -- recursive query whose UNION (not UNION ALL) is the visited set, so it terminates on any graph
 -- and stops as soon as `to` is found. SECURITY DEFINER: edges the caller cannot see can still
 -- close a cycle, so they must count. VOLATILE: each call reads with a fresh snapshot.
+-- PL/pgSQL so that the query's plan is cached.
 CREATE FUNCTION @extschema@.edge_path_exists("from" uuid, "to" uuid) RETURNS boolean
-LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    WITH RECURSIVE reach(id) AS (
-        SELECT $1
-        UNION
-        SELECT e.target_id FROM @extschema@.memory_edges e JOIN reach r ON e.source_id = r.id
-    )
-    SELECT EXISTS (SELECT 1 FROM reach WHERE id = $2)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN EXISTS (
+        WITH RECURSIVE reach(id) AS (
+            SELECT edge_path_exists."from"
+            UNION
+            SELECT e.target_id FROM @extschema@.memory_graph_edges e JOIN reach r ON e.source_id = r.id
+        )
+        SELECT 1 FROM reach WHERE reach.id = edge_path_exists."to");
+END
+$$;
+
+-- Can an edge out of `source` be added without the serialised cycle check? Only when `source`
+-- was created by this transaction and nothing points at it yet (see src/graph.rs). Runs as the
+-- caller: another tenant cannot point at a memory it cannot see, let alone an uncommitted one.
+CREATE FUNCTION @extschema@.is_fresh_leaf(source uuid) RETURNS boolean
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN EXISTS (
+        SELECT 1 FROM @extschema@.memories m
+         WHERE m.id = source
+           AND m.xmin::text = (pg_current_xact_id()::xid)::text
+           AND NOT EXISTS (SELECT 1 FROM @extschema@.memory_graph_edges e WHERE e.target_id = source));
+END
 $$;
 
 -- An edge may only connect memories the acting user can see. A memory another user owns (and
