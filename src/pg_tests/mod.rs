@@ -7,8 +7,14 @@ mod search;
 
 use pgrx::prelude::*;
 
+/// The single value `sql` returns. Runs through read-write SPI, so it may write and it sees
+/// everything the test did before (read-only SPI would keep reading an older snapshot).
 pub fn one<T: FromDatum + IntoDatum>(sql: &str) -> T {
-    Spi::get_one::<T>(sql).expect("query failed").expect("query returned NULL")
+    // No row limit: with one, the executor would stop an INSERT ... RETURNING before the
+    // statement-level AFTER triggers see the inserted rows.
+    Spi::connect_mut(|c| c.update(sql, None, &[]).expect("query failed").first().get_one::<T>())
+        .expect("query failed")
+        .expect("query returned NULL")
 }
 
 pub fn uuid_of(sql: &str) -> String {

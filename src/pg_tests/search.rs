@@ -12,8 +12,9 @@ mod tests {
     }
 
     fn ids(sql: &str) -> Vec<String> {
-        Spi::connect(|c| {
-            c.select(sql, None, &[])
+        // read-write SPI: sees everything the test did before (see `one`)
+        Spi::connect_mut(|c| {
+            c.update(sql, None, &[])
                 .unwrap()
                 .map(|row| row.get::<pgrx::Uuid>(1).unwrap().unwrap().to_string())
                 .collect()
@@ -177,6 +178,7 @@ mod tests {
     fn embedding_queue_lifecycle() {
         let id = uuid_of("INSERT INTO memories (content) VALUES ('embed me') RETURNING id");
         let hash = one::<String>(&format!("SELECT content_hash FROM memories WHERE id = '{id}'"));
+        assert_eq!(one::<i64>("SELECT count(*) FROM embedding_schedule WHERE status = 'pending'"), 1, "queued on insert");
         let claimed = ids("SELECT memory_id FROM claim_embedding_batch(10)");
         assert_eq!(claimed, vec![id.clone()]);
         assert_eq!(one::<i64>("SELECT count(*) FROM claim_embedding_batch(10)"), 0, "leased items are not handed out twice");

@@ -118,8 +118,9 @@ BEGIN
 END
 $$;
 
--- Embedding queue: a memory with new content waits for a (new) embedding. Same transaction as
--- the write, so a rolled-back write leaves no queue entry.
+-- Embedding queue, for changed content: the memory waits for a new embedding (re-arming its
+-- queue row) and the workers are woken. New memories are queued by memories_inserted(), once per
+-- statement. Same transaction as the write, so a rolled-back write leaves no queue entry.
 CREATE FUNCTION @extschema@.enqueue_embedding() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
@@ -128,11 +129,7 @@ BEGIN
     ON CONFLICT (memory_id) DO UPDATE
         SET content_hash = EXCLUDED.content_hash, status = 'pending', attempts = 0,
             last_error = NULL, locked_until = NULL, enqueued_at = now(), updated_at = now();
-    -- new memories wake the workers through notify_memory_events(), once per statement;
-    -- changed content (rare) wakes them here
-    IF TG_OP = 'UPDATE' THEN
-        PERFORM @extschema@.emit_events(ARRAY['memoriesdb_embedding_queue'], ARRAY['']);
-    END IF;
+    PERFORM @extschema@.emit_events(ARRAY['memoriesdb_embedding_queue'], ARRAY['']);
     RETURN NULL;
 END
 $$;
@@ -157,56 +154,60 @@ BEGIN
 END
 $$;
 
--- Change events, once per INSERT statement on memories. Each message gets one event on its
--- session's channel chat_updates_<session id without dashes> and one on memoriesdb_events; new
--- sessions are announced on memoriesdb_events. Payloads carry ids and small fields only (role is
--- capped at 64 characters), never content, so they stay far below NOTIFY's 8000-byte limit and
--- reveal no private text. A statement inserting more than 100 messages sends one summary per
--- session instead of one event per row. Embedding workers get one wake-up per statement that
--- queued work, on memoriesdb_embedding_queue.
-CREATE FUNCTION @extschema@.notify_memory_events() RETURNS trigger
-LANGUAGE plpgsql AS $$
+-- Once per INSERT statement on memories (the hot path of every message): queue the new
+-- memories for embedding and send the change events, in the writer's transaction.
+--   events: each message gets one on its session's channel chat_updates_<session id without
+--   dashes> and one on memoriesdb_events; new sessions are announced on memoriesdb_events; a
+--   statement inserting more than 100 messages sends one summary per session instead; embedding
+--   workers get one wake-up on memoriesdb_embedding_queue. Payloads carry ids and small fields
+--   only (role is capped at 64 characters), never content, so they stay far below NOTIFY's
+--   8000-byte limit and reveal no private text. They go through the outbox and the event relay,
+--   or by NOTIFY in this transaction when no relay can be started (see emit_events()).
+-- SECURITY DEFINER: the queue and the outbox are written only by the extension.
+CREATE FUNCTION @extschema@.memories_inserted() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
+    queued bigint;
     message_count bigint;
-    wake_workers boolean;
-    channels text[];
-    payloads text[];
+    relayed boolean;
 BEGIN
-    SELECT count(*) FILTER (WHERE i.kind = 'message'), coalesce(bool_or(i.content <> ''), false)
-      INTO message_count, wake_workers FROM inserted i;
-    IF message_count <= 100 THEN
-        SELECT array_agg(e.channel ORDER BY e.n), array_agg(e.payload ORDER BY e.n) INTO channels, payloads
-          FROM (SELECT x.channel, x.payload, row_number() OVER (ORDER BY x.session_id, x.position, x.fanout) AS n
-                  FROM (SELECT i.session_id, i.position, f.fanout,
-                               CASE f.fanout WHEN 1 THEN 'chat_updates_' || pg_catalog.replace(i.session_id::text, '-', '')
-                                             ELSE 'memoriesdb_events' END AS channel,
-                               pg_catalog.json_build_object(
-                                   'op', 'INSERT', 'table', 'memories', 'kind', i.kind, 'id', i.id,
-                                   'session_id', i.session_id, 'position', i.position, 'role', i.role,
-                                   'created_at', i._created_at)::text AS payload
-                          FROM inserted i
-                          CROSS JOIN (VALUES (1), (2)) f(fanout)
-                         WHERE (i.kind = 'message') OR (i.kind = 'session' AND f.fanout = 2)) x) e;
-    ELSE
-        SELECT array_agg(e.channel ORDER BY e.n), array_agg(e.payload ORDER BY e.n) INTO channels, payloads
-          FROM (SELECT x.channel, x.payload, row_number() OVER (ORDER BY x.session_id, x.fanout) AS n
-                  FROM (SELECT s.session_id, f.fanout,
-                               CASE f.fanout WHEN 1 THEN 'chat_updates_' || pg_catalog.replace(s.session_id::text, '-', '')
-                                             ELSE 'memoriesdb_events' END AS channel,
-                               pg_catalog.json_build_object(
-                                   'op', 'BULK_INSERT', 'table', 'memories', 'kind', 'message',
-                                   'session_id', s.session_id, 'count', s.n,
-                                   'first_position', s.first_position, 'last_position', s.last_position)::text AS payload
-                          FROM (SELECT i.session_id, count(*) AS n, min(i.position) AS first_position,
-                                       max(i.position) AS last_position
-                                  FROM inserted i WHERE i.kind = 'message' GROUP BY i.session_id) s
-                          CROSS JOIN (VALUES (1), (2)) f(fanout)) x) e;
+    INSERT INTO @extschema@.embedding_schedule (memory_id, content_hash)
+    SELECT i.id, i.content_hash FROM inserted i WHERE i.content <> '';
+    GET DIAGNOSTICS queued = ROW_COUNT;
+    SELECT count(*) INTO message_count FROM inserted i WHERE i.kind = 'message';
+    IF message_count = 0 AND queued = 0 AND NOT EXISTS (SELECT 1 FROM inserted i WHERE i.kind = 'session') THEN
+        RETURN NULL;
     END IF;
-    IF wake_workers THEN
-        channels := channels || 'memoriesdb_embedding_queue'::text;
-        payloads := payloads || ''::text;
-    END IF;
-    PERFORM @extschema@.emit_events(channels, payloads);
+    relayed := @extschema@.ensure_event_relay();
+    WITH events AS (
+        SELECT e.channel, e.payload, row_number() OVER (ORDER BY e.session_id, e.position, e.fanout) AS n
+          FROM (SELECT i.session_id, i.position, f.fanout,
+                       CASE f.fanout WHEN 1 THEN 'chat_updates_' || replace(i.session_id::text, '-', '')
+                                     ELSE 'memoriesdb_events' END AS channel,
+                       json_build_object('op', 'INSERT', 'table', 'memories', 'kind', i.kind, 'id', i.id,
+                                         'session_id', i.session_id, 'position', i.position, 'role', i.role,
+                                         'created_at', i._created_at)::text AS payload
+                  FROM inserted i CROSS JOIN (VALUES (1), (2)) f(fanout)
+                 WHERE message_count <= 100 AND (i.kind = 'message' OR (i.kind = 'session' AND f.fanout = 2))
+                UNION ALL
+                SELECT s.session_id, s.last_position, f.fanout,
+                       CASE f.fanout WHEN 1 THEN 'chat_updates_' || replace(s.session_id::text, '-', '')
+                                     ELSE 'memoriesdb_events' END,
+                       json_build_object('op', 'BULK_INSERT', 'table', 'memories', 'kind', 'message',
+                                         'session_id', s.session_id, 'count', s.n,
+                                         'first_position', s.first_position, 'last_position', s.last_position)::text
+                  FROM (SELECT i.session_id, count(*) AS n, min(i.position) AS first_position,
+                               max(i.position) AS last_position
+                          FROM inserted i WHERE i.kind = 'message' AND message_count > 100
+                         GROUP BY i.session_id) s
+                 CROSS JOIN (VALUES (1), (2)) f(fanout)
+                UNION ALL
+                SELECT NULL, NULL, 3, 'memoriesdb_embedding_queue', '' WHERE queued > 0) e),
+    relay AS (
+        INSERT INTO @extschema@.memory_event_outbox (channel, payload)
+        SELECT ev.channel, ev.payload FROM events ev WHERE relayed ORDER BY ev.n)
+    SELECT count(*) INTO message_count
+      FROM (SELECT pg_notify(ev.channel, ev.payload) FROM events ev WHERE NOT relayed ORDER BY ev.n) direct;
     RETURN NULL;
 END
 $$;
@@ -221,14 +222,12 @@ CREATE TRIGGER memories_30_invalidate_embedding BEFORE UPDATE OF content ON @ext
     EXECUTE FUNCTION @extschema@.invalidate_stale_embedding();
 CREATE TRIGGER memories_50_audit AFTER INSERT OR UPDATE OR DELETE ON @extschema@.memories
     FOR EACH ROW EXECUTE FUNCTION @extschema@.log_memory_change();
-CREATE TRIGGER memories_60_enqueue_new AFTER INSERT ON @extschema@.memories
-    FOR EACH ROW WHEN (NEW.content <> '') EXECUTE FUNCTION @extschema@.enqueue_embedding();
 CREATE TRIGGER memories_61_enqueue_changed AFTER UPDATE OF content ON @extschema@.memories
     FOR EACH ROW WHEN (OLD.content_hash IS DISTINCT FROM NEW.content_hash AND NEW.content <> '')
     EXECUTE FUNCTION @extschema@.enqueue_embedding();
-CREATE TRIGGER memories_70_events AFTER INSERT ON @extschema@.memories
+CREATE TRIGGER memories_70_inserted AFTER INSERT ON @extschema@.memories
     REFERENCING NEW TABLE AS inserted
-    FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.notify_memory_events();
+    FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.memories_inserted();
 
 -- memory_edges
 CREATE TRIGGER memory_edges_05_visible_endpoints BEFORE INSERT OR UPDATE OF source_id, target_id
