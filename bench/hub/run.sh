@@ -29,7 +29,7 @@ CLUSTER=/tmp/memoriesdb-hub-bench-$$
 PORT=$(free_port 55800)
 HUB_PID=
 stop_hub() { if [ -n "$HUB_PID" ]; then kill "$HUB_PID" 2>/dev/null || true; wait "$HUB_PID" 2>/dev/null || true; HUB_PID=; fi; }
-trap 'stop_hub; cluster_stop "$CLUSTER" remove' EXIT
+trap 'stop_hub; cp "$CLUSTER/server.log" "$OUT/postgres.log" 2>/dev/null; cluster_stop "$CLUSTER" remove' EXIT
 cluster_start "$CLUSTER" "$PORT"
 cluster_psql "$CLUSTER" "$PORT" -d postgres -c "CREATE DATABASE hubbench"
 cluster_psql "$CLUSTER" "$PORT" -d hubbench -c "CREATE EXTENSION memoriesdb CASCADE" >/dev/null
