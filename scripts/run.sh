@@ -5,7 +5,7 @@
 # Idempotent: a second run reuses the installed tools, the cluster and the demo data.
 #
 # Environment: MEMORIESDB_PORT (default 5433), MEMORIESDB_DATA (default /var/lib/memoriesdb/pgdata),
-#              MEMORIESDB_DB (default memoriesdb)
+#              MEMORIESDB_DB (default memoriesdb), MEMORIESDB_HUB_PORT (default 5002)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -31,6 +31,35 @@ else
 fi
 cluster_psql "$DATA" "$PORT" -d "$DB" -f scripts/demo.sql
 
+# The hub: WebSocket pub/sub and live chat on top of the database, with its demo page.
+# (Re)started on every run so that it is the binary just built; pid and log beside the data.
+HUB_PORT=${MEMORIESDB_HUB_PORT:-5002}
+HUB_DIR=$(dirname "$DATA")
+HUB_PID=$HUB_DIR/hub.pid
+HUB_LOG=$HUB_DIR/hub.log
+log "building the hub (cargo build --release -p memoriesdb-hub)"
+cargo build --release --quiet -p memoriesdb-hub
+if [ -f "$HUB_PID" ]; then
+    old_pid=$(cat "$HUB_PID")
+    if kill -0 "$old_pid" 2>/dev/null && grep -q memoriesdb-hub "/proc/$old_pid/cmdline" 2>/dev/null; then
+        log "stopping the running hub (pid $old_pid)"
+        kill -TERM "$old_pid"
+        for _ in $(seq 100); do kill -0 "$old_pid" 2>/dev/null || break; sleep 0.1; done
+    fi
+    rm -f "$HUB_PID"
+fi
+log "starting the hub on port $HUB_PORT (log: $HUB_LOG)"
+ulimit -n "$(ulimit -Hn)"   # one descriptor per client
+setsid nohup target/release/memoriesdb-hub --port "$HUB_PORT" \
+    --database-url "host=localhost port=$PORT user=postgres dbname=$DB" >>"$HUB_LOG" 2>&1 < /dev/null &
+echo $! > "$HUB_PID"
+for _ in $(seq 100); do
+    curl -sf "http://127.0.0.1:$HUB_PORT/readyz" >/dev/null && break
+    kill -0 "$(cat "$HUB_PID")" 2>/dev/null || { tail -20 "$HUB_LOG" >&2; die "the hub exited (log: $HUB_LOG)"; }
+    sleep 0.1
+done
+curl -sf "http://127.0.0.1:$HUB_PORT/readyz" >/dev/null || { tail -20 "$HUB_LOG" >&2; die "the hub is not ready (log: $HUB_LOG)"; }
+
 cat <<MSG
 
 MemoriesDB is running.
@@ -38,4 +67,7 @@ MemoriesDB is running.
   try:       SELECT get_conversation_text(id) FROM memories WHERE kind = 'session' AND content = 'Product Brainstorm';
   data:      $DATA   (log: $DATA/server.log)
   stop:      runuser -u postgres -- $PG_BIN/pg_ctl -D $DATA stop
+  hub:       http://127.0.0.1:$HUB_PORT/  (live chat demo page)
+             ws://127.0.0.1:$HUB_PORT/ws?c=<channel>   (pid $(cat "$HUB_PID"), log: $HUB_LOG)
+  stop hub:  kill \$(cat $HUB_PID)
 MSG
