@@ -179,6 +179,25 @@ mod tests {
     }
 
     #[test]
+    fn flags_and_environment() {
+        let config = Config::parse_from(["memoriesdb-hub"]);
+        assert_eq!(config.port, 5002, "the specification's port");
+        // every flag has an environment variable; a flag given on the command line wins
+        std::env::set_var("MEMORIESDB_HUB_PORT", "6123");
+        std::env::set_var("MEMORIESDB_HUB_DATABASE_URL", "host=/tmp dbname=x");
+        std::env::set_var("MEMORIESDB_HUB_PING_INTERVAL", "750ms");
+        let from_env = Config::parse_from(["memoriesdb-hub"]);
+        let from_flag = Config::parse_from(["memoriesdb-hub", "--port", "7000"]);
+        std::env::remove_var("MEMORIESDB_HUB_PORT");
+        std::env::remove_var("MEMORIESDB_HUB_DATABASE_URL");
+        std::env::remove_var("MEMORIESDB_HUB_PING_INTERVAL");
+        assert_eq!(from_env.port, 6123);
+        assert_eq!(from_env.database_url, "host=/tmp dbname=x");
+        assert_eq!(from_env.ping_interval, Duration::from_millis(750));
+        assert_eq!(from_flag.port, 7000);
+    }
+
+    #[test]
     fn anonymous_public_listening_is_refused() {
         let mut config = Config::parse_from(["memoriesdb-hub"]);
         assert!(config.validate(false).is_ok(), "loopback without auth is the development default");
