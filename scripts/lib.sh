@@ -50,3 +50,16 @@ cluster_psql() {
     local dir=$1 port=$2; shift 2
     runuser -u postgres -- psql -X -q -v ON_ERROR_STOP=1 -h localhost -p "$port" -U postgres "$@"
 }
+
+# Build the extension (release) and install it into the system PostgreSQL. Files are replaced by
+# unlinking the old one first, never overwritten in place: running backends and the event relay
+# keep the old memoriesdb.so mapped, and writing into it would crash them (SIGBUS).
+install_extension() {
+    local stage=target/release/memoriesdb-pg15
+    cargo pgrx package --pg-config /usr/bin/pg_config >/dev/null 2>&1 \
+        || { cargo pgrx package --pg-config /usr/bin/pg_config; die "building the extension failed"; }
+    (cd "$stage" && find . -type f) | while read -r f; do
+        install -D -m 0644 "$stage/$f" "/${f#./}.memoriesdb-new"
+        mv -f "/${f#./}.memoriesdb-new" "/${f#./}"
+    done
+}

@@ -103,7 +103,7 @@ install_hub_test_clients() {
 
 build_and_install_extension() {
     log "building and installing the memoriesdb extension (release)"
-    cargo pgrx install --release --pg-config /usr/bin/pg_config >/dev/null
+    install_extension
     log "installed: $(pg_config --sharedir)/extension/memoriesdb.control"
 }
 

@@ -20,7 +20,7 @@ cargo pgrx test pg15 --runas postgres --pgdata "$PGRX_TEST_DATA"
 
 # cargo pgrx test installed a test build; install the release build the other tiers test.
 log "installing the release build for the external tiers"
-cargo pgrx install --release --pg-config /usr/bin/pg_config >/dev/null
+install_extension
 
 CLUSTER=/tmp/memoriesdb-test-cluster-$$
 PORT=$(free_port 55400)
@@ -36,7 +36,7 @@ runuser -u postgres -- pg_prove -h localhost -p "$PORT" -U postgres -d memoriesd
 
 log "tier 3: tests/ (integration, as non-superuser roles)"
 export MEMORIESDB_TEST_ADMIN_URL="host=localhost port=$PORT user=postgres dbname=postgres"
-cargo test -p memoriesdb-integration-tests --release -- --test-threads=1
+cargo test -p memoriesdb-integration-tests --release --no-fail-fast -- --test-threads=1
 
 log "tier 4: hub (memoriesdb-hub against the same cluster: protocol, robustness, auth, Python, psql, Chromium)"
 # Each test creates its own database and starts its own hub processes on free ports; the

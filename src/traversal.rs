@@ -42,7 +42,7 @@ fn neighbour_query(schema: &str, direction: &str) -> String {
 #[allow(clippy::type_complexity)]
 fn traverse_memory_graph(
     start_id: Option<pgrx::Uuid>,
-    relations: default!(Option<Vec<String>>, "NULL"),
+    relations: default!(Option<Vec<Option<String>>>, "NULL"),
     direction: default!(Option<String>, "'outgoing'"),
     max_depth: default!(Option<i32>, 3),
     max_rows: default!(Option<i32>, 10000),
@@ -84,6 +84,15 @@ fn traverse_memory_graph(
         );
     }
     let max_rows = max_rows as usize;
+    let relations: Option<Vec<String>> = relations.map(|list| {
+        list.into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    raise(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, "relations must not contain NULL".into(), None)
+                })
+            })
+            .collect()
+    });
     let schema = extension_schema();
 
     let exists = Spi::get_one_with_args::<bool>(

@@ -93,6 +93,57 @@ impl TestDb {
     pub fn connect_as(&self, role: &str) -> Client {
         Client::connect(&self.url_for(role), NoTls).expect("connect as extra role")
     }
+
+    /// Another ordinary login role in this cluster (dropped with the test database) that is mapped
+    /// to no user.
+    pub fn unmapped_role(&self, tag: &str) -> String {
+        let role = format!("{}_{tag}", self.role);
+        self.admin()
+            .batch_execute(&format!("DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN NOSUPERUSER"))
+            .unwrap();
+        role
+    }
+
+    /// A libpq connection string for `user` on database `dbname` of this test's cluster, with
+    /// `extra` (e.g. `options='-c work_mem=64MB'`) appended.
+    pub fn url_for_db(&self, user: &str, dbname: &str, extra: &str) -> String {
+        let base: Vec<&str> = self
+            .admin_url
+            .split_whitespace()
+            .filter(|kv| !kv.starts_with("user=") && !kv.starts_with("dbname="))
+            .collect();
+        format!("{} user={} dbname={} {}", base.join(" "), user, dbname, extra)
+    }
+}
+
+/// Host and port of the cluster MEMORIESDB_TEST_ADMIN_URL points at (for pg_dump, pg_restore).
+pub fn admin_host_port() -> (String, String) {
+    let url = admin_url();
+    let get = |key: &str, default: &str| {
+        url.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(&format!("{key}=")).map(|v| v.trim_matches('\'').to_string()))
+            .unwrap_or_else(|| default.to_string())
+    };
+    (get("host", "localhost"), get("port", "5432"))
+}
+
+/// A database error as "SQLSTATE | message | detail | hint", with each of `ids` replaced by
+/// "<id>", so that the errors two statements got can be compared apart from the ids they name.
+pub fn error_shape(err: &postgres::Error, ids: &[uuid::Uuid]) -> String {
+    let Some(db) = err.as_db_error() else {
+        return format!("not a database error: {err}");
+    };
+    let mut shape = format!(
+        "{} | {} | {} | {}",
+        db.code().code(),
+        db.message(),
+        db.detail().unwrap_or(""),
+        db.hint().unwrap_or("")
+    );
+    for id in ids {
+        shape = shape.replace(&id.to_string(), "<id>");
+    }
+    shape
 }
 
 impl Drop for TestDb {

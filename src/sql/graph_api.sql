@@ -17,8 +17,7 @@ BEGIN
         RAISE EXCEPTION 'relation must be a lowercase identifier like belongs_to (a-z, 0-9, _; at most 63), got %',
             pg_catalog.quote_nullable(add_edge.relation) USING ERRCODE = '22023';
     END IF;
-    IF add_edge.weight IS NULL OR add_edge.weight <> add_edge.weight
-       OR add_edge.weight IN ('Infinity', '-Infinity') THEN
+    IF add_edge.weight IS NULL OR add_edge.weight IN ('NaN', 'Infinity', '-Infinity') THEN
         RAISE EXCEPTION 'weight must be a finite number, got %', pg_catalog.quote_nullable(add_edge.weight)
             USING ERRCODE = '22023';
     END IF;
@@ -47,3 +46,7 @@ BEGIN
     RETURN FOUND;
 END
 $$;
+
+-- The cycle check must see edges the caller cannot (two tenants could otherwise close a cycle
+-- together), so the trigger runs as the extension owner; its helpers are not for direct use.
+ALTER FUNCTION @extschema@.prevent_cycles() SECURITY DEFINER SET search_path = pg_catalog, pg_temp;

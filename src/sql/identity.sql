@@ -33,6 +33,14 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
     SELECT pg_catalog.pg_has_role(@extschema@.acting_db_role(), role_name, 'MEMBER')
 $$;
 
+-- Does the acting role bypass row-level security (a superuser or a BYPASSRLS role)? SECURITY
+-- DEFINER functions that decide for their caller grant such roles what the policies would.
+CREATE FUNCTION @extschema@.acting_role_bypasses_rls() RETURNS boolean
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT coalesce((SELECT r.rolsuper OR r.rolbypassrls FROM pg_catalog.pg_roles r
+                      WHERE r.rolname = @extschema@.acting_db_role()), false)
+$$;
+
 -- The acting user, resolved per statement:
 --   * a role trusted to assert identities (member of memoriesdb_trusted) acts as the user named
 --     by app.current_user when it is set;

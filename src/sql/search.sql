@@ -44,6 +44,11 @@ BEGIN
     IF query IS NULL THEN
         RAISE EXCEPTION 'query must not be NULL' USING ERRCODE = '22004';
     END IF;
+    -- parsing a huge query costs seconds and can exhaust the stack; nobody types 10,000 characters
+    IF pg_catalog.length(query) > 10000 THEN
+        RAISE EXCEPTION 'query is % characters long; at most 10000 are allowed', pg_catalog.length(query)
+            USING ERRCODE = '22023';
+    END IF;
     q := pg_catalog.websearch_to_tsquery(cfg, query);
     IF pg_catalog.numnode(q) = 0 THEN
         RETURN;
@@ -82,6 +87,8 @@ BEGIN
              WHERE m.search_tsv @@ q
                AND (worker OR m.created_by = me
                     OR (m.session_id IS NOT NULL AND EXISTS (
+                            SELECT 1 FROM @extschema@.memory_sessions s WHERE s.id = m.session_id AND s.owner_id = me))
+                    OR (m.session_id IS NOT NULL AND EXISTS (
                             SELECT 1 FROM @extschema@.memory_share_segments g
                              WHERE g.grantee = me AND g.session_id = m.session_id AND m.position <= g.visible_upto))
                     OR EXISTS (SELECT 1 FROM @extschema@.memory_shares g WHERE g.memory_id = m.id AND g.grantee = me))
@@ -102,6 +109,8 @@ BEGIN
                 ON m.session_id = l.lineage_session_id AND m.position <= l.visible_upto
              WHERE m.search_tsv @@ q
                AND (worker OR m.created_by = me
+                    OR (m.session_id IS NOT NULL AND EXISTS (
+                            SELECT 1 FROM @extschema@.memory_sessions s WHERE s.id = m.session_id AND s.owner_id = me))
                     OR (m.session_id IS NOT NULL AND EXISTS (
                             SELECT 1 FROM @extschema@.memory_share_segments g
                              WHERE g.grantee = me AND g.session_id = m.session_id AND m.position <= g.visible_upto))
@@ -197,7 +206,7 @@ DECLARE
     n integer := @extschema@.search_limit(lim);
     min_similarity double precision := coalesce(threshold, -1);
 BEGIN
-    IF min_similarity < -1 OR min_similarity > 1 OR min_similarity <> min_similarity THEN
+    IF min_similarity < -1 OR min_similarity > 1 OR min_similarity = 'NaN' THEN
         RAISE EXCEPTION 'threshold must be between -1 and 1 (cosine similarity), got %', threshold
             USING ERRCODE = '22023';
     END IF;
@@ -241,6 +250,8 @@ BEGIN
              WHERE @extschema@.vector_dims(m.content_embedding) = dims
                AND (worker OR m.created_by = me
                     OR (m.session_id IS NOT NULL AND EXISTS (
+                            SELECT 1 FROM @extschema@.memory_sessions s WHERE s.id = m.session_id AND s.owner_id = me))
+                    OR (m.session_id IS NOT NULL AND EXISTS (
                             SELECT 1 FROM @extschema@.memory_share_segments g
                              WHERE g.grantee = me AND g.session_id = m.session_id AND m.position <= g.visible_upto))
                     OR EXISTS (SELECT 1 FROM @extschema@.memory_shares g WHERE g.memory_id = m.id AND g.grantee = me))
@@ -264,6 +275,8 @@ BEGIN
              WHERE @extschema@.vector_dims(m.content_embedding) = 384
                AND (worker OR m.created_by = me
                     OR (m.session_id IS NOT NULL AND EXISTS (
+                            SELECT 1 FROM @extschema@.memory_sessions s WHERE s.id = m.session_id AND s.owner_id = me))
+                    OR (m.session_id IS NOT NULL AND EXISTS (
                             SELECT 1 FROM @extschema@.memory_share_segments g
                              WHERE g.grantee = me AND g.session_id = m.session_id AND m.position <= g.visible_upto))
                     OR EXISTS (SELECT 1 FROM @extschema@.memory_shares g WHERE g.memory_id = m.id AND g.grantee = me))
@@ -279,6 +292,8 @@ BEGIN
               FROM @extschema@.memories m
              WHERE @extschema@.vector_dims(m.content_embedding) = 768
                AND (worker OR m.created_by = me
+                    OR (m.session_id IS NOT NULL AND EXISTS (
+                            SELECT 1 FROM @extschema@.memory_sessions s WHERE s.id = m.session_id AND s.owner_id = me))
                     OR (m.session_id IS NOT NULL AND EXISTS (
                             SELECT 1 FROM @extschema@.memory_share_segments g
                              WHERE g.grantee = me AND g.session_id = m.session_id AND m.position <= g.visible_upto))
@@ -296,6 +311,8 @@ BEGIN
              WHERE @extschema@.vector_dims(m.content_embedding) = 1024
                AND (worker OR m.created_by = me
                     OR (m.session_id IS NOT NULL AND EXISTS (
+                            SELECT 1 FROM @extschema@.memory_sessions s WHERE s.id = m.session_id AND s.owner_id = me))
+                    OR (m.session_id IS NOT NULL AND EXISTS (
                             SELECT 1 FROM @extschema@.memory_share_segments g
                              WHERE g.grantee = me AND g.session_id = m.session_id AND m.position <= g.visible_upto))
                     OR EXISTS (SELECT 1 FROM @extschema@.memory_shares g WHERE g.memory_id = m.id AND g.grantee = me))
@@ -311,6 +328,8 @@ BEGIN
               FROM @extschema@.memories m
              WHERE @extschema@.vector_dims(m.content_embedding) = 1536
                AND (worker OR m.created_by = me
+                    OR (m.session_id IS NOT NULL AND EXISTS (
+                            SELECT 1 FROM @extschema@.memory_sessions s WHERE s.id = m.session_id AND s.owner_id = me))
                     OR (m.session_id IS NOT NULL AND EXISTS (
                             SELECT 1 FROM @extschema@.memory_share_segments g
                              WHERE g.grantee = me AND g.session_id = m.session_id AND m.position <= g.visible_upto))
@@ -328,6 +347,8 @@ BEGIN
                   FROM %1$I.memories m
                  WHERE %1$I.vector_dims(m.content_embedding) = %2$s
                    AND ($6 OR m.created_by = $7
+                        OR (m.session_id IS NOT NULL AND EXISTS (
+                                SELECT 1 FROM %1$I.memory_sessions s WHERE s.id = m.session_id AND s.owner_id = $7))
                         OR (m.session_id IS NOT NULL AND EXISTS (
                                 SELECT 1 FROM %1$I.memory_share_segments g
                                  WHERE g.grantee = $7 AND g.session_id = m.session_id AND m.position <= g.visible_upto))
@@ -368,9 +389,9 @@ DECLARE
     n integer := @extschema@.search_limit(lim);
     pool integer := @extschema@.search_limit(coalesce(candidates, least(n * 5, 10000)));
 BEGIN
+    -- (in PostgreSQL NaN equals NaN and is greater than every number)
     IF text_weight IS NULL OR vector_weight IS NULL OR text_weight < 0 OR vector_weight < 0
-       OR text_weight <> text_weight OR vector_weight <> vector_weight
-       OR text_weight = 'Infinity' OR vector_weight = 'Infinity' THEN
+       OR text_weight IN ('NaN', 'Infinity') OR vector_weight IN ('NaN', 'Infinity') THEN
         RAISE EXCEPTION 'text_weight and vector_weight must be finite and >= 0, got % and %', text_weight, vector_weight
             USING ERRCODE = '22023';
     END IF;

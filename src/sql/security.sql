@@ -9,63 +9,153 @@
 -- Sharing
 -- ---------------------------------------------------------------------------------------------
 
--- Does a user with this id exist? (For the sharing functions: the users table itself shows each
--- user only their own row.)
-CREATE FUNCTION @extschema@.user_exists(user_id uuid) RETURNS boolean
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT EXISTS (SELECT 1 FROM @extschema@.users u WHERE u.id = $1)
+-- Can user `me` see this memory? The rule of the memories_read policy, for code that runs as the
+-- extension owner (SECURITY DEFINER) and must decide for its caller. The search functions
+-- (search.sql) inline the same rule in their queries; change them together.
+CREATE FUNCTION @extschema@.memory_visible_to(me uuid, owner uuid, session uuid, message_position bigint, memory uuid)
+RETURNS boolean LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT me IS NOT NULL AND (
+           owner = me
+        OR (session IS NOT NULL AND EXISTS (
+                SELECT 1 FROM @extschema@.memory_sessions s WHERE s.id = session AND s.owner_id = me))
+        OR (session IS NOT NULL AND EXISTS (
+                SELECT 1 FROM @extschema@.memory_share_segments g
+                 WHERE g.grantee = me AND g.session_id = session AND message_position <= g.visible_upto))
+        OR EXISTS (SELECT 1 FROM @extschema@.memory_shares g WHERE g.memory_id = memory AND g.grantee = me))
+$$;
+
+-- Can user `me` see this session's row, i.e. is it theirs or part of what a share shows them?
+CREATE FUNCTION @extschema@.session_visible_to(me uuid, session uuid)
+RETURNS boolean LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT me IS NOT NULL AND (
+           EXISTS (SELECT 1 FROM @extschema@.memory_sessions s WHERE s.id = session AND s.owner_id = me)
+        OR EXISTS (SELECT 1 FROM @extschema@.memory_share_segments g WHERE g.grantee = me AND g.session_id = session))
 $$;
 
 -- Share a memory or a session with another user, read-only or read-write. Sharing a session
--- shares what its branch shows (its messages and the inherited prefix of its ancestors); with
--- can_write the grantee may also add messages to it. Sharing again changes can_write.
+-- shares what its branch shows the owner (its messages and the inherited prefix of its
+-- ancestors, as far as the owner may see them); with can_write the grantee may also add messages
+-- to it. Sharing again changes can_write. Shares are written only here (SECURITY DEFINER):
+-- nobody can grant themselves access by writing the share tables.
 CREATE FUNCTION @extschema@.share_memory(memory_id uuid, grantee uuid, can_write boolean DEFAULT false)
-RETURNS void LANGUAGE plpgsql AS $$
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     me uuid := @extschema@.current_memory_user();
-    owner uuid;
-    memory_kind text;
+    target @extschema@.memories;
 BEGIN
     IF share_memory.memory_id IS NULL OR share_memory.grantee IS NULL OR share_memory.can_write IS NULL THEN
         RAISE EXCEPTION 'memory_id, grantee and can_write must not be NULL' USING ERRCODE = '22004';
     END IF;
-    SELECT m.created_by, m.kind INTO owner, memory_kind
-      FROM @extschema@.memories m WHERE m.id = share_memory.memory_id;
-    IF NOT FOUND THEN
+    SELECT m.* INTO target FROM @extschema@.memories m WHERE m.id = share_memory.memory_id;
+    IF NOT FOUND OR NOT @extschema@.memory_visible_to(me, target.created_by, target.session_id, target.position, target.id) THEN
         RAISE EXCEPTION 'memory % does not exist', share_memory.memory_id USING ERRCODE = 'P0002';
     END IF;
-    IF me IS NULL OR owner IS DISTINCT FROM me THEN
+    IF target.created_by IS DISTINCT FROM me THEN
         RAISE EXCEPTION 'only the owner of memory % can share it', share_memory.memory_id USING ERRCODE = '42501';
     END IF;
     IF share_memory.grantee = me THEN
         RAISE EXCEPTION 'memory % already belongs to user %', share_memory.memory_id, me USING ERRCODE = '22023';
     END IF;
-    IF NOT @extschema@.user_exists(share_memory.grantee) THEN
+    IF NOT EXISTS (SELECT 1 FROM @extschema@.users u WHERE u.id = share_memory.grantee) THEN
         RAISE EXCEPTION 'user % does not exist', share_memory.grantee USING ERRCODE = 'P0002';
     END IF;
     INSERT INTO @extschema@.memory_shares AS s (memory_id, grantee, can_write, granted_by)
     VALUES (share_memory.memory_id, share_memory.grantee, share_memory.can_write, me)
     ON CONFLICT ON CONSTRAINT memory_shares_pkey
     DO UPDATE SET can_write = EXCLUDED.can_write, granted_at = now();
-    IF memory_kind = 'session' THEN
+    IF target.kind = 'session' THEN
         DELETE FROM @extschema@.memory_share_segments g
          WHERE g.grantee = share_memory.grantee AND g.shared_memory = share_memory.memory_id;
+        -- each session of the lineage, up to what the branch shows and what the owner may see
         INSERT INTO @extschema@.memory_share_segments (grantee, session_id, visible_upto, shared_memory, can_write)
-        SELECT share_memory.grantee, l.lineage_session_id, l.visible_upto, share_memory.memory_id,
+        SELECT share_memory.grantee, l.lineage_session_id,
+               CASE WHEN s.owner_id = me THEN l.visible_upto
+                    ELSE least(l.visible_upto, (SELECT max(g.visible_upto) FROM @extschema@.memory_share_segments g
+                                                 WHERE g.grantee = me AND g.session_id = l.lineage_session_id)) END,
+               share_memory.memory_id,
                share_memory.can_write AND l.lineage_session_id = share_memory.memory_id
-          FROM @extschema@.session_lineage(share_memory.memory_id) l;
+          FROM @extschema@.session_lineage(share_memory.memory_id) l
+          JOIN @extschema@.memory_sessions s ON s.id = l.lineage_session_id
+         WHERE @extschema@.session_visible_to(me, l.lineage_session_id);
     END IF;
 END
 $$;
 
 -- Take a share back; effective for the grantee's next statement. Returns whether there was one.
 CREATE FUNCTION @extschema@.revoke_share(memory_id uuid, grantee uuid)
-RETURNS boolean LANGUAGE plpgsql AS $$
+RETURNS boolean LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     DELETE FROM @extschema@.memory_shares s
      WHERE s.memory_id = revoke_share.memory_id AND s.grantee = revoke_share.grantee
        AND s.granted_by = @extschema@.current_memory_user();
     RETURN FOUND;
+END
+$$;
+
+-- ---------------------------------------------------------------------------------------------
+-- Session rows are written only by the conversation functions, through these two (SECURITY
+-- DEFINER) helpers, which decide for their caller; nobody holds INSERT or UPDATE on
+-- memory_sessions. That keeps the branch structure honest: a session row always belongs to the
+-- creator of its session memory, forks hang off sessions their creator can see, and positions
+-- only move forward.
+-- ---------------------------------------------------------------------------------------------
+
+-- Register the session row of a session memory the caller has just created, optionally as a fork
+-- of `parent` at `fork_at` (a position of the parent's branch the caller may see).
+CREATE FUNCTION @extschema@.register_session(session uuid, parent uuid DEFAULT NULL, fork_at bigint DEFAULT 0,
+                                             fork_message uuid DEFAULT NULL)
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    me uuid := @extschema@.current_memory_user();
+    unrestricted boolean := @extschema@.acting_role_bypasses_rls();
+    parent_row @extschema@.memory_sessions;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM @extschema@.memories m
+                    WHERE m.id = session AND m.kind = 'session'
+                      AND (m.created_by IS NOT DISTINCT FROM me OR unrestricted)) THEN
+        RAISE EXCEPTION 'memory % is not a session of the acting user', session USING ERRCODE = '42501';
+    END IF;
+    IF parent IS NOT NULL THEN
+        SELECT s.* INTO parent_row FROM @extschema@.memory_sessions s WHERE s.id = parent;
+        IF NOT FOUND OR (parent_row.owner_id IS DISTINCT FROM me AND NOT unrestricted
+                         AND NOT @extschema@.session_visible_to(me, parent)) THEN
+            RAISE EXCEPTION 'session % does not exist', parent USING ERRCODE = 'P0002';
+        END IF;
+        IF fork_at IS NULL OR fork_at < 0 OR fork_at > parent_row.last_position
+           OR NOT EXISTS (SELECT 1 FROM @extschema@.session_lineage(parent) l
+                           WHERE fork_at = 0 OR EXISTS (
+                                 SELECT 1 FROM @extschema@.memories m
+                                  WHERE m.session_id = l.lineage_session_id AND m.position = fork_at
+                                    AND fork_at <= l.visible_upto
+                                    AND (unrestricted OR @extschema@.memory_visible_to(me, m.created_by, m.session_id, m.position, m.id)))) THEN
+            RAISE EXCEPTION 'position % is not a message of session % you can see', fork_at, parent
+                USING ERRCODE = '22023';
+        END IF;
+    END IF;
+    INSERT INTO @extschema@.memory_sessions (id, owner_id, parent_id, fork_position, fork_message_id, depth, last_position)
+    VALUES (session, me, parent, CASE WHEN parent IS NULL THEN 0 ELSE fork_at END, fork_message,
+            CASE WHEN parent IS NULL THEN 0 ELSE parent_row.depth + 1 END,
+            CASE WHEN parent IS NULL THEN 0 ELSE fork_at END);
+END
+$$;
+
+-- Take the next position of a session for a new message, if the caller may add to it (owner, or
+-- a share with can_write). The row lock this takes orders concurrent appends to one session.
+-- NULL when the caller may not (see add_message_to_session for the error it reports).
+CREATE FUNCTION @extschema@.next_session_position(session uuid)
+RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    me uuid := @extschema@.current_memory_user();
+    next_position bigint;
+BEGIN
+    UPDATE @extschema@.memory_sessions s SET last_position = s.last_position + 1
+     WHERE s.id = session
+       AND (@extschema@.acting_role_bypasses_rls()
+            OR s.owner_id = me
+            OR EXISTS (SELECT 1 FROM @extschema@.memory_shares g
+                        WHERE g.memory_id = s.id AND g.grantee = me AND g.can_write))
+    RETURNING s.last_position INTO next_position;
+    RETURN next_position;
 END
 $$;
 
@@ -117,6 +207,9 @@ CREATE POLICY memories_read ON @extschema@.memories FOR SELECT
     USING ((SELECT @extschema@.acting_role_is('memoriesdb_worker'))
            OR created_by = (SELECT @extschema@.current_memory_user())
            OR (session_id IS NOT NULL AND EXISTS (
+                   SELECT 1 FROM @extschema@.memory_sessions s
+                    WHERE s.id = memories.session_id AND s.owner_id = (SELECT @extschema@.current_memory_user())))
+           OR (session_id IS NOT NULL AND EXISTS (
                    SELECT 1 FROM @extschema@.memory_share_segments g
                     WHERE g.grantee = (SELECT @extschema@.current_memory_user())
                       AND g.session_id = memories.session_id AND memories.position <= g.visible_upto))
@@ -138,26 +231,24 @@ CREATE POLICY memories_update ON @extschema@.memories FOR UPDATE
            OR created_by = (SELECT @extschema@.current_memory_user())
            OR EXISTS (SELECT 1 FROM @extschema@.memory_shares g
                        WHERE g.memory_id = memories.id AND g.can_write
-                         AND g.grantee = (SELECT @extschema@.current_memory_user())));
+                         AND g.grantee = (SELECT @extschema@.current_memory_user())))
+    -- (a message's session and position cannot change at all: see stamp_provenance())
+    WITH CHECK ((SELECT @extschema@.acting_role_is('memoriesdb_worker'))
+                OR created_by = (SELECT @extschema@.current_memory_user())
+                OR EXISTS (SELECT 1 FROM @extschema@.memory_shares g
+                            WHERE g.memory_id = memories.id AND g.can_write
+                              AND g.grantee = (SELECT @extschema@.current_memory_user())));
 CREATE POLICY memories_delete ON @extschema@.memories FOR DELETE
     USING (created_by = (SELECT @extschema@.current_memory_user()));
 
--- sessions: own, or part of what a shared session shows; appending to a shared session needs can_write
+-- sessions: own, or part of what a shared session shows. Written only through register_session()
+-- and next_session_position().
 CREATE POLICY memory_sessions_read ON @extschema@.memory_sessions FOR SELECT
     USING ((SELECT @extschema@.acting_role_is('memoriesdb_worker'))
            OR owner_id = (SELECT @extschema@.current_memory_user())
            OR EXISTS (SELECT 1 FROM @extschema@.memory_share_segments g
                        WHERE g.grantee = (SELECT @extschema@.current_memory_user())
                          AND g.session_id = memory_sessions.id));
-CREATE POLICY memory_sessions_insert ON @extschema@.memory_sessions FOR INSERT
-    WITH CHECK (owner_id = (SELECT @extschema@.current_memory_user()));
-CREATE POLICY memory_sessions_update ON @extschema@.memory_sessions FOR UPDATE
-    USING (owner_id = (SELECT @extschema@.current_memory_user())
-           OR EXISTS (SELECT 1 FROM @extschema@.memory_shares g
-                       WHERE g.memory_id = memory_sessions.id AND g.can_write
-                         AND g.grantee = (SELECT @extschema@.current_memory_user())));
-CREATE POLICY memory_sessions_delete ON @extschema@.memory_sessions FOR DELETE
-    USING (owner_id = (SELECT @extschema@.current_memory_user()));
 
 -- edges: your own, or edges between memories you can see
 CREATE POLICY memory_edges_read ON @extschema@.memory_edges FOR SELECT
@@ -171,28 +262,12 @@ CREATE POLICY memory_edges_update ON @extschema@.memory_edges FOR UPDATE
 CREATE POLICY memory_edges_delete ON @extschema@.memory_edges FOR DELETE
     USING (created_by = (SELECT @extschema@.current_memory_user()));
 
--- shares: the grantor manages them, the grantee sees them
+-- shares: the grantor and the grantee see them; written only by share_memory()/revoke_share()
 CREATE POLICY memory_shares_read ON @extschema@.memory_shares FOR SELECT
     USING (grantee = (SELECT @extschema@.current_memory_user())
            OR granted_by = (SELECT @extschema@.current_memory_user()));
-CREATE POLICY memory_shares_write ON @extschema@.memory_shares FOR ALL
-    USING (granted_by = (SELECT @extschema@.current_memory_user()))
-    WITH CHECK (granted_by = (SELECT @extschema@.current_memory_user()));
 CREATE POLICY memory_share_segments_read ON @extschema@.memory_share_segments FOR SELECT
-    USING (grantee = (SELECT @extschema@.current_memory_user())
-           OR EXISTS (SELECT 1 FROM @extschema@.memory_shares s
-                       WHERE s.memory_id = memory_share_segments.shared_memory
-                         AND s.grantee = memory_share_segments.grantee
-                         AND s.granted_by = (SELECT @extschema@.current_memory_user())));
-CREATE POLICY memory_share_segments_write ON @extschema@.memory_share_segments FOR ALL
-    USING (EXISTS (SELECT 1 FROM @extschema@.memory_shares s
-                    WHERE s.memory_id = memory_share_segments.shared_memory
-                      AND s.grantee = memory_share_segments.grantee
-                      AND s.granted_by = (SELECT @extschema@.current_memory_user())))
-    WITH CHECK (EXISTS (SELECT 1 FROM @extschema@.memory_shares s
-                         WHERE s.memory_id = memory_share_segments.shared_memory
-                           AND s.grantee = memory_share_segments.grantee
-                           AND s.granted_by = (SELECT @extschema@.current_memory_user())));
+    USING (grantee = (SELECT @extschema@.current_memory_user()));
 
 -- the cycle-check serialisation row carries no data
 CREATE POLICY memory_graph_clock_all ON @extschema@.memory_graph_clock FOR ALL USING (true) WITH CHECK (true);
@@ -225,10 +300,13 @@ ALTER VIEW @extschema@.embedding_coverage SET (security_invoker = true);
 -- ---------------------------------------------------------------------------------------------
 
 -- The canonical text of an audit row that the chain hashes (jsonb's text form is canonical).
+-- The time is hashed in UTC so that the text, and so the chain, is the same whatever the
+-- session's TimeZone.
 CREATE FUNCTION @extschema@.audit_row_text(a @extschema@.audit_log) RETURNS text
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
     SELECT pg_catalog.jsonb_build_array(a.id, a.table_name, a.operation, a.row_id, a.old_row, a.new_row,
-                                        a.acting_user, a.subject_user, a.db_role, a.txid, a.changed_at)::text
+                                        a.acting_user, a.subject_user, a.db_role, a.txid,
+                                        a.changed_at AT TIME ZONE 'UTC')::text
 $$;
 
 -- Link every finished transaction's audit rows into the chain, in (transaction, row) order:

@@ -50,15 +50,14 @@ CREATE FUNCTION @extschema@.create_session(title text, metadata jsonb DEFAULT '{
 RETURNS uuid LANGUAGE plpgsql AS $$
 DECLARE
     new_id uuid;
-    owner uuid;
 BEGIN
     IF title IS NULL THEN
         RAISE EXCEPTION 'title must not be NULL' USING ERRCODE = '22004';
     END IF;
     INSERT INTO @extschema@.memories (kind, content, _metadata)
     VALUES ('session', title, @extschema@.metadata_object(metadata, 'metadata'))
-    RETURNING id, created_by INTO new_id, owner;
-    INSERT INTO @extschema@.memory_sessions (id, owner_id) VALUES (new_id, owner);
+    RETURNING id INTO new_id;
+    PERFORM @extschema@.register_session(new_id);
     RETURN new_id;
 END
 $$;
@@ -93,10 +92,8 @@ BEGIN
     END IF;
     -- Taking the next position locks the session row: concurrent appends to one session queue
     -- here and get consecutive positions; appends to different sessions do not interact.
-    UPDATE @extschema@.memory_sessions s SET last_position = s.last_position + 1
-     WHERE s.id = add_message_to_session.session_id
-    RETURNING s.last_position INTO new_position;
-    IF NOT FOUND THEN
+    new_position := @extschema@.next_session_position(add_message_to_session.session_id);
+    IF new_position IS NULL THEN
         -- visible but not updatable: shared with the caller read-only
         IF EXISTS (SELECT 1 FROM @extschema@.memory_sessions s WHERE s.id = add_message_to_session.session_id) THEN
             RAISE EXCEPTION 'session % is shared with you read-only', add_message_to_session.session_id
@@ -125,7 +122,6 @@ DECLARE
     fork_at bigint;
     message_session uuid;
     new_id uuid;
-    owner uuid;
 BEGIN
     parent := @extschema@.require_session(fork_session.session_id);
     IF new_title IS NULL THEN
@@ -162,9 +158,8 @@ BEGIN
 
     INSERT INTO @extschema@.memories (kind, content, _metadata)
     VALUES ('session', new_title, clean_metadata)
-    RETURNING id, created_by INTO new_id, owner;
-    INSERT INTO @extschema@.memory_sessions (id, owner_id, parent_id, fork_position, fork_message_id, depth, last_position)
-    VALUES (new_id, owner, parent.id, fork_at, fork_message, parent.depth + 1, fork_at);
+    RETURNING id INTO new_id;
+    PERFORM @extschema@.register_session(new_id, parent.id, fork_at, fork_message);
     RETURN new_id;
 END
 $$;

@@ -2,7 +2,7 @@
 -- embedding queue and change events. update_content_hash() and prevent_cycles() are Rust.
 
 -- Provenance: who created and last changed a row is taken from the acting user, never from the
--- values a caller supplies.
+-- values a caller supplies. Also keeps a memory's kind, session and position fixed.
 CREATE FUNCTION @extschema@.stamp_provenance() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -15,6 +15,12 @@ BEGIN
         NEW.created_by := OLD.created_by;
         NEW._created_at := OLD._created_at;
         IF TG_TABLE_NAME = 'memories' THEN
+            -- a message stays where it was written: moving it would rewrite other branches' history
+            IF NEW.kind IS DISTINCT FROM OLD.kind OR NEW.session_id IS DISTINCT FROM OLD.session_id
+               OR NEW.position IS DISTINCT FROM OLD.position THEN
+                RAISE EXCEPTION 'the kind, session and position of memory % cannot be changed', OLD.id
+                    USING ERRCODE = '0A000', HINT = 'content, role and metadata can be updated';
+            END IF;
             NEW.updated_by := @extschema@.current_memory_user();
             NEW._updated_at := pg_catalog.now();
         END IF;
@@ -170,6 +176,8 @@ DECLARE
     queued bigint;
     message_count bigint;
     relayed boolean;
+    -- ALTER DATABASE ... SET memoriesdb.global_events = off keeps ids off the shared channel
+    global_events boolean := coalesce(current_setting('memoriesdb.global_events', true), '') <> 'off';
 BEGIN
     INSERT INTO @extschema@.embedding_schedule (memory_id, content_hash)
     SELECT i.id, i.content_hash FROM inserted i WHERE i.content <> '';
@@ -189,6 +197,7 @@ BEGIN
                                          'created_at', i._created_at)::text AS payload
                   FROM inserted i CROSS JOIN (VALUES (1), (2)) f(fanout)
                  WHERE message_count <= 100 AND (i.kind = 'message' OR (i.kind = 'session' AND f.fanout = 2))
+                   AND (f.fanout = 1 OR global_events)
                 UNION ALL
                 SELECT s.session_id, s.last_position, f.fanout,
                        CASE f.fanout WHEN 1 THEN 'chat_updates_' || replace(s.session_id::text, '-', '')
@@ -201,6 +210,7 @@ BEGIN
                           FROM inserted i WHERE i.kind = 'message' AND message_count > 100
                          GROUP BY i.session_id) s
                  CROSS JOIN (VALUES (1), (2)) f(fanout)
+                 WHERE f.fanout = 1 OR global_events
                 UNION ALL
                 SELECT NULL, NULL, 3, 'memoriesdb_embedding_queue', '' WHERE queued > 0) e),
     relay AS (
