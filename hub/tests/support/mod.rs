@@ -64,7 +64,16 @@ impl TestDb {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let db = TestDb { name, admin_url, roles: Mutex::new(Vec::new()) };
-        db.client().await.batch_execute("CREATE EXTENSION memoriesdb CASCADE").await.expect("create extension");
+        // On a fresh cluster, two tests installing the extension at once race to create its
+        // cluster-wide roles (23505 on pg_authid); the loser simply tries again.
+        let client = db.client().await;
+        let mut attempt = 0;
+        while let Err(error) = client.batch_execute("CREATE EXTENSION memoriesdb CASCADE").await {
+            attempt += 1;
+            let duplicate = error.code().is_some_and(|c| c.code() == "23505");
+            assert!(duplicate && attempt < 5, "create extension: {error}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         db
     }
 
@@ -248,6 +257,12 @@ impl Drop for HubProcess {
                     let _ = child.wait();
                 }
             }
+        }
+        // keep the hub's log only when the test failed
+        if std::thread::panicking() {
+            eprintln!("hub log kept: {}", self.log.display());
+        } else {
+            let _ = std::fs::remove_file(&self.log);
         }
     }
 }
