@@ -21,7 +21,11 @@ DECLARE
 BEGIN
     FOREACH r IN ARRAY ARRAY['memoriesdb_trusted', 'memoriesdb_worker', 'memoriesdb_auditor'] LOOP
         IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = r) THEN
-            EXECUTE format('CREATE ROLE %I NOLOGIN', r);
+            BEGIN
+                EXECUTE format('CREATE ROLE %I NOLOGIN', r);
+            EXCEPTION WHEN duplicate_object OR unique_violation THEN
+                NULL;  -- created meanwhile by a concurrent CREATE EXTENSION in another database
+            END;
         END IF;
     END LOOP;
 END
