@@ -35,50 +35,39 @@ CREATE FUNCTION @extschema@.search_memories(
     config regconfig DEFAULT NULL)
 RETURNS TABLE (id uuid, content text, kind text, role text, origin_session_id uuid, "position" bigint,
                rank real, snippet text)
-LANGUAGE plpgsql STABLE AS $$
+-- Row-level security cannot let the planner use the GIN index (the @@ operator is not leakproof,
+-- so it may not run before the policy), which would turn every search into a scan of all
+-- tenants' rows. So this function runs as the extension owner and applies the rule of the
+-- memories_read policy itself, as an ordinary condition after the index match (the same rule as
+-- in security.sql; change them together). It decides for its caller, whose role and settings it
+-- still sees, and returns only rows the caller may see.
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET jit = off AS $$
+#variable_conflict use_column
 DECLARE
     cfg regconfig := coalesce(config, @extschema@.default_search_config());
     n integer := @extschema@.search_limit(lim);
     q tsquery;
+    me uuid := @extschema@.current_memory_user();
+    worker boolean := @extschema@.acting_role_bypasses_rls() OR @extschema@.acting_role_is('memoriesdb_worker');
 BEGIN
     IF query IS NULL THEN
         RAISE EXCEPTION 'query must not be NULL' USING ERRCODE = '22004';
     END IF;
     -- parsing a huge query costs seconds and can exhaust the stack; nobody types 10,000 characters
-    IF pg_catalog.length(query) > 10000 THEN
-        RAISE EXCEPTION 'query is % characters long; at most 10000 are allowed', pg_catalog.length(query)
+    IF length(query) > 10000 THEN
+        RAISE EXCEPTION 'query is % characters long; at most 10000 are allowed', length(query)
             USING ERRCODE = '22023';
     END IF;
-    q := pg_catalog.websearch_to_tsquery(cfg, query);
-    IF pg_catalog.numnode(q) = 0 THEN
+    IF search_memories.session_id IS NOT NULL AND NOT worker
+       AND NOT @extschema@.session_visible_to(me, search_memories.session_id) THEN
+        RAISE EXCEPTION 'session % does not exist', search_memories.session_id
+            USING ERRCODE = 'P0002', HINT = 'create one with create_session(title)';
+    END IF;
+    q := websearch_to_tsquery(cfg, query);
+    IF numnode(q) = 0 THEN
         RETURN;
     END IF;
-    IF search_memories.session_id IS NOT NULL THEN
-        -- as the caller: a session the caller cannot see does not exist
-        PERFORM @extschema@.require_session(search_memories.session_id);
-    END IF;
-    RETURN QUERY SELECT * FROM @extschema@.search_visible_memories(q, cfg, search_memories.session_id,
-                                                                   kind_filter, metadata_filter, n);
-END
-$$;
-
--- The body of search_memories(), which has validated its arguments. Row-level security cannot let
--- the planner use the GIN index (the @@ operator is not leakproof, so it may not run before the
--- policy), which would turn every search into a scan of all tenants' rows. So this function runs
--- as the extension owner and applies the very rule of the memories_read policy as
--- an ordinary condition after the index match. It returns only rows the caller may see.
-CREATE FUNCTION @extschema@.search_visible_memories(q tsquery, cfg regconfig, session_id uuid,
-                                                    kind_filter text, metadata_filter jsonb, n integer)
-RETURNS TABLE (id uuid, content text, kind text, role text, origin_session_id uuid, "position" bigint,
-               rank real, snippet text)
-LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET jit = off AS $$
-#variable_conflict use_column
-DECLARE
-    -- the caller's identity (role and settings are the caller's, also inside SECURITY DEFINER)
-    me uuid := @extschema@.current_memory_user();
-    worker boolean := @extschema@.acting_role_is('memoriesdb_worker');
-BEGIN
-    IF search_visible_memories.session_id IS NULL THEN
+    IF search_memories.session_id IS NULL THEN
         RETURN QUERY
         WITH hits AS (
             SELECT m.id, m.content, m.kind, m.role, m.session_id, m.position,
@@ -104,7 +93,7 @@ BEGIN
         WITH hits AS (
             SELECT m.id, m.content, m.kind, m.role, m.session_id, m.position,
                    ts_rank_cd(m.search_tsv, q) AS r
-              FROM @extschema@.session_lineage(search_visible_memories.session_id) l
+              FROM @extschema@.session_lineage(search_memories.session_id) l
               JOIN @extschema@.memories m
                 ON m.session_id = l.lineage_session_id AND m.position <= l.visible_upto
              WHERE m.search_tsv @@ q
@@ -200,33 +189,9 @@ CREATE FUNCTION @extschema@.vector_search(
     metadata_filter jsonb DEFAULT NULL)
 RETURNS TABLE (id uuid, content text, kind text, role text, origin_session_id uuid, "position" bigint,
                similarity double precision)
-LANGUAGE plpgsql STABLE AS $$
-DECLARE
-    dims integer := @extschema@.require_usable_embedding(embedding);
-    n integer := @extschema@.search_limit(lim);
-    min_similarity double precision := coalesce(threshold, -1);
-BEGIN
-    IF min_similarity < -1 OR min_similarity > 1 OR min_similarity = 'NaN' THEN
-        RAISE EXCEPTION 'threshold must be between -1 and 1 (cosine similarity), got %', threshold
-            USING ERRCODE = '22023';
-    END IF;
-    IF vector_search.session_id IS NOT NULL THEN
-        -- as the caller: a session the caller cannot see does not exist
-        PERFORM @extschema@.require_session(vector_search.session_id);
-    END IF;
-    RETURN QUERY SELECT * FROM @extschema@.vector_search_visible(embedding, dims, min_similarity, n,
-                                                                 vector_search.session_id, kind_filter, metadata_filter);
-END
-$$;
-
--- The body of vector_search(), which has validated its arguments. Like search_visible_memories()
--- it runs as the extension owner and applies the memories_read rule itself, so that the HNSW index
--- can drive the search instead of a scan under row-level security; it returns only rows the
--- caller may see.
-CREATE FUNCTION @extschema@.vector_search_visible(embedding vector, dims integer, min_similarity double precision,
-                                                  n integer, session_id uuid, kind_filter text, metadata_filter jsonb)
-RETURNS TABLE (id uuid, content text, kind text, role text, origin_session_id uuid, "position" bigint,
-               similarity double precision)
+-- Runs as the extension owner and applies the memories_read rule itself, like search_memories(),
+-- so that the HNSW index can drive the search instead of a scan under row-level security; it
+-- returns only rows the caller may see.
 LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 SET jit = off
@@ -235,16 +200,27 @@ SET hnsw.ef_search = 100
 AS $$
 #variable_conflict use_column
 DECLARE
-    -- the caller's identity (role and settings are the caller's, also inside SECURITY DEFINER)
+    dims integer := @extschema@.require_usable_embedding(embedding);
+    n integer := @extschema@.search_limit(lim);
+    min_similarity double precision := coalesce(threshold, -1);
     me uuid := @extschema@.current_memory_user();
-    worker boolean := @extschema@.acting_role_is('memoriesdb_worker');
+    worker boolean := @extschema@.acting_role_bypasses_rls() OR @extschema@.acting_role_is('memoriesdb_worker');
 BEGIN
-    IF vector_search_visible.session_id IS NOT NULL THEN
+    IF min_similarity < -1 OR min_similarity > 1 OR min_similarity = 'NaN' THEN
+        RAISE EXCEPTION 'threshold must be between -1 and 1 (cosine similarity), got %', threshold
+            USING ERRCODE = '22023';
+    END IF;
+    IF vector_search.session_id IS NOT NULL AND NOT worker
+       AND NOT @extschema@.session_visible_to(me, vector_search.session_id) THEN
+        RAISE EXCEPTION 'session % does not exist', vector_search.session_id
+            USING ERRCODE = 'P0002', HINT = 'create one with create_session(title)';
+    END IF;
+    IF vector_search.session_id IS NOT NULL THEN
         RETURN QUERY
         SELECT * FROM (
             SELECT m.id, m.content, m.kind, m.role, m.session_id, m.position,
                    1 - (m.content_embedding OPERATOR(@extschema@.<=>) embedding) AS sim
-              FROM @extschema@.session_lineage(vector_search_visible.session_id) l
+              FROM @extschema@.session_lineage(vector_search.session_id) l
               JOIN @extschema@.memories m
                 ON m.session_id = l.lineage_session_id AND m.position <= l.visible_upto
              WHERE @extschema@.vector_dims(m.content_embedding) = dims

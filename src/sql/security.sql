@@ -201,7 +201,7 @@ CREATE POLICY users_manage ON @extschema@.users FOR ALL
     WITH CHECK ((SELECT @extschema@.acting_role_is('memoriesdb_trusted')));
 
 -- memories: own, shared directly, or a message inside what a shared session shows; workers read
--- all. search_visible_memories() and vector_search_visible() (search.sql) apply this same rule
+-- all. search_memories() and vector_search() (search.sql) apply this same rule
 -- themselves; change them together.
 CREATE POLICY memories_read ON @extschema@.memories FOR SELECT
     USING ((SELECT @extschema@.acting_role_is('memoriesdb_worker'))
