@@ -281,9 +281,14 @@ async fn endpoints_health_ready_metrics_and_demo_page() {
     let hub = HubProcess::start(&db.url(), &["--log-format", "json"]).await;
     // structured logs: one JSON object per line
     let log = hub.log_text();
-    let first: Value = serde_json::from_str(log.lines().next().expect("a log line")).expect("JSON log line");
-    assert!(first["fields"]["message"].as_str().is_some_and(|m| m.contains("listening")), "{first}");
-    assert_eq!(first["level"], "INFO");
+    // every line is a JSON object; the listen line may come before or after the LISTEN
+    // connection's, which starts concurrently
+    let lines: Vec<Value> = log.lines().map(|l| serde_json::from_str(l).expect("JSON log line")).collect();
+    let listening = lines
+        .iter()
+        .find(|l| l["fields"]["message"].as_str().is_some_and(|m| m.contains("listening")))
+        .unwrap_or_else(|| panic!("no 'listening' line in {log}"));
+    assert_eq!(listening["level"], "INFO");
     let (status, body) = http_get(hub.port, "/healthz").await.unwrap();
     assert_eq!((status, body.trim()), (200, "ok"));
     let (status, body) = http_get(hub.port, "/readyz").await.unwrap();
