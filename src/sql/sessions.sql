@@ -166,38 +166,25 @@ $$;
 
 -- The transcript a branch sees, in order: inherited messages first, then its own.
 -- origin_session_id names the session (this one or an ancestor) each message was written in.
--- One index range scan per session of the lineage, oldest ancestor first: the segments do not
--- overlap and their positions grow down the lineage, so the rows come out in order without a
--- sort. JIT compilation costs far more than it saves here (row-level security inflates plan
--- cost estimates past jit_above_cost), so it is off for this function.
+-- One query over all segments of the lineage, so that row-level security sets up its checks
+-- once rather than once per fork. JIT compilation costs far more than it saves here (row-level
+-- security inflates plan cost estimates past jit_above_cost), so it is off for this function.
 CREATE FUNCTION @extschema@.get_formatted_conversation(session_id uuid, include_metadata boolean DEFAULT false)
 RETURNS TABLE ("position" bigint, role text, content text, message_id uuid, origin_session_id uuid,
                created_at timestamptz, metadata jsonb)
 LANGUAGE plpgsql STABLE SET jit = off AS $$
 #variable_conflict use_column
-DECLARE
-    segment record;
-    seen_session boolean := false;
 BEGIN
-    IF get_formatted_conversation.session_id IS NULL THEN
-        RAISE EXCEPTION 'session_id must not be NULL' USING ERRCODE = '22004';
-    END IF;
-    FOR segment IN
-        SELECT l.lineage_session_id, l.visible_upto
-          FROM @extschema@.session_lineage(get_formatted_conversation.session_id) l
-         ORDER BY l.generation DESC
-    LOOP
-        seen_session := true;
-        RETURN QUERY
-        SELECT m.position, m.role, m.content, m.id, m.session_id, m._created_at,
-               CASE WHEN get_formatted_conversation.include_metadata THEN m._metadata END
-          FROM @extschema@.memories m
-         WHERE m.session_id = segment.lineage_session_id AND m.position <= segment.visible_upto
-         ORDER BY m.position;
-    END LOOP;
-    IF NOT seen_session THEN
-        PERFORM @extschema@.require_session(get_formatted_conversation.session_id);  -- raises
-    END IF;
+    PERFORM @extschema@.require_session(get_formatted_conversation.session_id);
+    RETURN QUERY
+    SELECT m.position, m.role, m.content, m.id, m.session_id, m._created_at,
+           CASE WHEN get_formatted_conversation.include_metadata THEN m._metadata END
+      FROM @extschema@.session_lineage(get_formatted_conversation.session_id) l
+     CROSS JOIN LATERAL (
+           SELECT * FROM @extschema@.memories mm
+            WHERE mm.session_id = l.lineage_session_id AND mm.position <= l.visible_upto
+            ORDER BY mm.position) m
+     ORDER BY m.position;
 END
 $$;
 

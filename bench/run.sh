@@ -1,0 +1,154 @@
+#!/usr/bin/env bash
+# MemoriesDB core benchmarks (run as root). Starts a throwaway PostgreSQL 15 cluster under /tmp on
+# a free port (from 55600), creates the extension and the benchmark data, runs the three
+# benchmarks in one run and prints a results table. Raw results go to bench/results/<UTC time>/;
+# the cluster is removed on exit. Needs the extension installed (cargo pgrx install --release),
+# pgbench (postgresql-contrib) and python3.
+#
+#   1. fork:  fork_session on a 10,000-message session vs a 10-message session, vs copying the
+#             10,000 messages with INSERT ... SELECT (interleaved loop, medians)
+#   2. read:  get_formatted_conversation over a 10-fork chain of 1,000 messages vs an indexed
+#             SELECT ... ORDER BY of 1,000 rows from a flat table (pgbench, 1 client)
+#   3. write: add_message_to_session vs a bare INSERT into a flat table (pgbench, 8 clients,
+#             each on its own session; plus 8 clients on one session)
+#   extra:    the read benchmark again after the writes, with fresh statistics
+#
+# Environment (defaults give a run of about 7 minutes):
+#   BENCH_ROUNDS (5)          pgbench rounds per side; the order of the sides alternates from
+#                             round to round (A B, B A, ...); figures are medians over rounds
+#   BENCH_READ_SECONDS (10)   length of each read run
+#   BENCH_WRITE_SECONDS (15)  length of each write run
+#   BENCH_FORK_ITERS (300)    iterations of the fork loop (the first 10 are warm-up)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+. bench/lib.sh
+[ "$(id -u)" = 0 ] || die "run bench/run.sh as root (it starts its cluster as the postgres user)"
+command -v python3 >/dev/null || die "python3 is needed"
+
+ROUNDS=${BENCH_ROUNDS:-5}
+AFTER_ROUNDS=$(( ROUNDS < 3 ? ROUNDS : 3 ))
+READ_SECONDS=${BENCH_READ_SECONDS:-10}
+WRITE_SECONDS=${BENCH_WRITE_SECONDS:-15}
+FORK_ITERS=${BENCH_FORK_ITERS:-300}
+
+RES=bench/results/$(date -u +%Y%m%dT%H%M%SZ)
+mkdir -p "$RES"
+START=$SECONDS
+
+bench_cluster_up bench
+
+{
+    echo "date:        $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+    echo "cpu:         $(lscpu | sed -n 's/^Model name: *//p') ($(nproc) cores)"
+    echo "memory:      $(free -h | awk '/^Mem:/ {print $2}')"
+    echo "disk:        $(df -h --output=source,size,fstype "$CLUSTER" | tail -1 | tr -s ' ')"
+    echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+    q -c "SELECT 'postgres:    ' || version()"
+    echo "memoriesdb:  $EXT_BUILD build, $EXT_ID (loaded from a private copy)"
+    echo "source:      $EXT_SOURCE"
+    echo "runs as:     $BENCH_USER ($(q -c "SELECT CASE WHEN rolsuper THEN 'superuser: row-level security bypassed' ELSE 'ordinary role mapped to a MemoriesDB user: row-level security applies' END FROM pg_roles WHERE rolname = '$BENCH_USER'"))"
+    q -c "SELECT 'extensions:  ' || string_agg(extname || ' ' || extversion, ', ' ORDER BY extname) FROM pg_extension WHERE extname <> 'plpgsql'"
+    q -c "SELECT 'settings:    ' || string_agg(name || '=' || current_setting(name), ', ' ORDER BY name) FROM pg_settings
+          WHERE name IN ('shared_buffers', 'synchronous_commit', 'fsync', 'wal_level', 'max_wal_size', 'checkpoint_timeout',
+                         'work_mem', 'jit', 'max_connections', 'wal_buffers', 'effective_cache_size')"
+    echo "pgbench:     $("$PGBENCH" --version)"
+    echo "parameters:  rounds=$ROUNDS read_seconds=$READ_SECONDS write_seconds=$WRITE_SECONDS fork_iters=$FORK_ITERS"
+} >"$RES/environment.txt"
+cat "$RES/environment.txt" >&2
+
+#----------------------------------------------------------------------------------------------
+log "1/3 fork: $FORK_ITERS interleaved iterations of fork(10) / fork(10,000) / copy(10,000)"
+qa -c "CALL bench.fork_vs_copy($FORK_ITERS)"
+q -c "\\copy bench.timing TO STDOUT WITH (FORMAT csv, HEADER)" >"$RES/fork_timing.csv"
+
+#----------------------------------------------------------------------------------------------
+READ_LEAF=$(sid_of read_leaf)
+READ_BASE=$(sid_of read_baseline)
+cat >"$SQL_DIR/read_flat.sql" <<SQL
+SELECT id, session_id, position, role, content, created_at, metadata
+  FROM bench.flat_messages WHERE session_id = '$READ_BASE' ORDER BY position;
+SQL
+cat >"$SQL_DIR/read_memoriesdb.sql" <<SQL
+SELECT * FROM get_formatted_conversation('$READ_LEAF', include_metadata => true);
+SQL
+cp "$SQL_DIR"/read_*.sql "$RES/"
+
+printf 'bench\tvariant\tround\ttps\tlatency_ms\twal_bytes_per_txn\n' >"$RES/pgbench.tsv"
+record() { # bench variant round outfile
+    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$(sed -n 's/^tps = \([0-9.]*\) (without.*/\1/p' "$4")" \
+        "$(sed -n 's/^latency average = \([0-9.]*\) ms$/\1/p' "$4")" \
+        "$(sed -n 's/^wal bytes per transaction = \([0-9]*\)$/\1/p' "$4")" >>"$RES/pgbench.tsv"
+}
+
+# read_rounds BENCH: the read benchmark, after recording the plan the read path gets at this
+# point (with its nested statements, to show whether JIT is involved)
+read_rounds() {
+    local bench=$1 rounds=$2 r v out tps order
+    q -c "LOAD 'auto_explain'" -c "SET auto_explain.log_min_duration = 0" -c "SET auto_explain.log_nested_statements = on" \
+      -c "SET auto_explain.log_analyze = on" -c "SET client_min_messages = log" -c "SET auto_explain.log_level = notice" \
+      -c "SET ROLE $BENCH_USER" -c "SELECT count(*) FROM get_formatted_conversation('$READ_LEAF', true)" >"$RES/${bench}_explain.txt" 2>&1 || true
+    for r in $(seq 1 "$rounds"); do
+        order="flat memoriesdb"; [ $((r % 2)) = 0 ] && order="memoriesdb flat"
+        for v in $order; do
+            out=$RES/${bench}_${v}_$r.out
+            tps=$(pgb "$out" "$SQL_DIR/read_$v.sql" 1 1 "$READ_SECONDS")
+            record "$bench" "$v" "$r" "$out"
+            log "   $bench round $r  $v: $tps tps"
+        done
+    done
+}
+log "2/3 read: $ROUNDS rounds x (flat, memoriesdb) x ${READ_SECONDS}s, 1 client, as $BENCH_USER"
+read_rounds read "$ROUNDS"
+
+#----------------------------------------------------------------------------------------------
+BODY=$(q -c "SELECT bench.body(42)")
+cat >"$SQL_DIR/write_flat.sql" <<SQL
+\\set pos :pos + 1
+INSERT INTO bench.flat_write (session_id, position, role, content)
+VALUES ((SELECT sid FROM bench.writers WHERE client_id = :client_id), :pos, 'user', '$BODY');
+SQL
+cat >"$SQL_DIR/write_memoriesdb.sql" <<SQL
+SELECT add_message_to_session((SELECT sid FROM bench.writers WHERE client_id = :client_id), 'user', '$BODY');
+SQL
+cat >"$SQL_DIR/write_memoriesdb_one_session.sql" <<SQL
+SELECT add_message_to_session((SELECT sid FROM bench.writers WHERE client_id = 100), 'user', '$BODY');
+SQL
+cp "$SQL_DIR"/write_*.sql "$RES/"
+
+log "3/3 write: $ROUNDS rounds x (flat, memoriesdb, memoriesdb_one_session) x ${WRITE_SECONDS}s, 8 clients, as $BENCH_USER"
+for r in $(seq 1 "$ROUNDS"); do
+    if [ $((r % 2)) = 1 ]; then order="flat memoriesdb memoriesdb_one_session"
+    else order="memoriesdb_one_session memoriesdb flat"; fi
+    for v in $order; do
+        out=$RES/write_${v}_$r.out
+        tps=$(pgb "$out" "$SQL_DIR/write_$v.sql" 8 2 "$WRITE_SECONDS" -D pos=0)
+        record write "$v" "$r" "$out"
+        log "   write round $r  $v: $tps tps"
+    done
+done
+q -c "SELECT 'rows written: flat_write=' || (SELECT count(*) FROM bench.flat_write)
+       || ', messages=' || (SELECT count(*) FROM memories m JOIN bench.writers w ON m.session_id = w.sid)
+       || ', audit_log=' || (SELECT count(*) FROM audit_log)
+       || ', embedding_schedule=' || (SELECT count(*) FROM embedding_schedule)" | tee -a "$RES/environment.txt" >&2
+# how events left the writers' transactions: through the event relay (outbox, if this build has
+# one) or by NOTIFY in the writer's transaction
+q -c "SELECT 'events:      ' || CASE WHEN to_regclass('public.memory_event_outbox') IS NULL
+                                     THEN 'NOTIFY in the writer''s transaction (no event relay in this build)'
+                                     ELSE 'event relay; outbox ids used ' || coalesce((SELECT max(id)::text FROM memory_event_outbox), '(drained)')
+                                          || ', relay workers now: ' || (SELECT count(*) FROM pg_stat_activity WHERE backend_type LIKE '%relay%') END" \
+    | tee -a "$RES/environment.txt" >&2
+
+#----------------------------------------------------------------------------------------------
+# The read again, now that the write benchmark has grown the tables and ANALYZE has seen it:
+# the planner's row estimates (and so whether JIT kicks in) depend on them.
+log "extra: the read benchmark again after the writes (ANALYZE first)"
+q -c "ANALYZE"
+read_rounds read_after_writes "$AFTER_ROUNDS"
+
+echo "load after:  $(cut -d' ' -f1-3 /proc/loadavg)" >>"$RES/environment.txt"
+echo "elapsed:     $((SECONDS - START)) s" >>"$RES/environment.txt"
+
+#----------------------------------------------------------------------------------------------
+python3 bench/summarize.py "$RES" | tee "$RES/summary.txt"
+log "raw results: $RES  (elapsed $((SECONDS - START)) s)"
