@@ -95,7 +95,18 @@ $$;
 -- INSERT on audit_log: rows are written only here. search_path is pinned.
 CREATE FUNCTION @extschema@.log_memory_change() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    acting uuid;
 BEGIN
+    -- stamp_provenance() has just resolved the acting user into the row; resolve it again only
+    -- where the row does not carry it
+    IF TG_OP = 'INSERT' THEN
+        acting := NEW.created_by;
+    ELSIF TG_OP = 'UPDATE' AND TG_TABLE_NAME = 'memories' THEN
+        acting := NEW.updated_by;
+    ELSE
+        acting := @extschema@.current_memory_user();
+    END IF;
     INSERT INTO @extschema@.audit_log (table_name, operation, row_id, old_row, new_row, acting_user,
                                        subject_user, db_role, txid)
     VALUES (TG_TABLE_NAME, TG_OP,
@@ -103,7 +114,7 @@ BEGIN
             -- search_tsv is derived from content, so it is left out of the recorded state
             CASE WHEN TG_OP <> 'INSERT' THEN to_jsonb(OLD) - 'search_tsv' END,
             CASE WHEN TG_OP <> 'DELETE' THEN to_jsonb(NEW) - 'search_tsv' END,
-            @extschema@.current_memory_user(),
+            acting,
             CASE WHEN TG_OP = 'DELETE' THEN OLD.created_by ELSE NEW.created_by END,
             @extschema@.acting_db_role(), txid_current());
     RETURN NULL;
@@ -175,15 +186,18 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     queued bigint;
     message_count bigint;
+    has_sessions boolean;
     relayed boolean;
+    notified bigint;
     -- ALTER DATABASE ... SET memoriesdb.global_events = off keeps ids off the shared channel
     global_events boolean := coalesce(current_setting('memoriesdb.global_events', true), '') <> 'off';
 BEGIN
     INSERT INTO @extschema@.embedding_schedule (memory_id, content_hash)
     SELECT i.id, i.content_hash FROM inserted i WHERE i.content <> '';
     GET DIAGNOSTICS queued = ROW_COUNT;
-    SELECT count(*) INTO message_count FROM inserted i WHERE i.kind = 'message';
-    IF message_count = 0 AND queued = 0 AND NOT EXISTS (SELECT 1 FROM inserted i WHERE i.kind = 'session') THEN
+    SELECT count(*) FILTER (WHERE i.kind = 'message'), coalesce(bool_or(i.kind = 'session'), false)
+      INTO message_count, has_sessions FROM inserted i;
+    IF message_count = 0 AND queued = 0 AND NOT has_sessions THEN
         RETURN NULL;
     END IF;
     relayed := @extschema@.ensure_event_relay();
@@ -216,7 +230,8 @@ BEGIN
     relay AS (
         INSERT INTO @extschema@.memory_event_outbox (channel, payload)
         SELECT ev.channel, ev.payload FROM events ev WHERE relayed ORDER BY ev.n)
-    SELECT count(*) INTO message_count
+    -- (emit_events() in one statement, without building arrays: this runs for every message)
+    SELECT count(*) INTO notified
       FROM (SELECT pg_notify(ev.channel, ev.payload) FROM events ev WHERE NOT relayed ORDER BY ev.n) direct;
     RETURN NULL;
 END
