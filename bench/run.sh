@@ -6,7 +6,8 @@
 # pgbench (postgresql-contrib) and python3.
 #
 #   1. fork:  fork_session on a 10,000-message session vs a 10-message session, vs copying the
-#             10,000 messages with INSERT ... SELECT (interleaved loop, medians)
+#             10,000 messages with INSERT ... SELECT into a bare table and into a table with a
+#             message store's indexes (interleaved loop, medians)
 #   2. read:  get_formatted_conversation over a 10-fork chain of 1,000 messages vs an indexed
 #             SELECT ... ORDER BY of 1,000 rows from a flat table (pgbench, 1 client)
 #   3. write: add_message_to_session vs a bare INSERT into a flat table (pgbench, 8 clients,

@@ -132,7 +132,7 @@ SELECT count(*) FROM vector_search((SELECT v FROM bench_queries WHERE n = :n), -
 EOF
 cat >"$RES/vector_raw.sql" <<'EOF'
 \set n random(1, 100)
-SET hnsw.ef_search = 100;
+SET hnsw.ef_search = 200;
 SELECT count(*) FROM (SELECT m.id, 1 - (m.content_embedding::vector(384) <=> (SELECT v FROM bench_queries WHERE n = :n)::vector(384)) AS similarity
   FROM memories m
  WHERE vector_dims(m.content_embedding) = 384
@@ -140,7 +140,7 @@ SELECT count(*) FROM (SELECT m.id, 1 - (m.content_embedding::vector(384) <=> (SE
 EOF
 read -r fn raw < <(compare vector_fn postgres "$RES/vector_fn.sql" vector_raw postgres "$RES/vector_raw.sql")
 report "vector_search vs raw HNSW query (tps, ratio <= 1.15)" "$fn vs $raw -> time ratio $(python3 -c "print(round($raw/$fn, 3))")"
-q -c "SET hnsw.ef_search = 100" -c "EXPLAIN (ANALYZE, COSTS OFF) SELECT m.id FROM memories m WHERE vector_dims(m.content_embedding) = 384 ORDER BY m.content_embedding::vector(384) <=> (SELECT v FROM bench_queries WHERE n = 1)::vector(384) LIMIT 10" >"$RES/vector_raw_plan.txt"
+q -c "SET hnsw.ef_search = 200" -c "EXPLAIN (ANALYZE, COSTS OFF) SELECT m.id FROM memories m WHERE vector_dims(m.content_embedding) = 384 ORDER BY m.content_embedding::vector(384) <=> (SELECT v FROM bench_queries WHERE n = 1)::vector(384) LIMIT 10" >"$RES/vector_raw_plan.txt"
 recall=$(q <<'SQL'
 SET enable_indexscan = off; SET enable_bitmapscan = off;
 CREATE TEMP TABLE exact AS

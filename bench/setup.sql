@@ -38,6 +38,19 @@ CREATE TABLE bench.copy_target (
     id uuid, session_id uuid, position bigint, role text, content text, created_at timestamptz, metadata jsonb
 );
 
+-- What a copying fork would write into a message table that can serve the product's reads and
+-- searches: the same columns plus the indexes memories has for them (primary key, position
+-- order, full-text GIN on a generated tsvector, metadata GIN), still no triggers. Reported as an
+-- extra baseline beside the bare one.
+CREATE TABLE bench.copy_indexed (
+    id uuid PRIMARY KEY, session_id uuid, position bigint, role text, content text, created_at timestamptz,
+    metadata jsonb,
+    search_tsv tsvector GENERATED ALWAYS AS (to_tsvector('english', content)) STORED,
+    UNIQUE (session_id, position)
+);
+CREATE INDEX ON bench.copy_indexed USING gin (search_tsv);
+CREATE INDEX ON bench.copy_indexed USING gin (metadata);
+
 -- One timing row per measured operation.
 CREATE TABLE bench.timing (variant text, iter int, exec_us float8, total_us float8);
 
@@ -54,16 +67,18 @@ DECLARE
     copy_sid uuid;
 BEGIN
     FOR i IN 1..n LOOP
-        FOREACH v IN ARRAY CASE WHEN i % 2 = 0 THEN ARRAY['fork_10', 'fork_10000', 'copy_10000']
-                                ELSE ARRAY['copy_10000', 'fork_10000', 'fork_10'] END LOOP
+        FOREACH v IN ARRAY CASE WHEN i % 2 = 0 THEN ARRAY['fork_10', 'fork_10000', 'copy_10000', 'copy_indexed_10000']
+                                ELSE ARRAY['copy_indexed_10000', 'copy_10000', 'fork_10000', 'fork_10'] END LOOP
             copy_sid := gen_random_uuid();
             t0 := clock_timestamp();
             IF v = 'fork_10' THEN
                 PERFORM fork_session(s10, 'bench fork');
             ELSIF v = 'fork_10000' THEN
                 PERFORM fork_session(s10k, 'bench fork');
-            ELSE
+            ELSIF v = 'copy_10000' THEN
                 PERFORM bench.copy_messages(s10k, copy_sid);
+            ELSE
+                PERFORM bench.copy_messages(s10k, copy_sid, indexed => true);
             END IF;
             t1 := clock_timestamp();
             COMMIT;
@@ -71,6 +86,8 @@ BEGIN
             INSERT INTO bench.timing VALUES (v, i, 1e6 * extract(epoch FROM t1 - t0), 1e6 * extract(epoch FROM t2 - t0));
             IF v = 'copy_10000' THEN
                 TRUNCATE bench.copy_target;
+            ELSIF v = 'copy_indexed_10000' THEN
+                TRUNCATE bench.copy_indexed;
             END IF;
             COMMIT;
         END LOOP;
@@ -153,14 +170,21 @@ RESET ROLE;
 -- The copy that fork_session is compared with: INSERT ... SELECT of a session's messages into
 -- the plain table. SECURITY DEFINER (owned by the superuser) so that reading the messages does
 -- not pay for row-level security: the cheapest copy, so the comparison is conservative.
-CREATE FUNCTION bench.copy_messages(src uuid, dst uuid) RETURNS bigint
+CREATE FUNCTION bench.copy_messages(src uuid, dst uuid, indexed boolean DEFAULT false) RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     n bigint;
 BEGIN
-    INSERT INTO bench.copy_target (id, session_id, position, role, content, created_at, metadata)
-    SELECT m.id, dst, m.position, m.role, m.content, m._created_at, m._metadata
-      FROM public.memories m WHERE m.session_id = src;
+    IF indexed THEN
+        -- new ids, as a copy in one table needs
+        INSERT INTO bench.copy_indexed (id, session_id, position, role, content, created_at, metadata)
+        SELECT public.uuid_generate_v7(), dst, m.position, m.role, m.content, m._created_at, m._metadata
+          FROM public.memories m WHERE m.session_id = src;
+    ELSE
+        INSERT INTO bench.copy_target (id, session_id, position, role, content, created_at, metadata)
+        SELECT m.id, dst, m.position, m.role, m.content, m._created_at, m._metadata
+          FROM public.memories m WHERE m.session_id = src;
+    END IF;
     GET DIAGNOSTICS n = ROW_COUNT;
     RETURN n;
 END
@@ -170,7 +194,10 @@ BEGIN
     IF bench.copy_messages((SELECT sid FROM bench.sessions WHERE name = 'fork_10000'), gen_random_uuid()) <> 10000 THEN
         RAISE EXCEPTION 'copy_messages did not copy 10,000 messages';
     END IF;
-    TRUNCATE bench.copy_target;
+    IF bench.copy_messages((SELECT sid FROM bench.sessions WHERE name = 'fork_10000'), gen_random_uuid(), true) <> 10000 THEN
+        RAISE EXCEPTION 'copy_messages did not copy 10,000 messages into the indexed table';
+    END IF;
+    TRUNCATE bench.copy_target, bench.copy_indexed;
 END
 $$;
 

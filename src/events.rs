@@ -28,8 +28,9 @@ const WRITER_KEY: i32 = 2;
 /// How often an active relay looks for new events, and how long it stays without any.
 const POLL_INTERVAL: Duration = Duration::from_millis(2);
 const IDLE_EXIT_AFTER: Duration = Duration::from_secs(2);
-/// Events per relay transaction (each transaction takes NOTIFY's commit lock once).
-const BATCH: i64 = 2000;
+/// Outbox rows (one per writing statement, usually 2-3 events) per relay transaction; each
+/// transaction takes NOTIFY's commit lock once.
+const BATCH: i64 = 1000;
 
 const RELAY_TYPE: &str = "memoriesdb event relay";
 
@@ -37,24 +38,20 @@ const RELAY_TYPE: &str = "memoriesdb event relay";
 /// this database. Returns false when no relay could be started; the caller then NOTIFYs itself.
 #[pg_extern(volatile, parallel_unsafe)]
 fn ensure_event_relay() -> bool {
-    let writer = [LOCK_CLASS.into(), WRITER_KEY.into()];
-    let relay = [LOCK_CLASS.into(), RELAY_KEY.into()];
-    let relay_missing = Spi::connect_mut(|client| {
-        client
-            .update("SELECT pg_catalog.pg_advisory_xact_lock_shared($1, $2)", None, &writer)
-            .expect("advisory lock");
+    // Straight to the lock manager: this runs in every writing statement, and the same two
+    // advisory-lock calls through SPI cost more than the rest of the check.
+    // SAFETY: advisory lock tags of this database; ShareLock never conflicts with other writers.
+    let relay_missing = unsafe {
+        pg_sys::LockAcquire(&advisory_tag(WRITER_KEY), pg_sys::ShareLock as i32, false, false);
         // RELAY_KEY is free exactly when no relay runs; probe it with a momentary shared lock
-        client
-            .update(
-                "SELECT CASE WHEN pg_catalog.pg_try_advisory_lock_shared($1, $2)
-                             THEN pg_catalog.pg_advisory_unlock_shared($1, $2) ELSE false END",
-                None,
-                &relay,
-            )
-            .ok()
-            .and_then(|t| t.first().get_one::<bool>().ok().flatten())
-            .unwrap_or(false)
-    });
+        let relay = advisory_tag(RELAY_KEY);
+        let free = pg_sys::LockAcquire(&relay, pg_sys::ShareLock as i32, true, true)
+            != pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL;
+        if free {
+            pg_sys::LockRelease(&relay, pg_sys::ShareLock as i32, true);
+        }
+        free
+    };
     if !relay_missing {
         return true;
     }
@@ -72,6 +69,19 @@ fn ensure_event_relay() -> bool {
     started
 }
 
+/// The lock tag of pg_advisory_lock(LOCK_CLASS, key) in this database (SET_LOCKTAG_INT32).
+fn advisory_tag(key: i32) -> pg_sys::LOCKTAG {
+    pg_sys::LOCKTAG {
+        // SAFETY: read of the backend's database id
+        locktag_field1: unsafe { pg_sys::MyDatabaseId }.to_u32(),
+        locktag_field2: LOCK_CLASS as u32,
+        locktag_field3: key as u32,
+        locktag_field4: 2, // the two-int4 form of the advisory lock functions
+        locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
+        locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
+    }
+}
+
 fn start_relay() -> bool {
     let database = unsafe { pg_sys::MyDatabaseId };
     BackgroundWorkerBuilder::new(RELAY_TYPE)
@@ -85,7 +95,7 @@ fn start_relay() -> bool {
         .is_ok()
 }
 
-/// Moves up to BATCH events from the outbox to NOTIFY in one transaction, in outbox order.
+/// Moves the events of up to BATCH outbox rows to NOTIFY in one transaction, in outbox order.
 /// Returns how many it moved, or None when the extension is not (or no longer) installed.
 fn relay_batch() -> Option<i64> {
     BackgroundWorker::transaction(|| {
@@ -95,8 +105,11 @@ fn relay_batch() -> Option<i64> {
                 "WITH batch AS (
                      DELETE FROM {schema}.memory_event_outbox o
                       WHERE o.id IN (SELECT id FROM {schema}.memory_event_outbox ORDER BY id LIMIT $1)
-                     RETURNING o.id, o.channel, o.payload)
-                 SELECT count(pg_catalog.pg_notify(b.channel, b.payload)) FROM (SELECT * FROM batch ORDER BY id) b"
+                     RETURNING o.id, o.channels, o.payloads)
+                 SELECT count(pg_catalog.pg_notify(e.channel, e.payload))
+                   FROM (SELECT e.channel, e.payload
+                           FROM batch b, unnest(b.channels, b.payloads) WITH ORDINALITY AS e(channel, payload, n)
+                          ORDER BY b.id, e.n) e"
             ),
             &[BATCH.into()],
         )

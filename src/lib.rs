@@ -1,7 +1,8 @@
 //! MemoriesDB: conversational memory for AI applications, inside PostgreSQL.
 //!
 //! Rust carries the parts where it is faster or safer than SQL: SHA-256 content hashing, the
-//! cycle check and the breadth-first traversal of the memory graph, and time-ordered ids.
+//! cycle check and the breadth-first traversal of the memory graph, time-ordered ids, the acting
+//! user (resolved once per statement) and the event relay worker.
 //! Everything that is naturally SQL (tables, the conversation API, search, queues, audit,
 //! events) lives in `src/sql/*.sql`, pulled in below in dependency order.
 
@@ -14,11 +15,22 @@ mod errors;
 mod events;
 mod graph;
 mod hashing;
+mod identity;
 mod ids;
 mod traversal;
 
 extension_sql_file!("sql/schema.sql", name = "schema", requires = [ids::uuid_generate_v7]);
-extension_sql_file!("sql/identity.sql", name = "identity", requires = ["schema"]);
+extension_sql_file!(
+    "sql/identity.sql",
+    name = "identity",
+    requires = [
+        "schema",
+        identity::current_memory_user,
+        identity::forget_cached_identity,
+        identity::acting_role_is,
+        identity::acting_role_bypasses_rls
+    ]
+);
 extension_sql_file!(
     "sql/triggers.sql",
     name = "triggers",

@@ -54,7 +54,9 @@ impl Hub {
 
     pub fn gauges(&self) -> Gauges {
         Gauges {
-            connections: self.registry.connection_count(),
+            // the slots, not the registry: a closing connection keeps its slot until its closing
+            // handshake is over, and the gauge must agree with what --max-connections refuses
+            connections: self.open_connections.load(Ordering::Acquire),
             subscriptions: self.registry.subscription_count(),
             channels: self.registry.channel_count(),
             listening_channels: self.listener.listening_count(),

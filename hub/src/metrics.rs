@@ -44,7 +44,7 @@ impl Metrics {
         let mut gauge = |name: &str, help: &str, value: u64| {
             let _ = writeln!(out, "# HELP memoriesdb_hub_{name} {help}\n# TYPE memoriesdb_hub_{name} gauge\nmemoriesdb_hub_{name} {value}");
         };
-        gauge("connections", "Open WebSocket connections.", gauges.connections as u64);
+        gauge("connections", "Open WebSocket connections, including ones in their opening or closing handshake (what --max-connections limits).", gauges.connections as u64);
         gauge("subscriptions", "Channel subscriptions over all connections.", gauges.subscriptions as u64);
         gauge("channels", "Channels with at least one subscriber on this hub.", gauges.channels as u64);
         gauge("listen_channels", "Channels the LISTEN connection is listening on.", gauges.listening_channels as u64);

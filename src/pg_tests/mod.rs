@@ -3,6 +3,7 @@
 //! against a real cluster instead.
 
 mod core;
+mod identity;
 mod search;
 
 use pgrx::prelude::*;

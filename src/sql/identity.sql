@@ -31,64 +31,19 @@ BEGIN
 END
 $$;
 
--- Is the acting database role a member of `role_name`? (Superusers are members of every role.)
-CREATE FUNCTION @extschema@.acting_role_is(role_name name) RETURNS boolean
-LANGUAGE sql STABLE PARALLEL SAFE AS $$
-    SELECT pg_catalog.pg_has_role(@extschema@.acting_db_role(), role_name, 'MEMBER')
-$$;
+-- acting_role_is(role_name) and acting_role_bypasses_rls() are Rust (src/identity.rs): the acting
+-- role's membership in a role, and whether it bypasses row-level security.
 
--- Does the acting role bypass row-level security (a superuser or a BYPASSRLS role)? SECURITY
--- DEFINER functions that decide for their caller grant such roles what the policies would.
-CREATE FUNCTION @extschema@.acting_role_bypasses_rls() RETURNS boolean
-LANGUAGE sql STABLE PARALLEL SAFE AS $$
-    SELECT coalesce((SELECT r.rolsuper OR r.rolbypassrls FROM pg_catalog.pg_roles r
-                      WHERE r.rolname = @extschema@.acting_db_role()), false)
-$$;
-
--- The acting user, resolved per statement:
+-- The acting user, resolved per statement: current_memory_user(), in Rust (src/identity.rs),
+-- cached for the statement because every policy and row trigger asks for it.
 --   * a role trusted to assert identities (member of memoriesdb_trusted) acts as the user named
 --     by app.current_user when it is set;
 --   * otherwise the role acts as the user mapped to it (users.db_role), or as nobody (NULL).
 -- An untrusted role that sets app.current_user to anyone but its own user gets 42501: it gains
--- nothing. PL/pgSQL, so that its one query keeps a cached plan; SECURITY INVOKER, because the users
--- policy lets every role read the row mapped to it, which is all this lookup needs.
-CREATE FUNCTION @extschema@.current_memory_user() RETURNS uuid
--- a fixed search_path: callers run with different ones (SECURITY DEFINER triggers pin theirs),
--- and a cached plan is re-planned whenever the search_path differs from the one it was made with
-LANGUAGE plpgsql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    asserted text := pg_catalog.current_setting('app.current_user', true);
-    claimed uuid;
-    mapped uuid;
-BEGIN
-    IF asserted IS NOT NULL AND asserted <> '' THEN
-        claimed := @extschema@.parse_uuid(asserted, 'app.current_user is not a valid user id');
-        IF @extschema@.acting_role_is('memoriesdb_trusted') THEN
-            RETURN claimed;
-        END IF;
-    END IF;
-    SELECT u.id INTO mapped FROM @extschema@.users u WHERE u.db_role = @extschema@.acting_db_role();
-    IF claimed IS NOT NULL THEN
-        RETURN @extschema@.refuse_identity_claim(claimed, mapped);
-    END IF;
-    RETURN mapped;
-END
-$$;
-
--- An untrusted role claimed a user: fine if it is its own, 42501 otherwise.
-CREATE FUNCTION @extschema@.refuse_identity_claim(claimed uuid, mapped uuid) RETURNS uuid
-LANGUAGE plpgsql STABLE AS $$
-BEGIN
-    IF claimed IS DISTINCT FROM mapped THEN
-        RAISE EXCEPTION 'role "%" may not act as user %: app.current_user is honoured only for members of memoriesdb_trusted',
-            @extschema@.acting_db_role(), claimed
-            USING ERRCODE = '42501',
-                  HINT = 'an administrator can run GRANT memoriesdb_trusted TO '
-                         || pg_catalog.quote_ident(@extschema@.acting_db_role()) || ' for an application or pooler role';
-    END IF;
-    RETURN mapped;
-END
-$$;
+-- nothing. A change to users clears the cached answer at once:
+CREATE TRIGGER users_forget_cached_identity
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON @extschema@.users
+    FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.forget_cached_identity();
 
 -- Create a user; optionally map a database role to it so that role acts as the user by default.
 CREATE FUNCTION @extschema@.create_user(name text, db_role name DEFAULT NULL, metadata jsonb DEFAULT '{}')

@@ -227,10 +227,12 @@ CREATE TABLE @extschema@.vector_indexes (
 -- Change events on their way to NOTIFY: appended by the event triggers in the writer's
 -- transaction, moved to NOTIFY and deleted by the event relay (src/events.rs). Transient, so
 -- pg_dump leaves it out.
+-- One row per writing statement, holding all its events in order (channels[i] gets payloads[i]):
+-- a message's two events and the embedding workers' wake-up are one row, not three.
 CREATE TABLE @extschema@.memory_event_outbox (
-    id      bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    channel text NOT NULL,
-    payload text NOT NULL
+    id       bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    channels text[] NOT NULL,
+    payloads text[] NOT NULL CHECK (cardinality(payloads) = cardinality(channels))
 );
 
 -- All edges of the memory graph: the stored ones (memory_edges) and the structural ones that

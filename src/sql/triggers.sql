@@ -161,9 +161,7 @@ BEGIN
         RETURN;
     END IF;
     IF @extschema@.ensure_event_relay() THEN
-        INSERT INTO @extschema@.memory_event_outbox (channel, payload)
-        SELECT e.channel, e.payload FROM unnest(channels, payloads) WITH ORDINALITY AS e(channel, payload, n)
-         ORDER BY e.n;
+        INSERT INTO @extschema@.memory_event_outbox (channels, payloads) VALUES (channels, payloads);
     ELSE
         PERFORM pg_notify(e.channel, e.payload)
            FROM unnest(channels, payloads) WITH ORDINALITY AS e(channel, payload, n) ORDER BY e.n;
@@ -228,8 +226,9 @@ BEGIN
                 UNION ALL
                 SELECT NULL, NULL, 3, 'memoriesdb_embedding_queue', '' WHERE queued > 0) e),
     relay AS (
-        INSERT INTO @extschema@.memory_event_outbox (channel, payload)
-        SELECT ev.channel, ev.payload FROM events ev WHERE relayed ORDER BY ev.n)
+        INSERT INTO @extschema@.memory_event_outbox (channels, payloads)
+        SELECT array_agg(ev.channel ORDER BY ev.n), array_agg(ev.payload ORDER BY ev.n)
+          FROM events ev WHERE relayed HAVING count(*) > 0)
     -- (emit_events() in one statement, without building arrays: this runs for every message)
     SELECT count(*) INTO notified
       FROM (SELECT pg_notify(ev.channel, ev.payload) FROM events ev WHERE NOT relayed ORDER BY ev.n) direct;
