@@ -145,13 +145,15 @@ CREATE TABLE @extschema@.audit_log (
     changed_at  timestamptz NOT NULL DEFAULT now(),
     -- tamper evidence, filled in by seal_audit_log(): the row's place in the hash chain and
     -- sha256(previous chain_hash || this row's canonical text)
-    chain_position bigint UNIQUE,
+    chain_position bigint,
     chain_hash  text
 );
 COMMENT ON TABLE @extschema@.audit_log IS 'Append-only change log of memories and edges (before/after state, user, role, transaction)';
 CREATE INDEX audit_log_row ON @extschema@.audit_log (row_id, id);
 CREATE INDEX audit_log_subject ON @extschema@.audit_log (subject_user, id);
 CREATE INDEX audit_log_unsealed ON @extschema@.audit_log (txid, id) WHERE chain_position IS NULL;
+-- unique among sealed rows; partial, so that writing a change (an unsealed row) costs no entry
+CREATE UNIQUE INDEX audit_log_chain ON @extschema@.audit_log (chain_position) WHERE chain_position IS NOT NULL;
 
 -- Queue of memories waiting for an embedding. One row per memory: changing the content again
 -- before a worker gets to it simply re-arms the same row with the new hash.

@@ -185,8 +185,8 @@ DECLARE
     queued bigint;
     message_count bigint;
     has_sessions boolean;
-    relayed boolean;
-    notified bigint;
+    channels text[];
+    payloads text[];
     -- ALTER DATABASE ... SET memoriesdb.global_events = off keeps ids off the shared channel
     global_events boolean := coalesce(current_setting('memoriesdb.global_events', true), '') <> 'off';
 BEGIN
@@ -198,9 +198,11 @@ BEGIN
     IF message_count = 0 AND queued = 0 AND NOT has_sessions THEN
         RETURN NULL;
     END IF;
-    relayed := @extschema@.ensure_event_relay();
-    WITH events AS (
-        SELECT e.channel, e.payload, row_number() OVER (ORDER BY e.session_id, e.position, e.fanout) AS n
+    -- the statement's events, in (session, position, channel) order
+    IF message_count <= 100 THEN
+        SELECT array_agg(e.channel ORDER BY e.session_id, e.position, e.fanout),
+               array_agg(e.payload ORDER BY e.session_id, e.position, e.fanout)
+          INTO channels, payloads
           FROM (SELECT i.session_id, i.position, f.fanout,
                        CASE f.fanout WHEN 1 THEN 'chat_updates_' || replace(i.session_id::text, '-', '')
                                      ELSE 'memoriesdb_events' END AS channel,
@@ -208,30 +210,37 @@ BEGIN
                                          'session_id', i.session_id, 'position', i.position, 'role', i.role,
                                          'created_at', i._created_at)::text AS payload
                   FROM inserted i CROSS JOIN (VALUES (1), (2)) f(fanout)
-                 WHERE message_count <= 100 AND (i.kind = 'message' OR (i.kind = 'session' AND f.fanout = 2))
-                   AND (f.fanout = 1 OR global_events)
-                UNION ALL
-                SELECT s.session_id, s.last_position, f.fanout,
+                 WHERE (i.kind = 'message' OR (i.kind = 'session' AND f.fanout = 2))
+                   AND (f.fanout = 1 OR global_events)) e;
+    ELSE
+        SELECT array_agg(e.channel ORDER BY e.session_id, e.fanout), array_agg(e.payload ORDER BY e.session_id, e.fanout)
+          INTO channels, payloads
+          FROM (SELECT s.session_id, f.fanout,
                        CASE f.fanout WHEN 1 THEN 'chat_updates_' || replace(s.session_id::text, '-', '')
-                                     ELSE 'memoriesdb_events' END,
+                                     ELSE 'memoriesdb_events' END AS channel,
                        json_build_object('op', 'BULK_INSERT', 'table', 'memories', 'kind', 'message',
                                          'session_id', s.session_id, 'count', s.n,
-                                         'first_position', s.first_position, 'last_position', s.last_position)::text
+                                         'first_position', s.first_position, 'last_position', s.last_position)::text AS payload
                   FROM (SELECT i.session_id, count(*) AS n, min(i.position) AS first_position,
                                max(i.position) AS last_position
-                          FROM inserted i WHERE i.kind = 'message' AND message_count > 100
+                          FROM inserted i WHERE i.kind = 'message'
                          GROUP BY i.session_id) s
                  CROSS JOIN (VALUES (1), (2)) f(fanout)
-                 WHERE f.fanout = 1 OR global_events
-                UNION ALL
-                SELECT NULL, NULL, 3, 'memoriesdb_embedding_queue', '' WHERE queued > 0) e),
-    relay AS (
-        INSERT INTO @extschema@.memory_event_outbox (channels, payloads)
-        SELECT array_agg(ev.channel ORDER BY ev.n), array_agg(ev.payload ORDER BY ev.n)
-          FROM events ev WHERE relayed HAVING count(*) > 0)
-    -- (emit_events() in one statement, without building arrays: this runs for every message)
-    SELECT count(*) INTO notified
-      FROM (SELECT pg_notify(ev.channel, ev.payload) FROM events ev WHERE NOT relayed ORDER BY ev.n) direct;
+                 WHERE f.fanout = 1 OR global_events) e;
+    END IF;
+    IF queued > 0 THEN
+        channels := coalesce(channels, '{}') || 'memoriesdb_embedding_queue'::text;
+        payloads := coalesce(payloads, '{}') || ''::text;
+    END IF;
+    -- (emit_events() inlined: this runs for every message)
+    IF coalesce(cardinality(channels), 0) = 0 THEN
+        RETURN NULL;
+    ELSIF @extschema@.ensure_event_relay() THEN
+        INSERT INTO @extschema@.memory_event_outbox (channels, payloads) VALUES (channels, payloads);
+    ELSE
+        PERFORM pg_notify(e.channel, e.payload)
+           FROM unnest(channels, payloads) WITH ORDINALITY AS e(channel, payload, n) ORDER BY e.n;
+    END IF;
     RETURN NULL;
 END
 $$;
