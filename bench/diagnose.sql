@@ -90,18 +90,4 @@ BEGIN
 END
 $$;
 
--- A flat table with what memories carries for a message besides the machinery: the same
--- indexes (primary key, unique (session_id, position), created_by, GIN on a generated tsvector
--- of the content, GIN on the metadata), no triggers, no row-level security, no foreign keys.
--- How much of the write cost is the data layout itself rather than the triggers and checks.
-CREATE TABLE bench.flat_indexed (
-    id uuid PRIMARY KEY DEFAULT uuid_generate_v7(), session_id uuid NOT NULL, position bigint NOT NULL,
-    role text NOT NULL, content text NOT NULL, created_by uuid, created_at timestamptz NOT NULL DEFAULT now(),
-    metadata jsonb NOT NULL DEFAULT '{}',
-    search_tsv tsvector GENERATED ALWAYS AS (to_tsvector('english'::regconfig, left(content, 262144))) STORED
-);
-CREATE UNIQUE INDEX flat_indexed_session_position ON bench.flat_indexed (session_id, position);
-CREATE INDEX flat_indexed_created_by ON bench.flat_indexed (created_by);
-CREATE INDEX flat_indexed_search ON bench.flat_indexed USING gin (search_tsv);
-CREATE INDEX flat_indexed_metadata ON bench.flat_indexed USING gin (metadata jsonb_path_ops);
-ALTER TABLE bench.flat_indexed OWNER TO bench_app;
+-- (bench.flat_indexed, the indexed flat table, is defined in setup.sql)

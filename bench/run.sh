@@ -7,11 +7,12 @@
 #
 #   1. fork:  fork_session on a 10,000-message session vs a 10-message session, vs copying the
 #             10,000 messages with INSERT ... SELECT into a bare table and into a table with a
-#             message store's indexes (interleaved loop, medians)
+#             message store's indexes (forks interleaved, copies in loops of their own; medians)
 #   2. read:  get_formatted_conversation over a 10-fork chain of 1,000 messages vs an indexed
 #             SELECT ... ORDER BY of 1,000 rows from a flat table (pgbench, 1 client)
 #   3. write: add_message_to_session vs a bare INSERT into a flat table (pgbench, 8 clients,
-#             each on its own session; plus 8 clients on one session)
+#             each on its own session; plus 8 clients on one session, and an INSERT into a flat
+#             table with memories' indexes)
 #   extra:    the read benchmark again after the writes, with fresh statistics
 #
 # Environment (defaults give a run of about 7 minutes):
@@ -59,7 +60,7 @@ bench_cluster_up bench
 cat "$RES/environment.txt" >&2
 
 #----------------------------------------------------------------------------------------------
-log "1/3 fork: $FORK_ITERS interleaved iterations of fork(10) / fork(10,000) / copy(10,000)"
+log "1/3 fork: $FORK_ITERS interleaved iterations of fork(10) / fork(10,000), then the copies of 10,000 messages"
 qa -c "CALL bench.fork_vs_copy($FORK_ITERS)"
 q -c "\\copy bench.timing TO STDOUT WITH (FORMAT csv, HEADER)" >"$RES/fork_timing.csv"
 
@@ -109,6 +110,12 @@ cat >"$SQL_DIR/write_flat.sql" <<SQL
 INSERT INTO bench.flat_write (session_id, position, role, content)
 VALUES ((SELECT sid FROM bench.writers WHERE client_id = :client_id), :pos, 'user', '$BODY');
 SQL
+cat >"$SQL_DIR/write_flat_indexed.sql" <<SQL
+\\set pos :pos + 1
+INSERT INTO bench.flat_indexed (session_id, position, role, content, created_by)
+VALUES ((SELECT sid FROM bench.writers WHERE client_id = :client_id), :pos, 'user', '$BODY',
+        '$(q -c "SELECT id FROM users WHERE db_role = 'bench_app'")');
+SQL
 cat >"$SQL_DIR/write_memoriesdb.sql" <<SQL
 SELECT add_message_to_session((SELECT sid FROM bench.writers WHERE client_id = :client_id), 'user', '$BODY');
 SQL
@@ -117,13 +124,14 @@ SELECT add_message_to_session((SELECT sid FROM bench.writers WHERE client_id = 1
 SQL
 cp "$SQL_DIR"/write_*.sql "$RES/"
 
-log "3/3 write: $ROUNDS rounds x (flat, memoriesdb, memoriesdb_one_session) x ${WRITE_SECONDS}s, 8 clients, as $BENCH_USER"
+log "3/3 write: $ROUNDS rounds x (flat, memoriesdb, memoriesdb_one_session, flat_indexed) x ${WRITE_SECONDS}s, 8 clients, as $BENCH_USER"
 for r in $(seq 1 "$ROUNDS"); do
-    if [ $((r % 2)) = 1 ]; then order="flat memoriesdb memoriesdb_one_session"
-    else order="memoriesdb_one_session memoriesdb flat"; fi
+    if [ $((r % 2)) = 1 ]; then order="flat memoriesdb memoriesdb_one_session flat_indexed"
+    else order="flat_indexed memoriesdb_one_session memoriesdb flat"; fi
     for v in $order; do
         out=$RES/write_${v}_$r.out
-        tps=$(pgb "$out" "$SQL_DIR/write_$v.sql" 8 2 "$WRITE_SECONDS" -D pos=0)
+        # positions continue across rounds: flat_indexed has a unique (session_id, position)
+        tps=$(pgb "$out" "$SQL_DIR/write_$v.sql" 8 2 "$WRITE_SECONDS" -D pos=$((r * 100000000)))
         record write "$v" "$r" "$out"
         log "   write round $r  $v: $tps tps"
     done

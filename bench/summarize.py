@@ -75,6 +75,14 @@ def main(res: Path) -> None:
     r = tps[o] / tps[f]
     rows.append(("3' write, 8 clients, one session (extra)",
                  f"{tps[o]:.0f} tps", f"{tps[f]:.0f} tps", f"{r:.2f}x", "(none)", None))
+    i = ("write", "flat_indexed")
+    if i in tps:
+        r = tps[m] / tps[i]
+        rows.append(("3\" write vs INSERT into the indexed flat table (extra)",
+                     f"{tps[m]:.0f} tps", f"{tps[i]:.0f} tps", f"{r:.2f}x", "(none)", None))
+        r = tps[i] / tps[f]
+        rows.append(("3\"' indexed flat table vs bare INSERT (extra)",
+                     f"{tps[i]:.0f} tps", f"{tps[f]:.0f} tps", f"{r:.2f}x", "(none)", None))
 
     env = (res / "environment.txt").read_text().splitlines()
     for line in env:
@@ -92,7 +100,8 @@ def main(res: Path) -> None:
             out.append("  ".join("-" * w for w in widths))
     print("\n".join(out))
     print()
-    print(f"fork medians over {min(fn.values())} iterations each (the first {WARMUP} dropped); "
+    counts = ", ".join(f"{v} {n}" for v, n in sorted(fn.items()))
+    print(f"fork/copy medians over iterations ({counts}; the first {WARMUP} of each dropped); "
           "pgbench figures are the median of the rounds:")
     for k in sorted(all_tps):
         print(f"  {k[0]:17} {k[1]:24} tps per round: {', '.join(f'{t:.1f}' for t in all_tps[k])}")
@@ -103,7 +112,8 @@ def main(res: Path) -> None:
     # ratio of medians is not an artefact of drift on the machine
     paired = {}
     for bench, num, den, invert in (("read", "memoriesdb", "flat", True), ("read_after_writes", "memoriesdb", "flat", True),
-                                    ("write", "memoriesdb", "flat", False), ("write", "memoriesdb_one_session", "flat", False)):
+                                    ("write", "memoriesdb", "flat", False), ("write", "memoriesdb_one_session", "flat", False),
+                                    ("write", "memoriesdb", "flat_indexed", False)):
         a, b = all_tps.get((bench, num)), all_tps.get((bench, den))
         if a and b:
             rr = [(y / x) if invert else (x / y) for x, y in zip(a, b)]

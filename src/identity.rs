@@ -32,20 +32,31 @@ struct Resolution {
     statement_start: pg_sys::TimestampTz,
     asserted: Option<Vec<u8>>,
     acting_role: pg_sys::Oid,
+    generation: u64,
     user: Option<pgrx::Uuid>,
 }
 
+// Invalidation callbacks can run in the middle of anything this module does (whenever
+// PostgreSQL reads invalidation messages, e.g. while SPI opens a relation), so they only bump
+// a generation counter in a Cell; cached values remember the generation they were made in.
 thread_local! {
     static CACHED: RefCell<Option<Resolution>> = const { RefCell::new(None) };
-    /// The extension's schema (quoted), for the users lookup; cleared on any relcache
-    /// invalidation, which DROP EXTENSION (dropping `users`) always causes.
-    static SCHEMA: RefCell<Option<String>> = const { RefCell::new(None) };
+    /// Bumped by anything that may change who is acting (see the module comment).
+    static IDENTITY_GENERATION: Cell<u64> = const { Cell::new(0) };
+    /// The extension's schema (quoted), for the users lookup, with the relcache generation it
+    /// was looked up in: any relcache invalidation (DROP EXTENSION drops `users`) bumps it.
+    static SCHEMA: RefCell<Option<(u64, String)>> = const { RefCell::new(None) };
+    static RELCACHE_GENERATION: Cell<u64> = const { Cell::new(0) };
     static MAPPED_USER_PLAN: RefCell<Option<(String, pgrx::spi::OwnedPreparedStatement)>> = const { RefCell::new(None) };
     static CALLBACKS_REGISTERED: Cell<bool> = const { Cell::new(false) };
 }
 
+fn bump(counter: &'static std::thread::LocalKey<Cell<u64>>) {
+    counter.with(|generation| generation.set(generation.get().wrapping_add(1)));
+}
+
 fn forget() {
-    CACHED.with(|cached| cached.borrow_mut().take());
+    bump(&IDENTITY_GENERATION);
 }
 
 /// The acting user (see `sql/identity.sql` for the rules). NULL when the acting role is neither
@@ -58,11 +69,13 @@ fn current_memory_user() -> Option<pgrx::Uuid> {
     // SAFETY: MyProc is set for every backend that can run SQL; the timestamp is a plain read.
     let (local_xid, statement_start) =
         unsafe { ((*pg_sys::MyProc).lxid, pg_sys::GetCurrentStatementStartTimestamp()) };
+    let generation = IDENTITY_GENERATION.with(Cell::get);
     let hit = CACHED.with(|cached| {
         cached.borrow().as_ref().and_then(|r| {
             (r.local_xid == local_xid
                 && r.statement_start == statement_start
                 && r.acting_role == acting_role
+                && r.generation == generation
                 && r.asserted == asserted)
                 .then_some(r.user)
         })
@@ -71,8 +84,9 @@ fn current_memory_user() -> Option<pgrx::Uuid> {
         return user;
     }
     let user = resolve(asserted.as_deref(), acting_role);
+    // `generation` as read before resolving: a change seen while resolving invalidates this answer
     CACHED.with(|cached| {
-        *cached.borrow_mut() = Some(Resolution { local_xid, statement_start, asserted, acting_role, user })
+        *cached.borrow_mut() = Some(Resolution { local_xid, statement_start, asserted, acting_role, generation, user })
     });
     user
 }
@@ -112,7 +126,13 @@ fn resolve(asserted: Option<&[u8]>, acting_role: pg_sys::Oid) -> Option<pgrx::Uu
 }
 
 fn cached_extension_schema() -> String {
-    SCHEMA.with(|schema| schema.borrow_mut().get_or_insert_with(extension_schema).clone())
+    let generation = RELCACHE_GENERATION.with(Cell::get);
+    let cached = SCHEMA.with(|schema| schema.borrow().as_ref().filter(|(g, _)| *g == generation).map(|(_, s)| s.clone()));
+    cached.unwrap_or_else(|| {
+        let schema = extension_schema(); // SPI: no borrow may be held here
+        SCHEMA.with(|cell| *cell.borrow_mut() = Some((generation, schema.clone())));
+        schema
+    })
 }
 
 /// The user mapped to a role, through a plan prepared once per backend (planning the query
@@ -285,7 +305,7 @@ unsafe extern "C-unwind" fn on_role_change(_arg: pg_sys::Datum, _cache: i32, _ha
 
 #[pg_guard]
 unsafe extern "C-unwind" fn on_relation_change(_arg: pg_sys::Datum, _relation: pg_sys::Oid) {
-    SCHEMA.with(|schema| schema.borrow_mut().take());
+    bump(&RELCACHE_GENERATION);
 }
 
 #[pg_guard]

@@ -1506,3 +1506,59 @@ fn audit_chain_verification_does_not_depend_on_the_session_time_zone() {
     p.check(got.0, format!("a chain sealed in Asia/Kolkata, verified in UTC: {got:?}"));
     p.assert_none("time-zone independence of the audit chain");
 }
+
+/// current_memory_user() caches its answer and is invalidated by PostgreSQL's cache
+/// invalidation callbacks, which can fire in the middle of its own catalog lookups. Writers
+/// under a steady stream of relation, role-membership and users changes from another session
+/// must neither fail nor be attributed to anyone else.
+#[test]
+fn identity_cache_survives_concurrent_catalog_and_users_changes() {
+    let db = TestDb::new();
+    let (other_role, _) = db.extra_role("churn");
+    let writers: Vec<_> = (0..3)
+        .map(|w| {
+            let (role, user) = db.extra_role(&format!("writer{w}"));
+            let mut c = db.connect_as(&role);
+            std::thread::spawn(move || {
+                let session: Uuid = c.query_one("SELECT create_session('churn')", &[]).unwrap().get(0);
+                for i in 0..150 {
+                    add_message(&mut c, session, "user", &format!("message {i}"));
+                }
+                (session, user)
+            })
+        })
+        .collect();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let churn = {
+        let stop = stop.clone();
+        let mut admin = db.admin();
+        std::thread::spawn(move || {
+            let mut rounds = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                admin
+                    .batch_execute(&format!(
+                        "CREATE TABLE churn_t (x int); DROP TABLE churn_t; ANALYZE memory_sessions;
+                         GRANT memoriesdb_worker TO {other_role}; REVOKE memoriesdb_worker FROM {other_role};
+                         UPDATE users SET name = name WHERE db_role = '{other_role}'"
+                    ))
+                    .unwrap();
+                rounds += 1;
+            }
+            rounds
+        })
+    };
+    let written: Vec<(Uuid, Uuid)> = writers.into_iter().map(|w| w.join().expect("a writer failed")).collect();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let rounds = churn.join().unwrap();
+    assert!(rounds > 0, "the churn ran");
+    let mut admin = db.admin();
+    for (session, user) in written {
+        let row = admin
+            .query_one(
+                "SELECT count(*), count(*) FILTER (WHERE created_by = $2) FROM memories WHERE session_id = $1",
+                &[&session, &user],
+            )
+            .unwrap();
+        assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (150, 150), "session {session}");
+    }
+}
