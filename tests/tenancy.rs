@@ -647,6 +647,18 @@ fn sharing_a_fork_shows_exactly_its_branch_until_revoked() {
         later == 0,
         format!("bob sees {later} of the parent's later messages, the parent or the free memory"),
     );
+    // the shared fork's own session row, not its parent's: that one would show how far alice
+    // went on in the parent after the fork (its last_position)
+    let rows = ids(&mut bob, "SELECT id FROM memory_sessions", &[]);
+    p.check(rows == [w.fork].into(), format!("bob sees memory_sessions rows {rows:?}, expected only the fork"));
+    let lineage = ids(&mut bob, "SELECT lineage_session_id FROM session_lineage($1)", &[&w.fork]);
+    p.check(
+        lineage == [w.fork, w.session].into(),
+        format!("session_lineage of the shared fork as bob: {lineage:?}"),
+    );
+    let private = one(&mut alice, "SELECT create_session('alice private')", &[]);
+    let unrelated = count(&mut bob, "SELECT count(*) FROM session_lineage($1)", &[&private]);
+    p.check(unrelated == 0, format!("session_lineage of alice's private session returned {unrelated} rows to bob"));
     // through the parent's id bob gets at most the shared prefix
     if let Ok(parent) = transcript(&mut bob, w.session) {
         p.check(

@@ -24,12 +24,17 @@ RETURNS boolean LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
         OR EXISTS (SELECT 1 FROM @extschema@.memory_shares g WHERE g.memory_id = memory AND g.grantee = me))
 $$;
 
--- Can user `me` see this session's row, i.e. is it theirs or part of what a share shows them?
+-- Does user `me` see (some of) this session's messages: is it theirs, or part of what a share
+-- shows them (the shared session or one of the ancestors it inherits from)? Its memory_sessions
+-- row is visible to them only in the first two cases (see memory_sessions_read).
+-- PL/pgSQL, so that its plan is cached across calls: session_lineage() asks on every transcript.
 CREATE FUNCTION @extschema@.session_visible_to(me uuid, session uuid)
-RETURNS boolean LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT me IS NOT NULL AND (
+RETURNS boolean LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN me IS NOT NULL AND (
            EXISTS (SELECT 1 FROM @extschema@.memory_sessions s WHERE s.id = session AND s.owner_id = me)
-        OR EXISTS (SELECT 1 FROM @extschema@.memory_share_segments g WHERE g.grantee = me AND g.session_id = session))
+        OR EXISTS (SELECT 1 FROM @extschema@.memory_share_segments g WHERE g.grantee = me AND g.session_id = session));
+END
 $$;
 
 -- May the acting user add messages to the session: own it, or hold a share with can_write?
@@ -254,12 +259,15 @@ CREATE POLICY memories_delete ON @extschema@.memories FOR DELETE
 
 -- sessions: own, or part of what a shared session shows. Written only through register_session()
 -- and next_session_position().
+-- A grantee sees the row of a session shared with them, not the rows of its ancestors: those
+-- would show how the owner's other branches went on after the fork point (last_position).
+-- session_lineage() walks up to the ancestors for them.
 CREATE POLICY memory_sessions_read ON @extschema@.memory_sessions FOR SELECT
     USING ((SELECT @extschema@.acting_role_is('memoriesdb_worker'))
            OR owner_id = (SELECT @extschema@.current_memory_user())
-           OR EXISTS (SELECT 1 FROM @extschema@.memory_share_segments g
-                       WHERE g.grantee = (SELECT @extschema@.current_memory_user())
-                         AND g.session_id = memory_sessions.id));
+           OR EXISTS (SELECT 1 FROM @extschema@.memory_shares g
+                       WHERE g.memory_id = memory_sessions.id
+                         AND g.grantee = (SELECT @extschema@.current_memory_user())));
 
 -- edges: your own, or edges between memories you can see
 CREATE POLICY memory_edges_read ON @extschema@.memory_edges FOR SELECT
