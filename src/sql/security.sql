@@ -38,6 +38,7 @@ END
 $$;
 
 -- May the acting user add messages to the session: own it, or hold a share with can_write?
+-- (next_session_position() applies the same rule in its UPDATE; change them together.)
 -- For the memories_insert policy. SECURITY DEFINER, so that the check is two index probes: as
 -- subqueries in the policy they carried memory_sessions' own policy with them, and setting
 -- that up cost a quarter of an append. Answers only for the acting user, about a session id
@@ -163,7 +164,9 @@ $$;
 
 -- Take the next position of a session for a new message, if the caller may add to it (owner, or
 -- a share with can_write). The row lock this takes orders concurrent appends to one session.
--- NULL when the caller may not (see add_message_to_session for the error it reports).
+-- NULL when the caller may not (see add_message_to_session for the error it reports). The rule
+-- is session_writable()'s, written into the UPDATE so that check and row lock are one statement
+-- on the append path; change them together.
 CREATE FUNCTION @extschema@.next_session_position(session uuid)
 RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE

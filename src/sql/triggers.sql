@@ -157,7 +157,7 @@ $$;
 CREATE FUNCTION @extschema@.emit_events(channels text[], payloads text[]) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    IF coalesce(array_length(channels, 1), 0) = 0 THEN
+    IF coalesce(cardinality(channels), 0) = 0 THEN
         RETURN;
     END IF;
     IF @extschema@.ensure_event_relay() THEN
@@ -232,15 +232,7 @@ BEGIN
         channels := coalesce(channels, '{}') || 'memoriesdb_embedding_queue'::text;
         payloads := coalesce(payloads, '{}') || ''::text;
     END IF;
-    -- (emit_events() inlined: this runs for every message)
-    IF coalesce(cardinality(channels), 0) = 0 THEN
-        RETURN NULL;
-    ELSIF @extschema@.ensure_event_relay() THEN
-        INSERT INTO @extschema@.memory_event_outbox (channels, payloads) VALUES (channels, payloads);
-    ELSE
-        PERFORM pg_notify(e.channel, e.payload)
-           FROM unnest(channels, payloads) WITH ORDINALITY AS e(channel, payload, n) ORDER BY e.n;
-    END IF;
+    PERFORM @extschema@.emit_events(channels, payloads);
     RETURN NULL;
 END
 $$;
