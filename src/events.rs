@@ -95,24 +95,42 @@ fn start_relay() -> bool {
         .is_ok()
 }
 
+thread_local! {
+    /// The relay's statement, prepared once per schema: planning it cost more than running it,
+    /// and a busy relay runs it hundreds of times a second.
+    static RELAY_PLAN: std::cell::RefCell<Option<(String, pgrx::spi::OwnedPreparedStatement)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
 /// Moves the events of up to BATCH outbox rows to NOTIFY in one transaction, in outbox order.
-/// Returns how many it moved, or None when the extension is not (or no longer) installed.
+/// Returns how many outbox rows it moved, or None when the extension is not (or no longer) installed.
 fn relay_batch() -> Option<i64> {
     BackgroundWorker::transaction(|| {
         let schema = crate::catalog::installed_schema()?;
-        Spi::get_one_with_args::<i64>(
-            &format!(
-                "WITH batch AS (
-                     DELETE FROM {schema}.memory_event_outbox o
-                      WHERE o.id IN (SELECT id FROM {schema}.memory_event_outbox ORDER BY id LIMIT $1)
-                     RETURNING o.id, o.channels, o.payloads)
-                 SELECT count(pg_catalog.pg_notify(e.channel, e.payload))
-                   FROM (SELECT e.channel, e.payload
-                           FROM batch b, unnest(b.channels, b.payloads) WITH ORDINALITY AS e(channel, payload, n)
-                          ORDER BY b.id, e.n) e"
-            ),
-            &[BATCH.into()],
-        )
+        Spi::connect(|client| {
+            // taken out of the cell while it runs: no borrow is held across SPI
+            let plan = match RELAY_PLAN.with(|kept| kept.borrow_mut().take()) {
+                Some((for_schema, plan)) if for_schema == schema => plan,
+                _ => client
+                    .prepare_mut(
+                        &*format!(
+                            "WITH batch AS (
+                                 DELETE FROM {schema}.memory_event_outbox o
+                                  WHERE o.id IN (SELECT id FROM {schema}.memory_event_outbox ORDER BY id LIMIT $1)
+                                 RETURNING o.id, o.channels, o.payloads)
+                             SELECT (SELECT count(*) FROM batch), count(pg_catalog.pg_notify(e.channel, e.payload))
+                               FROM (SELECT e.channel, e.payload
+                                       FROM batch b, unnest(b.channels, b.payloads) WITH ORDINALITY AS e(channel, payload, n)
+                                      ORDER BY b.id, e.n) e"
+                        ),
+                        &[PgOid::BuiltIn(PgBuiltInOids::INT8OID)],
+                    )?
+                    .keep(),
+            };
+            let moved = client.select(&plan, None, &[BATCH.into()])?.first().get_one::<i64>();
+            RELAY_PLAN.with(|kept| *kept.borrow_mut() = Some((schema, plan)));
+            moved
+        })
         .ok()
         .flatten()
     })
@@ -158,10 +176,15 @@ pub extern "C-unwind" fn memoriesdb_event_relay_main(arg: pg_sys::Datum) {
     loop {
         match relay_batch() {
             None => return,
-            Some(moved) if moved > 0 => {
+            // a full batch: more are probably waiting
+            Some(moved) if moved >= BATCH => {
                 idle_since = Instant::now();
                 continue;
             }
+            // Under a steady stream of writes, going straight back would relay a handful of
+            // events per transaction; waiting one poll interval lets them gather, so the relay
+            // costs the writers' CPU little, for at most POLL_INTERVAL of extra latency.
+            Some(moved) if moved > 0 => idle_since = Instant::now(),
             Some(_) => {}
         }
         if idle_since.elapsed() >= IDLE_EXIT_AFTER {

@@ -43,20 +43,12 @@ thread_local! {
     static CACHED: RefCell<Option<Resolution>> = const { RefCell::new(None) };
     /// Bumped by anything that may change who is acting (see the module comment).
     static IDENTITY_GENERATION: Cell<u64> = const { Cell::new(0) };
-    /// The extension's schema (quoted), for the users lookup, with the relcache generation it
-    /// was looked up in: any relcache invalidation (DROP EXTENSION drops `users`) bumps it.
-    static SCHEMA: RefCell<Option<(u64, String)>> = const { RefCell::new(None) };
-    static RELCACHE_GENERATION: Cell<u64> = const { Cell::new(0) };
     static MAPPED_USER_PLAN: RefCell<Option<(String, pgrx::spi::OwnedPreparedStatement)>> = const { RefCell::new(None) };
     static CALLBACKS_REGISTERED: Cell<bool> = const { Cell::new(false) };
 }
 
-fn bump(counter: &'static std::thread::LocalKey<Cell<u64>>) {
-    counter.with(|generation| generation.set(generation.get().wrapping_add(1)));
-}
-
 fn forget() {
-    bump(&IDENTITY_GENERATION);
+    IDENTITY_GENERATION.with(|generation| generation.set(generation.get().wrapping_add(1)));
 }
 
 /// The acting user (see `sql/identity.sql` for the rules). NULL when the acting role is neither
@@ -125,21 +117,11 @@ fn resolve(asserted: Option<&[u8]>, acting_role: pg_sys::Oid) -> Option<pgrx::Uu
     }
 }
 
-fn cached_extension_schema() -> String {
-    let generation = RELCACHE_GENERATION.with(Cell::get);
-    let cached = SCHEMA.with(|schema| schema.borrow().as_ref().filter(|(g, _)| *g == generation).map(|(_, s)| s.clone()));
-    cached.unwrap_or_else(|| {
-        let schema = extension_schema(); // SPI: no borrow may be held here
-        SCHEMA.with(|cell| *cell.borrow_mut() = Some((generation, schema.clone())));
-        schema
-    })
-}
-
 /// The user mapped to a role, through a plan prepared once per backend (planning the query
 /// cost more than running it). The plan is re-prepared when the extension's schema changes;
 /// PostgreSQL re-plans it by itself when `users` changes shape.
 fn mapped_user(role_name: &str) -> Option<pgrx::Uuid> {
-    let schema = cached_extension_schema();
+    let schema = extension_schema();
     // Taken out while it runs, so that a nested call (none is expected) would prepare its own
     // instead of finding the cell borrowed.
     let kept = MAPPED_USER_PLAN.with(|plan| plan.borrow_mut().take()).filter(|(for_schema, _)| *for_schema == schema);
@@ -293,7 +275,6 @@ fn register_invalidation_callbacks() {
             pg_sys::CacheRegisterSyscacheCallback(cache as i32, Some(on_role_change), pg_sys::Datum::from(0));
         }
         pg_sys::RegisterSubXactCallback(Some(on_subtransaction_event), std::ptr::null_mut());
-        pg_sys::CacheRegisterRelcacheCallback(Some(on_relation_change), pg_sys::Datum::from(0));
     }
     CALLBACKS_REGISTERED.with(|registered| registered.set(true));
 }
@@ -301,11 +282,6 @@ fn register_invalidation_callbacks() {
 #[pg_guard]
 unsafe extern "C-unwind" fn on_role_change(_arg: pg_sys::Datum, _cache: i32, _hash: u32) {
     forget();
-}
-
-#[pg_guard]
-unsafe extern "C-unwind" fn on_relation_change(_arg: pg_sys::Datum, _relation: pg_sys::Oid) {
-    bump(&RELCACHE_GENERATION);
 }
 
 #[pg_guard]
