@@ -11,11 +11,11 @@
 #   2. read:  get_formatted_conversation over a 10-fork chain of 1,000 messages vs an indexed
 #             SELECT ... ORDER BY of 1,000 rows from a flat table (pgbench, 1 client)
 #   3. write: add_message_to_session vs a bare INSERT into a flat table (pgbench, 8 clients,
-#             each on its own session; plus 8 clients on one session, and an INSERT into a flat
-#             table with memories' indexes)
+#             each on its own session; plus 8 clients on one session, an INSERT into a flat
+#             table with memories' indexes, and add_messages_to_session with 2 messages a call)
 #   extra:    the read benchmark again after the writes, with fresh statistics
 #
-# Environment (defaults give a run of about 7 minutes):
+# Environment (defaults give a run of about 9 minutes):
 #   BENCH_ROUNDS (5)          pgbench rounds per side; the order of the sides alternates from
 #                             round to round (A B, B A, ...); figures are medians over rounds
 #   BENCH_READ_SECONDS (10)   length of each read run
@@ -119,15 +119,21 @@ SQL
 cat >"$SQL_DIR/write_memoriesdb.sql" <<SQL
 SELECT add_message_to_session((SELECT sid FROM bench.writers WHERE client_id = :client_id), 'user', '$BODY');
 SQL
+# a chat turn in one call: the user's message and the answer
+cat >"$SQL_DIR/write_memoriesdb_batch2.sql" <<SQL
+SELECT add_messages_to_session((SELECT sid FROM bench.writers WHERE client_id = :client_id),
+    jsonb_build_array(jsonb_build_object('role', 'user', 'content', '$BODY'),
+                      jsonb_build_object('role', 'assistant', 'content', '$BODY')));
+SQL
 cat >"$SQL_DIR/write_memoriesdb_one_session.sql" <<SQL
 SELECT add_message_to_session((SELECT sid FROM bench.writers WHERE client_id = 100), 'user', '$BODY');
 SQL
 cp "$SQL_DIR"/write_*.sql "$RES/"
 
-log "3/3 write: $ROUNDS rounds x (flat, memoriesdb, memoriesdb_one_session, flat_indexed) x ${WRITE_SECONDS}s, 8 clients, as $BENCH_USER"
+log "3/3 write: $ROUNDS rounds x (flat, memoriesdb, memoriesdb_one_session, flat_indexed, memoriesdb_batch2) x ${WRITE_SECONDS}s, 8 clients, as $BENCH_USER"
 for r in $(seq 1 "$ROUNDS"); do
-    if [ $((r % 2)) = 1 ]; then order="flat memoriesdb memoriesdb_one_session flat_indexed"
-    else order="flat_indexed memoriesdb_one_session memoriesdb flat"; fi
+    if [ $((r % 2)) = 1 ]; then order="flat memoriesdb memoriesdb_one_session flat_indexed memoriesdb_batch2"
+    else order="memoriesdb_batch2 flat_indexed memoriesdb_one_session memoriesdb flat"; fi
     for v in $order; do
         out=$RES/write_${v}_$r.out
         # positions continue across rounds: flat_indexed has a unique (session_id, position)

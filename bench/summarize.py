@@ -84,6 +84,15 @@ def main(res: Path) -> None:
         rows.append(("3\"' indexed flat table vs bare INSERT (extra)",
                      f"{tps[i]:.0f} tps", f"{tps[f]:.0f} tps", f"{r:.2f}x", "(none)", None))
 
+    b = ("write", "memoriesdb_batch2")
+    if b in tps:
+        r = 2 * tps[b] / tps[m]
+        rows.append(("3\"\" write, 2 messages per add_messages_to_session call, vs one per call (extra)",
+                     f"{2 * tps[b]:.0f} msg/s", f"{tps[m]:.0f} msg/s", f"{r:.2f}x", "(none)", None))
+        r = 2 * tps[b] / tps[f]
+        rows.append(("3\"\"' the same, messages/s vs bare INSERT rows/s (extra)",
+                     f"{2 * tps[b]:.0f} msg/s", f"{tps[f]:.0f} rows/s", f"{r:.2f}x", "(none)", None))
+
     env = (res / "environment.txt").read_text().splitlines()
     for line in env:
         if line.startswith(("memoriesdb:", "load before:", "load after:")):
@@ -117,7 +126,7 @@ def main(res: Path) -> None:
         a, b = all_tps.get((bench, num)), all_tps.get((bench, den))
         if a and b:
             rr = [(y / x) if invert else (x / y) for x, y in zip(a, b)]
-            paired[f"{bench}/{num}"] = rr
+            paired[f"{bench}/{num}/{den}"] = rr
             what = "latency ratio (slower by)" if invert else "tps ratio"
             print(f"  {bench:17} {num:24} {what} per round: {', '.join(f'{x:.2f}' for x in rr)}"
                   f"  (median {statistics.median(rr):.2f})")

@@ -91,6 +91,40 @@ fn a_one_megabyte_message_commits_and_still_produces_its_event() {
 }
 
 #[test]
+fn a_batch_sends_one_event_per_message_in_order_on_commit() {
+    let db = TestDb::new();
+    let mut writer = db.connect();
+    let mut listener = db.connect();
+    let session = create_session(&mut writer, "batch");
+    let channel = chat_channel(&session);
+    listener.batch_execute(&format!("LISTEN {channel}")).unwrap();
+
+    let batch = r#"[{"role": "user", "content": "one"}, {"role": "assistant", "content": "two"}, {"role": "user", "content": "three"}]"#;
+    let mut tx = writer.transaction().unwrap();
+    tx.query("SELECT add_messages_to_session($1, $2::text::jsonb)", &[&session, &batch]).unwrap();
+    tx.rollback().unwrap();
+    assert!(drain(&mut listener, Duration::from_millis(500)).is_empty(), "a rolled-back batch must send no event");
+
+    let ids: Vec<Uuid> = writer
+        .query("SELECT add_messages_to_session($1, $2::text::jsonb)", &[&session, &batch])
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let events = drain(&mut listener, Duration::from_secs(2));
+    let seen: Vec<(String, i64, String)> = events
+        .iter()
+        .map(|(_, p)| (p["id"].as_str().unwrap_or_default().to_string(), p["position"].as_i64().unwrap_or(-1), p["role"].as_str().unwrap_or_default().to_string()))
+        .collect();
+    let expected: Vec<(String, i64, String)> = ids
+        .iter()
+        .zip([(1, "user"), (2, "assistant"), (3, "user")])
+        .map(|(id, (position, role))| (id.to_string(), position, role.to_string()))
+        .collect();
+    assert_eq!(seen, expected, "one event per message, in position order: {events:?}");
+}
+
+#[test]
 fn a_bulk_insert_sends_one_summary_per_session_not_one_event_per_row() {
     let db = TestDb::new();
     let mut writer = db.connect();

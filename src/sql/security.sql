@@ -162,18 +162,21 @@ BEGIN
 END
 $$;
 
--- Take the next position of a session for a new message, if the caller may add to it (owner, or
--- a share with can_write). The row lock this takes orders concurrent appends to one session.
--- NULL when the caller may not (see add_message_to_session for the error it reports). The rule
--- is session_writable()'s, written into the UPDATE so that check and row lock are one statement
--- on the append path; change them together.
-CREATE FUNCTION @extschema@.next_session_position(session uuid)
+-- Take the next `how_many` positions of a session for new messages, if the caller may add to it
+-- (owner, or a share with can_write); returns the last of them. The row lock this takes orders
+-- concurrent appends to one session. NULL when the caller may not (refuse_session_write() then
+-- says why). The rule is session_writable()'s, written into the UPDATE so that check and row lock
+-- are one statement on the append path; change them together.
+CREATE FUNCTION @extschema@.next_session_position(session uuid, how_many bigint DEFAULT 1)
 RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     me uuid := @extschema@.current_memory_user();
     next_position bigint;
 BEGIN
-    UPDATE @extschema@.memory_sessions s SET last_position = s.last_position + 1
+    IF how_many IS NULL OR how_many < 0 THEN
+        RAISE EXCEPTION 'how_many must be 0 or more, got %', coalesce(how_many::text, 'NULL') USING ERRCODE = '22023';
+    END IF;
+    UPDATE @extschema@.memory_sessions s SET last_position = s.last_position + how_many
      WHERE s.id = session
        AND (@extschema@.acting_role_bypasses_rls()
             OR s.owner_id = me

@@ -82,6 +82,43 @@ BEGIN
 END
 $$;
 
+-- A message's role: non-blank, at most 64 characters, no control characters. `argument` names
+-- the value in the error ('role', or 'messages[2].role' in a batch).
+CREATE FUNCTION @extschema@.check_message_role(role text, argument text) RETURNS void
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+BEGIN
+    -- blank means only (Unicode) white space
+    IF role IS NULL
+       OR role ~ '^[[:space:]\u00a0\u1680\u2000-\u200b\u2028\u2029\u202f\u205f\u3000\ufeff]*$' THEN
+        RAISE EXCEPTION '% must be a non-empty string, got %', argument, pg_catalog.quote_nullable(role)
+            USING ERRCODE = '22023', HINT = 'e.g. user, assistant, system, or a speaker name';
+    END IF;
+    IF pg_catalog.length(role) > 64 THEN
+        RAISE EXCEPTION '% is % characters long; at most 64 are allowed: "%..."',
+            argument, pg_catalog.length(role), pg_catalog.left(role, 40)
+            USING ERRCODE = '22001';
+    END IF;
+    IF role ~ '[[:cntrl:]]' THEN
+        RAISE EXCEPTION '% must not contain control characters, got %', argument, pg_catalog.quote_literal(role)
+            USING ERRCODE = '22023';
+    END IF;
+END
+$$;
+
+-- The error for a session next_session_position() refused: it is shared with the caller
+-- read-only, or, as far as the caller can tell, it does not exist.
+CREATE FUNCTION @extschema@.refuse_session_write(session_id uuid) RETURNS void
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM @extschema@.memory_sessions s WHERE s.id = refuse_session_write.session_id) THEN
+        RAISE EXCEPTION 'session % is shared with you read-only', refuse_session_write.session_id
+            USING ERRCODE = '42501', HINT = 'its owner can share it with can_write => true';
+    END IF;
+    RAISE EXCEPTION 'session % does not exist', refuse_session_write.session_id
+        USING ERRCODE = 'P0002', HINT = 'create one with create_session(title)';
+END
+$$;
+
 CREATE FUNCTION @extschema@.add_message_to_session(session_id uuid, role text, content text, metadata jsonb DEFAULT '{}')
 RETURNS uuid LANGUAGE plpgsql AS $$
 DECLARE
@@ -92,21 +129,7 @@ BEGIN
     IF add_message_to_session.session_id IS NULL THEN
         RAISE EXCEPTION 'session_id must not be NULL' USING ERRCODE = '22004';
     END IF;
-    -- blank means only (Unicode) white space
-    IF add_message_to_session.role IS NULL
-       OR add_message_to_session.role ~ '^[[:space:]\u00a0\u1680\u2000-\u200b\u2028\u2029\u202f\u205f\u3000\ufeff]*$' THEN
-        RAISE EXCEPTION 'role must be a non-empty string, got %', pg_catalog.quote_nullable(add_message_to_session.role)
-            USING ERRCODE = '22023', HINT = 'e.g. user, assistant, system, or a speaker name';
-    END IF;
-    IF pg_catalog.length(add_message_to_session.role) > 64 THEN
-        RAISE EXCEPTION 'role is % characters long; at most 64 are allowed: "%..."',
-            pg_catalog.length(add_message_to_session.role), pg_catalog.left(add_message_to_session.role, 40)
-            USING ERRCODE = '22001';
-    END IF;
-    IF add_message_to_session.role ~ '[[:cntrl:]]' THEN
-        RAISE EXCEPTION 'role must not contain control characters, got %', pg_catalog.quote_literal(add_message_to_session.role)
-            USING ERRCODE = '22023';
-    END IF;
+    PERFORM @extschema@.check_message_role(add_message_to_session.role, 'role');
     IF add_message_to_session.content IS NULL THEN
         RAISE EXCEPTION 'content must not be NULL' USING ERRCODE = '22004';
     END IF;
@@ -114,19 +137,88 @@ BEGIN
     -- here and get consecutive positions; appends to different sessions do not interact.
     new_position := @extschema@.next_session_position(add_message_to_session.session_id);
     IF new_position IS NULL THEN
-        -- visible but not updatable: shared with the caller read-only
-        IF EXISTS (SELECT 1 FROM @extschema@.memory_sessions s WHERE s.id = add_message_to_session.session_id) THEN
-            RAISE EXCEPTION 'session % is shared with you read-only', add_message_to_session.session_id
-                USING ERRCODE = '42501', HINT = 'its owner can share it with can_write => true';
-        END IF;
-        RAISE EXCEPTION 'session % does not exist', add_message_to_session.session_id
-            USING ERRCODE = 'P0002', HINT = 'create one with create_session(title)';
+        PERFORM @extschema@.refuse_session_write(add_message_to_session.session_id);
     END IF;
     new_id := @extschema@.uuid_generate_v7();  -- not RETURNING: see create_session()
     INSERT INTO @extschema@.memories (id, kind, content, _metadata, session_id, position, role)
     VALUES (new_id, 'message', add_message_to_session.content, clean_metadata,
             add_message_to_session.session_id, new_position, add_message_to_session.role);
     RETURN new_id;
+END
+$$;
+
+-- Several messages in one call, e.g. a user's turn and the assistant's answer, or an imported
+-- conversation: a JSON array of {"role", "content", "metadata"} objects (metadata optional),
+-- appended in array order at consecutive positions. Returns the new message ids in that order.
+-- Everything is checked before anything is written, so a bad element writes nothing. One
+-- INSERT: the session is locked once, and the batch is hashed, audited and queued like single
+-- messages; its events are those of one statement (one per message, or one summary per session
+-- for more than 100 messages).
+CREATE FUNCTION @extschema@.add_messages_to_session(session_id uuid, messages jsonb)
+RETURNS SETOF uuid LANGUAGE plpgsql AS $$
+DECLARE
+    message jsonb;
+    n bigint;
+    extra text;
+    message_count integer;
+    last_position bigint;
+    ids uuid[];
+BEGIN
+    IF add_messages_to_session.session_id IS NULL THEN
+        RAISE EXCEPTION 'session_id must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    IF messages IS NULL THEN
+        RAISE EXCEPTION 'messages must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    IF pg_catalog.jsonb_typeof(messages) <> 'array' THEN
+        RAISE EXCEPTION 'messages must be a JSON array of {"role", "content", "metadata"} objects, got %: %',
+            pg_catalog.jsonb_typeof(messages), pg_catalog.left(messages::text, 80)
+            USING ERRCODE = '22023';
+    END IF;
+    FOR message, n IN SELECT e.value, e.ordinality - 1 FROM pg_catalog.jsonb_array_elements(messages) WITH ORDINALITY e LOOP
+        IF pg_catalog.jsonb_typeof(message) <> 'object' THEN
+            RAISE EXCEPTION 'messages[%] must be a JSON object with role and content, got %: %',
+                n, pg_catalog.jsonb_typeof(message), pg_catalog.left(message::text, 80)
+                USING ERRCODE = '22023';
+        END IF;
+        SELECT k INTO extra FROM pg_catalog.jsonb_object_keys(message) k
+         WHERE k NOT IN ('role', 'content', 'metadata') ORDER BY k LIMIT 1;
+        IF FOUND THEN
+            RAISE EXCEPTION 'messages[%] has an unknown key "%"', n, extra
+                USING ERRCODE = '22023', HINT = 'a message has role, content and (optionally) metadata';
+        END IF;
+        IF pg_catalog.jsonb_typeof(message -> 'role') IS DISTINCT FROM 'string' AND message -> 'role' <> 'null' THEN
+            RAISE EXCEPTION 'messages[%].role must be a non-empty string, got %', n, message -> 'role'
+                USING ERRCODE = '22023';
+        END IF;
+        PERFORM @extschema@.check_message_role(message ->> 'role', pg_catalog.format('messages[%s].role', n));
+        IF coalesce(message -> 'content', 'null') = 'null' THEN
+            RAISE EXCEPTION 'messages[%].content must not be NULL', n USING ERRCODE = '22004';
+        END IF;
+        IF pg_catalog.jsonb_typeof(message -> 'content') <> 'string' THEN
+            RAISE EXCEPTION 'messages[%].content must be a string, got %: %', n,
+                pg_catalog.jsonb_typeof(message -> 'content'), pg_catalog.left((message -> 'content')::text, 80)
+                USING ERRCODE = '22023';
+        END IF;
+        -- JSON null metadata means {}, as SQL NULL does for add_message_to_session
+        PERFORM @extschema@.metadata_object(nullif(message -> 'metadata', 'null'), pg_catalog.format('messages[%s].metadata', n));
+    END LOOP;
+
+    message_count := pg_catalog.jsonb_array_length(messages);
+    -- (an empty batch takes no position, but the session must still be one the caller may add to)
+    last_position := @extschema@.next_session_position(add_messages_to_session.session_id, message_count);
+    IF last_position IS NULL THEN
+        PERFORM @extschema@.refuse_session_write(add_messages_to_session.session_id);
+    END IF;
+    IF message_count = 0 THEN
+        RETURN;
+    END IF;
+    ids := ARRAY(SELECT @extschema@.uuid_generate_v7() FROM pg_catalog.generate_series(1, message_count));
+    INSERT INTO @extschema@.memories (id, kind, content, _metadata, session_id, position, role)
+    SELECT ids[e.ordinality], 'message', e.value ->> 'content', coalesce(nullif(e.value -> 'metadata', 'null'), '{}'),
+           add_messages_to_session.session_id, last_position - message_count + e.ordinality, e.value ->> 'role'
+      FROM pg_catalog.jsonb_array_elements(messages) WITH ORDINALITY e;
+    RETURN QUERY SELECT i.id FROM pg_catalog.unnest(ids) WITH ORDINALITY i(id, n) ORDER BY i.n;
 END
 $$;
 
