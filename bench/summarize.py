@@ -128,7 +128,7 @@ def main(res: Path) -> None:
             rr = [(y / x) if invert else (x / y) for x, y in zip(a, b)]
             paired[f"{bench}/{num}/{den}"] = rr
             what = "latency ratio (slower by)" if invert else "tps ratio"
-            print(f"  {bench:17} {num:24} {what} per round: {', '.join(f'{x:.2f}' for x in rr)}"
+            print(f"  {bench:17} {num + ' / ' + den:37} {what} per round: {', '.join(f'{x:.2f}' for x in rr)}"
                   f"  (median {statistics.median(rr):.2f})")
     (res / "summary.json").write_text(json.dumps({
         "fork_median_us": fm, "fork_iterations": fn,
