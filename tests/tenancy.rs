@@ -287,6 +287,8 @@ fn bob_reads_none_of_alices_rows_through_any_table_view_or_function() {
         ),
         ("SELECT add_message_to_session($1, 'user', 'bob was here')", w.session),
         ("SELECT add_message_to_session($1, 'user', 'bob was here')", w.fork),
+        (r#"SELECT add_messages_to_session($1, '[{"role": "user", "content": "bob was here"}]')"#, w.session),
+        ("SELECT add_messages_to_session($1, '[]')", w.fork),
         ("SELECT share_memory($1, $2::uuid)", w.free),
         ("SELECT share_memory($1, $2::uuid, true)", w.session),
         ("SELECT store_embedding($1, '[1,0,0]', 'bob-model', 'x')", w.free),
@@ -694,6 +696,10 @@ fn sharing_a_fork_shows_exactly_its_branch_until_revoked() {
                 format!("read-only append message: {msg}"),
             );
         }
+    }
+    match bob.query(r#"SELECT add_messages_to_session($1, '[{"role": "user", "content": "bob tries a batch"}]')"#, &[&w.fork]) {
+        Ok(_) => p.check(false, "bob appended a batch to a read-only share"),
+        Err(e) => p.check(sqlstate(&e) == "42501", format!("read-only batch append: expected 42501, got {}", es(&e))),
     }
     p.check(
         count(&mut admin, "SELECT last_position FROM memory_sessions WHERE id = $1", &[&w.fork]) == last_before,
