@@ -18,10 +18,12 @@
 #          row-level security, without it and all triggers; a bare INSERT with and
 #          without the three NOTIFYs a message sends, and into a flat table with memories'
 #          indexes and generated tsvector; wait events sampled during the full run
+#   floor: the least an append with the same guarantees can cost: one plain statement writing the
+#          message (memories' indexes), its audit, queue and outbox rows, vs a bare INSERT
 #   wal:   WAL per appended message by relation (pg_waldump over 1,000 appends)
 #   statements: every statement one fork and one append execute, with durations (auto_explain)
 #
-# Environment: DIAG_SECTIONS (cost read write wal statements) which parts to run,
+# Environment: DIAG_SECTIONS (cost read write floor wal statements) which parts to run,
 #              DIAG_ROUNDS (3), DIAG_ITERS (60) timed calls per variant and round,
 #              DIAG_SECONDS (10) per pgbench run.
 set -euo pipefail
@@ -248,6 +250,91 @@ done
 }
 
 #----------------------------------------------------------------------------------------------
+section_floor() {
+    # The least an append with the issue's guarantees can cost in PostgreSQL, whatever the
+    # implementation: one statement, no PL/pgSQL, no trigger, no row-level security, no foreign
+    # key, that takes the next position of the session and writes the message (with its hash,
+    # into a table with memories' indexes and generated tsvector), its audit row, its queue row
+    # and its events into an outbox (tables copied from the extension's with their indexes; no
+    # relay drains this outbox, which flatters the floor). Against the bare INSERT of run.sh, in
+    # alternating order.
+    log "floor: the leanest possible append vs a bare INSERT, 8 clients, $ROUNDS x ${SECS}s each"
+    local body user r v tps order
+    body=$(q -c "SELECT bench.body(42)")
+    user=$(q -c "SELECT id FROM users WHERE db_role = 'bench_app'")
+    q >/dev/null <<SQL
+DROP TABLE IF EXISTS bench.floor_sessions, bench.floor_messages, bench.floor_audit, bench.floor_queue, bench.floor_outbox;
+CREATE TABLE bench.floor_sessions (id uuid PRIMARY KEY, last_position bigint NOT NULL DEFAULT 0);
+INSERT INTO bench.floor_sessions (id) SELECT sid FROM bench.writers;
+CREATE TABLE bench.floor_messages (LIKE bench.flat_indexed INCLUDING ALL, content_hash text NOT NULL);
+CREATE TABLE bench.floor_audit (LIKE public.audit_log INCLUDING ALL);
+CREATE TABLE bench.floor_queue (LIKE public.embedding_schedule INCLUDING ALL);
+CREATE TABLE bench.floor_outbox (LIKE public.memory_event_outbox INCLUDING ALL);
+ALTER TABLE bench.floor_sessions OWNER TO $BENCH_USER;
+ALTER TABLE bench.floor_messages OWNER TO $BENCH_USER;
+ALTER TABLE bench.floor_audit OWNER TO $BENCH_USER;
+ALTER TABLE bench.floor_queue OWNER TO $BENCH_USER;
+ALTER TABLE bench.floor_outbox OWNER TO $BENCH_USER;
+SQL
+    cat >"$SQL_DIR/floor.sql" <<SQL
+WITH s AS (UPDATE bench.floor_sessions SET last_position = last_position + 1
+            WHERE id = (SELECT sid FROM bench.writers WHERE client_id = :client_id) RETURNING id, last_position),
+m AS (INSERT INTO bench.floor_messages (id, session_id, position, role, content, created_by, content_hash)
+      SELECT uuid_generate_v7(), s.id, s.last_position, 'user', '$body', '$user',
+             encode(sha256(convert_to('$body', 'UTF8')), 'hex') FROM s
+      RETURNING *),
+a AS (INSERT INTO bench.floor_audit (table_name, operation, row_id, new_row, acting_user, subject_user, db_role, txid)
+      SELECT 'memories', 'INSERT', m.id, to_jsonb(m) - 'search_tsv', m.created_by, m.created_by, current_user, txid_current() FROM m),
+q AS (INSERT INTO bench.floor_queue (memory_id, content_hash) SELECT m.id, m.content_hash FROM m)
+INSERT INTO bench.floor_outbox (channels, payloads)
+SELECT ARRAY['chat_updates_' || replace(m.session_id::text, '-', ''), 'memoriesdb_events', 'memoriesdb_embedding_queue'],
+       ARRAY[e.payload, e.payload, '']
+  FROM m, LATERAL (SELECT json_build_object('op', 'INSERT', 'table', 'memories', 'kind', 'message', 'id', m.id,
+                                            'session_id', m.session_id, 'position', m.position, 'role', m.role,
+                                            'created_at', m.created_at)::text AS payload) e;
+SQL
+    printf '\\set pos :pos + 1\nINSERT INTO bench.flat_write (session_id, position, role, content) VALUES ((SELECT sid FROM bench.writers WHERE client_id = :client_id), :pos, %s, %s);\n' \
+        "'user'" "'$body'" >"$SQL_DIR/floor_flat.sql"
+    printf 'round\tvariant\ttps\twal_bytes_per_txn\n' >"$RES/floor.tsv"
+    for r in $(seq 1 "$ROUNDS"); do
+        order="flat floor"; [ $((r % 2)) = 0 ] && order="floor flat"
+        for v in $order; do
+            local script=floor; [ "$v" = flat ] && script=floor_flat
+            tps=$(pgb "$RES/floor_${v}_$r.out" "$SQL_DIR/$script.sql" 8 2 "$SECS" -D pos=$((r * 100000000)))
+            printf '%s\t%s\t%s\t%s\n' "$r" "$v" "$tps" \
+                "$(sed -n 's/^wal bytes per transaction = \([0-9]*\)$/\1/p' "$RES/floor_${v}_$r.out")" | tee -a "$RES/floor.tsv"
+        done
+    done
+    # server time of the floor statement alone, as a fork's lower bound: a fork writes at least
+    # as much (a session memory with its audit, queue and outbox rows, and its session row)
+    local once
+    once=$(sed 's/:client_id/0/' "$SQL_DIR/floor.sql")
+    qa >>"$RES/floor.tsv" 2>&1 <<SQL
+CREATE TEMP TABLE floor_timing (us float8);
+DO \$do\$
+DECLARE t0 timestamptz;
+BEGIN
+    FOR i IN 1..300 LOOP
+        t0 := clock_timestamp();
+        $once
+        INSERT INTO floor_timing VALUES (1e6 * extract(epoch FROM clock_timestamp() - t0));
+        COMMIT;
+    END LOOP;
+END
+\$do\$;
+SELECT '# floor statement server time, median of 300 (each committed): '
+       || round(percentile_cont(0.5) WITHIN GROUP (ORDER BY us)::numeric) || ' us' FROM floor_timing;
+SQL
+    tail -1 "$RES/floor.tsv" >&2
+    python3 - "$RES/floor.tsv" <<'PY' | tee -a "$RES/floor.tsv"
+import csv, statistics, sys
+rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
+tps = {v: statistics.median(float(r["tps"]) for r in rows if r["variant"] == v) for v in ("floor", "flat")}
+print(f"# median tps: floor {tps['floor']:.0f}, bare INSERT {tps['flat']:.0f}: floor / bare = {tps['floor'] / tps['flat']:.2f}")
+PY
+}
+
+#----------------------------------------------------------------------------------------------
 section_wal() {
     # WAL written per message, by relation: N appends (one transaction each, after a warm-up
     # and a checkpoint), then pg_waldump over exactly that stretch of WAL
@@ -310,7 +397,7 @@ PY
 }
 
 #----------------------------------------------------------------------------------------------
-SECTIONS=${DIAG_SECTIONS:-cost read write wal statements}
+SECTIONS=${DIAG_SECTIONS:-cost read write floor wal statements}
 for section in $SECTIONS; do "section_$section"; done
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$RES/load.txt"
 cat "$RES/load.txt"
