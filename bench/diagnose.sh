@@ -293,13 +293,34 @@ SELECT ARRAY['chat_updates_' || replace(m.session_id::text, '-', ''), 'memoriesd
                                             'session_id', m.session_id, 'position', m.position, 'role', m.role,
                                             'created_at', m.created_at)::text AS payload) e;
 SQL
+    # the same without the outbox and with an audit row that records only the content hash (as
+    # if events came from elsewhere and inserts were audited by reference), and the message with
+    # its position alone (no audit, queue or event row at all)
+    cat >"$SQL_DIR/floor_lean.sql" <<SQL
+WITH s AS (UPDATE bench.floor_sessions SET last_position = last_position + 1
+            WHERE id = (SELECT sid FROM bench.writers WHERE client_id = :client_id) RETURNING id, last_position),
+m AS (INSERT INTO bench.floor_messages (id, session_id, position, role, content, created_by, content_hash)
+      SELECT uuid_generate_v7(), s.id, s.last_position, 'user', '$body', '$user',
+             encode(sha256(convert_to('$body', 'UTF8')), 'hex') FROM s
+      RETURNING *),
+a AS (INSERT INTO bench.floor_audit (table_name, operation, row_id, new_row, acting_user, subject_user, db_role, txid)
+      SELECT 'memories', 'INSERT', m.id, jsonb_build_object('content_hash', m.content_hash), m.created_by, m.created_by,
+             current_user, txid_current() FROM m)
+INSERT INTO bench.floor_queue (memory_id, content_hash) SELECT m.id, m.content_hash FROM m;
+SQL
+    cat >"$SQL_DIR/floor_message_only.sql" <<SQL
+WITH s AS (UPDATE bench.floor_sessions SET last_position = last_position + 1
+            WHERE id = (SELECT sid FROM bench.writers WHERE client_id = :client_id) RETURNING id, last_position)
+INSERT INTO bench.floor_messages (id, session_id, position, role, content, created_by, content_hash)
+SELECT uuid_generate_v7(), s.id, s.last_position, 'user', '$body', '$user', encode(sha256(convert_to('$body', 'UTF8')), 'hex') FROM s;
+SQL
     printf '\\set pos :pos + 1\nINSERT INTO bench.flat_write (session_id, position, role, content) VALUES ((SELECT sid FROM bench.writers WHERE client_id = :client_id), :pos, %s, %s);\n' \
         "'user'" "'$body'" >"$SQL_DIR/floor_flat.sql"
     printf 'round\tvariant\ttps\twal_bytes_per_txn\n' >"$RES/floor.tsv"
     for r in $(seq 1 "$ROUNDS"); do
-        order="flat floor"; [ $((r % 2)) = 0 ] && order="floor flat"
+        order="flat floor lean message_only"; [ $((r % 2)) = 0 ] && order="message_only lean floor flat"
         for v in $order; do
-            local script=floor; [ "$v" = flat ] && script=floor_flat
+            local script=floor_$v; [ "$v" = floor ] && script=floor
             tps=$(pgb "$RES/floor_${v}_$r.out" "$SQL_DIR/$script.sql" 8 2 "$SECS" -D pos=$((r * 100000000)))
             printf '%s\t%s\t%s\t%s\n' "$r" "$v" "$tps" \
                 "$(sed -n 's/^wal bytes per transaction = \([0-9]*\)$/\1/p' "$RES/floor_${v}_$r.out")" | tee -a "$RES/floor.tsv"
@@ -329,8 +350,9 @@ SQL
     python3 - "$RES/floor.tsv" <<'PY' | tee -a "$RES/floor.tsv"
 import csv, statistics, sys
 rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
-tps = {v: statistics.median(float(r["tps"]) for r in rows if r["variant"] == v) for v in ("floor", "flat")}
-print(f"# median tps: floor {tps['floor']:.0f}, bare INSERT {tps['flat']:.0f}: floor / bare = {tps['floor'] / tps['flat']:.2f}")
+tps = {v: statistics.median(float(r["tps"]) for r in rows if r["variant"] == v) for v in ("flat", "floor", "lean", "message_only")}
+for v in ("floor", "lean", "message_only"):
+    print(f"# median tps: {v} {tps[v]:.0f}, bare INSERT {tps['flat']:.0f}: {v} / bare = {tps[v] / tps['flat']:.2f}")
 PY
 }
 
