@@ -740,6 +740,21 @@ fn sharing_a_fork_shows_exactly_its_branch_until_revoked() {
     // can_write on the fork does not make the parent writable
     let parent_append = bob.query_one("SELECT add_message_to_session($1, 'user', 'bob tries the parent')", &[&w.session]);
     p.check(parent_append.is_err(), "bob appended to the parent of the fork shared with him");
+    // the parent is not listed for bob: every function that takes it as a session answers alike
+    for sql in [
+        "SELECT * FROM get_formatted_conversation($1)",
+        "SELECT * FROM search_memories('secret', session_id => $1)",
+        "SELECT * FROM vector_search('[1,0,0]', -1, 10, $1)",
+        "SELECT * FROM hybrid_search('secret', '[1,0,0]', session_id => $1)",
+    ] {
+        match bob.query(sql, &[&w.session]) {
+            Ok(rows) => p.check(false, format!("{sql} with the fork's parent: {} row(s), expected P0002", rows.len())),
+            Err(e) => p.check(
+                sqlstate(&e) == "P0002" && es(&e).contains("does not exist"),
+                format!("{sql} with the fork's parent: expected P0002 \"does not exist\", got {}", es(&e)),
+            ),
+        }
+    }
 
     // revoke: bob's very next statement sees none of alice's rows again
     let revoked: bool = alice.query_one("SELECT revoke_share($1, $2)", &[&w.fork, &w.bob]).unwrap().get(0);

@@ -28,6 +28,7 @@ REVOKE EXECUTE ON FUNCTION @extschema@.edge_path_exists(uuid, uuid) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION @extschema@.is_fresh_leaf(uuid) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION @extschema@.memory_visible_to(uuid, uuid, uuid, bigint, uuid) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION @extschema@.session_visible_to(uuid, uuid) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION @extschema@.session_listed_for(uuid, uuid) FROM PUBLIC;
 -- sealing is a maintenance job (its result counts every tenant's unsealed rows)
 REVOKE EXECUTE ON FUNCTION @extschema@.seal_audit_log(integer) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION @extschema@.seal_audit_log(integer) TO memoriesdb_auditor, memoriesdb_worker;

@@ -59,7 +59,7 @@ BEGIN
             USING ERRCODE = '22023';
     END IF;
     IF search_memories.session_id IS NOT NULL AND NOT worker
-       AND NOT @extschema@.session_visible_to(me, search_memories.session_id) THEN
+       AND NOT @extschema@.session_listed_for(me, search_memories.session_id) THEN
         RAISE EXCEPTION 'session % does not exist', search_memories.session_id
             USING ERRCODE = 'P0002', HINT = 'create one with create_session(title)';
     END IF;
@@ -213,7 +213,7 @@ BEGIN
             USING ERRCODE = '22023';
     END IF;
     IF vector_search.session_id IS NOT NULL AND NOT worker
-       AND NOT @extschema@.session_visible_to(me, vector_search.session_id) THEN
+       AND NOT @extschema@.session_listed_for(me, vector_search.session_id) THEN
         RAISE EXCEPTION 'session % does not exist', vector_search.session_id
             USING ERRCODE = 'P0002', HINT = 'create one with create_session(title)';
     END IF;

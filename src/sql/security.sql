@@ -37,6 +37,20 @@ BEGIN
 END
 $$;
 
+-- Is this session listed for user `me`: theirs, or shared with them directly? The rule of the
+-- memory_sessions_read policy (written there as subqueries, which PostgreSQL evaluates once per
+-- query; change them together), for SECURITY DEFINER code that takes a session id from its
+-- caller. An ancestor that a shared fork inherits messages from is not listed: for it such code
+-- answers "does not exist", as get_formatted_conversation() does.
+CREATE FUNCTION @extschema@.session_listed_for(me uuid, session uuid)
+RETURNS boolean LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN me IS NOT NULL AND (
+           EXISTS (SELECT 1 FROM @extschema@.memory_sessions s WHERE s.id = session AND s.owner_id = me)
+        OR EXISTS (SELECT 1 FROM @extschema@.memory_shares g WHERE g.memory_id = session AND g.grantee = me));
+END
+$$;
+
 -- May the acting user add messages to the session: own it, or hold a share with can_write?
 -- (next_session_position() applies the same rule in its UPDATE; change them together.)
 -- For the memories_insert policy. SECURITY DEFINER, so that the check is two index probes: as
@@ -268,6 +282,7 @@ CREATE POLICY memories_delete ON @extschema@.memories FOR DELETE
 -- A grantee sees the row of a session shared with them, not the rows of its ancestors: those
 -- would show how the owner's other branches went on after the fork point (last_position).
 -- session_lineage() walks up to the ancestors for them.
+-- (session_listed_for() is the same rule for SECURITY DEFINER code; change them together)
 CREATE POLICY memory_sessions_read ON @extschema@.memory_sessions FOR SELECT
     USING ((SELECT @extschema@.acting_role_is('memoriesdb_worker'))
            OR owner_id = (SELECT @extschema@.current_memory_user())
