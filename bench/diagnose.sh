@@ -259,7 +259,7 @@ section_floor() {
     # relay drains this outbox, which flatters the floor). Against the bare INSERT of run.sh, in
     # alternating order.
     log "floor: the leanest possible append vs a bare INSERT, 8 clients, $ROUNDS x ${SECS}s each"
-    local body user r v tps order
+    local body user message r v tps order
     body=$(q -c "SELECT bench.body(42)")
     user=$(q -c "SELECT id FROM users WHERE db_role = 'bench_app'")
     q >/dev/null <<SQL
@@ -276,13 +276,18 @@ ALTER TABLE bench.floor_audit OWNER TO $BENCH_USER;
 ALTER TABLE bench.floor_queue OWNER TO $BENCH_USER;
 ALTER TABLE bench.floor_outbox OWNER TO $BENCH_USER;
 SQL
-    cat >"$SQL_DIR/floor.sql" <<SQL
+    # what every variant does: take the session's next position and write the message
+    message="$(cat <<SQL
 WITH s AS (UPDATE bench.floor_sessions SET last_position = last_position + 1
             WHERE id = (SELECT sid FROM bench.writers WHERE client_id = :client_id) RETURNING id, last_position),
 m AS (INSERT INTO bench.floor_messages (id, session_id, position, role, content, created_by, content_hash)
       SELECT uuid_generate_v7(), s.id, s.last_position, 'user', '$body', '$user',
              encode(sha256(convert_to('$body', 'UTF8')), 'hex') FROM s
       RETURNING *),
+SQL
+)"
+    cat >"$SQL_DIR/floor.sql" <<SQL
+$message
 a AS (INSERT INTO bench.floor_audit (table_name, operation, row_id, new_row, acting_user, subject_user, db_role, txid)
       SELECT 'memories', 'INSERT', m.id, to_jsonb(m) - 'search_tsv', m.created_by, m.created_by, current_user, txid_current() FROM m),
 q AS (INSERT INTO bench.floor_queue (memory_id, content_hash) SELECT m.id, m.content_hash FROM m)
@@ -297,22 +302,15 @@ SQL
     # if events came from elsewhere and inserts were audited by reference), and the message with
     # its position alone (no audit, queue or event row at all)
     cat >"$SQL_DIR/floor_lean.sql" <<SQL
-WITH s AS (UPDATE bench.floor_sessions SET last_position = last_position + 1
-            WHERE id = (SELECT sid FROM bench.writers WHERE client_id = :client_id) RETURNING id, last_position),
-m AS (INSERT INTO bench.floor_messages (id, session_id, position, role, content, created_by, content_hash)
-      SELECT uuid_generate_v7(), s.id, s.last_position, 'user', '$body', '$user',
-             encode(sha256(convert_to('$body', 'UTF8')), 'hex') FROM s
-      RETURNING *),
+$message
 a AS (INSERT INTO bench.floor_audit (table_name, operation, row_id, new_row, acting_user, subject_user, db_role, txid)
       SELECT 'memories', 'INSERT', m.id, jsonb_build_object('content_hash', m.content_hash), m.created_by, m.created_by,
              current_user, txid_current() FROM m)
 INSERT INTO bench.floor_queue (memory_id, content_hash) SELECT m.id, m.content_hash FROM m;
 SQL
     cat >"$SQL_DIR/floor_message_only.sql" <<SQL
-WITH s AS (UPDATE bench.floor_sessions SET last_position = last_position + 1
-            WHERE id = (SELECT sid FROM bench.writers WHERE client_id = :client_id) RETURNING id, last_position)
-INSERT INTO bench.floor_messages (id, session_id, position, role, content, created_by, content_hash)
-SELECT uuid_generate_v7(), s.id, s.last_position, 'user', '$body', '$user', encode(sha256(convert_to('$body', 'UTF8')), 'hex') FROM s;
+${message%,}
+SELECT count(*) FROM m;
 SQL
     printf '\\set pos :pos + 1\nINSERT INTO bench.flat_write (session_id, position, role, content) VALUES ((SELECT sid FROM bench.writers WHERE client_id = :client_id), :pos, %s, %s);\n' \
         "'user'" "'$body'" >"$SQL_DIR/floor_flat.sql"

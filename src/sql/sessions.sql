@@ -187,7 +187,8 @@ BEGIN
             RAISE EXCEPTION 'messages[%] has an unknown key "%"', n, extra
                 USING ERRCODE = '22023', HINT = 'a message has role, content and (optionally) metadata';
         END IF;
-        IF pg_catalog.jsonb_typeof(message -> 'role') IS DISTINCT FROM 'string' AND message -> 'role' <> 'null' THEN
+        -- (a missing or JSON null role is reported by check_message_role() as NULL)
+        IF pg_catalog.jsonb_typeof(message -> 'role') NOT IN ('string', 'null') THEN
             RAISE EXCEPTION 'messages[%].role must be a non-empty string, got %', n, message -> 'role'
                 USING ERRCODE = '22023';
         END IF;
