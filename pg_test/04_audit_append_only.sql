@@ -2,7 +2,7 @@
 -- API by ordinary (non-superuser) roles with that role's name.
 --
 -- Two layers keep audit_log append-only:
---   1. privileges: PUBLIC gets SELECT only; rows are written solely by the SECURITY DEFINER trigger
+--   1. privileges: memoriesdb_user gets SELECT only; rows are written solely by the SECURITY DEFINER trigger
 --      function log_memory_change(), so nobody needs (or gets) INSERT, UPDATE, DELETE or TRUNCATE;
 --   2. the audit_log_append_only triggers, which refuse UPDATE, DELETE and TRUNCATE even to a role
 --      that was granted those privileges (or owns the table).
@@ -16,6 +16,7 @@ SELECT plan(38);
 
 CREATE ROLE memoriesdb_pgtap_writer NOLOGIN NOSUPERUSER;
 CREATE ROLE memoriesdb_pgtap_auditor NOLOGIN NOSUPERUSER;
+GRANT memoriesdb_user TO memoriesdb_pgtap_writer, memoriesdb_pgtap_auditor;
 -- the auditor holds the privileges the trigger layer must still refuse, and reads every audit
 -- row (memoriesdb_auditor), so row-level security does not hide the rows it aims at
 GRANT UPDATE, DELETE, TRUNCATE ON audit_log TO memoriesdb_pgtap_auditor;
@@ -93,7 +94,7 @@ SELECT is((SELECT status FROM embedding_schedule WHERE memory_id = :'wm'), 'pend
 SET ROLE memoriesdb_pgtap_writer;
 
 UPDATE memories SET content = 'plain x, edited' WHERE id = :'x';
-DELETE FROM memory_edges WHERE source_id = :'y' AND target_id = :'z';
+SELECT remove_edge(:'y', :'z', 'relates_to');
 SELECT results_eq(
     format($$SELECT table_name, operation, db_role = 'memoriesdb_pgtap_writer', old_row IS NOT NULL, new_row IS NOT NULL
                FROM audit_log WHERE id > %s AND operation <> 'INSERT' ORDER BY id$$, :mark),

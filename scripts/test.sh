@@ -31,7 +31,8 @@ cluster_start "$CLUSTER" "$PORT"
 log "tier 2: pg_test/ (pgTAP)"
 cluster_psql "$CLUSTER" "$PORT" -d postgres -c "CREATE DATABASE memoriesdb_pgtap"
 cluster_psql "$CLUSTER" "$PORT" -d memoriesdb_pgtap \
-    -c "CREATE EXTENSION memoriesdb CASCADE" -c "CREATE EXTENSION pgtap"
+    -c "CREATE EXTENSION memoriesdb CASCADE" -c "CREATE EXTENSION pgtap" \
+    -c "ALTER DATABASE memoriesdb_pgtap SET search_path = \"\$user\", public, memoriesdb"
 runuser -u postgres -- pg_prove -h localhost -p "$PORT" -U postgres -d memoriesdb_pgtap --failures pg_test/*.sql
 
 log "tier 3: tests/ (integration, as non-superuser roles)"

@@ -10,26 +10,21 @@
 //! forked_from its parent; see the memory_graph_edges view) count as graph edges here: they are
 //! never written to memory_edges, so conversation writes never take this check at all.
 //!
-//! Fast path, with no serialisation: when `source` was created by this very transaction and has
-//! no incoming edge, no path can lead into it — other transactions cannot see the row, so they
-//! cannot point at it — and the new edge cannot be part of a cycle.
+//! Every edge write that changes an endpoint takes the serialised check. (An earlier fast path
+//! skipped it for a source "created by this transaction", judged by the row's xmin; but an
+//! UPDATE sets xmin too, and a deleted-and-reinserted id is still visible to others, so two
+//! transactions could each take the fast path and together commit a cycle.)
 
+use crate::catalog::SCHEMA;
 use crate::errors::{raise, TriggerError};
 use pgrx::prelude::*;
-
-/// Does `source` need the serialised check? False only for a memory created by the current
-/// transaction that nothing points at yet (`is_fresh_leaf()` in SQL, which keeps its plan cached).
-fn needs_serialised_check(schema: &str, source: pgrx::Uuid) -> bool {
-    let fresh_leaf = Spi::get_one_with_args::<bool>(&format!("SELECT {schema}.is_fresh_leaf($1)"), &[source.into()]);
-    !matches!(fresh_leaf, Ok(Some(true)))
-}
 
 /// Is `to` reachable from `from` along edges? Asks `edge_path_exists()` (SQL, SECURITY DEFINER so
 /// that edges the caller cannot see still count), through writable SPI so that it reads with a
 /// snapshot taken now, after the lock.
-fn reachable(schema: &str, from: pgrx::Uuid, to: pgrx::Uuid) -> bool {
+fn reachable(from: pgrx::Uuid, to: pgrx::Uuid) -> bool {
     Spi::get_one_with_args::<bool>(
-        &format!("SELECT {schema}.edge_path_exists($1, $2)"),
+        &format!("SELECT {SCHEMA}.edge_path_exists($1::pg_catalog.uuid, $2::pg_catalog.uuid)"),
         &[from.into(), to.into()],
     )
     .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("cycle check failed: {e}"), None))
@@ -63,20 +58,16 @@ fn prevent_cycles<'a>(
             return Ok(Some(row));
         }
     }
-    // The extension's tables share the schema of the table this trigger is on.
-    let schema = spi::quote_identifier(trigger.table_schema()?);
-    if needs_serialised_check(&schema, source) {
-        // Waits for any concurrent edge writer; under REPEATABLE READ or SERIALIZABLE a
-        // concurrent committed writer makes this fail with 40001, and the client retries.
-        Spi::run(&format!("UPDATE {schema}.memory_graph_clock SET version = version + 1"))
-            .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("graph lock failed: {e}"), None));
-        if reachable(&schema, target, source) {
-            raise(
-                PgSqlErrorCode::ERRCODE_CHECK_VIOLATION,
-                format!("edge {source} -[{relation}]-> {target} would close a cycle"),
-                Some("the memory graph is acyclic: the target already reaches the source"),
-            );
-        }
+    // Waits for any concurrent edge writer; under REPEATABLE READ or SERIALIZABLE a concurrent
+    // committed writer makes this fail with 40001, and the client retries.
+    Spi::run(&format!("UPDATE {SCHEMA}.memory_graph_clock SET version = version OPERATOR(pg_catalog.+) 1"))
+        .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("graph lock failed: {e}"), None));
+    if reachable(target, source) {
+        raise(
+            PgSqlErrorCode::ERRCODE_CHECK_VIOLATION,
+            format!("edge {source} -[{relation}]-> {target} would close a cycle"),
+            Some("the memory graph is acyclic: the target already reaches the source"),
+        );
     }
     Ok(Some(row))
 }

@@ -19,7 +19,7 @@
 //! predicates the SQL side asks on every search (`acting_role_is`, `acting_role_bypasses_rls`)
 //! live here too: as SQL over `pg_roles` they cost a catalog scan per call.
 
-use crate::catalog::extension_schema;
+use crate::catalog::SCHEMA;
 use crate::errors::{raise, TriggerError};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -43,7 +43,7 @@ thread_local! {
     static CACHED: RefCell<Option<Resolution>> = const { RefCell::new(None) };
     /// Bumped by anything that may change who is acting (see the module comment).
     static IDENTITY_GENERATION: Cell<u64> = const { Cell::new(0) };
-    static MAPPED_USER_PLAN: RefCell<Option<(String, pgrx::spi::OwnedPreparedStatement)>> = const { RefCell::new(None) };
+    static MAPPED_USER_PLAN: RefCell<Option<pgrx::spi::OwnedPreparedStatement>> = const { RefCell::new(None) };
     static CALLBACKS_REGISTERED: Cell<bool> = const { Cell::new(false) };
 }
 
@@ -118,21 +118,20 @@ fn resolve(asserted: Option<&[u8]>, acting_role: pg_sys::Oid) -> Option<pgrx::Uu
 }
 
 /// The user mapped to a role, through a plan prepared once per backend (planning the query
-/// cost more than running it). The plan is re-prepared when the extension's schema changes;
-/// PostgreSQL re-plans it by itself when `users` changes shape.
+/// cost more than running it). PostgreSQL re-plans it by itself when `users` changes, or is
+/// dropped and created again with the extension: the statement names it by schema.
 fn mapped_user(role_name: &str) -> Option<pgrx::Uuid> {
-    let schema = extension_schema();
     // Taken out while it runs, so that a nested call (none is expected) would prepare its own
     // instead of finding the cell borrowed.
-    let kept = MAPPED_USER_PLAN.with(|plan| plan.borrow_mut().take()).filter(|(for_schema, _)| *for_schema == schema);
+    let kept = MAPPED_USER_PLAN.with(|plan| plan.borrow_mut().take());
     let result = Spi::connect(|client| {
         let plan = match kept {
-            Some((_, plan)) => plan,
-            // qualified throughout: this runs under the caller's search_path
+            Some(plan) => plan,
+            // qualified throughout, operators included: this runs under the caller's search_path
             None => client
                 .prepare(
                     &*format!(
-                        "SELECT u.id FROM {schema}.users u WHERE u.db_role OPERATOR(pg_catalog.=) $1::pg_catalog.name"
+                        "SELECT u.id FROM {SCHEMA}.users u WHERE u.db_role OPERATOR(pg_catalog.=) $1::pg_catalog.name"
                     ),
                     &[PgOid::BuiltIn(PgBuiltInOids::TEXTOID)],
                 )?
@@ -142,7 +141,7 @@ fn mapped_user(role_name: &str) -> Option<pgrx::Uuid> {
             Err(pgrx::spi::SpiError::InvalidPosition) => Ok(None), // no row: the role is mapped to nobody
             other => other,
         };
-        MAPPED_USER_PLAN.with(|cell| *cell.borrow_mut() = Some((schema.clone(), plan)));
+        MAPPED_USER_PLAN.with(|cell| *cell.borrow_mut() = Some(plan));
         user
     });
     result.unwrap_or_else(|e| {

@@ -19,6 +19,17 @@ mod identity;
 mod ids;
 mod traversal;
 
+/// Runs when a backend (or the event relay) loads the library.
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    // A client must never see a Rust backtrace. pgrx attaches one to the DETAIL of errors that
+    // pass through Rust whenever backtraces are enabled, which RUST_BACKTRACE=1 in the
+    // environment of whoever started the postmaster does; RUST_LIB_BACKTRACE=0 turns them off
+    // for this process (read once, at the first capture, which has not happened yet).
+    // SAFETY: a backend is single-threaded; nothing reads the environment concurrently.
+    unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "0") };
+}
+
 extension_sql_file!("sql/schema.sql", name = "schema", requires = [ids::uuid_generate_v7]);
 extension_sql_file!(
     "sql/identity.sql",
@@ -42,7 +53,7 @@ extension_sql_file!("sql/search.sql", name = "search", requires = ["sessions"]);
 extension_sql_file!("sql/embeddings.sql", name = "embeddings", requires = ["search"]);
 extension_sql_file!("sql/graph_api.sql", name = "graph_api", requires = ["sessions", traversal::traverse_memory_graph]);
 extension_sql_file!("sql/security.sql", name = "security", requires = ["integrity", "embeddings", "graph_api", hashing::content_sha256]);
-extension_sql_file!("sql/grants.sql", name = "grants", requires = ["security"], finalize);
+extension_sql_file!("sql/finalize.sql", name = "finalize", requires = ["security"], finalize);
 
 #[cfg(any(test, feature = "pg_test"))]
 mod pg_tests;
@@ -54,6 +65,7 @@ pub mod pg_test {
 
     #[must_use]
     pub fn postgresql_conf_options() -> Vec<&'static str> {
-        vec![]
+        // the extension's schema on the path, as the README has administrators set it per database
+        vec!["search_path = '\"$user\", public, memoriesdb'"]
     }
 }

@@ -3,7 +3,7 @@
 //! the walk terminates on any graph and its cost is linear in the edges it touches — never the
 //! exponential path expansion of a naive recursive query. One SPI query per depth level.
 
-use crate::catalog::extension_schema;
+use crate::catalog::SCHEMA;
 use crate::errors::raise;
 use pgrx::prelude::*;
 use std::collections::HashMap;
@@ -19,14 +19,17 @@ struct Discovery {
 /// The SQL that lists, for a frontier ($1) and relation filter ($2), each edge as
 /// (from, to, relation, edge id), where `from` is in the frontier. Implied edges (a message's
 /// belongs_to, a fork's forked_from) have no edge id.
-fn neighbour_query(schema: &str, direction: &str) -> String {
+/// Qualified throughout, operators included: it runs under the caller's search_path.
+fn neighbour_query(direction: &str) -> String {
     let outgoing = format!(
-        "SELECT e.source_id, e.target_id, e.relation, e.edge_id FROM {schema}.memory_graph_edges e
-          WHERE e.source_id = ANY($1) AND ($2::text[] IS NULL OR e.relation = ANY($2))"
+        "SELECT e.source_id, e.target_id, e.relation, e.edge_id FROM {SCHEMA}.memory_graph_edges e
+          WHERE e.source_id OPERATOR(pg_catalog.=) ANY($1::pg_catalog.uuid[])
+            AND ($2::pg_catalog.text[] IS NULL OR e.relation OPERATOR(pg_catalog.=) ANY($2::pg_catalog.text[]))"
     );
     let incoming = format!(
-        "SELECT e.target_id, e.source_id, e.relation, e.edge_id FROM {schema}.memory_graph_edges e
-          WHERE e.target_id = ANY($1) AND ($2::text[] IS NULL OR e.relation = ANY($2))"
+        "SELECT e.target_id, e.source_id, e.relation, e.edge_id FROM {SCHEMA}.memory_graph_edges e
+          WHERE e.target_id OPERATOR(pg_catalog.=) ANY($1::pg_catalog.uuid[])
+            AND ($2::pg_catalog.text[] IS NULL OR e.relation OPERATOR(pg_catalog.=) ANY($2::pg_catalog.text[]))"
     );
     // a stable order makes the chosen first discovery (and so each path) deterministic
     match direction {
@@ -93,10 +96,8 @@ fn traverse_memory_graph(
             })
             .collect()
     });
-    let schema = extension_schema();
-
     let exists = Spi::get_one_with_args::<bool>(
-        &format!("SELECT EXISTS (SELECT 1 FROM {schema}.memories WHERE id = $1)"),
+        &format!("SELECT EXISTS (SELECT 1 FROM {SCHEMA}.memories m WHERE m.id OPERATOR(pg_catalog.=) $1::pg_catalog.uuid)"),
         &[start.into()],
     )
     .ok()
@@ -106,7 +107,7 @@ fn traverse_memory_graph(
         raise(PgSqlErrorCode::ERRCODE_NO_DATA_FOUND, format!("memory {start} does not exist"), None);
     }
 
-    let query = neighbour_query(&schema, &direction);
+    let query = neighbour_query(&direction);
     let mut discovered: HashMap<pgrx::Uuid, Discovery> = HashMap::new();
     let mut order: Vec<pgrx::Uuid> = vec![start];
     discovered.insert(start, Discovery { parent: None, depth: 0, relation: None, edge_id: None });

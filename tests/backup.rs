@@ -5,7 +5,8 @@
 //!   pg_restore --section=pre-data                    -d new dump
 //!   pg_restore --section=data --disable-triggers     -d new dump   (as the superuser postgres)
 //!   pg_restore --section=post-data                   -d new dump
-//!   psql -d new -c "SELECT restore_vector_indexes()"   (pg_dump skips indexes on extension tables)
+//!   psql -d new -c "SELECT memoriesdb.restore_vector_indexes()"   (pg_dump skips indexes on extension tables)
+//!   psql -d new -c "ALTER DATABASE new SET search_path = ..."      (pg_dump keeps no database settings)
 //!
 //! must be an identical copy that verifies and keeps working.
 
@@ -124,7 +125,9 @@ fn dump_and_restore(db: &TestDb) -> Restored<'_> {
             "-d",
             &restored.name,
             "-c",
-            "SELECT restore_vector_indexes()",
+            "SELECT memoriesdb.restore_vector_indexes()",
+            "-c",
+            &format!("ALTER DATABASE {} SET search_path = \"$user\", public, memoriesdb", restored.name),
         ],
         None,
     );
@@ -376,17 +379,17 @@ fn a_restored_database_has_the_same_indexes_triggers_and_policies() {
     populate(&db);
     let describe = |c: &mut Client| -> Vec<String> {
         c.query(
-            "SELECT 'index ' || indexdef FROM pg_indexes WHERE schemaname = 'public' AND tablename IN
+            "SELECT 'index ' || indexdef FROM pg_indexes WHERE schemaname = 'memoriesdb' AND tablename IN
                     ('memories', 'memory_sessions', 'memory_edges', 'audit_log', 'users', 'memory_shares',
                      'memory_share_segments', 'embedding_schedule', 'vindexing_schedule')
              UNION ALL
              SELECT 'trigger ' || tgrelid::regclass || ' ' || tgname || ' ' || tgenabled::text FROM pg_trigger WHERE NOT tgisinternal
              UNION ALL
              SELECT 'policy ' || tablename || ' ' || policyname || ' ' || cmd || ' ' || coalesce(qual, '') || ' ' || coalesce(with_check, '')
-               FROM pg_policies WHERE schemaname = 'public'
+               FROM pg_policies WHERE schemaname = 'memoriesdb'
              UNION ALL
              SELECT 'rls ' || relname || ' ' || relrowsecurity::text || ' ' || relforcerowsecurity::text FROM pg_class
-              WHERE relnamespace = 'public'::regnamespace AND relkind = 'r'
+              WHERE relnamespace = 'memoriesdb'::regnamespace AND relkind = 'r'
              ORDER BY 1",
             &[],
         )

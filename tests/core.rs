@@ -131,10 +131,11 @@ fn a_bulk_insert_sends_one_summary_per_session_not_one_event_per_row() {
     let mut listener = db.connect();
     let session = create_session(&mut writer, "bulk");
     listener.batch_execute(&format!("LISTEN {}", chat_channel(&session))).unwrap();
+    // (messages are written through the API: a direct INSERT could jam the session's positions)
     writer
         .execute(
-            "INSERT INTO memories (kind, content, session_id, position, role)
-             SELECT 'message', 'row ' || g, $1, g, 'user' FROM generate_series(1, 500) g",
+            "SELECT add_messages_to_session($1, (SELECT jsonb_agg(jsonb_build_object('role', 'user', 'content', 'row ' || g))
+                                                   FROM generate_series(1, 500) g))",
             &[&session],
         )
         .unwrap();

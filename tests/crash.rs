@@ -224,8 +224,13 @@ fn acknowledged_writes_survive_a_sigkill_of_the_whole_cluster() {
             .batch_execute(&format!("DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN NOSUPERUSER"))
             .unwrap();
         let mut admin = cluster.connect("postgres", db);
-        admin.batch_execute("CREATE EXTENSION memoriesdb CASCADE").unwrap();
-        admin.query_one("SELECT create_user('crash writer', $1::name)", &[&role]).unwrap();
+        admin
+            .batch_execute(&format!(
+                "CREATE EXTENSION memoriesdb CASCADE; ALTER DATABASE {db} SET search_path = \"$user\", public, memoriesdb;
+                 GRANT memoriesdb_user TO {role}"
+            ))
+            .unwrap();
+        admin.query_one("SELECT memoriesdb.create_user('crash writer', $1::name)", &[&role]).unwrap();
     }
     let mut setup = cluster.connect(role, db);
     let sessions: Vec<Uuid> = (0..2)

@@ -43,12 +43,23 @@ impl TestDb {
             .unwrap();
         let mut db = TestDb { admin_url, name, role, user: uuid::Uuid::nil() };
         let mut admin = db.admin();
-        admin.batch_execute("CREATE EXTENSION memoriesdb CASCADE").unwrap();
+        admin.batch_execute(&db.install_sql()).unwrap();
+        admin.batch_execute(&format!("GRANT memoriesdb_user TO {}", db.role)).unwrap();
         db.user = admin
-            .query_one("SELECT create_user('test user', $1::name)", &[&db.role])
+            .query_one("SELECT memoriesdb.create_user('test user', $1::name)", &[&db.role])
             .unwrap()
             .get(0);
         db
+    }
+
+    /// What an administrator runs to set MemoriesDB up in a database (README, "Quick start"):
+    /// the extension, and its schema on the database's search_path so that unqualified calls
+    /// (`SELECT create_session(...)`) resolve. Connections opened afterwards see the path.
+    pub fn install_sql(&self) -> String {
+        format!(
+            "CREATE EXTENSION memoriesdb CASCADE; ALTER DATABASE {} SET search_path = \"$user\", public, memoriesdb",
+            self.name
+        )
     }
 
     fn url_for(&self, user: &str) -> String {
@@ -76,10 +87,12 @@ impl TestDb {
         let role = format!("{}_{tag}", self.role);
         let mut admin = self.admin();
         admin
-            .batch_execute(&format!("DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN NOSUPERUSER"))
+            .batch_execute(&format!(
+                "DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN NOSUPERUSER; GRANT memoriesdb_user TO {role}"
+            ))
             .unwrap();
         let user = admin
-            .query_one("SELECT create_user($1, $2::name)", &[&tag, &role])
+            .query_one("SELECT memoriesdb.create_user($1, $2::name)", &[&tag, &role])
             .unwrap()
             .get(0);
         (role, user)
@@ -94,9 +107,17 @@ impl TestDb {
         Client::connect(&self.url_for(role), NoTls).expect("connect as extra role")
     }
 
-    /// Another ordinary login role in this cluster (dropped with the test database) that is mapped
-    /// to no user.
+    /// Another ordinary login role in this cluster (dropped with the test database) that may use
+    /// MemoriesDB (member of memoriesdb_user) but is mapped to no user.
     pub fn unmapped_role(&self, tag: &str) -> String {
+        let role = self.outsider_role(tag);
+        self.admin().batch_execute(&format!("GRANT memoriesdb_user TO {role}")).unwrap();
+        role
+    }
+
+    /// Another ordinary login role in this cluster (dropped with the test database) that was
+    /// granted nothing: not memoriesdb_user, not mapped to a user.
+    pub fn outsider_role(&self, tag: &str) -> String {
         let role = format!("{}_{tag}", self.role);
         self.admin()
             .batch_execute(&format!("DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN NOSUPERUSER"))

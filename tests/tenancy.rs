@@ -259,10 +259,11 @@ fn bob_reads_none_of_alices_rows_through_any_table_view_or_function() {
         }
     }
     // the worker API gives bob nothing to work on
+    // (nothing at all: it is a worker's function)
     let claimed = bob.query("SELECT * FROM claim_embedding_batch(100)", &[]);
     p.check(
-        matches!(&claimed, Ok(rows) if rows.is_empty()),
-        format!("claim_embedding_batch as bob: {claimed:?}"),
+        claimed.as_ref().err().map(sqlstate).as_deref() == Some("42501"),
+        format!("claim_embedding_batch as bob: {:?}", claimed.map(|rows| rows.len()).map_err(|e| es(&e))),
     );
 
     // Functions given one of alice's ids must fail exactly as they fail for an id that does not
@@ -307,9 +308,11 @@ fn bob_reads_none_of_alices_rows_through_any_table_view_or_function() {
         let fake = run(&mut bob, missing);
         match (real, fake) {
             (Err(r), Err(f)) => {
+                // the workers' functions refuse bob before they look at any id
+                let expected = if sql.contains("_embedding(") { "42501" } else { "P0002" };
                 p.check(
-                    sqlstate(&r) == "P0002",
-                    format!("{sql} with alice's id: expected P0002, got {}", es(&r)),
+                    sqlstate(&r) == expected,
+                    format!("{sql} with alice's id: expected {expected}, got {}", es(&r)),
                 );
                 p.check(
                     error_shape(&r, &[alices]) == error_shape(&f, &[missing]),
@@ -414,10 +417,11 @@ fn bob_changes_none_of_alices_rows_by_update_or_delete() {
         .unwrap()
         .get(0);
     p.check(!revoked, "revoke_share of alice's share with carol returned true");
-    let revived: i64 = bob.query_one("SELECT retry_dead_embeddings()", &[]).unwrap().get(0);
+    // a worker's function: bob may not even call it
+    let revived = bob.query_one("SELECT retry_dead_embeddings()", &[]);
     p.check(
-        revived == 0,
-        format!("retry_dead_embeddings() as bob revived {revived} of alice's items"),
+        revived.as_ref().err().map(sqlstate).as_deref() == Some("42501"),
+        format!("retry_dead_embeddings() as bob: {:?}", revived.map(|r| r.get::<_, i64>(0)).map_err(|e| es(&e))),
     );
     let after = snapshot(&mut admin);
     for t in TENANT_TABLES {

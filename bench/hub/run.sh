@@ -33,13 +33,17 @@ trap 'stop_hub; cp "$CLUSTER/server.log" "$OUT/postgres.log" 2>/dev/null; cluste
 cluster_start "$CLUSTER" "$PORT"
 cluster_psql "$CLUSTER" "$PORT" -d postgres -c "CREATE DATABASE hubbench"
 cluster_psql "$CLUSTER" "$PORT" -d hubbench -c "CREATE EXTENSION memoriesdb CASCADE" >/dev/null
+# the hub runs as an ordinary role (it refuses a superuser); the bench client sends NOTIFYs as postgres
+cluster_psql "$CLUSTER" "$PORT" -d hubbench -c "CREATE ROLE hubbench_hub LOGIN" \
+    -c "GRANT memoriesdb_user TO hubbench_hub" -c "SELECT memoriesdb.create_user('bench', 'hubbench_hub')" >/dev/null
 DB="host=localhost port=$PORT user=postgres dbname=hubbench"
+HUB_DB="host=localhost port=$PORT user=hubbench_hub dbname=hubbench"
 
 # 1,000-5,000 clients each need a descriptor in the hub and one in the bench client
 ulimit -n "$(ulimit -Hn)"
 HUB_PORT=$(free_port 55900)
 start_hub() {
-    target/release/memoriesdb-hub --port "$HUB_PORT" --database-url "$DB" --max-connections 20000 \
+    target/release/memoriesdb-hub --port "$HUB_PORT" --database-url "$HUB_DB" --max-connections 20000 \
         --log warn 2>>"$OUT/hub.log" &
     HUB_PID=$!
     for _ in $(seq 100); do curl -sf "http://127.0.0.1:$HUB_PORT/readyz" >/dev/null && return; sleep 0.1; done

@@ -10,6 +10,14 @@ use std::sync::Arc;
 
 pub const MAX_CHANNEL_LEN: usize = 63;
 
+/// Channels on which only the database publishes: the extension's own (`memoriesdb_*`, e.g.
+/// `memoriesdb_events`) and the per-session chat events (`chat_updates_*`). Clients may subscribe
+/// to them (within their token's rights) but never publish there: a forged chat event would make
+/// every client of the session resync or announce a message that was never written, and the
+/// extension's internal channels are not the hub's to write on. Compared case-insensitively, so
+/// that no spelling of them gets through.
+pub const RESERVED_PREFIXES: [&str; 2] = ["memoriesdb_", "chat_updates_"];
+
 /// A validated channel name. Cheap to clone (shared string).
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ChannelName(Arc<str>);
@@ -39,6 +47,13 @@ impl ChannelName {
     /// excludes quotes, but quoting is done properly anyway (defence in depth).
     pub fn quoted_identifier(&self) -> String {
         quote_identifier(&self.0)
+    }
+
+    /// True for channels only the database may publish on (see [`RESERVED_PREFIXES`]).
+    pub fn is_reserved(&self) -> bool {
+        RESERVED_PREFIXES.iter().any(|prefix| {
+            self.0.len() >= prefix.len() && self.0.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+        })
     }
 
     /// The per-session chat channel the extension NOTIFYs on: chat_updates_<uuid without dashes>.
@@ -136,6 +151,18 @@ mod tests {
     fn session_channel() {
         let id: uuid::Uuid = "0190abcd-0000-7000-8000-000000000001".parse().unwrap();
         assert_eq!(ChannelName::for_session(&id).as_str(), "chat_updates_0190abcd000070008000000000000001");
+    }
+
+    #[test]
+    fn reserved_channels() {
+        for name in ["memoriesdb_events", "memoriesdb_", "MemoriesDB_Events", "chat_updates_0190abcd", "CHAT_UPDATES_x"] {
+            assert!(ChannelName::parse(name).unwrap().is_reserved(), "{name}");
+        }
+        for name in ["updates", "memoriesdb", "chat_updates", "my_memoriesdb_events", "chat-updates_x", "m"] {
+            assert!(!ChannelName::parse(name).unwrap().is_reserved(), "{name}");
+        }
+        let id: uuid::Uuid = "0190abcd-0000-7000-8000-000000000001".parse().unwrap();
+        assert!(ChannelName::for_session(&id).is_reserved());
     }
 
     #[test]

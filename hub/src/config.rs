@@ -24,8 +24,8 @@ pub struct Config {
     )]
     pub database_url: String,
 
-    /// HS256 secret for JWT authentication. Authentication is off when neither this nor
-    /// --jwt-secret-file is given.
+    /// HS256 secret for JWT authentication, at least 32 bytes. Authentication is off when neither
+    /// this nor --jwt-secret-file is given.
     #[arg(long, env = "MEMORIESDB_HUB_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
 
@@ -36,6 +36,18 @@ pub struct Config {
     /// Listen on a non-loopback address without authentication (not for production).
     #[arg(long, env = "MEMORIESDB_HUB_ALLOW_ANONYMOUS")]
     pub allow_anonymous: bool,
+
+    /// Without authentication, let the hub's database role be a superuser or have BYPASSRLS, so
+    /// that every client reaches every tenant's data (a local demo only). Refused with
+    /// --jwt-secret: an authenticated hub never runs as such a role.
+    #[arg(long, env = "MEMORIESDB_HUB_ALLOW_ANONYMOUS_SUPERUSER")]
+    pub allow_anonymous_superuser: bool,
+
+    /// Comma-separated Host names (name or name:port) the hub answers besides loopback ones
+    /// (localhost, 127.0.0.0/8, [::1]); "*" = any. Enforced without authentication (defence
+    /// against DNS rebinding), and with authentication when given.
+    #[arg(long, env = "MEMORIESDB_HUB_ALLOWED_HOSTS", value_delimiter = ',', default_value = "")]
+    pub allowed_hosts: Vec<String>,
 
     /// Comma-separated Origin values browsers may connect from ("*" = any). Empty: only pages
     /// served by the hub itself (Origin host = Host header) and clients that send no Origin.
@@ -116,17 +128,21 @@ impl Config {
         SocketAddr::new(self.host, self.port)
     }
 
-    /// The JWT secret from --jwt-secret or --jwt-secret-file, if any.
+    /// The JWT secret from --jwt-secret or --jwt-secret-file, if any. A secret that is given but
+    /// empty, blank or shorter than [`MIN_JWT_SECRET_BYTES`] is an error, never "no
+    /// authentication" and never "authentication with a guessable key".
     pub fn jwt_secret_bytes(&self) -> Result<Option<Vec<u8>>, String> {
-        if let Some(secret) = &self.jwt_secret {
-            return Ok(Some(secret.as_bytes().to_vec()));
-        }
-        if let Some(path) = &self.jwt_secret_file {
+        let (secret, source) = if let Some(secret) = &self.jwt_secret {
+            (secret.as_bytes().to_vec(), "--jwt-secret (MEMORIESDB_HUB_JWT_SECRET)".to_string())
+        } else if let Some(path) = &self.jwt_secret_file {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| format!("cannot read --jwt-secret-file {}: {e}", path.display()))?;
-            return Ok(Some(text.trim_end_matches(['\n', '\r']).as_bytes().to_vec()));
-        }
-        Ok(None)
+            (text.trim_end_matches(['\n', '\r']).as_bytes().to_vec(), format!("--jwt-secret-file {}", path.display()))
+        } else {
+            return Ok(None);
+        };
+        check_jwt_secret(&secret, &source)?;
+        Ok(Some(secret))
     }
 
     /// Refuse configurations that are unsafe or cannot work.
@@ -138,6 +154,11 @@ impl Config {
                 self.host
             ));
         }
+        if auth_enabled && self.allow_anonymous_superuser {
+            return Err("--allow-anonymous-superuser applies only without authentication: with --jwt-secret the \
+                        hub never runs as a database role that bypasses row-level security"
+                .into());
+        }
         if self.outbound_queue == 0 || self.db_pool_size == 0 || self.max_connections == 0 {
             return Err("--outbound-queue, --db-pool-size and --max-connections must be at least 1".into());
         }
@@ -146,6 +167,29 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// HS256 is only as strong as its key: RFC 7518 asks for at least 256 bits.
+pub const MIN_JWT_SECRET_BYTES: usize = 32;
+
+/// An HS256 secret anyone could guess (empty, blank, short) is refused at startup: with an
+/// empty key every client can sign any token it likes.
+fn check_jwt_secret(secret: &[u8], source: &str) -> Result<(), String> {
+    if secret.iter().all(u8::is_ascii_whitespace) {
+        return Err(format!(
+            "{source} is empty: with an empty HS256 secret anyone can forge tokens. Give a random secret of at \
+             least {MIN_JWT_SECRET_BYTES} bytes (e.g. `openssl rand -base64 48`), or give no secret to run \
+             without authentication (loopback only)"
+        ));
+    }
+    if secret.len() < MIN_JWT_SECRET_BYTES {
+        return Err(format!(
+            "{source} is {} bytes; an HS256 secret must be at least {MIN_JWT_SECRET_BYTES} bytes (256 bits), \
+             e.g. `openssl rand -base64 48`",
+            secret.len()
+        ));
+    }
+    Ok(())
 }
 
 /// Parse "250ms", "20s", "5m", "1h" or a bare number of seconds.
@@ -206,5 +250,39 @@ mod tests {
         assert!(config.validate(true).is_ok());
         config.allow_anonymous = true;
         assert!(config.validate(false).is_ok());
+    }
+
+    #[test]
+    fn weak_jwt_secrets_are_refused() {
+        let secret_of = |args: &[&str]| Config::parse_from([&["memoriesdb-hub"], args].concat()).jwt_secret_bytes();
+        assert_eq!(secret_of(&[]), Ok(None), "no secret: authentication off");
+        let strong = "k".repeat(MIN_JWT_SECRET_BYTES);
+        assert_eq!(secret_of(&["--jwt-secret", &strong]), Ok(Some(strong.clone().into_bytes())));
+        for weak in ["", " ", "\t\n", &"k".repeat(MIN_JWT_SECRET_BYTES - 1)] {
+            let error = secret_of(&["--jwt-secret", weak]).expect_err(weak);
+            assert!(error.contains("32 bytes"), "{error}");
+        }
+        let dir = std::env::temp_dir().join(format!("memoriesdb-hub-secret-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (name, content, ok) in [("empty", "", false), ("blank", "  \n\n", false), ("newline", "\n", false),
+                                    ("short", "0123456789\n", false), ("strong", &format!("{strong}\n"), true)] {
+            let path = dir.join(name);
+            std::fs::write(&path, content).unwrap();
+            let result = secret_of(&["--jwt-secret-file", path.to_str().unwrap()]);
+            assert_eq!(result.is_ok(), ok, "{name}: {result:?}");
+        }
+        assert_eq!(
+            secret_of(&["--jwt-secret-file", dir.join("strong").to_str().unwrap()]),
+            Ok(Some(strong.into_bytes())),
+            "the trailing newline is not part of the secret"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_superuser_escape_hatch_is_for_anonymous_mode_only() {
+        let config = Config::parse_from(["memoriesdb-hub", "--allow-anonymous-superuser"]);
+        assert!(config.validate(false).is_ok());
+        assert!(config.validate(true).unwrap_err().contains("--allow-anonymous-superuser"));
     }
 }

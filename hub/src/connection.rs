@@ -224,6 +224,14 @@ impl Connection {
             Ok(channel) => channel,
             Err(message) => return self.send_error(Some(name), id, code::INVALID_CHANNEL, &message),
         };
+        // for everyone, whatever a token says: events on these come from the database only
+        if channel.is_reserved() {
+            let message = format!(
+                "{channel} is reserved: channels starting with {} carry the database's own events; clients cannot publish on them",
+                crate::channel::RESERVED_PREFIXES.join(" or ")
+            );
+            return self.send_error(Some(name), id, code::FORBIDDEN, &message);
+        }
         let mut payload = Map::new();
         payload.insert("content".into(), content);
         if let Some(metadata) = metadata {

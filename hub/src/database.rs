@@ -4,12 +4,21 @@
 //!
 //! With authentication on, each action runs in a transaction that first asserts the token's
 //! user with `set_config('app.current_user', <uuid>, true)` (transaction-local), so triggers
-//! record that user as the author and, once row-level security lands, policies apply to them.
+//! record that user as the author and row-level security applies to them. Every new connection
+//! first passes [`RoleCheck`]: the hub never works as a role that bypasses row security.
+//!
+//! Every name the hub sends is schema-qualified (`memoriesdb.` for the extension, `pg_catalog.`
+//! for built-in functions and types): the extension lives in its own schema, which is not on
+//! the default search_path, and what the hub calls must not depend on a search_path someone
+//! else configured. Operators are left unqualified for readability: PostgreSQL looks them up in
+//! pg_catalog before the search_path unless a search_path names pg_catalog explicitly.
 
 use crate::channel::ChannelName;
 use crate::protocol::{code, Action};
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use crate::role::{RoleCheck, RoleError};
+use deadpool_postgres::{HookError, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use serde_json::{json, Value};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio_postgres::NoTls;
 use uuid::Uuid;
@@ -49,7 +58,13 @@ impl From<tokio_postgres::Error> for DbFailure {
                     s if s.starts_with("22") || s == "23503" || s == "23514" => code::INVALID_ARGUMENT,
                     _ => code::DATABASE_ERROR,
                 };
-                let mut message = db.message().to_string();
+                // A constraint the database enforced (not an error the extension raised) names
+                // tables and constraints in its message: schema details clients need not see.
+                let mut message = if db.constraint().is_some() {
+                    "the request violates a constraint of the database".to_string()
+                } else {
+                    db.message().to_string()
+                };
                 if let Some(hint) = db.hint() {
                     message.push_str(&format!(" (hint: {hint})"));
                 }
@@ -67,6 +82,12 @@ impl From<deadpool_postgres::PoolError> for DbFailure {
     fn from(error: deadpool_postgres::PoolError) -> DbFailure {
         match error {
             deadpool_postgres::PoolError::Backend(e) if e.as_db_error().is_some() => e.into(),
+            // the role check refused the connection: the reason is for the operator's log
+            deadpool_postgres::PoolError::PostCreateHook(HookError::Message(_)) => DbFailure {
+                code: code::UNAVAILABLE,
+                message: "database unavailable: the hub cannot use its database role (see the hub's log)".into(),
+                sqlstate: None,
+            },
             other => DbFailure { code: code::UNAVAILABLE, message: format!("database unavailable: {other}"), sqlstate: None },
         }
     }
@@ -74,10 +95,16 @@ impl From<deadpool_postgres::PoolError> for DbFailure {
 
 pub struct Database {
     pool: Pool,
+    role: Arc<RoleCheck>,
 }
 
 impl Database {
-    pub fn new(pg_config: &tokio_postgres::Config, size: usize, statement_timeout: Duration) -> Result<Database, String> {
+    pub fn new(
+        pg_config: &tokio_postgres::Config,
+        size: usize,
+        statement_timeout: Duration,
+        role: Arc<RoleCheck>,
+    ) -> Result<Database, String> {
         let mut config = pg_config.clone();
         config.application_name(POOL_APPLICATION_NAME);
         if config.get_connect_timeout().is_none() {
@@ -87,7 +114,17 @@ impl Database {
         let existing = config.get_options().unwrap_or("").to_string();
         config.options(format!("{existing} -c statement_timeout={}", statement_timeout.as_millis()).trim());
         let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let hook_role = role.clone();
         let pool = Pool::builder(manager)
+            .post_create(deadpool_postgres::Hook::async_fn(move |client, _| {
+                let role = hook_role.clone();
+                Box::pin(async move {
+                    role.verify(client).await.map_err(|error| match error {
+                        RoleError::Refused(message) => HookError::message(message),
+                        RoleError::Query(error) => HookError::Backend(error),
+                    })
+                })
+            }))
             .max_size(size)
             .runtime(Runtime::Tokio1)
             .wait_timeout(Some(Duration::from_secs(5)))
@@ -95,7 +132,23 @@ impl Database {
             .recycle_timeout(Some(Duration::from_secs(5)))
             .build()
             .map_err(|e| format!("cannot build the connection pool: {e}"))?;
-        Ok(Database { pool })
+        Ok(Database { pool, role })
+    }
+
+    /// Check the hub's database role now, by opening a pooled connection. Err only when the
+    /// role is refused; an unreachable database is not an error (the hub starts anyway, and
+    /// every connection made later is checked).
+    pub async fn check_role(&self) -> Result<(), String> {
+        match self.pool.get().await {
+            Ok(_) => Ok(()),
+            Err(error) => match self.role.refusal() {
+                Some(refusal) => Err(refusal),
+                None => {
+                    tracing::warn!(%error, "cannot check the hub's database role yet; every new connection will be checked");
+                    Ok(())
+                }
+            },
+        }
     }
 
     /// NOTIFY through PostgreSQL so that all hubs (and psql LISTENers) see it.
@@ -118,7 +171,7 @@ impl Database {
         let result = match action {
             Action::SendMessage { session_id, content, role, metadata } => {
                 let row = transaction
-                    .query_one("SELECT add_message_to_session($1, $2, $3, $4)", &[session_id, role, content, metadata])
+                    .query_one("SELECT memoriesdb.add_message_to_session($1, $2, $3, $4)", &[session_id, role, content, metadata])
                     .await?;
                 let message_id: Uuid = row.get(0);
                 json!({
@@ -130,14 +183,16 @@ impl Database {
             Action::GetTranscript { session_id, include_metadata, after_position, limit } => {
                 let row = transaction
                     .query_one(
-                        "SELECT coalesce(jsonb_agg(to_jsonb(t) - 'rn' - CASE WHEN $2::boolean THEN '' ELSE 'metadata' END
-                                                   ORDER BY t.position) FILTER (WHERE t.rn <= $4::bigint), '[]'::jsonb),
-                                count(*) > $4::bigint
-                           FROM (SELECT c.*, row_number() OVER (ORDER BY c.position) AS rn
-                                   FROM get_formatted_conversation($1::uuid, $2::boolean) c
-                                  WHERE c.position > $3::bigint
+                        "SELECT coalesce(pg_catalog.jsonb_agg(pg_catalog.to_jsonb(t) - 'rn'
+                                             - CASE WHEN $2::pg_catalog.bool THEN '' ELSE 'metadata' END
+                                             ORDER BY t.position) FILTER (WHERE t.rn <= $4::pg_catalog.int8),
+                                         '[]'::pg_catalog.jsonb),
+                                pg_catalog.count(*) > $4::pg_catalog.int8
+                           FROM (SELECT c.*, pg_catalog.row_number() OVER (ORDER BY c.position) AS rn
+                                   FROM memoriesdb.get_formatted_conversation($1::pg_catalog.uuid, $2::pg_catalog.bool) c
+                                  WHERE c.position > $3::pg_catalog.int8
                                   ORDER BY c.position
-                                  LIMIT $4::bigint + 1) t",
+                                  LIMIT $4::pg_catalog.int8 + 1) t",
                         &[session_id, include_metadata, after_position, limit],
                     )
                     .await?;
@@ -153,13 +208,13 @@ impl Database {
                 })
             }
             Action::CreateSession { title, metadata } => {
-                let row = transaction.query_one("SELECT create_session($1, $2)", &[title, metadata]).await?;
+                let row = transaction.query_one("SELECT memoriesdb.create_session($1, $2)", &[title, metadata]).await?;
                 let session_id: Uuid = row.get(0);
                 json!({ "session_id": session_id, "channel": ChannelName::for_session(&session_id).as_str() })
             }
             Action::ForkSession { session_id, title, metadata, parent_message_id } => {
                 let row = transaction
-                    .query_one("SELECT fork_session($1, $2, $3, $4)", &[session_id, title, metadata, parent_message_id])
+                    .query_one("SELECT memoriesdb.fork_session($1, $2, $3, $4)", &[session_id, title, metadata, parent_message_id])
                     .await?;
                 let fork_id: Uuid = row.get(0);
                 json!({
@@ -171,13 +226,13 @@ impl Database {
             Action::ListSessions { limit } => {
                 let row = transaction
                     .query_one(
-                        "SELECT coalesce(jsonb_agg(jsonb_build_object(
+                        "SELECT coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
                                     'session_id', m.id, 'title', m.content, 'created_at', m._created_at,
                                     'parent_id', s.parent_id, 'message_count', s.last_position)
-                                    ORDER BY m._created_at DESC, m.id DESC), '[]'::jsonb)
-                           FROM (SELECT id, content, _created_at FROM memories
+                                    ORDER BY m._created_at DESC, m.id DESC), '[]'::pg_catalog.jsonb)
+                           FROM (SELECT id, content, _created_at FROM memoriesdb.memories
                                   WHERE kind = 'session' ORDER BY _created_at DESC, id DESC LIMIT $1) m
-                           JOIN memory_sessions s ON s.id = m.id",
+                           JOIN memoriesdb.memory_sessions s ON s.id = m.id",
                         &[limit],
                     )
                     .await?;
@@ -193,9 +248,9 @@ impl Database {
 async fn session_summary(transaction: &deadpool_postgres::Transaction<'_>, session_id: &Uuid) -> Result<Value, DbFailure> {
     let row = transaction
         .query_opt(
-            "SELECT jsonb_build_object('title', m.content, 'parent_id', s.parent_id,
-                                       'fork_message_id', s.fork_message_id, 'fork_position', s.fork_position)
-               FROM memories m JOIN memory_sessions s ON s.id = m.id WHERE m.id = $1",
+            "SELECT pg_catalog.jsonb_build_object('title', m.content, 'parent_id', s.parent_id,
+                                                  'fork_message_id', s.fork_message_id, 'fork_position', s.fork_position)
+               FROM memoriesdb.memories m JOIN memoriesdb.memory_sessions s ON s.id = m.id WHERE m.id = $1",
             &[session_id],
         )
         .await?;

@@ -1,5 +1,9 @@
 //! HTTP endpoints: the WebSocket upgrade at /ws, the demo page at /, and /healthz, /readyz,
 //! /metrics for operators.
+//!
+//! Two checks keep web pages a user visits away from a hub on their machine or network: the
+//! Origin allow-list (a page from elsewhere cannot open a WebSocket) and the Host check (a page
+//! that rebinds its own DNS name to the hub's address cannot either; see [`host_allowed`]).
 
 use crate::channel::ChannelName;
 use crate::connection;
@@ -14,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use serde_json::json;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
 const DEMO_PAGE: &str = include_str!("../static/index.html");
@@ -50,6 +54,9 @@ async fn websocket(
         tracing::debug!(%peer, code, message, "upgrade refused");
         error_response(status, code, message)
     };
+    if let Err(message) = host_allowed(&hub, &headers) {
+        return reject(StatusCode::FORBIDDEN, "host_not_allowed", &message);
+    }
     let upgrade = match upgrade {
         Ok(upgrade) => upgrade,
         Err(rejection) => {
@@ -154,6 +161,82 @@ fn origin_allowed(allowed: &[String], headers: &HeaderMap) -> bool {
     allowed.iter().map(|a| a.trim()).filter(|a| !a.is_empty()).any(|a| a == "*" || a.trim_end_matches('/').eq_ignore_ascii_case(origin))
 }
 
+/// DNS rebinding: a page on attacker.example can make its own name resolve to 127.0.0.1 and then
+/// talk to a hub there as a same-origin page — its Origin equals the Host header it sends, so the
+/// Origin check cannot tell. What gives it away is the Host header, which carries the name the
+/// browser resolved: without authentication the hub answers only requests that name it by a
+/// loopback name (no outside page can rebind those) or by a name in --allowed-hosts. With
+/// authentication a rebinding page holds no token; --allowed-hosts is still enforced when given.
+fn host_allowed(hub: &Hub, headers: &HeaderMap) -> Result<(), String> {
+    let allowed = &hub.config.allowed_hosts;
+    let listed = allowed.iter().any(|h| !h.trim().is_empty());
+    if hub.auth.is_some() && !listed {
+        return Ok(());
+    }
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+    if host_matches(allowed, host) {
+        return Ok(());
+    }
+    Err(format!(
+        "Host {:?} is not a loopback name and not in --allowed-hosts (DNS rebinding defence)",
+        crate::channel::truncate(host, 80)
+    ))
+}
+
+/// Whether a Host header value names a loopback address or an allowed host.
+fn host_matches(allowed: &[String], host: &str) -> bool {
+    let Some((name, port)) = split_host(host) else { return false };
+    if is_loopback_name(name) {
+        return true;
+    }
+    allowed.iter().map(|a| a.trim()).filter(|a| !a.is_empty()).any(|entry| {
+        if entry == "*" {
+            return true;
+        }
+        match split_host(entry) {
+            Some((allowed_name, allowed_port)) => {
+                allowed_name.eq_ignore_ascii_case(name) && (allowed_port.is_none() || allowed_port == port)
+            }
+            None => false,
+        }
+    })
+}
+
+/// "name", "name:port", "[v6]" or "[v6]:port" into the name (brackets kept) and the port.
+fn split_host(value: &str) -> Option<(&str, Option<&str>)> {
+    let (name, port) = if value.starts_with('[') {
+        let end = value.find(']')?;
+        let (name, rest) = value.split_at(end + 1);
+        match rest {
+            "" => (name, None),
+            _ => (name, Some(rest.strip_prefix(':')?)),
+        }
+    } else {
+        match value.split_once(':') {
+            Some((name, port)) => (name, Some(port)),
+            None => (value, None),
+        }
+    };
+    let port_ok = port.is_none_or(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    (!name.is_empty() && port_ok).then_some((name, port))
+}
+
+/// localhost, 127.0.0.0/8 and [::1]: names that resolve to this machine without asking DNS.
+fn is_loopback_name(name: &str) -> bool {
+    if name.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    if let Some(v6) = name.strip_prefix('[').and_then(|n| n.strip_suffix(']')) {
+        return v6.parse::<Ipv6Addr>().is_ok_and(|ip| ip.is_loopback());
+    }
+    name.parse::<Ipv4Addr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The Host check's refusal as a response, for the HTTP endpoints that show data.
+fn host_refusal(hub: &Hub, headers: &HeaderMap) -> Option<Response> {
+    host_allowed(hub, headers).err().map(|message| error_response(StatusCode::FORBIDDEN, "host_not_allowed", &message))
+}
+
 /// Split a query string into decoded key/value pairs (repeated keys kept, in order).
 fn parse_query(query: &str) -> Vec<(String, String)> {
     query
@@ -193,7 +276,10 @@ fn hex(byte: u8) -> Option<u8> {
     (byte as char).to_digit(16).map(|d| d as u8)
 }
 
-async fn demo_page() -> Response {
+async fn demo_page(State(hub): State<Arc<Hub>>, headers: HeaderMap) -> Response {
+    if let Some(refusal) = host_refusal(&hub, &headers) {
+        return refusal;
+    }
     let mut response = (StatusCode::OK, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], DEMO_PAGE).into_response();
     // The page loads nothing from anywhere: inline script and style, WebSocket to its own host.
     response.headers_mut().insert(
@@ -207,6 +293,8 @@ async fn demo_page() -> Response {
     response
 }
 
+// /healthz and /readyz answer whatever the Host: orchestrators probe the hub by its address, and
+// they reveal only whether it is up.
 async fn healthz() -> &'static str {
     "ok\n"
 }
@@ -226,7 +314,10 @@ async fn readyz(State(hub): State<Arc<Hub>>) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
-async fn metrics(State(hub): State<Arc<Hub>>) -> Response {
+async fn metrics(State(hub): State<Arc<Hub>>, headers: HeaderMap) -> Response {
+    if let Some(refusal) = host_refusal(&hub, &headers) {
+        return refusal;
+    }
     let body = hub.metrics.render(&hub.gauges());
     (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
@@ -267,5 +358,36 @@ mod tests {
         assert!(origin_allowed(&list, &headers(Some("https://app.example"), "hub:5002")));
         assert!(!origin_allowed(&list, &headers(Some("https://app.example.evil"), "hub:5002")));
         assert!(origin_allowed(&["*".to_string()], &headers(Some("http://anything"), "hub:5002")));
+    }
+
+    #[test]
+    fn loopback_hosts() {
+        let none: Vec<String> = vec![];
+        for host in ["localhost", "LocalHost:5002", "127.0.0.1", "127.0.0.1:5002", "127.1.2.3:1", "[::1]", "[::1]:5002"] {
+            assert!(host_matches(&none, host), "{host}");
+        }
+        for host in [
+            "", "rebind.test", "rebind.test:5002", "localhost.rebind.test", "127.0.0.1.rebind.test", "0.0.0.0:5002",
+            "10.0.0.1:5002", "[::2]:5002", "::1", "[::1", "[::1]5002", "localhost:", "localhost:x", "127.0.0.1:5002:1",
+            "[::ffff:127.0.0.1]",
+        ] {
+            assert!(!host_matches(&none, host), "{host:?}");
+        }
+    }
+
+    #[test]
+    fn allowed_hosts() {
+        let list = vec!["hub.example".to_string(), " lan-box:5002 ".to_string(), "[fd00::1]".to_string()];
+        assert!(host_matches(&list, "hub.example"));
+        assert!(host_matches(&list, "HUB.example:443"), "a name without port allows any port");
+        assert!(host_matches(&list, "lan-box:5002"));
+        assert!(!host_matches(&list, "lan-box:5003"), "a name with a port allows that port");
+        assert!(!host_matches(&list, "lan-box"));
+        assert!(host_matches(&list, "[fd00::1]:5002"));
+        assert!(!host_matches(&list, "evil.example"));
+        assert!(!host_matches(&list, "hub.example.evil"));
+        assert!(host_matches(&list, "localhost:5002"), "loopback names stay allowed");
+        assert!(host_matches(&["*".to_string()], "anything.example:1"));
+        assert!(!host_matches(&["*".to_string()], ""), "a missing Host is never allowed");
     }
 }

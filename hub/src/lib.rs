@@ -10,6 +10,7 @@
 //! - [`registry`]: connections, subscriptions and fan-out with bounded queues
 //! - [`listener`]: the dedicated LISTEN connection, reconciliation and reconnects
 //! - [`database`]: `pub` and the chat actions over a connection pool
+//! - [`role`]: the hub's database role must not bypass row-level security
 //! - [`connection`]: one WebSocket connection (reader, writer, heartbeat, timeouts)
 //! - [`http`]: the upgrade endpoint, demo page, health, readiness and metrics
 //! - [`server`]: startup, accept loop, graceful shutdown
@@ -25,4 +26,5 @@ pub mod listener;
 pub mod metrics;
 pub mod protocol;
 pub mod registry;
+pub mod role;
 pub mod server;

@@ -11,6 +11,7 @@ use crate::channel::ChannelName;
 use crate::metrics::Metrics;
 use crate::protocol;
 use crate::registry::Registry;
+use crate::role::{RoleCheck, RoleError};
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -105,6 +106,9 @@ pub struct Listener {
     pub metrics: Arc<Metrics>,
     pub max_backoff: Duration,
     pub probe_interval: Duration,
+    /// Checked on every (re)connect: the first connection after a database outage may be the
+    /// first time the hub can see its role at all.
+    pub role: Arc<RoleCheck>,
 }
 
 impl Listener {
@@ -193,6 +197,15 @@ impl Listener {
         });
         let _abort_poller_on_exit = AbortOnDrop(poller);
 
+        match self.role.verify(&client).await {
+            Ok(()) => {}
+            // recorded by the check: the hub is stopping
+            Err(RoleError::Refused(_)) => return SessionEnd::Shutdown,
+            Err(RoleError::Query(error)) => {
+                tracing::warn!(%error, "checking the database role failed");
+                return SessionEnd::Lost { was_established: false };
+            }
+        }
         if let Err(error) = self.reconcile(&client).await {
             tracing::warn!(%error, "re-LISTEN after connecting failed");
             return SessionEnd::Lost { was_established: false };

@@ -4,6 +4,7 @@
 //!   {"method":"sub",   "params":{"channels":["a","b"]}}
 //!   {"method":"unsub", "params":{"channels":["a"]}}
 //!   {"method":"pub",   "params":{"channel":"x","content":<any JSON>,"metadata":{...}}}
+//!                      (never on memoriesdb_* or chat_updates_*: only the database publishes there)
 //!   {"method":"auth",  "params":{"token":"<jwt>"}}             (refresh before expiry)
 //!   {"method":"ping"}                                          (application-level ping)
 //!   {"action":"send_message","session_id":"...","content":"...","role":"user","metadata":{...}}

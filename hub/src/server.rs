@@ -7,6 +7,7 @@ use crate::http;
 use crate::hub::Hub;
 use crate::listener::Listener;
 use crate::registry::CloseReason;
+use crate::role::RoleCheck;
 use axum::extract::connect_info::ConnectInfo;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::sync::Arc;
@@ -16,13 +17,23 @@ use tokio_util::sync::CancellationToken;
 use tower_service::Service;
 
 /// Run the hub until SIGTERM or SIGINT. Errors are startup failures (bad configuration, port
-/// taken); losing the database is not an error, the hub keeps retrying.
+/// taken, a database role that bypasses row security); losing the database is not an error, the
+/// hub keeps retrying. A role refused later (first seen after an outage) stops the hub with an
+/// error too.
 pub async fn run(config: Config) -> Result<(), String> {
     let secret = config.jwt_secret_bytes()?;
     config.validate(secret.is_some())?;
     let pg_config: tokio_postgres::Config =
         config.database_url.parse().map_err(|e| format!("invalid --database-url: {e}"))?;
-    let database = Database::new(&pg_config, config.db_pool_size, config.statement_timeout)?;
+    let role = RoleCheck::new(secret.is_some(), config.allow_anonymous_superuser);
+    let database = Database::new(&pg_config, config.db_pool_size, config.statement_timeout, role.clone())?;
+    database.check_role().await?;
+    if secret.is_none() && !config.host.is_loopback() && config.allowed_hosts.iter().all(|h| h.trim().is_empty()) {
+        tracing::warn!(
+            host = %config.host,
+            "no authentication and no --allowed-hosts: only requests naming the hub by a loopback name are served"
+        );
+    }
     let auth = secret.map(Authenticator::new);
     let listen_addr = config.listen_addr();
     let tcp = bind(listen_addr).map_err(|e| format!("cannot listen on {listen_addr}: {e}"))?;
@@ -36,6 +47,7 @@ pub async fn run(config: Config) -> Result<(), String> {
         metrics: hub.metrics.clone(),
         max_backoff: hub.config.reconnect_max_backoff,
         probe_interval: hub.config.listener_probe_interval,
+        role: role.clone(),
     };
     let listener_task = tokio::spawn(listener.run(listener_shutdown.clone()));
 
@@ -46,7 +58,10 @@ pub async fn run(config: Config) -> Result<(), String> {
     );
     let accept_task = tokio::spawn(accept_loop(tcp, hub.clone()));
 
-    wait_for_signal().await;
+    tokio::select! {
+        _ = wait_for_signal() => {}
+        _ = role.refused().cancelled() => {}
+    }
     tracing::info!("shutting down: closing connections with 1001");
     hub.shutdown.cancel();
     hub.registry.close_all(CloseReason::Shutdown);
@@ -58,7 +73,10 @@ pub async fn run(config: Config) -> Result<(), String> {
     listener_shutdown.cancel();
     let _ = listener_task.await;
     tracing::info!("stopped");
-    Ok(())
+    match role.refusal() {
+        Some(refusal) => Err(refusal),
+        None => Ok(()),
+    }
 }
 
 fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {

@@ -8,7 +8,8 @@ use serde_json::{json, Value};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use support::*;
 
-const SECRET: &str = "correct horse battery staple";
+/// HS256 secrets must be at least 32 bytes.
+const SECRET: &str = "correct horse battery staple, salted";
 
 fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
@@ -22,25 +23,19 @@ fn token(user: &str, lifetime_secs: i64, read: &[&str], write: &[&str]) -> Strin
 }
 
 async fn upgrade_status(hub: &HubProcess, query: &str, headers: &[(&str, &str)]) -> u16 {
-    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
-    let request = format!(
-        "GET /ws{query} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra}\r\n",
-        hub.port
-    );
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", hub.port)).await.unwrap();
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut buffer = vec![0u8; 4096];
-    let n = tokio::time::timeout(WAIT, stream.read(&mut buffer)).await.unwrap().unwrap();
-    let head = String::from_utf8_lossy(&buffer[..n]).to_string();
-    head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+    support::upgrade_status(hub.port, &format!("127.0.0.1:{}", hub.port), query, headers).await
+}
+
+/// As in production: the hub's database role is no superuser, only trusted to assert users.
+async fn authenticated_hub(db: &TestDb) -> HubProcess {
+    let hub_role = db.role_url("hub", &["memoriesdb_trusted"]).await;
+    HubProcess::start(&hub_role, &["--jwt-secret", SECRET]).await
 }
 
 #[tokio::test]
 async fn upgrade_requires_a_valid_token() {
     let db = TestDb::new().await;
-    let hub = HubProcess::start(&db.url(), &["--jwt-secret", SECRET]).await;
+    let hub = authenticated_hub(&db).await;
     let user = "01a21f10-a1fa-729b-9207-651564608c0c";
     let good = token(user, 60, &["updates"], &[]);
     assert_eq!(upgrade_status(&hub, "", &[]).await, 401, "no token");
@@ -58,12 +53,10 @@ async fn upgrade_requires_a_valid_token() {
 #[tokio::test]
 async fn every_request_is_checked_against_the_tokens_channels() {
     let db = TestDb::new().await;
-    // as in production: the hub's database role is no superuser, only trusted to assert users
-    let hub_role = db.role_url("hub", &["memoriesdb_trusted"]).await;
-    let hub = HubProcess::start(&hub_role, &["--jwt-secret", SECRET]).await;
+    let hub = authenticated_hub(&db).await;
     let sql = db.client().await;
-    let alice: String = sql.query_one("SELECT create_user('alice')::text", &[]).await.unwrap().get(0);
-    let mallory: String = sql.query_one("SELECT create_user('mallory')::text", &[]).await.unwrap().get(0);
+    let alice: String = sql.query_one("SELECT memoriesdb.create_user('alice')::text", &[]).await.unwrap().get(0);
+    let mallory: String = sql.query_one("SELECT memoriesdb.create_user('mallory')::text", &[]).await.unwrap().get(0);
 
     let mut admin = WsClient::connect(&hub.ws_url(&format!("?token={}", token(&alice, 600, &["*"], &["*"])))).await;
     let open = admin.ok(json!({"action": "create_session", "title": "open"})).await;
@@ -73,8 +66,8 @@ async fn every_request_is_checked_against_the_tokens_channels() {
     for session in [&open, &closed] {
         let id: uuid::Uuid = session["session_id"].as_str().unwrap().parse().unwrap();
         let mallory_id: uuid::Uuid = mallory.parse().unwrap();
-        sql.batch_execute(&format!("BEGIN; SELECT set_memory_user('{alice}')")).await.unwrap();
-        sql.execute("SELECT share_memory($1, $2, true)", &[&id, &mallory_id]).await.unwrap();
+        sql.batch_execute(&format!("BEGIN; SELECT memoriesdb.set_memory_user('{alice}')")).await.unwrap();
+        sql.execute("SELECT memoriesdb.share_memory($1, $2, true)", &[&id, &mallory_id]).await.unwrap();
         sql.batch_execute("COMMIT").await.unwrap();
     }
     let open_channel = open["channel"].as_str().unwrap().to_string();
@@ -100,7 +93,7 @@ async fn every_request_is_checked_against_the_tokens_channels() {
     let titles: Vec<&str> = sessions["sessions"].as_array().unwrap().iter().map(|s| s["title"].as_str().unwrap()).collect();
     assert_eq!(titles, ["open"], "only readable sessions are listed");
     assert_eq!(
-        sql.query_one("SELECT count(*) FROM memories WHERE content = 'sneaky'", &[]).await.unwrap().get::<_, i64>(0),
+        sql.query_one("SELECT count(*) FROM memoriesdb.memories WHERE content = 'sneaky'", &[]).await.unwrap().get::<_, i64>(0),
         0
     );
 
@@ -111,8 +104,8 @@ async fn every_request_is_checked_against_the_tokens_channels() {
     let message_id: uuid::Uuid = sent["message_id"].as_str().unwrap().parse().unwrap();
     let row = sql
         .query_one(
-            "SELECT m.created_by::text, (SELECT acting_user::text FROM audit_log a WHERE a.row_id = m.id AND a.operation = 'INSERT' LIMIT 1)
-               FROM memories m WHERE m.id = $1",
+            "SELECT m.created_by::text, (SELECT acting_user::text FROM memoriesdb.audit_log a WHERE a.row_id = m.id AND a.operation = 'INSERT' LIMIT 1)
+               FROM memoriesdb.memories m WHERE m.id = $1",
             &[&message_id],
         )
         .await
@@ -133,7 +126,7 @@ async fn every_request_is_checked_against_the_tokens_channels() {
 #[tokio::test]
 async fn connections_close_when_the_token_expires_unless_refreshed() {
     let db = TestDb::new().await;
-    let hub = HubProcess::start(&db.url(), &["--jwt-secret", SECRET]).await;
+    let hub = authenticated_hub(&db).await;
     let user = "01a21f10-a1fa-729b-9207-651564608c0c";
 
     let started = Instant::now();
@@ -161,7 +154,7 @@ async fn connections_close_when_the_token_expires_unless_refreshed() {
 #[tokio::test]
 async fn origin_allow_list() {
     let db = TestDb::new().await;
-    let hub = HubProcess::start(&db.url(), &["--allowed-origins", "https://app.example,https://other.example"]).await;
+    let hub = HubProcess::start(&db.hub_url().await, &["--allowed-origins", "https://app.example,https://other.example"]).await;
     let own = format!("http://127.0.0.1:{}", hub.port);
     assert_eq!(upgrade_status(&hub, "", &[]).await, 101, "non-browser clients send no Origin");
     assert_eq!(upgrade_status(&hub, "", &[("Origin", "https://app.example")]).await, 101);

@@ -36,12 +36,14 @@ async fn run(mut command: Command) -> Output {
     tokio::task::spawn_blocking(move || command.output().expect("run command")).await.unwrap()
 }
 
-/// The database as reached through its Unix socket (works inside a network namespace).
-async fn socket_url(db: &TestDb) -> String {
+/// `url` (a connection string for the test database) reached through the Unix socket instead
+/// (works inside a network namespace).
+async fn socket_url(db: &TestDb, url: &str) -> String {
     let sql = db.client().await;
     let dirs: String = sql.query_one("SHOW unix_socket_directories", &[]).await.unwrap().get(0);
     let dir = dirs.split(',').next().unwrap().trim().to_string();
-    format!("host={dir} port={} user=postgres dbname={}", db.pg_port(), db.name)
+    let user = url_value(url, "user").unwrap();
+    format!("host={dir} port={} user={user} dbname={}", db.pg_port(), db.name)
 }
 
 #[tokio::test]
@@ -50,7 +52,7 @@ async fn the_specifications_python_example_runs_unmodified() {
     let mut command = Command::new(clients_dir().join("in_netns.sh"));
     command
         .arg(HUB_BIN)
-        .arg(socket_url(&db).await)
+        .arg(socket_url(&db, &db.hub_url().await).await)
         // the example runs forever (run_forever); give it 5 seconds, unbuffered so that its
         // output survives the timeout's SIGTERM
         .args(["timeout", "5", &python(), "-u"])
@@ -71,7 +73,7 @@ async fn the_specifications_python_example_runs_unmodified() {
 #[tokio::test]
 async fn python_chat_client_with_websocket_client() {
     let db = TestDb::new().await;
-    let hub = HubProcess::start(&db.url(), &[]).await;
+    let hub = HubProcess::start(&db.hub_url().await, &[]).await;
     let mut command = Command::new(python());
     command.arg(clients_dir().join("chat_client.py")).arg(format!("ws://127.0.0.1:{}", hub.port));
     let output = run(command).await;
@@ -82,7 +84,7 @@ async fn python_chat_client_with_websocket_client() {
 #[tokio::test]
 async fn psql_notify_reaches_a_websocket_subscriber() {
     let db = TestDb::new().await;
-    let hub = HubProcess::start(&db.url(), &[]).await;
+    let hub = HubProcess::start(&db.hub_url().await, &[]).await;
     let mut client = WsClient::connect(&hub.ws_url("?c=chan")).await;
     let mut command = Command::new("psql");
     command.args(["-X", "-v", "ON_ERROR_STOP=1", &db.url(), "-c", "NOTIFY chan, 'x'"]);
@@ -98,7 +100,7 @@ async fn psql_notify_reaches_a_websocket_subscriber() {
         "ON_ERROR_STOP=1",
         &db.url(),
         "-c",
-        "SELECT add_message_to_session(create_session('from psql'), 'user', 'hello')",
+        "SELECT memoriesdb.add_message_to_session(memoriesdb.create_session('from psql'), 'user', 'hello')",
     ]);
     client.subscribe(&["memoriesdb_events"]).await;
     let output = run(command).await;
@@ -112,7 +114,7 @@ async fn psql_notify_reaches_a_websocket_subscriber() {
 #[tokio::test]
 async fn demo_page_in_headless_chromium_two_tabs() {
     let db = TestDb::new().await;
-    let hub = HubProcess::start(&db.url(), &[]).await;
+    let hub = HubProcess::start(&db.hub_url().await, &[]).await;
     let e2e = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("e2e");
     assert!(
         e2e.join("node_modules/playwright-core").is_dir(),

@@ -10,7 +10,7 @@ use support::*;
 #[tokio::test]
 async fn query_channels_subscribe_and_pub_reaches_every_subscriber() {
     let db = TestDb::new().await;
-    let hub = HubProcess::start(&db.url(), &[]).await;
+    let hub = HubProcess::start(&db.hub_url().await, &[]).await;
     let mut alice = WsClient::connect(&hub.ws_url("?c=updates&c=notifications")).await;
     let mut bob = WsClient::connect(&hub.ws_url("?c=updates")).await;
     let mut carol = WsClient::connect(&hub.ws_url("?c=other")).await;
@@ -33,7 +33,7 @@ async fn query_channels_subscribe_and_pub_reaches_every_subscriber() {
 #[tokio::test]
 async fn dynamic_sub_and_unsub_follow_listen() {
     let db = TestDb::new().await;
-    let hub = HubProcess::start(&db.url(), &[]).await;
+    let hub = HubProcess::start(&db.hub_url().await, &[]).await;
     let mut client = WsClient::connect(&hub.ws_url("")).await;
     let sql = db.client().await;
 
@@ -66,12 +66,12 @@ async fn dynamic_sub_and_unsub_follow_listen() {
 #[tokio::test]
 async fn channel_names_are_validated_and_injection_is_impossible() {
     let db = TestDb::new().await;
-    let hub = HubProcess::start(&db.url(), &[]).await;
+    let hub = HubProcess::start(&db.hub_url().await, &[]).await;
 
     // bad names in the URL refuse the upgrade with 400
     let (status, body) = http_request(
         hub.port,
-        "GET /ws?c=a%22%3B%20DROP%20TABLE%20memories%3B%20-- HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+        "GET /ws?c=a%22%3B%20DROP%20TABLE%20memories%3B%20-- HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
     )
     .await
@@ -90,7 +90,7 @@ async fn channel_names_are_validated_and_injection_is_impossible() {
     // nothing was subscribed by the failed requests, and the table is intact
     assert_eq!(hub.metric("subscriptions").await, 0);
     let sql = db.client().await;
-    sql.query_one("SELECT count(*) FROM memories", &[]).await.expect("memories still exists");
+    sql.query_one("SELECT count(*) FROM memoriesdb.memories", &[]).await.expect("memories still exists");
     // the longest valid name works end to end
     let longest = "z".repeat(63);
     client.subscribe(&[&longest]).await;
@@ -101,7 +101,7 @@ async fn channel_names_are_validated_and_injection_is_impossible() {
 #[tokio::test]
 async fn bad_requests_get_error_replies_naming_the_request() {
     let db = TestDb::new().await;
-    let hub = HubProcess::start(&db.url(), &[]).await;
+    let hub = HubProcess::start(&db.hub_url().await, &[]).await;
     let mut client = WsClient::connect(&hub.ws_url("")).await;
 
     // (frame, the key and value naming the request in the reply, error code)
@@ -150,7 +150,7 @@ async fn bad_requests_get_error_replies_naming_the_request() {
 #[tokio::test]
 async fn oversized_pub_gets_an_error_and_the_limit_is_exact() {
     let db = TestDb::new().await;
-    let hub = HubProcess::start(&db.url(), &[]).await;
+    let hub = HubProcess::start(&db.hub_url().await, &[]).await;
     let mut client = WsClient::connect(&hub.ws_url("?c=big")).await;
     // payload is {"content":"<n x>"}: 14 bytes of wrapping
     let fits = "x".repeat(7999 - 14);
@@ -171,7 +171,7 @@ async fn oversized_pub_gets_an_error_and_the_limit_is_exact() {
 #[tokio::test]
 async fn frame_size_and_channel_caps() {
     let db = TestDb::new().await;
-    let hub = HubProcess::start(&db.url(), &["--max-message-bytes", "4096", "--max-channels-per-connection", "3"]).await;
+    let hub = HubProcess::start(&db.hub_url().await, &["--max-message-bytes", "4096", "--max-channels-per-connection", "3"]).await;
 
     let mut client = WsClient::connect(&hub.ws_url("?c=a&c=b")).await;
     let reply = client.request(json!({"method": "sub", "params": {"channels": ["c", "d"]}})).await;
@@ -197,7 +197,7 @@ async fn frame_size_and_channel_caps() {
 #[tokio::test]
 async fn chat_actions_send_message_reaches_every_subscriber_of_the_session() {
     let db = TestDb::new().await;
-    let hub = HubProcess::start(&db.url(), &[]).await;
+    let hub = HubProcess::start(&db.hub_url().await, &[]).await;
     let mut alice = WsClient::connect(&hub.ws_url("")).await;
     let mut bob = WsClient::connect(&hub.ws_url("")).await;
 
@@ -278,7 +278,7 @@ async fn chat_actions_send_message_reaches_every_subscriber_of_the_session() {
 #[tokio::test]
 async fn endpoints_health_ready_metrics_and_demo_page() {
     let db = TestDb::new().await;
-    let hub = HubProcess::start(&db.url(), &["--log-format", "json"]).await;
+    let hub = HubProcess::start(&db.hub_url().await, &["--log-format", "json"]).await;
     // structured logs: one JSON object per line
     let log = hub.log_text();
     // every line is a JSON object; the listen line may come before or after the LISTEN

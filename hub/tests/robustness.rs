@@ -27,7 +27,7 @@ async fn terminate_listener(db: &TestDb) -> i64 {
 #[tokio::test]
 async fn killed_listen_connection_reconnects_relistens_and_tells_clients() {
     let db = TestDb::new().await;
-    let hub = HubProcess::start(&db.url(), &["--reconnect-max-backoff", "500ms"]).await;
+    let hub = HubProcess::start(&db.hub_url().await, &["--reconnect-max-backoff", "500ms"]).await;
     let mut client = WsClient::connect(&hub.ws_url("?c=alpha&c=beta")).await;
     let sql = db.client().await;
 
@@ -50,7 +50,7 @@ async fn database_going_away_and_coming_back() {
     let db = TestDb::new().await;
     let proxy = PgProxy::start(db.pg_port()).await;
     let hub = HubProcess::start(
-        &db.url_via(proxy.port),
+        &via_port(&db.hub_url().await, proxy.port),
         &["--reconnect-max-backoff", "300ms", "--listener-probe-interval", "500ms"],
     )
     .await;
@@ -95,7 +95,7 @@ async fn hub_starts_before_the_database_is_reachable() {
     let db = TestDb::new().await;
     let proxy = PgProxy::start(db.pg_port()).await;
     proxy.sever();
-    let hub = HubProcess::spawn(&db.url_via(proxy.port), &["--reconnect-max-backoff", "200ms"]);
+    let hub = HubProcess::spawn(&via_port(&db.hub_url().await, proxy.port), &["--reconnect-max-backoff", "200ms"]);
     // serves health but not readiness
     let deadline = Instant::now() + WAIT;
     while http_get(hub.port, "/healthz").await.is_err() {
@@ -110,8 +110,9 @@ async fn hub_starts_before_the_database_is_reachable() {
 #[tokio::test]
 async fn two_hubs_on_one_database_see_each_others_messages() {
     let db = TestDb::new().await;
-    let hub_a = HubProcess::start(&db.url(), &[]).await;
-    let hub_b = HubProcess::start(&db.url(), &[]).await;
+    let hub_url = db.hub_url().await;
+    let hub_a = HubProcess::start(&hub_url, &[]).await;
+    let hub_b = HubProcess::start(&hub_url, &[]).await;
     let mut on_a = WsClient::connect(&hub_a.ws_url("?c=shared")).await;
     let mut on_b = WsClient::connect(&hub_b.ws_url("?c=shared")).await;
 
@@ -134,7 +135,7 @@ async fn two_hubs_on_one_database_see_each_others_messages() {
 async fn a_client_that_stops_reading_is_disconnected_and_slows_no_one() {
     let db = TestDb::new().await;
     // bursts of 100 fit easily in a 512-message queue; only a client that stops reading overflows it
-    let hub = HubProcess::start(&db.url(), &["--outbound-queue", "512", "--write-timeout", "3s"]).await;
+    let hub = HubProcess::start(&db.hub_url().await, &["--outbound-queue", "512", "--write-timeout", "3s"]).await;
 
     // the stalled client: a tiny receive buffer and it never reads
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
@@ -200,7 +201,7 @@ async fn a_client_that_stops_reading_is_disconnected_and_slows_no_one() {
 async fn silent_clients_fail_the_heartbeat_and_idle_ones_time_out() {
     let db = TestDb::new().await;
     let hub = HubProcess::start(
-        &db.url(),
+        &db.hub_url().await,
         &["--ping-interval", "200ms", "--pong-timeout", "300ms", "--idle-timeout", "1s"],
     )
     .await;
@@ -235,7 +236,7 @@ async fn silent_clients_fail_the_heartbeat_and_idle_ones_time_out() {
 #[tokio::test]
 async fn incomplete_handshakes_time_out() {
     let db = TestDb::new().await;
-    let hub = HubProcess::start(&db.url(), &["--handshake-timeout", "500ms"]).await;
+    let hub = HubProcess::start(&db.hub_url().await, &["--handshake-timeout", "500ms"]).await;
     let started = Instant::now();
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", hub.port)).await.unwrap();
     stream.write_all(b"GET /ws?c=x HTTP/1.1\r\nHost: 127.0.0.1\r\n").await.unwrap(); // never finished
@@ -250,7 +251,7 @@ async fn incomplete_handshakes_time_out() {
 #[tokio::test]
 async fn connection_cap_refuses_extra_clients_with_503() {
     let db = TestDb::new().await;
-    let hub = HubProcess::start(&db.url(), &["--max-connections", "3"]).await;
+    let hub = HubProcess::start(&db.hub_url().await, &["--max-connections", "3"]).await;
     let mut clients = Vec::new();
     for _ in 0..3 {
         clients.push(WsClient::connect(&hub.ws_url("")).await);
@@ -270,7 +271,7 @@ async fn connection_cap_refuses_extra_clients_with_503() {
 #[tokio::test]
 async fn a_flood_of_garbage_never_stalls_the_hub() {
     let db = TestDb::new().await;
-    let hub = HubProcess::start(&db.url(), &[]).await;
+    let hub = HubProcess::start(&db.hub_url().await, &[]).await;
     let mut bystander = WsClient::connect(&hub.ws_url("?c=calm")).await;
 
     // a flooder that reads its replies: every bad frame gets its error reply
@@ -348,7 +349,7 @@ async fn a_flood_of_garbage_never_stalls_the_hub() {
 #[tokio::test]
 async fn sigterm_closes_every_connection_with_1001_and_exits() {
     let db = TestDb::new().await;
-    let mut hub = HubProcess::start(&db.url(), &[]).await;
+    let mut hub = HubProcess::start(&db.hub_url().await, &[]).await;
     let mut first = WsClient::connect(&hub.ws_url("?c=a")).await;
     let mut second = WsClient::connect(&hub.ws_url("")).await;
     hub.terminate();

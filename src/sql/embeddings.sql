@@ -10,7 +10,7 @@
 
 CREATE FUNCTION @extschema@.claim_embedding_batch(batch_size integer DEFAULT 10, lease interval DEFAULT '5 minutes')
 RETURNS TABLE (memory_id uuid, content text, content_hash text, attempts integer)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 BEGIN
     IF batch_size IS NULL OR batch_size < 1 OR batch_size > 1000 THEN
@@ -45,7 +45,7 @@ $$;
 -- memory's content has changed since (the queue already holds the newer content, so the work
 -- is redone). Storing an embedding of a dimension that has no HNSW index yet queues its creation.
 CREATE FUNCTION @extschema@.store_embedding(memory_id uuid, embedding vector, model text, content_hash text)
-RETURNS boolean LANGUAGE plpgsql AS $$
+RETURNS boolean LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     dims integer := @extschema@.require_usable_embedding(embedding);
 BEGIN
@@ -84,7 +84,7 @@ $$;
 -- Record a failed attempt. The item is retried after an exponential backoff (2^attempts
 -- seconds, at most an hour) and becomes 'dead' after max_attempts attempts. Returns the status.
 CREATE FUNCTION @extschema@.fail_embedding(memory_id uuid, error text, max_attempts integer DEFAULT 5)
-RETURNS text LANGUAGE plpgsql AS $$
+RETURNS text LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     new_status text;
 BEGIN
@@ -107,7 +107,7 @@ $$;
 
 -- Put dead items back in the queue (e.g. after fixing the model server). Returns how many.
 CREATE FUNCTION @extschema@.retry_dead_embeddings() RETURNS bigint
-LANGUAGE sql AS $$
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
     WITH revived AS (
         UPDATE @extschema@.embedding_schedule q
            SET status = 'pending', attempts = 0, locked_until = NULL, updated_at = now()

@@ -5,7 +5,7 @@
 -- Fails with 23514 when the edge would be a self-loop or close a cycle.
 CREATE FUNCTION @extschema@.add_edge(source_id uuid, target_id uuid, relation text,
                                      weight double precision DEFAULT 1.0, metadata jsonb DEFAULT '{}')
-RETURNS uuid LANGUAGE plpgsql AS $$
+RETURNS uuid LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     edge uuid;
     missing uuid;
@@ -36,13 +36,19 @@ BEGIN
 END
 $$;
 
--- Remove the edge source -[relation]-> target. Returns whether there was one.
+-- Remove the edge source -[relation]-> target, if it is the caller's. Returns whether there was
+-- one. SECURITY DEFINER because nobody holds DELETE on memory_edges (it would also allow LOCK
+-- TABLE, see finalize.sql); it removes only edges the caller created.
 CREATE FUNCTION @extschema@.remove_edge(source_id uuid, target_id uuid, relation text)
-RETURNS boolean LANGUAGE plpgsql AS $$
+RETURNS boolean LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    me uuid := @extschema@.require_acting_user();
+    unrestricted boolean := @extschema@.acting_role_bypasses_rls();
 BEGIN
     DELETE FROM @extschema@.memory_edges e
      WHERE e.source_id = remove_edge.source_id AND e.target_id = remove_edge.target_id
-       AND e.relation = remove_edge.relation;
+       AND e.relation = remove_edge.relation
+       AND (unrestricted OR e.created_by = me);
     RETURN FOUND;
 END
 $$;

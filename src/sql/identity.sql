@@ -4,13 +4,15 @@
 -- the function owner; the `role` setting still names the role the session runs as (SET ROLE
 -- needs real membership, so it cannot be forged), falling back to the login role.
 CREATE FUNCTION @extschema@.acting_db_role() RETURNS name
-LANGUAGE sql STABLE PARALLEL SAFE AS $$
+LANGUAGE sql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
     SELECT CASE WHEN pg_catalog.current_setting('role') = 'none' THEN session_user
                 ELSE pg_catalog.current_setting('role')::name END
 $$;
 
--- Roles MemoriesDB's policies refer to. Roles belong to the cluster, not the database, so they
--- are created only when missing and are left in place by DROP EXTENSION.
+-- Roles MemoriesDB's privileges and policies refer to. Roles belong to the cluster, not the
+-- database, so they are created only when missing and are left in place by DROP EXTENSION.
+--   memoriesdb_user      the API: an administrator grants it to every role that uses MemoriesDB
+--                        (nothing of the extension is granted to PUBLIC; see finalize.sql)
 --   memoriesdb_trusted   may assert the acting user through app.current_user (application
 --                        servers, poolers) and create users
 --   memoriesdb_worker    embedding and indexing workers: read all content, work the queues
@@ -19,14 +21,18 @@ DO $$
 DECLARE
     r text;
 BEGIN
-    FOREACH r IN ARRAY ARRAY['memoriesdb_trusted', 'memoriesdb_worker', 'memoriesdb_auditor'] LOOP
-        IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = r) THEN
-            BEGIN
+    FOREACH r IN ARRAY ARRAY['memoriesdb_user', 'memoriesdb_trusted', 'memoriesdb_worker', 'memoriesdb_auditor'] LOOP
+        BEGIN
+            IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = r) THEN
                 EXECUTE format('CREATE ROLE %I NOLOGIN', r);
-            EXCEPTION WHEN duplicate_object OR unique_violation THEN
-                NULL;  -- created meanwhile by a concurrent CREATE EXTENSION in another database
-            END;
-        END IF;
+            END IF;
+            -- the other roles use the API too
+            IF r <> 'memoriesdb_user' AND NOT pg_catalog.pg_has_role(r, 'memoriesdb_user', 'MEMBER') THEN
+                EXECUTE format('GRANT memoriesdb_user TO %I', r);
+            END IF;
+        EXCEPTION WHEN duplicate_object OR unique_violation THEN
+            NULL;  -- done meanwhile by a concurrent CREATE EXTENSION in another database
+        END;
     END LOOP;
 END
 $$;
@@ -47,7 +53,7 @@ CREATE TRIGGER users_forget_cached_identity
 
 -- Create a user; optionally map a database role to it so that role acts as the user by default.
 CREATE FUNCTION @extschema@.create_user(name text, db_role name DEFAULT NULL, metadata jsonb DEFAULT '{}')
-RETURNS uuid LANGUAGE plpgsql AS $$
+RETURNS uuid LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     new_id uuid;
 BEGIN
@@ -74,7 +80,7 @@ $$;
 -- memoriesdb_trusted may name another user than their own. Spares callers the quoting
 -- that `SET app."current_user" = '...'` needs (current_user is a reserved word).
 CREATE FUNCTION @extschema@.set_memory_user(user_id uuid, is_local boolean DEFAULT true)
-RETURNS uuid LANGUAGE plpgsql AS $$
+RETURNS uuid LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF user_id IS NULL THEN
         PERFORM pg_catalog.set_config('app.current_user', '', is_local);
@@ -95,7 +101,7 @@ $$;
 
 -- Metadata arguments must be JSON objects; NULL means empty. One place for that rule.
 CREATE FUNCTION @extschema@.metadata_object(value jsonb, argument text) RETURNS jsonb
-LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF value IS NULL THEN
         RETURN '{}'::jsonb;
@@ -113,7 +119,7 @@ $$;
 -- Checked by a pattern that accepts a subset of what the uuid type accepts, rather than by
 -- catching the cast's error: an EXCEPTION block would open a subtransaction on every call.
 CREATE FUNCTION @extschema@.parse_uuid(value text, complaint text) RETURNS uuid
-LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF value !~ '^(\{[0-9A-Fa-f]{8}-?([0-9A-Fa-f]{4}-?){3}[0-9A-Fa-f]{12}\}|[0-9A-Fa-f]{8}-?([0-9A-Fa-f]{4}-?){3}[0-9A-Fa-f]{12})$' THEN
         RAISE EXCEPTION '%: "%"', complaint, value

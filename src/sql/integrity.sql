@@ -4,7 +4,7 @@
 -- (content or hash changed behind the triggers' back). An empty result means all verify.
 CREATE FUNCTION @extschema@.verify_memory_integrity()
 RETURNS TABLE (memory_id uuid, stored_hash text, computed_hash text)
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT m.id, m.content_hash, h.computed
       FROM @extschema@.memories m
      CROSS JOIN LATERAL (SELECT @extschema@.content_sha256(m.content) AS computed) h

@@ -1,27 +1,16 @@
 -- MemoriesDB schema: the tables everything else stands on.
 --
--- Every object is created in the extension's schema (@extschema@, normally public) and every
--- reference inside function bodies is schema-qualified, so a caller's search_path can never
--- redirect the extension to an object of the caller's choosing.
-
--- MemoriesDB's functions name pgvector's type, operators and functions through their schema,
--- which must therefore be this extension's schema. (CREATE EXTENSION memoriesdb CASCADE puts
--- pgvector there when it is not installed yet.)
-DO $$
-BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_extension e
-                    WHERE e.extname = 'vector' AND e.extnamespace = '@extschema@'::regnamespace) THEN
-        RAISE EXCEPTION 'memoriesdb must be installed in the same schema as pgvector (extension "vector")'
-            USING ERRCODE = '0A000',
-                  HINT = 'CREATE EXTENSION memoriesdb SCHEMA <the schema of extension vector>';
-    END IF;
-END
-$$;
+-- Every object is created in the extension's own schema, memoriesdb (fixed by the control file,
+-- not relocatable), and every function pins search_path and qualifies what it names, so a
+-- caller's search_path can never redirect the extension to an object of the caller's choosing.
+-- pgvector may live in any schema (CREATE EXTENSION memoriesdb CASCADE puts it in the first
+-- schema of the search_path, usually public); function bodies name it through the placeholder
+-- schema memoriesdb_pgvector, which finalize.sql binds to pgvector's real schema at install.
 
 -- The text search configuration new memories are indexed with: the memoriesdb.text_search_config
 -- setting when set (e.g. 'simple' for multilingual content), otherwise english.
 CREATE FUNCTION @extschema@.default_search_config() RETURNS regconfig
-LANGUAGE sql STABLE PARALLEL SAFE AS $$
+LANGUAGE sql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
     SELECT coalesce(nullif(pg_catalog.current_setting('memoriesdb.text_search_config', true), ''), 'english')::regconfig
 $$;
 

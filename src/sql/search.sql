@@ -9,7 +9,7 @@
 
 -- Validation shared by the search functions; returns the effective limit.
 CREATE FUNCTION @extschema@.search_limit(lim integer) RETURNS integer
-LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF lim IS NULL THEN
         RETURN 10;
@@ -120,15 +120,15 @@ $$;
 -- Checks a query embedding: finite (pgvector already rejects NaN and infinity on input) and
 -- not all zeros, for which cosine similarity is undefined.
 CREATE FUNCTION @extschema@.require_usable_embedding(embedding vector, argument text DEFAULT 'embedding')
-RETURNS integer LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+RETURNS integer LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF embedding IS NULL THEN
         RAISE EXCEPTION '% must not be NULL', argument USING ERRCODE = '22004';
     END IF;
-    IF @extschema@.vector_norm(embedding) = 0 THEN
+    IF memoriesdb_pgvector.vector_norm(embedding) = 0 THEN
         RAISE EXCEPTION '% is the zero vector: cosine similarity is undefined', argument USING ERRCODE = '22023';
     END IF;
-    RETURN @extschema@.vector_dims(embedding);
+    RETURN memoriesdb_pgvector.vector_dims(embedding);
 END
 $$;
 
@@ -149,9 +149,10 @@ BEGIN
             USING ERRCODE = '22023';
     END IF;
     EXECUTE format(
-        'CREATE INDEX IF NOT EXISTS %I ON %I.memories USING hnsw ((content_embedding::%I.vector(%s)) %I.vector_cosine_ops)'
-        ' WITH (m = %s, ef_construction = %s) WHERE %I.vector_dims(content_embedding) = %s',
-        index_name, '@extschema@', '@extschema@', dimensions, '@extschema@', m, ef_construction, '@extschema@', dimensions);
+        'CREATE INDEX IF NOT EXISTS %I ON %I.memories USING hnsw ((content_embedding::%s.vector(%s)) %s.vector_cosine_ops)'
+        ' WITH (m = %s, ef_construction = %s) WHERE %s.vector_dims(content_embedding) = %s',
+        index_name, '@extschema@', 'memoriesdb_pgvector', dimensions, 'memoriesdb_pgvector', m, ef_construction,
+        'memoriesdb_pgvector', dimensions);
     INSERT INTO @extschema@.vector_indexes AS v (dimensions, m, ef_construction)
     VALUES (create_vector_index.dimensions, create_vector_index.m, create_vector_index.ef_construction)
     ON CONFLICT ON CONSTRAINT vector_indexes_pkey DO NOTHING;
@@ -221,11 +222,11 @@ BEGIN
         RETURN QUERY
         SELECT * FROM (
             SELECT m.id, m.content, m.kind, m.role, m.session_id, m.position,
-                   1 - (m.content_embedding OPERATOR(@extschema@.<=>) embedding) AS sim
+                   1 - (m.content_embedding OPERATOR(memoriesdb_pgvector.<=>) embedding) AS sim
               FROM @extschema@.session_lineage(vector_search.session_id) l
               JOIN @extschema@.memories m
                 ON m.session_id = l.lineage_session_id AND m.position <= l.visible_upto
-             WHERE @extschema@.vector_dims(m.content_embedding) = dims
+             WHERE memoriesdb_pgvector.vector_dims(m.content_embedding) = dims
                AND (worker OR m.created_by = me
                     OR (m.session_id IS NOT NULL AND EXISTS (
                             SELECT 1 FROM @extschema@.memory_sessions s WHERE s.id = m.session_id AND s.owner_id = me))
@@ -248,9 +249,9 @@ BEGIN
     WHEN 384 THEN
         RETURN QUERY SELECT * FROM (
             SELECT m.id, m.content, m.kind, m.role, m.session_id, m.position,
-                   1 - (m.content_embedding::@extschema@.vector(384) OPERATOR(@extschema@.<=>) embedding::@extschema@.vector(384)) AS sim
+                   1 - (m.content_embedding::memoriesdb_pgvector.vector(384) OPERATOR(memoriesdb_pgvector.<=>) embedding::memoriesdb_pgvector.vector(384)) AS sim
               FROM @extschema@.memories m
-             WHERE @extschema@.vector_dims(m.content_embedding) = 384
+             WHERE memoriesdb_pgvector.vector_dims(m.content_embedding) = 384
                AND (worker OR m.created_by = me
                     OR (m.session_id IS NOT NULL AND EXISTS (
                             SELECT 1 FROM @extschema@.memory_sessions s WHERE s.id = m.session_id AND s.owner_id = me))
@@ -260,15 +261,15 @@ BEGIN
                     OR EXISTS (SELECT 1 FROM @extschema@.memory_shares g WHERE g.memory_id = m.id AND g.grantee = me))
                AND (kind_filter IS NULL OR m.kind = kind_filter)
                AND (metadata_filter IS NULL OR m._metadata @> metadata_filter)
-             ORDER BY m.content_embedding::@extschema@.vector(384) OPERATOR(@extschema@.<=>) embedding::@extschema@.vector(384)
+             ORDER BY m.content_embedding::memoriesdb_pgvector.vector(384) OPERATOR(memoriesdb_pgvector.<=>) embedding::memoriesdb_pgvector.vector(384)
              LIMIT n) hits
          WHERE hits.sim >= min_similarity ORDER BY hits.sim DESC;
     WHEN 768 THEN
         RETURN QUERY SELECT * FROM (
             SELECT m.id, m.content, m.kind, m.role, m.session_id, m.position,
-                   1 - (m.content_embedding::@extschema@.vector(768) OPERATOR(@extschema@.<=>) embedding::@extschema@.vector(768)) AS sim
+                   1 - (m.content_embedding::memoriesdb_pgvector.vector(768) OPERATOR(memoriesdb_pgvector.<=>) embedding::memoriesdb_pgvector.vector(768)) AS sim
               FROM @extschema@.memories m
-             WHERE @extschema@.vector_dims(m.content_embedding) = 768
+             WHERE memoriesdb_pgvector.vector_dims(m.content_embedding) = 768
                AND (worker OR m.created_by = me
                     OR (m.session_id IS NOT NULL AND EXISTS (
                             SELECT 1 FROM @extschema@.memory_sessions s WHERE s.id = m.session_id AND s.owner_id = me))
@@ -278,15 +279,15 @@ BEGIN
                     OR EXISTS (SELECT 1 FROM @extschema@.memory_shares g WHERE g.memory_id = m.id AND g.grantee = me))
                AND (kind_filter IS NULL OR m.kind = kind_filter)
                AND (metadata_filter IS NULL OR m._metadata @> metadata_filter)
-             ORDER BY m.content_embedding::@extschema@.vector(768) OPERATOR(@extschema@.<=>) embedding::@extschema@.vector(768)
+             ORDER BY m.content_embedding::memoriesdb_pgvector.vector(768) OPERATOR(memoriesdb_pgvector.<=>) embedding::memoriesdb_pgvector.vector(768)
              LIMIT n) hits
          WHERE hits.sim >= min_similarity ORDER BY hits.sim DESC;
     WHEN 1024 THEN
         RETURN QUERY SELECT * FROM (
             SELECT m.id, m.content, m.kind, m.role, m.session_id, m.position,
-                   1 - (m.content_embedding::@extschema@.vector(1024) OPERATOR(@extschema@.<=>) embedding::@extschema@.vector(1024)) AS sim
+                   1 - (m.content_embedding::memoriesdb_pgvector.vector(1024) OPERATOR(memoriesdb_pgvector.<=>) embedding::memoriesdb_pgvector.vector(1024)) AS sim
               FROM @extschema@.memories m
-             WHERE @extschema@.vector_dims(m.content_embedding) = 1024
+             WHERE memoriesdb_pgvector.vector_dims(m.content_embedding) = 1024
                AND (worker OR m.created_by = me
                     OR (m.session_id IS NOT NULL AND EXISTS (
                             SELECT 1 FROM @extschema@.memory_sessions s WHERE s.id = m.session_id AND s.owner_id = me))
@@ -296,15 +297,15 @@ BEGIN
                     OR EXISTS (SELECT 1 FROM @extschema@.memory_shares g WHERE g.memory_id = m.id AND g.grantee = me))
                AND (kind_filter IS NULL OR m.kind = kind_filter)
                AND (metadata_filter IS NULL OR m._metadata @> metadata_filter)
-             ORDER BY m.content_embedding::@extschema@.vector(1024) OPERATOR(@extschema@.<=>) embedding::@extschema@.vector(1024)
+             ORDER BY m.content_embedding::memoriesdb_pgvector.vector(1024) OPERATOR(memoriesdb_pgvector.<=>) embedding::memoriesdb_pgvector.vector(1024)
              LIMIT n) hits
          WHERE hits.sim >= min_similarity ORDER BY hits.sim DESC;
     WHEN 1536 THEN
         RETURN QUERY SELECT * FROM (
             SELECT m.id, m.content, m.kind, m.role, m.session_id, m.position,
-                   1 - (m.content_embedding::@extschema@.vector(1536) OPERATOR(@extschema@.<=>) embedding::@extschema@.vector(1536)) AS sim
+                   1 - (m.content_embedding::memoriesdb_pgvector.vector(1536) OPERATOR(memoriesdb_pgvector.<=>) embedding::memoriesdb_pgvector.vector(1536)) AS sim
               FROM @extschema@.memories m
-             WHERE @extschema@.vector_dims(m.content_embedding) = 1536
+             WHERE memoriesdb_pgvector.vector_dims(m.content_embedding) = 1536
                AND (worker OR m.created_by = me
                     OR (m.session_id IS NOT NULL AND EXISTS (
                             SELECT 1 FROM @extschema@.memory_sessions s WHERE s.id = m.session_id AND s.owner_id = me))
@@ -314,16 +315,16 @@ BEGIN
                     OR EXISTS (SELECT 1 FROM @extschema@.memory_shares g WHERE g.memory_id = m.id AND g.grantee = me))
                AND (kind_filter IS NULL OR m.kind = kind_filter)
                AND (metadata_filter IS NULL OR m._metadata @> metadata_filter)
-             ORDER BY m.content_embedding::@extschema@.vector(1536) OPERATOR(@extschema@.<=>) embedding::@extschema@.vector(1536)
+             ORDER BY m.content_embedding::memoriesdb_pgvector.vector(1536) OPERATOR(memoriesdb_pgvector.<=>) embedding::memoriesdb_pgvector.vector(1536)
              LIMIT n) hits
          WHERE hits.sim >= min_similarity ORDER BY hits.sim DESC;
     ELSE
         RETURN QUERY EXECUTE format(
             'SELECT * FROM (
                 SELECT m.id, m.content, m.kind, m.role, m.session_id, m.position,
-                       1 - (m.content_embedding::%1$I.vector(%2$s) OPERATOR(%1$I.<=>) $1::%1$I.vector(%2$s)) AS sim
+                       1 - (m.content_embedding::%3$s.vector(%2$s) OPERATOR(%3$s.<=>) $1::%3$s.vector(%2$s)) AS sim
                   FROM %1$I.memories m
-                 WHERE %1$I.vector_dims(m.content_embedding) = %2$s
+                 WHERE %3$s.vector_dims(m.content_embedding) = %2$s
                    AND ($6 OR m.created_by = $7
                         OR (m.session_id IS NOT NULL AND EXISTS (
                                 SELECT 1 FROM %1$I.memory_sessions s WHERE s.id = m.session_id AND s.owner_id = $7))
@@ -333,9 +334,9 @@ BEGIN
                         OR EXISTS (SELECT 1 FROM %1$I.memory_shares g WHERE g.memory_id = m.id AND g.grantee = $7))
                    AND ($2 IS NULL OR m.kind = $2)
                    AND ($3 IS NULL OR m._metadata @> $3)
-                 ORDER BY m.content_embedding::%1$I.vector(%2$s) OPERATOR(%1$I.<=>) $1::%1$I.vector(%2$s)
+                 ORDER BY m.content_embedding::%3$s.vector(%2$s) OPERATOR(%3$s.<=>) $1::%3$s.vector(%2$s)
                  LIMIT $4) hits
-             WHERE hits.sim >= $5 ORDER BY hits.sim DESC', '@extschema@', dims)
+             WHERE hits.sim >= $5 ORDER BY hits.sim DESC', '@extschema@', dims, 'memoriesdb_pgvector')
         USING embedding, kind_filter, metadata_filter, n, min_similarity, worker, me;
     END CASE;
 END
@@ -361,7 +362,7 @@ CREATE FUNCTION @extschema@.hybrid_search(
 RETURNS TABLE (id uuid, content text, kind text, role text, origin_session_id uuid, "position" bigint,
                score double precision, text_rank bigint, text_score real,
                vector_rank bigint, vector_similarity double precision)
-LANGUAGE plpgsql STABLE AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
     n integer := @extschema@.search_limit(lim);

@@ -51,24 +51,6 @@ BEGIN
 END
 $$;
 
--- May the acting user add messages to the session: own it, or hold a share with can_write?
--- (next_session_position() applies the same rule in its UPDATE; change them together.)
--- For the memories_insert policy. SECURITY DEFINER, so that the check is two index probes: as
--- subqueries in the policy they carried memory_sessions' own policy with them, and setting
--- that up cost a quarter of an append. Answers only for the acting user, about a session id
--- the caller already has, what an INSERT would tell them anyway.
-CREATE FUNCTION @extschema@.session_writable(session uuid)
-RETURNS boolean LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    me uuid := @extschema@.current_memory_user();
-BEGIN
-    RETURN me IS NOT NULL AND (
-           EXISTS (SELECT 1 FROM @extschema@.memory_sessions s WHERE s.id = session AND s.owner_id = me)
-        OR EXISTS (SELECT 1 FROM @extschema@.memory_shares g
-                    WHERE g.memory_id = session AND g.can_write AND g.grantee = me));
-END
-$$;
-
 -- Share a memory or a session with another user, read-only or read-write. Sharing a session
 -- shares what its branch shows the owner (its messages and the inherited prefix of its
 -- ancestors, as far as the owner may see them); with can_write the grantee may also add messages
@@ -258,10 +240,12 @@ CREATE POLICY memories_read ON @extschema@.memories FOR SELECT
            OR EXISTS (SELECT 1 FROM @extschema@.memory_shares g
                        WHERE g.memory_id = memories.id
                          AND g.grantee = (SELECT @extschema@.current_memory_user())));
--- writing: as yourself, into your own sessions or sessions shared with you for writing
+-- writing directly: free memories, as yourself. Sessions and messages are written through the
+-- conversation API (create_session, add_message(s)_to_session, fork_session), which runs as the
+-- extension owner and takes positions in order: a message inserted directly could take a
+-- position the session's next append needs and jam it.
 CREATE POLICY memories_insert ON @extschema@.memories FOR INSERT
-    WITH CHECK (created_by = (SELECT @extschema@.current_memory_user())
-                AND (session_id IS NULL OR @extschema@.session_writable(session_id)));
+    WITH CHECK (created_by = (SELECT @extschema@.current_memory_user()) AND session_id IS NULL);
 CREATE POLICY memories_update ON @extschema@.memories FOR UPDATE
     USING ((SELECT @extschema@.acting_role_is('memoriesdb_worker'))
            OR created_by = (SELECT @extschema@.current_memory_user())
@@ -343,7 +327,7 @@ ALTER VIEW @extschema@.embedding_coverage SET (security_invoker = true);
 -- The time is hashed in UTC so that the text, and so the chain, is the same whatever the
 -- session's TimeZone.
 CREATE FUNCTION @extschema@.audit_row_text(a @extschema@.audit_log) RETURNS text
-LANGUAGE sql STABLE PARALLEL SAFE AS $$
+LANGUAGE sql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
     SELECT pg_catalog.jsonb_build_array(a.id, a.table_name, a.operation, a.row_id, a.old_row, a.new_row,
                                         a.acting_user, a.subject_user, a.db_role, a.txid,
                                         a.changed_at AT TIME ZONE 'UTC')::text

@@ -10,7 +10,7 @@
 -- Raise a clear error unless the session exists; returns its memory_sessions row.
 CREATE FUNCTION @extschema@.require_session(session_id uuid, argument text DEFAULT 'session_id')
 RETURNS @extschema@.memory_sessions
-LANGUAGE plpgsql STABLE AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     found_session @extschema@.memory_sessions;
 BEGIN
@@ -23,6 +23,38 @@ BEGIN
             USING ERRCODE = 'P0002', HINT = 'create one with create_session(title)';
     END IF;
     RETURN found_session;
+END
+$$;
+
+-- The conversation writers (create_session, add_message(s)_to_session, fork_session) run as the
+-- extension owner (SECURITY DEFINER): they call internal helpers nobody else may call
+-- (register_session, next_session_position) and write rows only the extension writes. Running
+-- as the owner, they bypass row-level security, so each decides for its caller explicitly,
+-- with the helpers below, and answers "does not exist" for whatever the caller cannot see.
+
+-- The acting user, for code that writes on their behalf; 42501 when the role acts as nobody.
+-- Roles that bypass row-level security (superusers) may act as nobody, as direct DML allows them.
+CREATE FUNCTION @extschema@.require_acting_user() RETURNS uuid
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    me uuid := @extschema@.current_memory_user();
+BEGIN
+    IF me IS NULL AND NOT @extschema@.acting_role_bypasses_rls() THEN
+        RAISE EXCEPTION 'role "%" acts as no MemoriesDB user', @extschema@.acting_db_role()
+            USING ERRCODE = '42501',
+                  HINT = 'map the role to a user with create_user(name, db_role), or assert one with set_memory_user() from a member of memoriesdb_trusted';
+    END IF;
+    RETURN me;
+END
+$$;
+
+-- Is this session listed for the caller (the memory_sessions_read rule): theirs, shared with them
+-- directly, or the caller is a worker or bypasses row-level security?
+CREATE FUNCTION @extschema@.session_listed_for_caller(session uuid) RETURNS boolean
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN @extschema@.acting_role_bypasses_rls() OR @extschema@.acting_role_is('memoriesdb_worker')
+        OR @extschema@.session_listed_for(@extschema@.current_memory_user(), session);
 END
 $$;
 
@@ -65,10 +97,11 @@ END
 $$;
 
 CREATE FUNCTION @extschema@.create_session(title text, metadata jsonb DEFAULT '{}')
-RETURNS uuid LANGUAGE plpgsql AS $$
+RETURNS uuid LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     new_id uuid;
 BEGIN
+    PERFORM @extschema@.require_acting_user();
     IF title IS NULL THEN
         RAISE EXCEPTION 'title must not be NULL' USING ERRCODE = '22004';
     END IF;
@@ -85,7 +118,7 @@ $$;
 -- A message's role: non-blank, at most 64 characters, no control characters. `argument` names
 -- the value in the error ('role', or 'messages[2].role' in a batch).
 CREATE FUNCTION @extschema@.check_message_role(role text, argument text) RETURNS void
-LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     -- blank means only (Unicode) white space
     IF role IS NULL
@@ -108,9 +141,10 @@ $$;
 -- The error for a session next_session_position() refused: it is shared with the caller
 -- read-only, or, as far as the caller can tell, it does not exist.
 CREATE FUNCTION @extschema@.refuse_session_write(session_id uuid) RETURNS void
-LANGUAGE plpgsql STABLE AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    IF EXISTS (SELECT 1 FROM @extschema@.memory_sessions s WHERE s.id = refuse_session_write.session_id) THEN
+    IF EXISTS (SELECT 1 FROM @extschema@.memory_sessions s WHERE s.id = refuse_session_write.session_id)
+       AND @extschema@.session_listed_for_caller(refuse_session_write.session_id) THEN
         RAISE EXCEPTION 'session % is shared with you read-only', refuse_session_write.session_id
             USING ERRCODE = '42501', HINT = 'its owner can share it with can_write => true';
     END IF;
@@ -120,7 +154,7 @@ END
 $$;
 
 CREATE FUNCTION @extschema@.add_message_to_session(session_id uuid, role text, content text, metadata jsonb DEFAULT '{}')
-RETURNS uuid LANGUAGE plpgsql AS $$
+RETURNS uuid LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     new_position bigint;
     new_id uuid;
@@ -155,7 +189,7 @@ $$;
 -- messages; its events are those of one statement (one per message, or one summary per session
 -- for more than 100 messages).
 CREATE FUNCTION @extschema@.add_messages_to_session(session_id uuid, messages jsonb)
-RETURNS SETOF uuid LANGUAGE plpgsql AS $$
+RETURNS SETOF uuid LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     message jsonb;
     n bigint;
@@ -227,7 +261,7 @@ $$;
 -- by default at its latest message. Costs the same for 10 or 100,000 messages: nothing is copied.
 CREATE FUNCTION @extschema@.fork_session(session_id uuid, new_title text, metadata jsonb DEFAULT '{}',
                                          parent_message_id uuid DEFAULT NULL)
-RETURNS uuid LANGUAGE plpgsql AS $$
+RETURNS uuid LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     parent @extschema@.memory_sessions;
     clean_metadata jsonb := @extschema@.metadata_object(metadata, 'metadata');
@@ -235,8 +269,15 @@ DECLARE
     fork_at bigint;
     message_session uuid;
     new_id uuid;
+    me uuid := @extschema@.require_acting_user();
+    unrestricted boolean := @extschema@.acting_role_bypasses_rls() OR @extschema@.acting_role_is('memoriesdb_worker');
 BEGIN
     parent := @extschema@.require_session(fork_session.session_id);
+    -- (running as the owner, require_session() sees every session: the caller's view is this)
+    IF NOT @extschema@.session_listed_for_caller(parent.id) THEN
+        RAISE EXCEPTION 'session % does not exist', fork_session.session_id
+            USING ERRCODE = 'P0002', HINT = 'create one with create_session(title)';
+    END IF;
     IF new_title IS NULL THEN
         RAISE EXCEPTION 'new_title must not be NULL' USING ERRCODE = '22004';
     END IF;
@@ -257,7 +298,9 @@ BEGIN
          WHERE fork_at <= l.visible_upto;
     ELSE
         SELECT m.position, m.session_id INTO fork_at, message_session
-          FROM @extschema@.memories m WHERE m.id = fork_message AND m.kind = 'message';
+          FROM @extschema@.memories m
+         WHERE m.id = fork_message AND m.kind = 'message'
+           AND (unrestricted OR @extschema@.memory_visible_to(me, m.created_by, m.session_id, m.position, m.id));
         IF NOT FOUND THEN
             RAISE EXCEPTION 'message % does not exist', fork_message USING ERRCODE = 'P0002';
         END IF;
@@ -277,6 +320,26 @@ BEGIN
 END
 $$;
 
+-- Delete a memory of the caller's (a free memory, a message or a session, with what hangs off it:
+-- its edges, queue entries and, for a session, its messages). Returns whether there was one.
+-- SECURITY DEFINER because nobody holds DELETE on memories (it would also allow LOCK TABLE,
+-- see finalize.sql); it deletes only the caller's own memories, as the memories_delete policy
+-- allowed, and every deleted row is audited as the caller's change.
+CREATE FUNCTION @extschema@.delete_memory(memory_id uuid) RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    me uuid := @extschema@.require_acting_user();
+    unrestricted boolean := @extschema@.acting_role_bypasses_rls();
+BEGIN
+    IF delete_memory.memory_id IS NULL THEN
+        RAISE EXCEPTION 'memory_id must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    DELETE FROM @extschema@.memories m
+     WHERE m.id = delete_memory.memory_id AND (unrestricted OR m.created_by = me);
+    RETURN FOUND;
+END
+$$;
+
 -- The transcript a branch sees, in order: inherited messages first, then its own.
 -- origin_session_id names the session (this one or an ancestor) each message was written in.
 -- One query over all segments of the lineage, so that row-level security sets up its checks
@@ -285,7 +348,7 @@ $$;
 CREATE FUNCTION @extschema@.get_formatted_conversation(session_id uuid, include_metadata boolean DEFAULT false)
 RETURNS TABLE ("position" bigint, role text, content text, message_id uuid, origin_session_id uuid,
                created_at timestamptz, metadata jsonb)
-LANGUAGE plpgsql STABLE SET jit = off AS $$
+LANGUAGE plpgsql STABLE SET jit = off SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 BEGIN
     PERFORM @extschema@.require_session(get_formatted_conversation.session_id);
@@ -303,7 +366,7 @@ $$;
 
 -- The same transcript as plain text, one "role: content" line per message.
 CREATE FUNCTION @extschema@.get_conversation_text(session_id uuid)
-RETURNS text LANGUAGE sql STABLE AS $$
+RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT coalesce(pg_catalog.string_agg(c.role || ': ' || c.content, E'\n' ORDER BY c.position), '')
       FROM @extschema@.get_formatted_conversation($1) c
 $$;

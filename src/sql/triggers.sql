@@ -4,7 +4,7 @@
 -- Provenance: who created and last changed a row is taken from the acting user, never from the
 -- values a caller supplies. Also keeps a memory's kind, session and position fixed.
 CREATE FUNCTION @extschema@.stamp_provenance() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF TG_OP = 'INSERT' THEN
         NEW.created_by := @extschema@.current_memory_user();
@@ -47,25 +47,11 @@ BEGIN
 END
 $$;
 
--- Can an edge out of `source` be added without the serialised cycle check? Only when `source`
--- was created by this transaction and nothing points at it yet (see src/graph.rs). Runs as the
--- caller: another tenant cannot point at a memory it cannot see, let alone an uncommitted one.
-CREATE FUNCTION @extschema@.is_fresh_leaf(source uuid) RETURNS boolean
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    RETURN EXISTS (
-        SELECT 1 FROM @extschema@.memories m
-         WHERE m.id = source
-           AND m.xmin::text = (pg_current_xact_id()::xid)::text
-           AND NOT EXISTS (SELECT 1 FROM @extschema@.memory_graph_edges e WHERE e.target_id = source));
-END
-$$;
-
 -- An edge may only connect memories the acting user can see. A memory another user owns (and
 -- did not share) gets exactly the error a missing one gets from the foreign key, so edges cannot
 -- be used to probe for other tenants' ids. Runs as the caller, under row-level security.
 CREATE FUNCTION @extschema@.require_visible_endpoints() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM @extschema@.memories m WHERE m.id = NEW.source_id) THEN
         RAISE EXCEPTION 'insert or update on table "memory_edges" violates foreign key constraint "memory_edges_source_id_fkey"'
@@ -83,7 +69,7 @@ $$;
 -- embedding is dropped (and the enqueue trigger below asks for a new one), so vector search
 -- never serves a stale embedding as current.
 CREATE FUNCTION @extschema@.invalidate_stale_embedding() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     NEW.content_embedding := NULL;
     NEW.embedding_model := NULL;
@@ -126,7 +112,7 @@ $$;
 -- granted the privileges.) A statement-level trigger, so that it fails even when row-level
 -- security leaves the statement no rows to touch.
 CREATE FUNCTION @extschema@.audit_log_append_only() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user) THEN
         RETURN NULL;

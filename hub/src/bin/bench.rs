@@ -130,7 +130,7 @@ fn event_id(text: &str) -> Option<String> {
 
 async fn latency(args: &Args) -> Result<serde_json::Value> {
     let db = sql(&args.db).await?;
-    let session: uuid::Uuid = db.query_one("SELECT create_session('hub latency bench')", &[]).await?.get(0);
+    let session: uuid::Uuid = db.query_one("SELECT memoriesdb.create_session('hub latency bench')", &[]).await?.get(0);
     let channel = format!("chat_updates_{}", session.simple());
 
     // the raw libpq LISTEN client, on its own thread
@@ -193,7 +193,7 @@ async fn latency(args: &Args) -> Result<serde_json::Value> {
     for i in 0..args.messages {
         let transaction = writer.transaction().await?;
         let id: uuid::Uuid = transaction
-            .query_one("SELECT add_message_to_session($1, 'user', $2)", &[&session, &format!("message {i}")])
+            .query_one("SELECT memoriesdb.add_message_to_session($1, 'user', $2)", &[&session, &format!("message {i}")])
             .await?
             .get(0);
         let started = Instant::now();
@@ -329,9 +329,9 @@ async fn fanout(args: &Args, many_channels: bool) -> Result<serde_json::Value> {
     // back to back on one pipelined connection: a producer publishing as fast as it can.
     // fanout-one: a round is 1 message to the channel; fanout-many: 1 message to each channel.
     let statement = if many_channels {
-        db.prepare(&format!("SELECT pg_notify('fan_' || c, $1) FROM generate_series(0, {}) c", args.clients - 1)).await?
+        db.prepare(&format!("SELECT pg_catalog.pg_notify('fan_' || c, $1) FROM pg_catalog.generate_series(0, {}) c", args.clients - 1)).await?
     } else {
-        db.prepare("SELECT pg_notify('fan', $1)").await?
+        db.prepare("SELECT pg_catalog.pg_notify('fan', $1)").await?
     };
     let started = Instant::now();
     let rounds: Vec<String> = (1..=per_client).map(|i| i.to_string()).collect();

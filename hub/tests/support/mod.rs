@@ -43,7 +43,9 @@ fn replace_keys(url: &str, replacements: &[(&str, &str)]) -> String {
     parts.join(" ")
 }
 
-/// A database of its own with `CREATE EXTENSION memoriesdb CASCADE`, dropped at the end.
+/// A database of its own with `CREATE EXTENSION memoriesdb CASCADE`, dropped at the end. The
+/// extension lives in schema `memoriesdb`, which is not on the search_path: SQL in tests names
+/// it, as the hub does.
 pub struct TestDb {
     pub name: String,
     admin_url: String,
@@ -82,13 +84,9 @@ impl TestDb {
         replace_keys(&self.admin_url, &[("dbname", &self.name)])
     }
 
-    /// The same database reached through another host/port (e.g. a proxy).
-    pub fn url_via(&self, port: u16) -> String {
-        replace_keys(&self.admin_url, &[("dbname", &self.name), ("host", "127.0.0.1"), ("port", &port.to_string())])
-    }
-
-    /// A login role that is not a superuser, member of `member_of` (e.g. memoriesdb_trusted);
-    /// dropped with the database. Returns its connection string.
+    /// A login role that is not a superuser, member of memoriesdb_user (the extension's API) and
+    /// of `member_of` (e.g. memoriesdb_trusted); dropped with the database. Returns its
+    /// connection string.
     pub async fn role_url(&self, tag: &str, member_of: &[&str]) -> String {
         let role = format!("{}_{tag}", self.name);
         let admin = connect(&self.admin_url).await;
@@ -96,11 +94,34 @@ impl TestDb {
             .batch_execute(&format!("DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE"))
             .await
             .expect("create role");
-        for group in member_of {
+        self.roles.lock().unwrap().push(role.clone());
+        for group in ["memoriesdb_user"].iter().chain(member_of) {
             admin.batch_execute(&format!("GRANT {group} TO {role}")).await.expect("grant role");
         }
-        self.roles.lock().unwrap().push(role.clone());
         replace_keys(&self.admin_url, &[("dbname", &self.name), ("user", &role)])
+    }
+
+    /// A role as [`role_url`](Self::role_url) makes, mapped to a new MemoriesDB user `user_name`
+    /// (`memoriesdb.create_user(user_name, role)`): the role acts as that user. Returns the
+    /// connection string and the user's id.
+    pub async fn mapped_role_url(&self, tag: &str, user_name: &str) -> (String, String) {
+        let url = self.role_url(tag, &[]).await;
+        let role = url_value(&url, "user").unwrap();
+        let user: String = self
+            .client()
+            .await
+            .query_one("SELECT memoriesdb.create_user($1, $2)::text", &[&user_name, &role])
+            .await
+            .expect("create_user")
+            .get(0);
+        (url, user)
+    }
+
+    /// The database role of an anonymous hub, as a demo deployment has it: no superuser, a member
+    /// of memoriesdb_user, mapped to the MemoriesDB user "demo", so every anonymous client acts as
+    /// that user and row-level security applies.
+    pub async fn hub_url(&self) -> String {
+        self.mapped_role_url("hub", "demo").await.0
     }
 
     pub fn pg_port(&self) -> u16 {
@@ -132,6 +153,11 @@ impl Drop for TestDb {
         })
         .join();
     }
+}
+
+/// The same connection string reached through another port on 127.0.0.1 (e.g. a proxy).
+pub fn via_port(url: &str, port: u16) -> String {
+    replace_keys(url, &[("host", "127.0.0.1"), ("port", &port.to_string())])
 }
 
 pub async fn connect(url: &str) -> tokio_postgres::Client {
@@ -305,6 +331,47 @@ pub async fn http_request(port: u16, request: &str) -> std::io::Result<(u16, Str
     let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     Ok((status, body))
+}
+
+/// A raw WebSocket upgrade request with the given Host header (and extra headers); returns the
+/// HTTP status (101 when the hub upgraded).
+pub async fn upgrade_status(port: u16, host: &str, query: &str, headers: &[(&str, &str)]) -> u16 {
+    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
+    let request = format!(
+        "GET /ws{query} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra}\r\n"
+    );
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut buffer = vec![0u8; 4096];
+    let n = tokio::time::timeout(WAIT, stream.read(&mut buffer)).await.unwrap().unwrap();
+    let head = String::from_utf8_lossy(&buffer[..n]).to_string();
+    head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
+/// A hub process that must refuse to start: its exit code and stderr.
+pub fn refused_start(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let mut command = Command::new(HUB_BIN);
+    command.args(["--port", &free_port().to_string()]).args(args);
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let mut child = command.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("start memoriesdb-hub");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("memoriesdb-hub {args:?} did not exit: it started");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    (status.code(), stderr)
 }
 
 pub type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;

@@ -1,0 +1,573 @@
+//! The attack suite: what a hostile tenant, a careless client or a poisoned session can try
+//! against the trust boundary, each as the reviewer who broke it did (ordinary login roles on a
+//! real cluster), each asserting that the promise holds. One test per defect of the trust-boundary
+//! review (issue 10), named after it; the catalog tests keep new functions and grants honest.
+
+use memoriesdb_integration_tests::{chat_channel, error_shape, sqlstate, TestDb};
+use postgres::fallible_iterator::FallibleIterator;
+use postgres::{Client, IsolationLevel};
+use std::collections::BTreeSet;
+use std::sync::{Arc, Barrier};
+use std::thread;
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+/// The functions memoriesdb_user may execute: the README's API plus the predicates PostgreSQL
+/// itself evaluates as the caller (policies, column defaults, invoker functions). Anything else
+/// the extension defines must be internal. Keep in step with sql/finalize.sql and the README.
+const USER_FUNCTIONS: &[&str] = &[
+    // the API
+    "add_edge",
+    "add_message_to_session",
+    "add_messages_to_session",
+    "content_sha256",
+    "create_session",
+    "current_memory_user",
+    "delete_memory",
+    "fork_session",
+    "get_conversation_text",
+    "get_formatted_conversation",
+    "hybrid_search",
+    "remove_edge",
+    "revoke_share",
+    "search_memories",
+    "session_lineage",
+    "set_memory_user",
+    "share_memory",
+    "traverse_memory_graph",
+    "uuid_generate_v7",
+    "vector_search",
+    "verify_memory_integrity",
+    // evaluated as the caller: policies, defaults, invoker functions above
+    "acting_db_role",
+    "acting_role_is",
+    "default_search_config",
+    "metadata_object",
+    "require_session",
+    "search_limit",
+];
+
+/// Extra functions for the specialised roles (members of memoriesdb_user).
+const ROLE_FUNCTIONS: &[(&str, &[&str])] = &[
+    (
+        "memoriesdb_worker",
+        &[
+            "claim_embedding_batch",
+            "create_vector_index",
+            "fail_embedding",
+            "process_vindexing",
+            "require_usable_embedding",
+            "restore_vector_indexes",
+            "retry_dead_embeddings",
+            "seal_audit_log",
+            "store_embedding",
+        ],
+    ),
+    ("memoriesdb_auditor", &["seal_audit_log", "verify_audit_chain"]),
+    ("memoriesdb_trusted", &["create_user"]),
+];
+
+fn names(c: &mut Client, sql: &str) -> BTreeSet<String> {
+    c.query(sql, &[]).unwrap_or_else(|e| panic!("{sql}: {}", error_shape(&e, &[]))).iter().map(|r| r.get(0)).collect()
+}
+
+fn set(list: &[&str]) -> BTreeSet<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+/// Defect 7 and the design change: no extension function is executable by PUBLIC, and
+/// memoriesdb_user (and the specialised roles) can execute exactly the documented ones.
+#[test]
+fn catalog_no_function_is_executable_beyond_the_documented_api() {
+    let db = TestDb::new();
+    let mut admin = db.admin();
+    let for_public = names(
+        &mut admin,
+        "SELECT p.proname::text FROM pg_catalog.pg_proc p, pg_catalog.aclexplode(coalesce(p.proacl, pg_catalog.acldefault('f', p.proowner))) a
+          WHERE p.pronamespace = 'memoriesdb'::regnamespace AND a.grantee = 0 AND a.privilege_type = 'EXECUTE'",
+    );
+    assert!(for_public.is_empty(), "functions executable by PUBLIC: {for_public:?}");
+
+    let executable_by = |admin: &mut Client, role: &str| {
+        names(
+            admin,
+            &format!(
+                "SELECT p.proname::text FROM pg_catalog.pg_proc p
+                  WHERE p.pronamespace = 'memoriesdb'::regnamespace
+                    AND pg_catalog.has_function_privilege('{role}', p.oid, 'EXECUTE')"
+            ),
+        )
+    };
+    let user = executable_by(&mut admin, "memoriesdb_user");
+    assert_eq!(user, set(USER_FUNCTIONS), "functions memoriesdb_user can execute (left) vs the documented list (right)");
+    for (role, extra) in ROLE_FUNCTIONS {
+        let expected: BTreeSet<String> = set(USER_FUNCTIONS).union(&set(extra)).cloned().collect();
+        assert_eq!(executable_by(&mut admin, role), expected, "functions {role} can execute");
+    }
+    // and a role granted nothing cannot even reach the schema
+    let outsider = db.outsider_role("outsider");
+    let err = db.connect_as(&outsider).query_one("SELECT memoriesdb.create_session('x')", &[]).unwrap_err();
+    assert_eq!(sqlstate(&err), "42501", "{}", error_shape(&err, &[]));
+}
+
+/// Defect 8 and the design change: no table grants UPDATE, DELETE or TRUNCATE (the privileges
+/// LOCK TABLE ... IN ACCESS EXCLUSIVE MODE needs) to PUBLIC or to memoriesdb_user.
+#[test]
+fn catalog_no_table_grants_lock_capable_privileges_to_users() {
+    let db = TestDb::new();
+    let mut admin = db.admin();
+    let lock_capable = names(
+        &mut admin,
+        "SELECT c.relname::text || ' ' || r.who || ' ' || p.privilege
+           FROM pg_catalog.pg_class c,
+                (VALUES ('memoriesdb_user'), ('public')) r(who),
+                (VALUES ('UPDATE'), ('DELETE'), ('TRUNCATE')) p(privilege)
+          WHERE c.relnamespace = 'memoriesdb'::regnamespace AND c.relkind IN ('r', 'v', 'm', 'p')
+            AND pg_catalog.has_table_privilege(r.who, c.oid, p.privilege)",
+    );
+    assert!(lock_capable.is_empty(), "lock-capable table privileges: {lock_capable:?}");
+}
+
+/// Every function that runs SQL pins search_path to pg_catalog (so no caller-defined operator,
+/// function or table can stand in for a built-in or an extension object), and no function still
+/// names the pgvector placeholder schema.
+#[test]
+fn catalog_every_sql_function_pins_search_path() {
+    let db = TestDb::new();
+    let mut admin = db.admin();
+    let unpinned = names(
+        &mut admin,
+        "SELECT p.proname::text FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_language l ON l.oid = p.prolang
+          WHERE p.pronamespace = 'memoriesdb'::regnamespace AND l.lanname IN ('sql', 'plpgsql')
+            AND NOT coalesce('search_path=pg_catalog, pg_temp' = ANY (p.proconfig), false)",
+    );
+    assert!(unpinned.is_empty(), "functions without SET search_path = pg_catalog, pg_temp: {unpinned:?}");
+    let definer_unpinned = names(
+        &mut admin,
+        "SELECT p.proname::text FROM pg_catalog.pg_proc p
+          WHERE p.pronamespace = 'memoriesdb'::regnamespace AND p.prosecdef
+            AND NOT coalesce('search_path=pg_catalog, pg_temp' = ANY (p.proconfig), false)",
+    );
+    assert!(definer_unpinned.is_empty(), "SECURITY DEFINER functions without a pinned search_path: {definer_unpinned:?}");
+    let placeholder = names(
+        &mut admin,
+        "SELECT p.proname::text FROM pg_catalog.pg_proc p
+          WHERE p.pronamespace = 'memoriesdb'::regnamespace AND p.prosrc LIKE '%memoriesdb\\_pgvector%'",
+    );
+    assert!(placeholder.is_empty(), "functions still naming the pgvector placeholder: {placeholder:?}");
+}
+
+/// Defect 1: identity spoofing through search_path. A role with CREATE on a schema of its own
+/// defines `=` operators that always answer true and a fake `users` table mapping its role to
+/// alice, puts that schema first (before pg_catalog) and uses the API; then resets the path.
+/// Neither during nor after may it act as, or read as, alice.
+#[test]
+fn search_path_poisoning_cannot_change_identity_or_visibility() {
+    let db = TestDb::new();
+    let (alice_role, alice) = db.extra_role("alice");
+    let (bob_role, bob) = db.extra_role("bob");
+    let mut a = db.connect_as(&alice_role);
+    let secret_session: Uuid = a.query_one("SELECT create_session('alice secret session')", &[]).unwrap().get(0);
+    a.query_one("SELECT add_message_to_session($1, 'user', 'alice secret message')", &[&secret_session]).unwrap();
+    let secret_memory: Uuid =
+        a.query_one("INSERT INTO memories (content) VALUES ('alice secret memory') RETURNING id", &[]).unwrap().get(0);
+
+    db.admin().batch_execute(&format!("CREATE SCHEMA evil AUTHORIZATION {bob_role}")).unwrap();
+    let mut b = db.connect_as(&bob_role);
+    b.batch_execute(&format!(
+        "CREATE FUNCTION evil.yes(oid, oid) RETURNS boolean LANGUAGE sql IMMUTABLE AS 'SELECT true';
+         CREATE FUNCTION evil.yes(name, name) RETURNS boolean LANGUAGE sql IMMUTABLE AS 'SELECT true';
+         CREATE FUNCTION evil.yes(uuid, uuid) RETURNS boolean LANGUAGE sql IMMUTABLE AS 'SELECT true';
+         CREATE FUNCTION evil.yes(text, text) RETURNS boolean LANGUAGE sql IMMUTABLE AS 'SELECT true';
+         CREATE FUNCTION evil.yes(bigint, bigint) RETURNS boolean LANGUAGE sql IMMUTABLE AS 'SELECT true';
+         CREATE FUNCTION evil.yes(name, text) RETURNS boolean LANGUAGE sql IMMUTABLE AS 'SELECT true';
+         CREATE OPERATOR evil.= (LEFTARG = oid, RIGHTARG = oid, FUNCTION = evil.yes);
+         CREATE OPERATOR evil.= (LEFTARG = name, RIGHTARG = name, FUNCTION = evil.yes);
+         CREATE OPERATOR evil.= (LEFTARG = uuid, RIGHTARG = uuid, FUNCTION = evil.yes);
+         CREATE OPERATOR evil.= (LEFTARG = text, RIGHTARG = text, FUNCTION = evil.yes);
+         CREATE OPERATOR evil.= (LEFTARG = bigint, RIGHTARG = bigint, FUNCTION = evil.yes);
+         CREATE OPERATOR evil.= (LEFTARG = name, RIGHTARG = text, FUNCTION = evil.yes);
+         CREATE OPERATOR evil.<= (LEFTARG = bigint, RIGHTARG = bigint, FUNCTION = evil.yes);
+         CREATE TABLE evil.users (id uuid, name text, db_role name, _metadata jsonb);
+         INSERT INTO evil.users VALUES ('{alice}', 'fake', '{bob_role}', '{{}}');
+         CREATE TABLE evil.memories AS SELECT 'fake'::text AS content;
+         CREATE TABLE evil.memory_sessions (id uuid, owner_id uuid, last_position bigint);"
+    ))
+    .unwrap();
+
+    let mut problems = Vec::new();
+    let mut check = |what: &str, ok: bool| {
+        if !ok {
+            problems.push(what.to_string());
+        }
+    };
+    for path in ["evil, pg_catalog, public, memoriesdb", "evil, memoriesdb, pg_catalog", "pg_catalog, evil, memoriesdb"] {
+        b.batch_execute(&format!("SET search_path = {path}")).unwrap();
+        let me: Option<Uuid> = b.query_one("SELECT memoriesdb.current_memory_user()", &[]).unwrap().get(0);
+        check(&format!("[{path}] current_memory_user() is bob"), me == Some(bob));
+        let seen: Option<String> = b
+            .query_one("SELECT pg_catalog.string_agg(content, '|') FROM memoriesdb.memories", &[])
+            .unwrap()
+            .get(0);
+        check(&format!("[{path}] memories shows none of alice's: {seen:?}"), !seen.unwrap_or_default().contains("alice"));
+        let transcript = b.query("SELECT * FROM memoriesdb.get_formatted_conversation($1)", &[&secret_session]);
+        check(
+            &format!("[{path}] alice's transcript is 'does not exist'"),
+            transcript.as_ref().err().map(sqlstate).as_deref() == Some("P0002"),
+        );
+        let found = b
+            .query("SELECT content FROM memoriesdb.search_memories('alice secret')", &[])
+            .map(|rows| rows.len())
+            .unwrap_or(0);
+        check(&format!("[{path}] search finds none of alice's"), found == 0);
+        let appended = b.query_one("SELECT memoriesdb.add_message_to_session($1, 'user', 'bob was here')", &[&secret_session]);
+        check(&format!("[{path}] bob cannot append to alice's session"), appended.is_err());
+        let walked = b.query("SELECT * FROM memoriesdb.traverse_memory_graph($1)", &[&secret_memory]);
+        check(&format!("[{path}] traversal from alice's memory: does not exist"), walked.is_err());
+        let shared = b.query_one("SELECT memoriesdb.share_memory($1, $2)", &[&secret_memory, &bob]);
+        check(&format!("[{path}] bob cannot share alice's memory"), shared.is_err());
+        let own: Uuid = b.query_one("SELECT memoriesdb.create_session('bob''s own')", &[]).unwrap().get(0);
+        let owner: Option<Uuid> =
+            b.query_one("SELECT created_by FROM memoriesdb.memories m WHERE m.id OPERATOR(pg_catalog.=) $1", &[&own]).unwrap().get(0);
+        check(&format!("[{path}] a session bob creates is bob's"), owner == Some(bob));
+    }
+    b.batch_execute("RESET search_path").unwrap();
+    let me: Option<Uuid> = b.query_one("SELECT current_memory_user()", &[]).unwrap().get(0);
+    check("after RESET search_path, current_memory_user() is still bob", me == Some(bob));
+    let seen: i64 = b.query_one("SELECT count(*) FROM memories WHERE created_by = $1", &[&alice]).unwrap().get(0);
+    check("after RESET, none of alice's memories are visible", seen == 0);
+    let audited: i64 = db
+        .admin()
+        .query_one("SELECT count(*) FROM memoriesdb.audit_log WHERE acting_user = $1 AND db_role = $2", &[&alice, &bob_role])
+        .unwrap()
+        .get(0);
+    check("no audit row attributes bob's role's changes to alice", audited == 0);
+    assert!(problems.is_empty(), "search_path poisoning: {} problem(s):\n  - {}", problems.len(), problems.join("\n  - "));
+}
+
+/// Defect 8: no ordinary role may take locks that block other tenants: LOCK TABLE in any mode
+/// stronger than ACCESS SHARE, row locks on the cycle-check row or on sessions.
+#[test]
+fn no_ordinary_role_can_lock_other_tenants_out() {
+    let db = TestDb::new();
+    let mut c = db.connect();
+    let tables = [
+        "memories",
+        "users",
+        "memory_edges",
+        "memory_sessions",
+        "memory_graph_clock",
+        "embedding_schedule",
+        "vindexing_schedule",
+        "memory_shares",
+        "memory_share_segments",
+        "audit_log",
+        "memory_event_outbox",
+    ];
+    let mut problems = Vec::new();
+    for table in tables {
+        for mode in ["ROW SHARE", "ROW EXCLUSIVE", "SHARE", "SHARE ROW EXCLUSIVE", "EXCLUSIVE", "ACCESS EXCLUSIVE"] {
+            if mode == "ROW EXCLUSIVE" && (table == "memories" || table == "memory_edges") {
+                continue; // what every INSERT takes anyway; it blocks no other tenant's writes
+            }
+            let mut t = c.transaction().unwrap();
+            let r = t.batch_execute(&format!("LOCK TABLE memoriesdb.{table} IN {mode} MODE NOWAIT"));
+            if r.as_ref().err().map(sqlstate).as_deref() != Some("42501") {
+                problems.push(format!("LOCK {table} IN {mode} MODE: {:?}", r.map_err(|e| error_shape(&e, &[]))));
+            }
+            t.rollback().unwrap();
+        }
+    }
+    for sql in [
+        "SELECT * FROM memoriesdb.memory_graph_clock FOR UPDATE",
+        "SELECT * FROM memoriesdb.memory_graph_clock FOR KEY SHARE",
+        "SELECT * FROM memoriesdb.memory_sessions FOR UPDATE",
+        "SELECT * FROM memoriesdb.users FOR UPDATE",
+        "SELECT * FROM memoriesdb.memory_shares FOR SHARE",
+    ] {
+        let mut t = c.transaction().unwrap();
+        let r = t.batch_execute(sql);
+        if r.as_ref().err().map(sqlstate).as_deref() != Some("42501") {
+            problems.push(format!("{sql}: {:?}", r.map_err(|e| error_shape(&e, &[]))));
+        }
+        t.rollback().unwrap();
+    }
+    assert!(problems.is_empty(), "lock denial of service: {} problem(s):\n  - {}", problems.len(), problems.join("\n  - "));
+}
+
+/// Defect 7: the internal helpers are not callable, and direct INSERTs cannot jam a session's
+/// positions.
+#[test]
+fn internal_functions_are_not_callable_and_direct_inserts_cannot_jam_a_session() {
+    let db = TestDb::new();
+    let (alice_role, _alice) = db.extra_role("alice");
+    let (bob_role, bob) = db.extra_role("bob");
+    let mut a = db.connect_as(&alice_role);
+    let session: Uuid = a.query_one("SELECT create_session('alice')", &[]).unwrap().get(0);
+    a.query_one("SELECT add_message_to_session($1, 'user', 'one')", &[&session]).unwrap();
+    a.query_one("SELECT share_memory($1, $2, true)", &[&session, &bob]).unwrap();
+    let mut b = db.connect_as(&bob_role);
+    let mut problems = Vec::new();
+    for sql in [
+        format!("SELECT memoriesdb.next_session_position('{session}', 9223372036854775807)"),
+        format!("SELECT memoriesdb.register_session('{session}')"),
+        "SELECT memoriesdb.emit_events(ARRAY['chat_updates_x'], ARRAY['forged'])".to_string(),
+        "SELECT memoriesdb.ensure_event_relay()".to_string(),
+        "SELECT memoriesdb.update_content_hash()".to_string(),
+        "SELECT memoriesdb.prevent_cycles()".to_string(),
+        "SELECT memoriesdb.stamp_provenance()".to_string(),
+        format!("SELECT memoriesdb.edge_path_exists('{session}', '{session}')"),
+        format!("SELECT memoriesdb.memory_visible_to('{bob}', NULL, '{session}', 1, '{session}')"),
+        format!("SELECT memoriesdb.session_visible_to('{bob}', '{session}')"),
+    ] {
+        let r = b.batch_execute(&sql);
+        if r.as_ref().err().map(sqlstate).as_deref() != Some("42501") {
+            problems.push(format!("{sql}: {:?}", r.map_err(|e| error_shape(&e, &[]))));
+        }
+    }
+    // a write grantee (or anyone) inserting a message directly, at the next position or anywhere
+    for position in [2i64, 3, 1000, i64::MAX] {
+        let r = b.execute(
+            "INSERT INTO memories (kind, content, session_id, position, role) VALUES ('message', 'jam', $1, $2, 'user')",
+            &[&session, &position],
+        );
+        if r.as_ref().err().map(sqlstate).as_deref() != Some("42501") {
+            problems.push(format!("direct message INSERT at {position}: {:?}", r.map_err(|e| error_shape(&e, &[]))));
+        }
+    }
+    // the owner's next appends still work, at consecutive positions
+    for expected in [2i64, 3] {
+        let got: Result<i64, _> = a
+            .query_one("SELECT add_message_to_session($1, 'user', 'next')", &[&session])
+            .and_then(|r| a.query_one("SELECT position FROM memories WHERE id = $1", &[&r.get::<_, Uuid>(0)]))
+            .map(|r| r.get(0));
+        if got.as_ref().ok() != Some(&expected) {
+            problems.push(format!("owner's append after the attempts: {:?}", got.map_err(|e| error_shape(&e, &[]))));
+        }
+    }
+    assert!(problems.is_empty(), "internal API: {} problem(s):\n  - {}", problems.len(), problems.join("\n  - "));
+}
+
+/// Messages received on `listener` within `wait` whose channel is `channel`.
+fn received(listener: &mut Client, channel: &str, want: usize, wait: Duration) -> usize {
+    let deadline = Instant::now() + wait;
+    let mut got = 0;
+    let mut notifications = listener.notifications();
+    while got < want && Instant::now() < deadline {
+        let mut it = notifications.timeout_iter(deadline.saturating_duration_since(Instant::now()));
+        match it.next() {
+            Ok(Some(n)) if n.channel() == channel => got += 1,
+            Ok(Some(_)) => {}
+            _ => break,
+        }
+    }
+    got
+}
+
+/// Defect 2: a client idle in its transaction after a write, and a role holding advisory locks
+/// on every key, freeze neither writers nor event delivery. (The relay used to wait for an
+/// exclusive advisory lock behind the idle writer, and every later writer queued behind it.)
+#[test]
+fn an_idle_writer_or_advisory_locks_cannot_freeze_writes_or_events() {
+    let db = TestDb::new();
+    let (alice_role, _) = db.extra_role("alice");
+    let (bob_role, _) = db.extra_role("bob");
+    let mut a = db.connect_as(&alice_role);
+    let alice_session: Uuid = a.query_one("SELECT create_session('alice')", &[]).unwrap().get(0);
+    let mut b = db.connect_as(&bob_role);
+    let bob_session: Uuid = b.query_one("SELECT create_session('bob')", &[]).unwrap().get(0);
+    let mut listener = db.connect_as(&bob_role);
+    let channel = chat_channel(&bob_session);
+    listener.batch_execute(&format!("LISTEN {channel}")).unwrap();
+
+    // the careless client: one write, then idle in its transaction
+    a.batch_execute("BEGIN").unwrap();
+    a.query_one("SELECT add_message_to_session($1, 'user', 'and then I went idle')", &[&alice_session]).unwrap();
+    // the hostile one: every advisory lock the relay once used, exclusively, held open
+    let mut hostile = db.connect_as(&alice_role);
+    hostile
+        .batch_execute(
+            "BEGIN; SELECT pg_advisory_lock(1296318021, 1), pg_advisory_lock(1296318021, 2),
+                           pg_advisory_xact_lock(1296318021, 1), pg_advisory_lock(1)",
+        )
+        .unwrap();
+    // past the relay's idle exit (2 s), so that it tries to hand over while the writer idles
+    thread::sleep(Duration::from_millis(2500));
+    b.batch_execute("SET statement_timeout = '5s'").unwrap();
+    for round in 0..2 {
+        for i in 0..10 {
+            let r = b.query_one("SELECT add_message_to_session($1, 'user', $2)", &[&bob_session, &format!("m{round}.{i}")]);
+            assert!(r.is_ok(), "bob's write {round}.{i} stalled or failed: {:?}", r.map_err(|e| error_shape(&e, &[])));
+        }
+        let got = received(&mut listener, &channel, 10, Duration::from_secs(15));
+        assert_eq!(got, 10, "bob's events in round {round} (of 10) while alice idles in her transaction");
+        thread::sleep(Duration::from_millis(2500)); // and once more after another idle exit
+    }
+    a.batch_execute("COMMIT").unwrap();
+    hostile.batch_execute("ROLLBACK").unwrap();
+}
+
+/// Defect 3: events NOTIFY cannot send (empty, NULL or over-long channel, a 9,000-byte
+/// payload) are skipped by the relay; nobody but the extension can write them in the first place.
+#[test]
+fn an_event_the_relay_cannot_send_does_not_block_later_events() {
+    let db = TestDb::new();
+    let mut c = db.connect();
+    let err = c.batch_execute("SELECT memoriesdb.emit_events(ARRAY[''], ARRAY['x'])").unwrap_err();
+    assert_eq!(sqlstate(&err), "42501", "emit_events is internal: {}", error_shape(&err, &[]));
+    let err = c.batch_execute("INSERT INTO memoriesdb.memory_event_outbox (channels, payloads) VALUES ('{x}', '{y}')").unwrap_err();
+    assert_eq!(sqlstate(&err), "42501", "the outbox is the extension's: {}", error_shape(&err, &[]));
+
+    let session: Uuid = c.query_one("SELECT create_session('poison')", &[]).unwrap().get(0);
+    let mut listener = db.connect();
+    let channel = chat_channel(&session);
+    listener.batch_execute(&format!("LISTEN {channel}")).unwrap();
+    // what an earlier release let anyone write: the poison, as only a superuser can now
+    db.admin()
+        .batch_execute(&format!(
+            "INSERT INTO memoriesdb.memory_event_outbox (channels, payloads) VALUES
+               (ARRAY[''], ARRAY['empty channel']),
+               (ARRAY[NULL::text], ARRAY['null channel']),
+               (ARRAY[repeat('c', 70)], ARRAY['long channel']),
+               (ARRAY['{channel}'], ARRAY[repeat('p', 9000)]),
+               (ARRAY['{channel}', ''], ARRAY['{{\"ok\": \"before\"}}', 'x'])"
+        ))
+        .unwrap();
+    for i in 0..3 {
+        c.query_one("SELECT add_message_to_session($1, 'user', $2)", &[&session, &format!("after the poison {i}")]).unwrap();
+    }
+    // the good event written with the poison, then the three messages
+    assert_eq!(received(&mut listener, &channel, 4, Duration::from_secs(15)), 4, "events after the poison");
+    let left: i64 = db.admin().query_one("SELECT count(*) FROM memoriesdb.memory_event_outbox", &[]).unwrap().get(0);
+    assert_eq!(left, 0, "the relay consumed the poison rows instead of retrying them");
+}
+
+/// One repetition of a cycle race: `k` transactions each add one edge of the ring n0 -> n1 ->
+/// ... -> n0 after `before` (per transaction, with its source as $1), at the same moment.
+/// Returns whether the whole ring was committed.
+fn race_once(db: &TestDb, clients: &mut [Client], setup: &mut Client, isolation: IsolationLevel, before: &str) -> bool {
+    let k = clients.len();
+    let nodes: Vec<Uuid> = setup
+        .query("INSERT INTO memories (content) SELECT 'node ' || i FROM generate_series(1, $1) i RETURNING id", &[&(k as i32)])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let barrier = Arc::new(Barrier::new(k));
+    thread::scope(|scope| {
+        for (i, c) in clients.iter_mut().enumerate() {
+            let (source, target) = (nodes[i], nodes[(i + 1) % k]);
+            let barrier = barrier.clone();
+            scope.spawn(move || {
+                let mut t = c.build_transaction().isolation_level(isolation).start().unwrap();
+                t.query_one("SELECT 1", &[]).unwrap(); // the snapshot, under REPEATABLE READ
+                for statement in before.split(';').filter(|s| !s.trim().is_empty()) {
+                    t.execute(statement, &[&source]).unwrap();
+                }
+                barrier.wait();
+                let inserted = t.execute(
+                    "INSERT INTO memory_edges (source_id, target_id, relation) VALUES ($1, $2, 'leads_to')",
+                    &[&source, &target],
+                );
+                match inserted {
+                    Ok(_) => {
+                        let _ = t.commit();
+                    }
+                    Err(e) => {
+                        let code = sqlstate(&e);
+                        // refused (23514), or aborted by a serialization failure or a deadlock
+                        // (the delete-and-reinsert variant locks rows both ways): no cycle either way
+                        assert!(
+                            ["23514", "40001", "40P01"].contains(&code.as_str()),
+                            "unexpected error in a cycle race: {}",
+                            error_shape(&e, &[])
+                        );
+                        let _ = t.rollback();
+                    }
+                }
+            });
+        }
+    });
+    let edges: i64 = db
+        .admin()
+        .query_one("SELECT count(*) FROM memoriesdb.memory_edges WHERE source_id = ANY($1)", &[&nodes])
+        .unwrap()
+        .get(0);
+    edges as usize == k
+}
+
+fn cycles_committed(k: usize, isolation: IsolationLevel, before: &str, repetitions: usize) -> usize {
+    let db = TestDb::new();
+    // the delete-and-reinsert races deadlock by design; find out in 10 ms rather than 1 s
+    db.admin().batch_execute(&format!("ALTER DATABASE {} SET deadlock_timeout = '10ms'", db.name)).unwrap();
+    let mut setup = db.connect();
+    let mut clients: Vec<Client> = (0..k).map(|_| db.connect()).collect();
+    (0..repetitions).filter(|_| race_once(&db, &mut clients, &mut setup, isolation, before)).count()
+}
+
+const REPETITIONS: usize = 1000;
+const UPDATE_FIRST: &str = "UPDATE memories SET content = content || ' touched' WHERE id = $1";
+// Delete the source and insert it again under the same id: the new row is this transaction's,
+// yet other transactions still see the old one.
+const DELETE_THEN_REINSERT: &str = "SELECT delete_memory($1); INSERT INTO memories (id, content) VALUES ($1, 'again')";
+
+/// Defect 4: 1,000 races of each kind, 0 cycles committed.
+#[test]
+fn cycle_races_plain() {
+    assert_eq!(cycles_committed(2, IsolationLevel::ReadCommitted, "", REPETITIONS), 0);
+}
+
+#[test]
+fn cycle_races_update_first() {
+    assert_eq!(cycles_committed(2, IsolationLevel::ReadCommitted, UPDATE_FIRST, REPETITIONS), 0);
+}
+
+#[test]
+fn cycle_races_three_nodes_update_first() {
+    assert_eq!(cycles_committed(3, IsolationLevel::ReadCommitted, UPDATE_FIRST, REPETITIONS), 0);
+}
+
+#[test]
+fn cycle_races_repeatable_read() {
+    assert_eq!(cycles_committed(2, IsolationLevel::RepeatableRead, UPDATE_FIRST, REPETITIONS), 0);
+}
+
+#[test]
+fn cycle_races_delete_then_reinsert() {
+    assert_eq!(cycles_committed(2, IsolationLevel::ReadCommitted, DELETE_THEN_REINSERT, REPETITIONS), 0);
+}
+
+/// Defect 9: errors that pass through Rust carry a SQLSTATE, a message and a hint, never a
+/// backtrace, even when whoever started the server had RUST_BACKTRACE=1 (as the test cluster's
+/// starter may well have).
+#[test]
+fn errors_never_carry_a_rust_backtrace() {
+    let db = TestDb::new();
+    let mut c = db.connect();
+    let a: Uuid = c.query_one("INSERT INTO memories (content) VALUES ('a') RETURNING id", &[]).unwrap().get(0);
+    let b: Uuid = c.query_one("INSERT INTO memories (content) VALUES ('b') RETURNING id", &[]).unwrap().get(0);
+    let d: Uuid = c.query_one("INSERT INTO memories (content) VALUES ('d') RETURNING id", &[]).unwrap().get(0);
+    // a serialization failure raised inside prevent_cycles() (Rust) under REPEATABLE READ
+    let mut stale = db.connect();
+    let mut t = stale.build_transaction().isolation_level(IsolationLevel::RepeatableRead).start().unwrap();
+    t.query_one("SELECT 1", &[]).unwrap();
+    c.execute("INSERT INTO memory_edges (source_id, target_id, relation) VALUES ($1, $2, 'x')", &[&a, &b]).unwrap();
+    let mut errors = vec![t
+        .execute("INSERT INTO memory_edges (source_id, target_id, relation) VALUES ($1, $2, 'x')", &[&b, &d])
+        .unwrap_err()];
+    t.rollback().unwrap();
+    // a cycle refusal, bad input to Rust functions, and a trigger function called directly by a superuser
+    errors.push(c.execute("INSERT INTO memory_edges (source_id, target_id, relation) VALUES ($1, $2, 'x')", &[&b, &a]).unwrap_err());
+    errors.push(c.query("SELECT * FROM traverse_memory_graph($1, direction => 'sideways')", &[&a]).unwrap_err());
+    errors.push(c.batch_execute("SET app.\"current_user\" = 'not a uuid'; SELECT current_memory_user()").unwrap_err());
+    c.batch_execute("RESET app.\"current_user\"").unwrap();
+    errors.push(db.admin().batch_execute("SELECT memoriesdb.update_content_hash()").unwrap_err());
+    assert_eq!(sqlstate(&errors[0]), "40001", "{}", error_shape(&errors[0], &[]));
+    for e in &errors {
+        let shape = error_shape(e, &[]);
+        assert!(
+            !shape.contains("backtrace") && !shape.contains(".rs:") && !shape.contains("rust_begin_unwind"),
+            "an error shows Rust internals: {shape}"
+        );
+    }
+}
