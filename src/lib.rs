@@ -17,6 +17,7 @@ mod graph;
 mod hashing;
 mod identity;
 mod ids;
+mod search;
 mod traversal;
 
 /// Runs when a backend (or the event relay) loads the library.
@@ -30,7 +31,11 @@ pub extern "C-unwind" fn _PG_init() {
     unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "0") };
 }
 
-extension_sql_file!("sql/schema.sql", name = "schema", requires = [ids::uuid_generate_v7]);
+extension_sql_file!(
+    "sql/schema.sql",
+    name = "schema",
+    requires = [ids::uuid_generate_v7, search::require_durable_search_config, search::searchable_text]
+);
 extension_sql_file!(
     "sql/identity.sql",
     name = "identity",

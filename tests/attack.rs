@@ -43,8 +43,10 @@ const USER_FUNCTIONS: &[&str] = &[
     "acting_role_is",
     "default_search_config",
     "metadata_object",
+    "require_durable_search_config",
     "require_session",
     "search_limit",
+    "searchable_text",
 ];
 
 /// Extra functions for the specialised roles (members of memoriesdb_user).
@@ -570,4 +572,216 @@ fn errors_never_carry_a_rust_backtrace() {
             "an error shows Rust internals: {shape}"
         );
     }
+}
+
+/// A transcript's message contents, in order, as `who` sees it.
+fn contents(c: &mut Client, session: Uuid) -> Result<Vec<String>, String> {
+    c.query("SELECT content FROM get_formatted_conversation($1)", &[&session])
+        .map(|rows| rows.iter().map(|r| r.get(0)).collect())
+        .map_err(|e| error_shape(&e, &[]))
+}
+
+/// Defect 5: only an owner grants access to its messages. A grantee who forks a shared session
+/// and shares the fork shares its own messages only, so revoking the grantee takes away every
+/// access derived from the grant; a read-only grantee cannot re-share the session itself.
+#[test]
+fn revoking_a_share_reaches_everything_derived_from_it() {
+    let db = TestDb::new();
+    let (alice_role, _) = db.extra_role("alice");
+    let (bob_role, bob) = db.extra_role("bob");
+    let (carol_role, carol) = db.extra_role("carol");
+    let (mut a, mut b, mut c) = (db.connect_as(&alice_role), db.connect_as(&bob_role), db.connect_as(&carol_role));
+    let s: Uuid = a.query_one("SELECT create_session('alice')", &[]).unwrap().get(0);
+    for text in ["alice one", "alice two"] {
+        a.query_one("SELECT add_message_to_session($1, 'user', $2)", &[&s, &text]).unwrap();
+    }
+    a.query_one("SELECT share_memory($1, $2)", &[&s, &bob]).unwrap();
+    let reshare = b.query_one("SELECT share_memory($1, $2)", &[&s, &carol]);
+    assert_eq!(reshare.as_ref().err().map(sqlstate).as_deref(), Some("42501"), "a read-only grantee re-shared: {reshare:?}");
+    let f: Uuid = b.query_one("SELECT fork_session($1, 'bob''s fork')", &[&s]).unwrap().get(0);
+    b.query_one("SELECT add_message_to_session($1, 'user', 'bob one')", &[&f]).unwrap();
+    assert_eq!(contents(&mut b, f).unwrap(), ["alice one", "alice two", "bob one"], "bob's own fork, before the revocation");
+    b.query_one("SELECT share_memory($1, $2)", &[&f, &carol]).unwrap();
+    assert_eq!(contents(&mut c, f).unwrap(), ["bob one"], "carol gets bob's messages, not alice's");
+    let alices: i64 = c.query_one("SELECT count(*) FROM memories WHERE content LIKE 'alice%'", &[]).unwrap().get(0);
+    assert_eq!(alices, 0, "carol reads none of alice's messages through bob's share");
+
+    let revoked: bool = a.query_one("SELECT revoke_share($1, $2)", &[&s, &bob]).unwrap().get(0);
+    assert!(revoked);
+    assert_eq!(contents(&mut b, f).unwrap(), ["bob one"], "after the revocation bob keeps only his own messages");
+    assert_eq!(contents(&mut b, s).unwrap_err().split(" | ").next(), Some("P0002"), "alice's session is gone for bob");
+    assert_eq!(contents(&mut c, f).unwrap(), ["bob one"], "and carol still sees only bob's");
+    for (who, conn) in [("bob", &mut b), ("carol", &mut c)] {
+        let n: i64 = conn.query_one("SELECT count(*) FROM memories WHERE content LIKE 'alice%'", &[]).unwrap().get(0);
+        assert_eq!(n, 0, "{who} still reads alice's messages after the revocation");
+    }
+}
+
+/// Defect 16: a grant, a change of can_write and a revocation are each audited, attributed to
+/// the acting user, and sealed into the chain like data changes.
+#[test]
+fn sharing_and_revoking_are_audited() {
+    let db = TestDb::new();
+    let (alice_role, alice) = db.extra_role("alice");
+    let (_, bob) = db.extra_role("bob");
+    let mut a = db.connect_as(&alice_role);
+    let s: Uuid = a.query_one("SELECT create_session('shared')", &[]).unwrap().get(0);
+    a.query_one("SELECT share_memory($1, $2)", &[&s, &bob]).unwrap();
+    a.query_one("SELECT share_memory($1, $2, true)", &[&s, &bob]).unwrap();
+    a.query_one("SELECT revoke_share($1, $2)", &[&s, &bob]).unwrap();
+    let rows = a
+        .query(
+            "SELECT operation, acting_user, subject_user, db_role::text, (new_row ->> 'can_write')::boolean, old_row ->> 'grantee'
+               FROM audit_log WHERE table_name = 'memory_shares' AND row_id = $1 ORDER BY id",
+            &[&s],
+        )
+        .unwrap();
+    let got: Vec<(String, Option<Uuid>, Option<Uuid>, String, Option<bool>, Option<String>)> =
+        rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5))).collect();
+    let expected = vec![
+        ("INSERT".to_string(), Some(alice), Some(alice), alice_role.clone(), Some(false), None),
+        ("UPDATE".to_string(), Some(alice), Some(alice), alice_role.clone(), Some(true), Some(bob.to_string())),
+        ("DELETE".to_string(), Some(alice), Some(alice), alice_role.clone(), None, Some(bob.to_string())),
+    ];
+    assert_eq!(got, expected, "the share's audit rows, as alice sees them");
+    let mut admin = db.admin();
+    admin.query_one("SELECT memoriesdb.seal_audit_log()", &[]).unwrap();
+    let intact: bool = admin.query_one("SELECT intact FROM memoriesdb.verify_audit_chain()", &[]).unwrap().get(0);
+    assert!(intact, "the chain verifies with the share rows sealed into it");
+}
+
+/// Defect 6: only text search configurations that outlive the session, and that pg_dump
+/// restores, can be stored with a memory: not a temporary one, not one an ordinary role can drop.
+#[test]
+fn a_temporary_or_droppable_search_configuration_cannot_be_stored() {
+    let db = TestDb::new();
+    let (bob_role, _) = db.extra_role("bob");
+    db.admin().batch_execute(&format!("CREATE SCHEMA bobs AUTHORIZATION {bob_role}")).unwrap();
+    let mut b = db.connect_as(&bob_role);
+    b.batch_execute(
+        "CREATE TEXT SEARCH CONFIGURATION pg_temp.mine (COPY = simple);
+         CREATE TEXT SEARCH CONFIGURATION bobs.mine (COPY = simple)",
+    )
+    .unwrap();
+    let session: Uuid = b.query_one("SELECT create_session('configs')", &[]).unwrap().get(0);
+    let mut problems = Vec::new();
+    for (what, sql) in [
+        ("a temporary configuration, directly", "INSERT INTO memories (content, search_config) VALUES ('x', 'pg_temp.mine')".to_string()),
+        ("an ordinary role's configuration", "INSERT INTO memories (content, search_config) VALUES ('x', 'bobs.mine')".to_string()),
+        ("a temporary configuration, by the setting", "SET memoriesdb.text_search_config = 'pg_temp.mine'; INSERT INTO memories (content) VALUES ('x')".to_string()),
+        ("by the setting, through the API", format!("SET memoriesdb.text_search_config = 'pg_temp.mine'; SELECT add_message_to_session('{session}', 'user', 'x')")),
+    ] {
+        let r = b.batch_execute(&sql);
+        if r.as_ref().err().map(sqlstate).as_deref() != Some("22023") {
+            problems.push(format!("{what}: {:?}", r.map_err(|e| error_shape(&e, &[]))));
+        }
+        b.batch_execute("RESET memoriesdb.text_search_config").unwrap();
+    }
+    let id: Uuid = b.query_one("INSERT INTO memories (content) VALUES ('built-in') RETURNING id", &[]).unwrap().get(0);
+    let r = b.execute("UPDATE memories SET search_config = 'pg_temp.mine' WHERE id = $1", &[&id]);
+    if r.as_ref().err().map(sqlstate).as_deref() != Some("22023") {
+        problems.push(format!("an UPDATE to a temporary configuration: {:?}", r.map_err(|e| error_shape(&e, &[]))));
+    }
+    b.execute("UPDATE memories SET search_config = 'simple', content = 'still editable' WHERE id = $1", &[&id]).unwrap();
+    assert!(problems.is_empty(), "{} problem(s):\n  - {}", problems.len(), problems.join("\n  - "));
+}
+
+/// Defect 10: no content makes a write fail, and no query text or vector reaches an internal
+/// error or a NaN similarity.
+#[test]
+fn no_content_fails_a_write_and_no_query_reaches_an_internal_error() {
+    let db = TestDb::new();
+    let mut c = db.connect();
+    let session: Uuid = c.query_one("SELECT create_session('big')", &[]).unwrap().get(0);
+    // lexemes that outgrow the text: hyphenated compounds (indexed whole and in parts) of 4-byte
+    // characters, and letters that lowercasing lengthens; each overflowed the old 262,144-character
+    // limit ("string is too long for tsvector", 54000)
+    for (what, sql) in [
+        ("4-byte compounds", "SELECT string_agg(chr(131072 + i) || chr(171072 + i) || '-' || chr(151072 + i) || chr(191072 + i), ' ') FROM generate_series(1, 60000) i"),
+        ("lengthening letters", "SELECT string_agg(repeat(chr(570), 3) || i || '-' || repeat(chr(570), 3) || (i + 1), ' ') FROM generate_series(1, 30000) i"),
+        ("CJK compounds", "SELECT string_agg(chr(19968 + (i % 20000)) || chr(19968 + (i / 20000 % 20000)) || '-' || chr(19968 + (i * 7 % 20000)), ' ') FROM generate_series(1, 70000) i"),
+    ] {
+        let content: String = c.query_one(sql, &[]).unwrap().get(0);
+        let r = c.query_one("SELECT add_message_to_session($1, 'user', $2)", &[&session, &content]);
+        assert!(r.is_ok(), "{what} ({} bytes) failed to commit: {:?}", content.len(), r.map_err(|e| error_shape(&e, &[])));
+    }
+    for (what, sql) in [
+        ("10,000 minus signs", "SELECT * FROM search_memories(repeat('-', 10000))"),
+        ("40 negations of a word", "SELECT * FROM search_memories(repeat('-', 40) || 'word')"),
+        ("a near-zero query vector", "SELECT * FROM vector_search('[1e-30,1e-30,1e-30]')"),
+        ("a near-zero query vector, hybrid", "SELECT * FROM hybrid_search('x', '[1e-30,1e-30,1e-30]')"),
+    ] {
+        let r = c.query(sql, &[]);
+        assert_eq!(r.as_ref().err().map(sqlstate).as_deref(), Some("22023"), "{what}: {:?}", r.map(|x| x.len()).map_err(|e| error_shape(&e, &[])));
+    }
+    // nor can one be stored: pgvector would put it at distance 0 from every query
+    for sql in [
+        "INSERT INTO memories (content, content_embedding) VALUES ('tiny', '[1e-30,1e-30,1e-30]')",
+        "INSERT INTO memories (content, content_embedding) VALUES ('zero', '[0,0,0]')",
+    ] {
+        let r = c.batch_execute(sql);
+        assert_eq!(r.as_ref().err().map(sqlstate).as_deref(), Some("23514"), "{sql}: {:?}", r.map_err(|e| error_shape(&e, &[])));
+    }
+    c.batch_execute("INSERT INTO memories (content, content_embedding) VALUES ('real', '[1,1,1]'), ('other', '[1,-1,0]')").unwrap();
+    let found: Vec<String> = c
+        .query("SELECT content FROM vector_search('[1,1,1]', 0.99)", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(found, ["real"], "only the real match passes the 0.99 threshold");
+}
+
+/// Defect 12: deleting a session with forks, or history a fork inherits, is refused with a clear
+/// error (never a raw 23503, never a silent hole in a fork's transcript), also when another
+/// user's fork holds it; deleting later messages works, and forking afterwards still does.
+#[test]
+fn deletes_never_break_a_fork() {
+    let db = TestDb::new();
+    let (alice_role, _) = db.extra_role("alice");
+    let (bob_role, bob) = db.extra_role("bob");
+    let mut a = db.connect_as(&alice_role);
+    let s: Uuid = a.query_one("SELECT create_session('history')", &[]).unwrap().get(0);
+    let m: Vec<Uuid> = ["one", "two", "three", "four"]
+        .iter()
+        .map(|t| a.query_one("SELECT add_message_to_session($1, 'user', $2)", &[&s, t]).unwrap().get(0))
+        .collect();
+    let f: Uuid = a.query_one("SELECT fork_session($1, 'fork at two', '{}', $2)", &[&s, &m[1]]).unwrap().get(0);
+    let mut problems = Vec::new();
+    let refused = |problems: &mut Vec<String>, who: &str, c: &mut Client, id: Uuid| {
+        let r = c.query_one("SELECT delete_memory($1)", &[&id]);
+        if r.as_ref().err().map(sqlstate).as_deref() != Some("2BP01") {
+            problems.push(format!("{who} deleting {id}: {:?}", r.map(|r| r.get::<_, bool>(0)).map_err(|e| error_shape(&e, &[]))));
+        }
+    };
+    refused(&mut problems, "alice, the session", &mut a, s);
+    refused(&mut problems, "alice, a message before the fork point", &mut a, m[0]);
+    refused(&mut problems, "alice, the fork point", &mut a, m[1]);
+    let r = db.admin().execute("DELETE FROM memoriesdb.memories WHERE id = $1", &[&m[0]]);
+    if r.as_ref().err().map(sqlstate).as_deref() != Some("2BP01") {
+        problems.push(format!("a superuser's direct DELETE of inherited history: {:?}", r.map_err(|e| error_shape(&e, &[]))));
+    }
+    // the latest messages can go; a fork taken afterwards forks at the latest one left
+    for id in [m[3], m[2]] {
+        let deleted: bool = a.query_one("SELECT delete_memory($1)", &[&id]).unwrap().get(0);
+        assert!(deleted);
+    }
+    let g: Uuid = a.query_one("SELECT fork_session($1, 'after the deletes')", &[&s]).unwrap().get(0);
+    assert_eq!(contents(&mut a, g).unwrap(), ["one", "two"]);
+    assert_eq!(contents(&mut a, f).unwrap(), ["one", "two"], "the fork's history is intact");
+    // another user's fork holds the shared history too
+    let t: Uuid = a.query_one("SELECT create_session('shared history')", &[]).unwrap().get(0);
+    let first: Uuid = a.query_one("SELECT add_message_to_session($1, 'user', 'mine')", &[&t]).unwrap().get(0);
+    a.query_one("SELECT share_memory($1, $2)", &[&t, &bob]).unwrap();
+    let mut b = db.connect_as(&bob_role);
+    b.query_one("SELECT fork_session($1, 'bob''s')", &[&t]).unwrap();
+    refused(&mut problems, "alice, a session bob forked", &mut a, t);
+    refused(&mut problems, "alice, a message bob's fork inherits", &mut a, first);
+    // and once the forks are gone, everything can be deleted
+    for fork in [g, f] {
+        a.query_one("SELECT delete_memory($1)", &[&fork]).unwrap();
+    }
+    let deleted: bool = a.query_one("SELECT delete_memory($1)", &[&s]).unwrap().get(0);
+    assert!(deleted, "the session, once its forks are gone");
+    assert!(problems.is_empty(), "{} problem(s):\n  - {}", problems.len(), problems.join("\n  - "));
 }

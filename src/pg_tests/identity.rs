@@ -42,7 +42,7 @@ mod tests {
     #[pg_test]
     fn assertion_and_role_are_part_of_the_answer() {
         Spi::run(&format!("INSERT INTO users (id, name) VALUES ('{OTHER_USER}', 'other')")).unwrap();
-        Spi::run("CREATE ROLE mdb_cache_app; GRANT memoriesdb_trusted TO mdb_cache_app").unwrap();
+        Spi::run("CREATE ROLE mdb_cache_app; GRANT memoriesdb_user, memoriesdb_trusted TO mdb_cache_app").unwrap();
         Spi::run(&format!("SELECT set_config('app.current_user', '{OTHER_USER}', true)")).unwrap();
         assert_eq!(acting(), Some(OTHER_USER.to_string()), "the superuser may assert");
         Spi::run("SET LOCAL ROLE mdb_cache_app").unwrap();
@@ -55,7 +55,7 @@ mod tests {
     #[pg_test(error = "role \"mdb_cache_app\" may not act as user 00000000-0000-0000-0000-0000000000b2: app.current_user is honoured only for members of memoriesdb_trusted")]
     fn revoking_trust_counts_within_the_statement() {
         Spi::run(&format!("INSERT INTO users (id, name) VALUES ('{OTHER_USER}', 'other')")).unwrap();
-        Spi::run("CREATE ROLE mdb_cache_app; GRANT memoriesdb_trusted TO mdb_cache_app").unwrap();
+        Spi::run("CREATE ROLE mdb_cache_app; GRANT memoriesdb_user, memoriesdb_trusted TO mdb_cache_app").unwrap();
         Spi::run(&format!("SELECT set_config('app.current_user', '{OTHER_USER}', true)")).unwrap();
         Spi::run("SET LOCAL ROLE mdb_cache_app").unwrap();
         assert_eq!(acting(), Some(OTHER_USER.to_string()));

@@ -58,8 +58,8 @@ TO memoriesdb_user;
 -- about the caller; none reads another tenant's data.
 GRANT EXECUTE ON FUNCTION
     @extschema@.acting_db_role, @extschema@.acting_role_is,
-    @extschema@.default_search_config, @extschema@.require_session, @extschema@.metadata_object,
-    @extschema@.search_limit
+    @extschema@.default_search_config, @extschema@.require_durable_search_config, @extschema@.searchable_text,
+    @extschema@.require_session, @extschema@.metadata_object, @extschema@.search_limit
 TO memoriesdb_user;
 
 -- Embedding and indexing workers.

@@ -39,12 +39,15 @@ CREATE TABLE @extschema@.memories (
     -- the model that computed content_embedding; both are cleared when the content changes,
     -- so a stale embedding is never served
     embedding_model   text,
-    -- full-text search: each memory is indexed with its own configuration. The first 256 KiB of
-    -- text are indexed, which keeps every tsvector below PostgreSQL's 1 MB limit, so that no
-    -- content, however large, can make a write fail.
-    search_config     regconfig NOT NULL DEFAULT @extschema@.default_search_config(),
+    -- full-text search: each memory is indexed with its own configuration. The first 256 KiB
+    -- (bytes) of text are indexed, which keeps every tsvector below PostgreSQL's 1 MB limit, so
+    -- that no content, however large and in whatever script, can make a write fail (see
+    -- searchable_text() in src/search.rs).
+    -- (built-in or created by a superuser, never temporary: see require_durable_search_config())
+    search_config     regconfig NOT NULL DEFAULT @extschema@.default_search_config()
+                      CHECK (@extschema@.require_durable_search_config(search_config::oid)),
     search_tsv        tsvector GENERATED ALWAYS AS
-                      (to_tsvector(search_config, "left"(content, 262144))) STORED,
+                      (to_tsvector(search_config, @extschema@.searchable_text(content))) STORED,
     _metadata         jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(_metadata) = 'object'),
     -- message fields: the session the message was written in, its 1-based position in that
     -- session's branch (positions continue from the fork point), and the speaker
@@ -56,6 +59,9 @@ CREATE TABLE @extschema@.memories (
     -- provenance: set by trigger from the acting user, never from the caller's values
     created_by        uuid REFERENCES @extschema@.users (id),
     updated_by        uuid REFERENCES @extschema@.users (id),
+    -- a (nearly) zero embedding has no direction: pgvector's single-precision cosine distance to
+    -- it comes out as 0, so it would match every query at similarity 1
+    CONSTRAINT memories_embedding_not_near_zero CHECK (content_embedding IS NULL OR vector_norm(content_embedding) >= 1e-10),
     CONSTRAINT memories_message_fields CHECK (
         (kind = 'message') = (session_id IS NOT NULL AND position IS NOT NULL AND role IS NOT NULL))
 );

@@ -63,7 +63,14 @@ BEGIN
         RAISE EXCEPTION 'session % does not exist', search_memories.session_id
             USING ERRCODE = 'P0002', HINT = 'create one with create_session(title)';
     END IF;
-    q := websearch_to_tsquery(cfg, query);
+    BEGIN
+        q := websearch_to_tsquery(cfg, query);
+    EXCEPTION WHEN internal_error THEN
+        -- PostgreSQL's parser gives up on more than 32 operators in a row ("tsquery stack too
+        -- small", XX000); that is the query's fault, not the server's
+        RAISE EXCEPTION 'query has too many operators in a row (e.g. "-" signs) to search: %', left(query, 80)
+            USING ERRCODE = '22023', HINT = 'at most 32 operators may follow each other';
+    END;
     IF numnode(q) = 0 THEN
         RETURN;
     END IF;
@@ -87,7 +94,7 @@ BEGIN
              ORDER BY r DESC, m.id
              LIMIT n)
         SELECT h.id, m.content, m.kind, m.role, m.session_id, m.position, h.r,
-               ts_headline(cfg, "left"(m.content, 262144), q, 'MaxFragments=2, MaxWords=20, MinWords=5')
+               ts_headline(cfg, @extschema@.searchable_text(m.content), q, 'MaxFragments=2, MaxWords=20, MinWords=5')
           FROM hits h JOIN @extschema@.memories m ON m.id = h.id
          ORDER BY h.r DESC, h.id;
     ELSE
@@ -110,7 +117,7 @@ BEGIN
              ORDER BY r DESC, m.id
              LIMIT n)
         SELECT h.id, m.content, m.kind, m.role, m.session_id, m.position, h.r,
-               ts_headline(cfg, "left"(m.content, 262144), q, 'MaxFragments=2, MaxWords=20, MinWords=5')
+               ts_headline(cfg, @extschema@.searchable_text(m.content), q, 'MaxFragments=2, MaxWords=20, MinWords=5')
           FROM hits h JOIN @extschema@.memories m ON m.id = h.id
          ORDER BY h.r DESC, h.id;
     END IF;
@@ -118,15 +125,20 @@ END
 $$;
 
 -- Checks a query embedding: finite (pgvector already rejects NaN and infinity on input) and
--- not all zeros, for which cosine similarity is undefined.
+-- not (nearly) all zeros, for which cosine similarity is undefined. Search results also leave
+-- out NaN similarities, which stored embeddings written directly could still produce.
 CREATE FUNCTION @extschema@.require_usable_embedding(embedding vector, argument text DEFAULT 'embedding')
 RETURNS integer LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF embedding IS NULL THEN
         RAISE EXCEPTION '% must not be NULL', argument USING ERRCODE = '22004';
     END IF;
-    IF memoriesdb_pgvector.vector_norm(embedding) = 0 THEN
-        RAISE EXCEPTION '% is the zero vector: cosine similarity is undefined', argument USING ERRCODE = '22023';
+    -- pgvector computes cosine distance in single precision, where the squares of components
+    -- below about 1e-19 vanish: a vector that short (1e-30 in every component, say) would give
+    -- NaN similarities, which compare above every threshold
+    IF memoriesdb_pgvector.vector_norm(embedding) < 1e-10 THEN
+        RAISE EXCEPTION '% is (nearly) the zero vector (norm %): cosine similarity is undefined', argument,
+            memoriesdb_pgvector.vector_norm(embedding) USING ERRCODE = '22023';
     END IF;
     RETURN memoriesdb_pgvector.vector_dims(embedding);
 END
@@ -238,7 +250,7 @@ BEGIN
                AND (metadata_filter IS NULL OR m._metadata @> metadata_filter)
              ORDER BY sim DESC, m.id
              LIMIT n) hits
-         WHERE hits.sim >= min_similarity;
+         WHERE hits.sim >= min_similarity AND hits.sim <> 'NaN'::float8;
         RETURN;
     END IF;
     -- Static statements for the common dimensions keep their cached plans; others are planned
@@ -263,7 +275,7 @@ BEGIN
                AND (metadata_filter IS NULL OR m._metadata @> metadata_filter)
              ORDER BY m.content_embedding::memoriesdb_pgvector.vector(384) OPERATOR(memoriesdb_pgvector.<=>) embedding::memoriesdb_pgvector.vector(384)
              LIMIT n) hits
-         WHERE hits.sim >= min_similarity ORDER BY hits.sim DESC;
+         WHERE hits.sim >= min_similarity AND hits.sim <> 'NaN'::float8 ORDER BY hits.sim DESC;
     WHEN 768 THEN
         RETURN QUERY SELECT * FROM (
             SELECT m.id, m.content, m.kind, m.role, m.session_id, m.position,
@@ -281,7 +293,7 @@ BEGIN
                AND (metadata_filter IS NULL OR m._metadata @> metadata_filter)
              ORDER BY m.content_embedding::memoriesdb_pgvector.vector(768) OPERATOR(memoriesdb_pgvector.<=>) embedding::memoriesdb_pgvector.vector(768)
              LIMIT n) hits
-         WHERE hits.sim >= min_similarity ORDER BY hits.sim DESC;
+         WHERE hits.sim >= min_similarity AND hits.sim <> 'NaN'::float8 ORDER BY hits.sim DESC;
     WHEN 1024 THEN
         RETURN QUERY SELECT * FROM (
             SELECT m.id, m.content, m.kind, m.role, m.session_id, m.position,
@@ -299,7 +311,7 @@ BEGIN
                AND (metadata_filter IS NULL OR m._metadata @> metadata_filter)
              ORDER BY m.content_embedding::memoriesdb_pgvector.vector(1024) OPERATOR(memoriesdb_pgvector.<=>) embedding::memoriesdb_pgvector.vector(1024)
              LIMIT n) hits
-         WHERE hits.sim >= min_similarity ORDER BY hits.sim DESC;
+         WHERE hits.sim >= min_similarity AND hits.sim <> 'NaN'::float8 ORDER BY hits.sim DESC;
     WHEN 1536 THEN
         RETURN QUERY SELECT * FROM (
             SELECT m.id, m.content, m.kind, m.role, m.session_id, m.position,
@@ -317,7 +329,7 @@ BEGIN
                AND (metadata_filter IS NULL OR m._metadata @> metadata_filter)
              ORDER BY m.content_embedding::memoriesdb_pgvector.vector(1536) OPERATOR(memoriesdb_pgvector.<=>) embedding::memoriesdb_pgvector.vector(1536)
              LIMIT n) hits
-         WHERE hits.sim >= min_similarity ORDER BY hits.sim DESC;
+         WHERE hits.sim >= min_similarity AND hits.sim <> 'NaN'::float8 ORDER BY hits.sim DESC;
     ELSE
         RETURN QUERY EXECUTE format(
             'SELECT * FROM (
@@ -336,7 +348,7 @@ BEGIN
                    AND ($3 IS NULL OR m._metadata @> $3)
                  ORDER BY m.content_embedding::%3$s.vector(%2$s) OPERATOR(%3$s.<=>) $1::%3$s.vector(%2$s)
                  LIMIT $4) hits
-             WHERE hits.sim >= $5 ORDER BY hits.sim DESC', '@extschema@', dims, 'memoriesdb_pgvector')
+             WHERE hits.sim >= $5 AND hits.sim <> ''NaN''::float8 ORDER BY hits.sim DESC', '@extschema@', dims, 'memoriesdb_pgvector')
         USING embedding, kind_filter, metadata_filter, n, min_similarity, worker, me;
     END CASE;
 END

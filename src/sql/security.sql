@@ -52,9 +52,9 @@ END
 $$;
 
 -- Share a memory or a session with another user, read-only or read-write. Sharing a session
--- shares what its branch shows the owner (its messages and the inherited prefix of its
--- ancestors, as far as the owner may see them); with can_write the grantee may also add messages
--- to it. Sharing again changes can_write. Shares are written only here (SECURITY DEFINER):
+-- shares what its branch shows of the owner's own sessions (its messages and the inherited
+-- prefix of the owner's ancestors; not messages inherited from someone else's session); with
+-- can_write the grantee may also add messages to it. Sharing again changes can_write. Shares are written only here (SECURITY DEFINER):
 -- nobody can grant themselves access by writing the share tables.
 CREATE FUNCTION @extschema@.share_memory(memory_id uuid, grantee uuid, can_write boolean DEFAULT false)
 RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -85,17 +85,16 @@ BEGIN
     IF target.kind = 'session' THEN
         DELETE FROM @extschema@.memory_share_segments g
          WHERE g.grantee = share_memory.grantee AND g.shared_memory = share_memory.memory_id;
-        -- each session of the lineage, up to what the branch shows and what the owner may see
+        -- Each session of the lineage that is the sharer's own, up to what the branch shows. Only
+        -- an owner grants access to its messages: sharing a fork of someone else's session shares
+        -- the fork's own messages, not the inherited prefix (which the sharer may see only
+        -- through a share of their own, and which its owner can take back at any time).
         INSERT INTO @extschema@.memory_share_segments (grantee, session_id, visible_upto, shared_memory, can_write)
-        SELECT share_memory.grantee, l.lineage_session_id,
-               CASE WHEN s.owner_id = me THEN l.visible_upto
-                    ELSE least(l.visible_upto, (SELECT max(g.visible_upto) FROM @extschema@.memory_share_segments g
-                                                 WHERE g.grantee = me AND g.session_id = l.lineage_session_id)) END,
-               share_memory.memory_id,
+        SELECT share_memory.grantee, l.lineage_session_id, l.visible_upto, share_memory.memory_id,
                share_memory.can_write AND l.lineage_session_id = share_memory.memory_id
           FROM @extschema@.session_lineage(share_memory.memory_id) l
           JOIN @extschema@.memory_sessions s ON s.id = l.lineage_session_id
-         WHERE @extschema@.session_visible_to(me, l.lineage_session_id);
+         WHERE s.owner_id = me;
     END IF;
 END
 $$;

@@ -296,6 +296,17 @@ BEGIN
           FROM @extschema@.session_lineage(fork_session.session_id) l
           JOIN @extschema@.memories m ON m.session_id = l.lineage_session_id AND m.position = fork_at
          WHERE fork_at <= l.visible_upto;
+        IF fork_message IS NULL AND fork_at > 0 THEN
+            -- the latest message was deleted: the latest one that remains (one probe per segment)
+            SELECT x.id, x.position INTO fork_message, fork_at
+              FROM @extschema@.session_lineage(fork_session.session_id) l
+             CROSS JOIN LATERAL (
+                   SELECT m.id, m.position FROM @extschema@.memories m
+                    WHERE m.session_id = l.lineage_session_id AND m.position <= LEAST(l.visible_upto, fork_at)
+                    ORDER BY m.position DESC LIMIT 1) x
+             ORDER BY x.position DESC LIMIT 1;
+            fork_at := coalesce(fork_at, 0);
+        END IF;
     ELSE
         SELECT m.position, m.session_id INTO fork_at, message_session
           FROM @extschema@.memories m

@@ -121,6 +121,52 @@ BEGIN
 END
 $$;
 
+-- Sharing is audited like data: a grant, a change of can_write and a revocation (by
+-- revoke_share() or by a cascade) each write an audit row, attributed to the acting user and
+-- concerning the owner who granted it. SECURITY DEFINER for the same reason as above.
+CREATE FUNCTION @extschema@.log_share_change() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    INSERT INTO @extschema@.audit_log (table_name, operation, row_id, old_row, new_row, acting_user,
+                                       subject_user, db_role, txid)
+    VALUES (TG_TABLE_NAME, TG_OP,
+            CASE WHEN TG_OP = 'DELETE' THEN OLD.memory_id ELSE NEW.memory_id END,
+            CASE WHEN TG_OP <> 'INSERT' THEN to_jsonb(OLD) END,
+            CASE WHEN TG_OP <> 'DELETE' THEN to_jsonb(NEW) END,
+            @extschema@.current_memory_user(),
+            CASE WHEN TG_OP = 'DELETE' THEN OLD.granted_by ELSE NEW.granted_by END,
+            @extschema@.acting_db_role(), txid_current());
+    RETURN NULL;
+END
+$$;
+
+-- A fork's history stays as it was when the fork was made: a session with forks, and a message
+-- at or before a fork point (which every fork below that point shows), cannot be deleted; the
+-- error says why instead of a foreign key's 23503 — or, for an inherited message, instead of
+-- silently dropping it from every fork's transcript. (A fork that sees a message goes through
+-- the direct fork of that message's session, whose fork point is at or after it, so checking
+-- direct forks is enough.) SECURITY DEFINER: forks made by grantees count too, and only their
+-- existence is told.
+CREATE FUNCTION @extschema@.protect_forked_history() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF OLD.kind = 'session'
+       AND EXISTS (SELECT 1 FROM @extschema@.memory_sessions f WHERE f.parent_id = OLD.id) THEN
+        RAISE EXCEPTION 'session % has forks and cannot be deleted', OLD.id
+            USING ERRCODE = '2BP01',
+                  HINT = 'delete its forks first (also forks other users made of it while it was shared with them)';
+    END IF;
+    IF OLD.kind = 'message'
+       AND EXISTS (SELECT 1 FROM @extschema@.memory_sessions f
+                    WHERE f.parent_id = OLD.session_id AND f.fork_position >= OLD.position) THEN
+        RAISE EXCEPTION 'message % is history a fork inherits and cannot be deleted', OLD.id
+            USING ERRCODE = '2BP01',
+                  HINT = 'messages after the last fork point can be deleted; delete the forks to delete the rest';
+    END IF;
+    RETURN OLD;
+END
+$$;
+
 -- Embedding queue, for changed content: the memory waits for a new embedding (re-arming its
 -- queue row) and the workers are woken. New memories are queued by memories_inserted(), once per
 -- statement. Same transaction as the write, so a rolled-back write leaves no queue entry.
@@ -224,6 +270,8 @@ END
 $$;
 
 -- memories
+CREATE TRIGGER memories_05_protect_forked_history BEFORE DELETE ON @extschema@.memories
+    FOR EACH ROW EXECUTE FUNCTION @extschema@.protect_forked_history();
 CREATE TRIGGER memories_10_content_hash BEFORE INSERT OR UPDATE ON @extschema@.memories
     FOR EACH ROW EXECUTE FUNCTION @extschema@.update_content_hash();
 CREATE TRIGGER memories_20_provenance BEFORE INSERT OR UPDATE ON @extschema@.memories
@@ -252,6 +300,10 @@ CREATE TRIGGER memory_edges_20_provenance BEFORE INSERT OR UPDATE ON @extschema@
     FOR EACH ROW EXECUTE FUNCTION @extschema@.stamp_provenance();
 CREATE TRIGGER memory_edges_50_audit AFTER INSERT OR UPDATE OR DELETE ON @extschema@.memory_edges
     FOR EACH ROW EXECUTE FUNCTION @extschema@.log_memory_change();
+
+-- memory_shares
+CREATE TRIGGER memory_shares_50_audit AFTER INSERT OR UPDATE OR DELETE ON @extschema@.memory_shares
+    FOR EACH ROW EXECUTE FUNCTION @extschema@.log_share_change();
 
 -- audit_log
 CREATE TRIGGER audit_log_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON @extschema@.audit_log
