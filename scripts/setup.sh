@@ -19,6 +19,7 @@ need_root() {
 install_debian_packages() {
     local pkgs=(postgresql-15 postgresql-server-dev-15 postgresql-contrib
                 postgresql-15-pgtap libtap-parser-sourcehandler-pgtap-perl
+                pgbouncer                                     # the identity-through-a-pooler test
                 libclang-dev clang pkg-config build-essential sudo dpkg-dev
                 ca-certificates curl python3 python3-venv
                 chromium chromium-driver iproute2 util-linux)   # the hub's browser and client tests

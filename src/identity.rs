@@ -21,6 +21,7 @@
 
 use crate::catalog::SCHEMA;
 use crate::errors::{raise, TriggerError};
+use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use std::cell::{Cell, RefCell};
@@ -97,6 +98,7 @@ fn resolve(asserted: Option<&[u8]>, acting_role: pg_sys::Oid) -> Option<pgrx::Uu
     });
     if let Some(claimed) = claimed {
         if role_is_trusted(acting_role) {
+            require_transaction_local_assertion();
             return Some(claimed);
         }
     }
@@ -147,6 +149,64 @@ fn mapped_user(role_name: &str) -> Option<pgrx::Uuid> {
     result.unwrap_or_else(|e| {
         raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("looking up the user mapped to role \"{role_name}\": {e}"), None)
     })
+}
+
+/// `memoriesdb.allow_session_identity`: may a trusted role assert the acting user for a whole
+/// session (`SET app."current_user"`, `set_memory_user(id, false)`, a role or database default)?
+/// Off by default: behind a transaction-mode pooler a session-level assertion stays on the
+/// server connection and the next client's statements run as that user. Only a superuser can
+/// turn it on (PGC_SUSET), e.g. `ALTER ROLE app SET memoriesdb.allow_session_identity = on` for
+/// a role that owns its connections.
+pub static ALLOW_SESSION_IDENTITY: GucSetting<bool> = GucSetting::<bool>::new(false);
+
+pub fn register_settings() {
+    GucRegistry::define_bool_guc(
+        c"memoriesdb.allow_session_identity",
+        c"Whether trusted roles may assert the acting user (app.current_user) for a whole session",
+        c"Off: an assertion counts only when made for the current transaction (set_memory_user(id), SET LOCAL), so that behind a transaction-mode pooler it cannot carry over to the next client.",
+        &ALLOW_SESSION_IDENTITY,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+}
+
+/// A trusted role's assertion counts only when it was made for the current transaction (or by a
+/// function's own SET clause), unless an administrator allowed session-level assertions.
+fn require_transaction_local_assertion() {
+    if ALLOW_SESSION_IDENTITY.get() || assertion_is_transaction_local() {
+        return;
+    }
+    raise(
+        PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+        "app.current_user is set for the whole session, not for this transaction: behind a connection pooler it would carry over to the next client".into(),
+        Some("assert the user per transaction with SELECT set_memory_user(id) or SET LOCAL app.\"current_user\"; an administrator can allow session-level assertions for a role that owns its connections with ALTER ROLE ... SET memoriesdb.allow_session_identity = on"),
+    )
+}
+
+/// Was the current value of `app.current_user` set for this transaction (SET LOCAL,
+/// set_config(..., true)) or by a function's SET clause, rather than for the session (SET,
+/// set_config(..., false), a role or database default, a connection option)? PostgreSQL keeps a
+/// stack of saved values per setting; the top entry tells how the current value was set, and
+/// a value with no stack entry was set before this transaction began.
+fn assertion_is_transaction_local() -> bool {
+    // SAFETY: reads of the GUC table, which only this backend changes; nothing is kept.
+    unsafe {
+        let variables = pg_sys::get_guc_variables();
+        let count = pg_sys::GetNumConfigOptions();
+        for i in 0..count as usize {
+            let variable = *variables.add(i);
+            if variable.is_null() || CStr::from_ptr((*variable).name).to_bytes() != b"app.current_user" {
+                continue;
+            }
+            let stack = (*variable).stack;
+            return !stack.is_null()
+                && matches!(
+                    (*stack).state,
+                    pg_sys::GucStackState::GUC_LOCAL | pg_sys::GucStackState::GUC_SET_LOCAL | pg_sys::GucStackState::GUC_SAVE
+                );
+        }
+        false
+    }
 }
 
 /// `app.current_user`, when set to something other than the empty string.

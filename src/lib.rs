@@ -29,6 +29,7 @@ pub extern "C-unwind" fn _PG_init() {
     // for this process (read once, at the first capture, which has not happened yet).
     // SAFETY: a backend is single-threaded; nothing reads the environment concurrently.
     unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "0") };
+    identity::register_settings();
 }
 
 extension_sql_file!(

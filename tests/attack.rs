@@ -8,6 +8,7 @@ use postgres::fallible_iterator::FallibleIterator;
 use postgres::{Client, IsolationLevel};
 use std::collections::BTreeSet;
 use std::sync::{Arc, Barrier};
+use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
@@ -784,4 +785,105 @@ fn deletes_never_break_a_fork() {
     let deleted: bool = a.query_one("SELECT delete_memory($1)", &[&s]).unwrap().get(0);
     assert!(deleted, "the session, once its forks are gone");
     assert!(problems.is_empty(), "{} problem(s):\n  - {}", problems.len(), problems.join("\n  - "));
+}
+
+/// A real PgBouncer in transaction mode with one server connection, in front of the test
+/// cluster; stopped when dropped.
+struct Pooler {
+    process: std::process::Child,
+    port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl Pooler {
+    fn start(db: &TestDb, roles: &[&str]) -> Pooler {
+        let (host, pg_port) = memoriesdb_integration_tests::admin_host_port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let dir = std::env::temp_dir().join(format!("memoriesdb-pgbouncer-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let users: String = roles.iter().map(|r| format!("\"{r}\" \"\"\n")).collect();
+        std::fs::write(dir.join("users.txt"), users).unwrap();
+        std::fs::write(
+            dir.join("pgbouncer.ini"),
+            format!(
+                "[databases]\n{name} = host={host} port={pg_port} dbname={name}\n\n[pgbouncer]\n\
+                 listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\nauth_type = trust\n\
+                 auth_file = {dir}/users.txt\npool_mode = transaction\ndefault_pool_size = 1\nmax_client_conn = 20\n\
+                 server_reset_query =\nignore_startup_parameters = extra_float_digits\nlogfile = {dir}/pgbouncer.log\n",
+                name = db.name,
+                dir = dir.display()
+            ),
+        )
+        .unwrap();
+        Command::new("chown").args(["-R", "postgres:postgres", dir.to_str().unwrap()]).status().unwrap();
+        // PgBouncer refuses to run as root
+        let process = Command::new("runuser")
+            .args(["-u", "postgres", "--", "pgbouncer", "-q", dir.join("pgbouncer.ini").to_str().unwrap()])
+            .spawn()
+            .expect("start pgbouncer (Debian package pgbouncer; scripts/setup.sh installs it)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "pgbouncer did not start: {:?}", std::fs::read_to_string(dir.join("pgbouncer.log")));
+            thread::sleep(Duration::from_millis(50));
+        }
+        Pooler { process, port, dir }
+    }
+
+    fn connect(&self, db: &TestDb, role: &str) -> Client {
+        Client::connect(&format!("host=127.0.0.1 port={} user={role} dbname={}", self.port, db.name), postgres::NoTls)
+            .expect("connect through pgbouncer")
+    }
+}
+
+impl Drop for Pooler {
+    fn drop(&mut self) {
+        let _ = Command::new("pkill").args(["-f", self.dir.join("pgbouncer.ini").to_str().unwrap()]).status();
+        let _ = self.process.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The first column of the first row of a simple-protocol query (prepared statements do not
+/// mix with transaction pooling), or the error's SQLSTATE.
+fn simple_one(c: &mut Client, sql: &str) -> Result<Option<String>, String> {
+    let messages = c.simple_query(sql).map_err(|e| sqlstate(&e))?;
+    Ok(messages.iter().find_map(|m| match m {
+        postgres::SimpleQueryMessage::Row(row) => Some(row.get(0).map(str::to_string)),
+        _ => None,
+    }).flatten())
+}
+
+/// Defect 17: behind a real PgBouncer in transaction mode with one server connection, an
+/// identity one client asserts never reaches the next client's statements. Transaction-local
+/// assertions work; a session-level one is refused (memoriesdb.allow_session_identity is off).
+#[test]
+fn identity_cannot_outlive_its_client_behind_a_transaction_pooler() {
+    let db = TestDb::new();
+    let (alice_role, alice) = db.extra_role("alice");
+    db.connect_as(&alice_role).batch_execute("INSERT INTO memories (content) VALUES ('alice secret')").unwrap();
+    let app = db.unmapped_role("app");
+    db.grant("memoriesdb_trusted", &app);
+    let pooler = Pooler::start(&db, &[&app]);
+    let mut first = pooler.connect(&db, &app);
+    let mut second = pooler.connect(&db, &app);
+    let secret_count = "SELECT count(*) FROM memoriesdb.memories WHERE content = 'alice secret'";
+    let pid_first = simple_one(&mut first, "SELECT pg_backend_pid()").unwrap();
+    assert_eq!(simple_one(&mut second, "SELECT pg_backend_pid()").unwrap(), pid_first, "control: one server connection");
+
+    // the documented, transaction-local form works, and ends with the transaction
+    first.simple_query(&format!("BEGIN; SELECT memoriesdb.set_memory_user('{alice}')")).unwrap();
+    assert_eq!(simple_one(&mut first, secret_count).unwrap().as_deref(), Some("1"), "control: the assertion works");
+    first.simple_query("COMMIT").unwrap();
+    assert_eq!(simple_one(&mut second, secret_count).unwrap().as_deref(), Some("0"), "the next client after a local assertion");
+
+    // session-level forms are refused, and nothing of them reaches the other client
+    let refused = simple_one(&mut first, &format!("SELECT memoriesdb.set_memory_user('{alice}', false)"));
+    assert_eq!(refused, Err("42501".to_string()), "set_memory_user(id, false)");
+    assert_eq!(simple_one(&mut second, secret_count).unwrap().as_deref(), Some("0"), "the next client after a refused assertion");
+    first.simple_query(&format!("SET app.\"current_user\" = '{alice}'")).unwrap(); // a raw SET cannot be refused...
+    let leaked = simple_one(&mut second, secret_count);
+    assert!(leaked != Ok(Some("1".to_string())), "the next client read alice's row through the first client's SET");
+    assert_eq!(leaked, Err("42501".to_string()), "...but it does not count: the next statement is refused, not run as alice");
+    first.simple_query("RESET app.\"current_user\"").unwrap();
+    assert_eq!(simple_one(&mut second, "SELECT memoriesdb.current_memory_user()").unwrap(), None, "the next client acts as nobody");
 }

@@ -77,7 +77,9 @@ $$;
 
 -- Set the acting user for the current transaction (is_local, the default, which is what a
 -- transaction-mode pooler needs) or for the rest of the session. Only members of
--- memoriesdb_trusted may name another user than their own. Spares callers the quoting
+-- memoriesdb_trusted may name another user than their own, and they only for the transaction
+-- unless an administrator set memoriesdb.allow_session_identity = on for them (a session-level
+-- identity would carry over to the next client behind a transaction-mode pooler). Spares callers the quoting
 -- that `SET app."current_user" = '...'` needs (current_user is a reserved word).
 CREATE FUNCTION @extschema@.set_memory_user(user_id uuid, is_local boolean DEFAULT true)
 RETURNS uuid LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -95,6 +97,9 @@ BEGIN
         RAISE EXCEPTION 'user % does not exist', user_id USING ERRCODE = 'P0002';
     END IF;
     PERFORM pg_catalog.set_config('app.current_user', user_id::text, is_local);
+    -- resolve it now, so that a refused session-level assertion (memoriesdb.allow_session_identity)
+    -- fails here rather than at the next statement
+    PERFORM @extschema@.current_memory_user();
     RETURN user_id;
 END
 $$;
