@@ -5,8 +5,9 @@
 #
 #   1. #[pg_test]   logic inside the backend          (cargo pgrx test, pgrx's own cluster)
 #   2. pg_test/     the SQL contract as psql sees it  (pgTAP via pg_prove, throwaway cluster)
-#   3. tests/       real clients, non-superuser roles, several connections (same cluster)
-#   4. hub/         the WebSocket hub with real clients: Rust, Python, psql, Chromium (same cluster)
+#   3. tests/attack.rs  the attack suite: one test per way the trust boundary was once broken (same cluster)
+#   4. tests/       real clients, non-superuser roles, several connections (same cluster)
+#   5. hub/         the WebSocket hub with real clients: Rust, Python, psql, Chromium (same cluster)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -35,11 +36,17 @@ cluster_psql "$CLUSTER" "$PORT" -d memoriesdb_pgtap \
     -c "ALTER DATABASE memoriesdb_pgtap SET search_path = \"\$user\", public, memoriesdb"
 runuser -u postgres -- pg_prove -h localhost -p "$PORT" -U postgres -d memoriesdb_pgtap --failures pg_test/*.sql
 
-log "tier 3: tests/ (integration, as non-superuser roles)"
 export MEMORIESDB_TEST_ADMIN_URL="host=localhost port=$PORT user=postgres dbname=postgres"
-cargo test -p memoriesdb-integration-tests --release --no-fail-fast -- --test-threads=1
+log "tier 3: tests/attack.rs (the attack suite: hostile tenants, careless clients, poisoned sessions)"
+cargo test -p memoriesdb-integration-tests --release --no-fail-fast --test attack -- --test-threads=1
 
-log "tier 4: hub (memoriesdb-hub against the same cluster: protocol, robustness, auth, Python, psql, Chromium)"
+log "tier 4: tests/ (integration, as non-superuser roles)"
+# every [[test]] of tests/Cargo.toml but the attack suite, so that a new test file is never skipped
+other_tests=$(sed -n 's/^name = "\(.*\)"$/\1/p' tests/Cargo.toml | grep -vx -e attack -e memoriesdb-integration-tests | sed 's/^/--test /')
+# shellcheck disable=SC2086  # one word per --test argument
+cargo test -p memoriesdb-integration-tests --release --no-fail-fast $other_tests -- --test-threads=1
+
+log "tier 5: hub (memoriesdb-hub against the same cluster: protocol, robustness, auth, security, Python, psql, Chromium)"
 # Each test creates its own database and starts its own hub processes on free ports; the
 # specification's Python example runs in a private network namespace on its fixed port 5002.
 cargo test -p memoriesdb-hub --release -- --test-threads=2

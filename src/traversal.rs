@@ -66,7 +66,8 @@ fn traverse_memory_graph(
     if !matches!(direction.as_str(), "outgoing" | "incoming" | "both") {
         raise(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            format!("direction must be 'outgoing', 'incoming' or 'both', got '{direction}'"),
+            // (at most 80 characters of it: an error must not echo megabytes back)
+            format!("direction must be 'outgoing', 'incoming' or 'both', got '{}'", direction.chars().take(80).collect::<String>()),
             None,
         );
     }

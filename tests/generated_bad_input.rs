@@ -6,11 +6,17 @@
 //! Arguments: one parameter at a time takes every value of its type's palette (NULL, empty,
 //! huge, deep, out-of-range, another tenant's ids, ...) while the others keep a plausible valid
 //! value (the caller's own session, 'user', '{}', ...); plus one all-NULL call per function.
-//! Every call runs in its own transaction (committed when it succeeds, except calls with a 10 MB
-//! argument, which are rolled back to keep the data and the fingerprints small). For every call:
+//! Every call runs in its own transaction. An accepted call is committed when its caller is the
+//! first of the four roles that may execute the function (so the data evolves, e.g. a successful
+//! delete_memory, and the relay sees committed events) and its arguments are not heavy (10 MB
+//! text, 10,000-deep JSON, vectors of 2,001+ dimensions, 100,000-element arrays); otherwise it is
+//! rolled back: committed, those rows would make every later fingerprint slow (a few 10,000-deep
+//! JSON rows alone cost tens of milliseconds per fingerprint, and the repeat runs as the other
+//! roles would triple the data). For every call:
 //! - no error may have SQLSTATE class XX (internal error: a Rust panic or an internal failure)
 //!   or 58, nor P0001 (a RAISE without a code); no timeout (57014, statement_timeout = 5s);
-//! - no message, detail, hint or notice may show a backtrace or Rust internals;
+//! - no message, detail, hint or notice may show a backtrace or Rust internals, and no error
+//!   may echo a huge value back (10,000 characters at most);
 //! - a failed call leaves every table of schema memoriesdb exactly as it was (count and md5 over
 //!   the rows, read by the superuser), apart from memory_event_outbox (the relay drains it
 //!   concurrently) and memory_graph_clock;
@@ -135,8 +141,11 @@ fn connect(db: &TestDb, login: &str, notices: &Arc<Mutex<Vec<String>>>) -> Resul
         ))
     });
     let mut client = config.connect(NoTls)?;
-    // ordinary roles may create text search configurations in their temporary schema
-    client.batch_execute(&format!("CREATE TEXT SEARCH CONFIGURATION {TEMP_CONFIG} (COPY = simple)"))?;
+    // ordinary roles may create text search configurations in their temporary schema (if one
+    // cannot, the palette's value fails to parse with 42704, which is harmless)
+    if let Err(e) = client.batch_execute(&format!("CREATE TEXT SEARCH CONFIGURATION {TEMP_CONFIG} (COPY = simple)")) {
+        eprintln!("{login} cannot create {TEMP_CONFIG}: {}", db_error_text(&e));
+    }
     Ok(client)
 }
 
@@ -264,8 +273,8 @@ fn fingerprint_sql(admin: &mut Client) -> String {
         .iter()
         .map(|t| {
             format!(
-                "'{t}=' || (SELECT count(*) || ':' || coalesce(md5(string_agg(md5(x::text), '' ORDER BY md5(x::text))), '-')
-                              FROM memoriesdb.\"{t}\" x)"
+                "'{t}=' || (SELECT count(*) || ':' || coalesce(md5(string_agg(h, '' ORDER BY h)), '-')
+                              FROM (SELECT md5(x::text) AS h FROM memoriesdb.\"{t}\" x) rows)"
             )
         })
         .collect();
@@ -317,6 +326,7 @@ fn plausible(p: &Param, ids: &Ids) -> String {
         ("integer" | "bigint" | "smallint", "candidates") => Some("50".into()),
         ("double precision", "threshold") => Some("0".into()),
         ("regconfig", _) => Some("'english'".into()),
+        ("oid", "config") => Some("'english'::regconfig::oid".into()),
         ("text[]", _) => Some("ARRAY['relates_to']".into()),
         ("uuid[]", _) => Some(format!("ARRAY[{}]::uuid[]", ulit(ids.own.a))),
         ("interval", _) => Some("'5 minutes'".into()),
@@ -339,10 +349,27 @@ fn plausible(p: &Param, ids: &Ids) -> String {
     }
 }
 
-/// The bad values for a parameter's type; `primary`: this caller also gets the 10 MB value.
-/// Returns (SQL expression, is the 10 MB value); None for a type without a palette.
+/// Values whose rows, committed, would make every later fingerprint slow: calls with them are
+/// rolled back even when accepted.
+const HEAVY: [&str; 7] = [
+    TEN_MB,
+    "repeat('[', 10000) || repeat(']', 10000)",
+    r#"repeat('{"a":', 10000) || '1' || repeat('}', 10000)"#,
+    "array_fill(0.5::real, ARRAY[2001])::vector",
+    "array_fill(0.5::real, ARRAY[16000])::vector",
+    "array_fill('relates_to'::text, ARRAY[100000])",
+    "(SELECT array_agg(gen_random_uuid()) FROM generate_series(1, 10000))",
+];
+
+/// A batch of 101 messages: one more than a batch that sends one event per message.
+const BULK_BATCH: &str =
+    "(SELECT jsonb_agg(jsonb_build_object('role', 'user', 'content', 'bulk ' || i)) FROM generate_series(1, 101) i)";
+
+/// The bad values for a parameter's type; `primary`: this caller is the first that may execute
+/// the function (it alone gets the 10 MB value).
+/// Returns (SQL expression, heavy: roll back even when accepted); None for a type without a palette.
 fn palette(p: &Param, ids: &Ids, primary: bool) -> Option<Vec<(String, bool)>> {
-    let v = |list: &[&str]| -> Vec<(String, bool)> { list.iter().map(|s| (s.to_string(), false)).collect() };
+    let v = |list: &[&str]| -> Vec<(String, bool)> { list.iter().map(|s| (s.to_string(), HEAVY.contains(s))).collect() };
     let mut values = match p.ty.as_str() {
         "text" | "character varying" => {
             let mut t = v(&[
@@ -394,8 +421,8 @@ fn palette(p: &Param, ids: &Ids, primary: bool) -> Option<Vec<(String, bool)>> {
                 "'{}'",
                 "'true'",
                 // PostgreSQL 15 accepts 10,000 levels (max_stack_depth 2MB)
-                "repeat('[', 10000) || repeat(']', 10000)",
-                r#"repeat('{"a":', 10000) || '1' || repeat('}', 10000)"#,
+                HEAVY[1],
+                HEAVY[2],
                 r#"'{"": "", " ": 1, "''; DROP TABLE x; --": 2, "$$": null, "\\": [], "\ud83d\ude00": {}, "a.b": {"c": {}}, "role": 42, "parent_message_id": "not-a-uuid", "metadata": "x"}'"#,
                 r#"'{"a": '"#,
                 r#"'"\u0000"'"#,
@@ -405,8 +432,8 @@ fn palette(p: &Param, ids: &Ids, primary: bool) -> Option<Vec<(String, bool)>> {
                 r#"'[{"role": "", "content": "x"}]'"#,
                 r#"'[{"role": "user", "content": null}]'"#,
                 r#"'[{"role": "user", "content": "x", "metadata": []}]'"#,
-                "(SELECT jsonb_agg(jsonb_build_object('role', 'user', 'content', 'bulk ' || i)) FROM generate_series(1, 101) i)",
             ]);
+            j.push((BULK_BATCH.to_string(), false));
             j.push((format!("jsonb_build_object('parent_message_id', {})", ulit(ids.other.m1)), false));
             j.push((format!("jsonb_build_object('parent_message_id', {})", ulit(ids.own.m2)), false));
             j
@@ -415,8 +442,8 @@ fn palette(p: &Param, ids: &Ids, primary: bool) -> Option<Vec<(String, bool)>> {
             "'[0,0,0]'",
             "'[1e-30,1e-30,1e-30]'",
             "'[-0,0,1e-45]'",
-            "array_fill(0.5::real, ARRAY[2001])::vector",
-            "array_fill(0.5::real, ARRAY[16000])::vector",
+            HEAVY[3],
+            HEAVY[4],
             "array_fill(0.5::real, ARRAY[16001])::vector",
             "'[3e38,3e38]'",
             "'[3e38,-3e38,3e38]'",
@@ -454,17 +481,22 @@ fn palette(p: &Param, ids: &Ids, primary: bool) -> Option<Vec<(String, bool)>> {
             "ARRAY['relates_to', NULL]",
             "ARRAY[repeat('r', 300)]",
             "'{{a,b},{c,d}}'",
-            "array_fill('relates_to'::text, ARRAY[100000])",
+            HEAVY[5],
         ]),
         "uuid[]" => {
             let mut u = v(&[
                 "'{}'",
                 "'{NULL}'",
-                "(SELECT array_agg(gen_random_uuid()) FROM generate_series(1, 10000))",
+                HEAVY[6],
             ]);
             u.push((format!("ARRAY[{}, {}]::uuid[]", ulit(ids.own.a), ulit(ids.other.a)), false));
             u.push((format!("ARRAY[ARRAY[{}], ARRAY[{}]]::uuid[]", ulit(ids.own.a), ulit(ids.own.b)), false));
             u
+        }
+        "oid" => {
+            let mut o = v(&["0", "1", "99999", "4294967295", "'-1'", "'english'::regconfig::oid", "'pg_catalog.pg_class'::regclass::oid"]);
+            o.push((format!("{}::regconfig::oid", lit(TEMP_CONFIG)), false));
+            o
         }
         "interval" => v(&[
             "'-1 second'",
@@ -517,13 +549,13 @@ fn generate(f: &Func, ids: &Ids, primary: bool, untyped: &mut BTreeMap<String, S
             }
             only
         });
-        for (value, big) in values {
+        for (value, heavy) in values {
             if value == base[i] {
                 continue;
             }
             let mut args = base.clone();
             args[i] = value;
-            calls.push((call_sql(f, &args), big));
+            calls.push((call_sql(f, &args), heavy));
         }
     }
     calls
@@ -589,8 +621,11 @@ fn generated_bad_input_never_panics_half_writes_or_kills_the_server() {
     let mut untyped: BTreeMap<String, String> = BTreeMap::new();
     let mut slowest: Vec<(Duration, String)> = Vec::new();
     let mut fixture_rebuilds = 0usize;
+    // not a failure, but worth knowing: errors that echo a huge bad value back to the client
     let mut total = 0usize;
     let mut cached_fp: Option<Vec<String>> = None;
+    // where the time goes: (calls, fingerprints, fixture checks)
+    let (mut t_calls, mut t_fp, mut t_fixtures) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
 
     for f in &funcs {
         let mut primary = true;
@@ -608,16 +643,26 @@ fn generated_bad_input_never_panics_half_writes_or_kills_the_server() {
                 random,
             };
             let calls = generate(f, &ids, primary, &mut untyped);
+            let commits = primary;
             primary = false;
             let stat = stats.entry(format!("{} as {}", f.signature, callers[ci].mdb_role)).or_default();
-            for (sql, roll_back) in calls {
+            for (sql, heavy) in calls {
+                let roll_back = heavy || !commits;
                 total += 1;
                 stat.calls += 1;
                 let who = callers[ci].mdb_role;
                 let label = format!("[as {who}] {sql}");
+                // the state before the call: the fingerprint taken after the previous call when
+                // that one failed or was rolled back (nothing else writes these tables), else a
+                // fresh one
                 let before = match cached_fp.take() {
                     Some(fp) => fp,
-                    None => fingerprint(&mut admin, &fp_sql).unwrap_or_else(|e| panic!("fingerprint: {}", db_error_text(&e))),
+                    None => {
+                        let t = Instant::now();
+                        let fp = fingerprint(&mut admin, &fp_sql).unwrap_or_else(|e| panic!("fingerprint: {}", db_error_text(&e)));
+                        t_fp += t.elapsed();
+                        fp
+                    }
                 };
                 let caller = &mut callers[ci];
                 caller.notices.lock().unwrap().clear();
@@ -640,6 +685,7 @@ fn generated_bad_input_never_panics_half_writes_or_kills_the_server() {
                     }
                 };
                 let elapsed = t0.elapsed();
+                t_calls += elapsed;
                 slowest.push((elapsed, label.clone()));
                 if slowest.len() > 40 {
                     slowest.sort_by(|a, b| b.0.cmp(&a.0));
@@ -682,6 +728,7 @@ fn generated_bad_input_never_panics_half_writes_or_kills_the_server() {
                         if !roll_back {
                             // the state changed; a successful delete may have taken fixtures
                             cached_fp = None;
+                            let t = Instant::now();
                             if !fixtures_alive(&mut admin, &caller.fx) {
                                 caller.fx = make_fixtures(&mut caller.client, caller.mdb_role);
                                 fixture_rebuilds += 1;
@@ -691,6 +738,7 @@ fn generated_bad_input_never_panics_half_writes_or_kills_the_server() {
                                 other.fx = make_fixtures(&mut other.client, "other");
                                 fixture_rebuilds += 1;
                             }
+                            t_fixtures += t.elapsed();
                         } else {
                             cached_fp = Some(before);
                         }
@@ -716,9 +764,16 @@ fn generated_bad_input_never_panics_half_writes_or_kills_the_server() {
                             if let Some(needle) = internals_in(&told) {
                                 problems.push(format!("{label}: the error shows Rust internals ({needle:?}): {shown}"));
                             }
+                            // an error names the bad value, but never echoes megabytes of it back
+                            if told.len() > 10_000 {
+                                problems.push(format!("{label}: an error of {} characters echoes the bad value back: {}", told.len(), shorten(&told, 200)));
+                            }
                         }
                         // nothing half-written
-                        match fingerprint(&mut admin, &fp_sql) {
+                        let t = Instant::now();
+                        let fp_after = fingerprint(&mut admin, &fp_sql);
+                        t_fp += t.elapsed();
+                        match fp_after {
                             Ok(after) => {
                                 if after != before {
                                     let changed: Vec<String> = before
@@ -742,6 +797,12 @@ fn generated_bad_input_never_panics_half_writes_or_kills_the_server() {
     // summary
     let elapsed = started.elapsed();
     let mut summary = format!("{total} calls of {} functions in {:.1} s\n", funcs.len(), elapsed.as_secs_f64());
+    summary.push_str(&format!(
+        "time in calls {:.1} s, in fingerprints {:.1} s, in fixture checks {:.1} s\n",
+        t_calls.as_secs_f64(),
+        t_fp.as_secs_f64(),
+        t_fixtures.as_secs_f64()
+    ));
     summary.push_str("calls per function and role (accepted / errors):\n");
     for (name, s) in &stats {
         summary.push_str(&format!("  {:5} {name} ({} / {})\n", s.calls, s.ok, s.errors));
@@ -754,6 +815,10 @@ fn generated_bad_input_never_panics_half_writes_or_kills_the_server() {
     summary.push_str("slowest calls:\n");
     for (d, label) in slowest.iter().take(10) {
         summary.push_str(&format!("  {:6} ms {}\n", d.as_millis(), shorten(label, 200)));
+    }
+    if let Ok(fp) = fingerprint(&mut admin, &fp_sql) {
+        let counts: Vec<String> = fp.iter().map(|t| t.split(':').next().unwrap_or("").to_string()).collect();
+        summary.push_str(&format!("rows at the end: {}\n", counts.join(", ")));
     }
     summary.push_str(&format!("fixtures rebuilt after successful deletes: {fixture_rebuilds}\n"));
     if !untyped.is_empty() {

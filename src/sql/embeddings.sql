@@ -53,7 +53,7 @@ BEGIN
         RAISE EXCEPTION 'memory_id and content_hash must not be NULL' USING ERRCODE = '22004';
     END IF;
     IF model IS NULL OR pg_catalog.btrim(model) = '' OR pg_catalog.length(model) > 200 THEN
-        RAISE EXCEPTION 'model must name the embedding model (1..200 characters), got %', pg_catalog.quote_nullable(model)
+        RAISE EXCEPTION 'model must name the embedding model (1..200 characters), got %', pg_catalog.quote_nullable(pg_catalog.left(model, 80))
             USING ERRCODE = '22023';
     END IF;
     IF dims > 16000 THEN

@@ -15,7 +15,7 @@ BEGIN
     END IF;
     IF add_edge.relation IS NULL OR add_edge.relation !~ '^[a-z][a-z0-9_]{0,62}$' THEN
         RAISE EXCEPTION 'relation must be a lowercase identifier like belongs_to (a-z, 0-9, _; at most 63), got %',
-            pg_catalog.quote_nullable(add_edge.relation) USING ERRCODE = '22023';
+            pg_catalog.quote_nullable(pg_catalog.left(add_edge.relation, 80)) USING ERRCODE = '22023';
     END IF;
     IF add_edge.weight IS NULL OR add_edge.weight IN ('NaN', 'Infinity', '-Infinity') THEN
         RAISE EXCEPTION 'weight must be a finite number, got %', pg_catalog.quote_nullable(add_edge.weight)

@@ -63,11 +63,17 @@ BEGIN
         RAISE EXCEPTION 'session % does not exist', search_memories.session_id
             USING ERRCODE = 'P0002', HINT = 'create one with create_session(title)';
     END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_ts_config c WHERE c.oid = cfg) THEN
+        RAISE EXCEPTION 'text search configuration % does not exist', cfg::oid USING ERRCODE = '22023';
+    END IF;
     BEGIN
         q := websearch_to_tsquery(cfg, query);
     EXCEPTION WHEN internal_error THEN
         -- PostgreSQL's parser gives up on more than 32 operators in a row ("tsquery stack too
         -- small", XX000); that is the query's fault, not the server's
+        IF SQLERRM <> 'tsquery stack too small' THEN
+            RAISE;
+        END IF;
         RAISE EXCEPTION 'query has too many operators in a row (e.g. "-" signs) to search: %', left(query, 80)
             USING ERRCODE = '22023', HINT = 'at most 32 operators may follow each other';
     END;

@@ -123,7 +123,7 @@ BEGIN
     -- blank means only (Unicode) white space
     IF role IS NULL
        OR role ~ '^[[:space:]\u00a0\u1680\u2000-\u200b\u2028\u2029\u202f\u205f\u3000\ufeff]*$' THEN
-        RAISE EXCEPTION '% must be a non-empty string, got %', argument, pg_catalog.quote_nullable(role)
+        RAISE EXCEPTION '% must be a non-empty string, got %', argument, pg_catalog.quote_nullable(pg_catalog.left(role, 80))
             USING ERRCODE = '22023', HINT = 'e.g. user, assistant, system, or a speaker name';
     END IF;
     IF pg_catalog.length(role) > 64 THEN
@@ -223,7 +223,7 @@ BEGIN
         END IF;
         -- (a missing or JSON null role is reported by check_message_role() as NULL)
         IF pg_catalog.jsonb_typeof(message -> 'role') NOT IN ('string', 'null') THEN
-            RAISE EXCEPTION 'messages[%].role must be a non-empty string, got %', n, message -> 'role'
+            RAISE EXCEPTION 'messages[%].role must be a non-empty string, got %', n, pg_catalog.left((message -> 'role')::text, 80)
                 USING ERRCODE = '22023';
         END IF;
         PERFORM @extschema@.check_message_role(message ->> 'role', pg_catalog.format('messages[%s].role', n));
