@@ -372,3 +372,5 @@ mod unit {
         }
     }
 }
+
+crate::errors::guarded_trigger_entry!(pg_finfo_forget_cached_identity_guarded, forget_cached_identity_guarded, forget_cached_identity_wrapper, "forget_cached_identity()");

@@ -566,6 +566,9 @@ fn errors_never_carry_a_rust_backtrace() {
     c.batch_execute("RESET app.\"current_user\"").unwrap();
     errors.push(db.admin().batch_execute("SELECT memoriesdb.update_content_hash()").unwrap_err());
     assert_eq!(sqlstate(&errors[0]), "40001", "{}", error_shape(&errors[0], &[]));
+    // a trigger function called directly: refused as PL/pgSQL does it, not a panic (XX000)
+    let direct = errors.last().unwrap();
+    assert_eq!(sqlstate(direct), "0A000", "{}", error_shape(direct, &[]));
     for e in &errors {
         let shape = error_shape(e, &[]);
         assert!(

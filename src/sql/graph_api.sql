@@ -53,6 +53,4 @@ BEGIN
 END
 $$;
 
--- The cycle check must see edges the caller cannot (two tenants could otherwise close a cycle
--- together), so the trigger runs as the extension owner; its helpers are not for direct use.
-ALTER FUNCTION @extschema@.prevent_cycles() SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+-- (prevent_cycles() runs as the extension owner: see finalize.sql)
