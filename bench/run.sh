@@ -41,55 +41,29 @@ START=$SECONDS
 bench_cluster_up bench
 
 {
-    echo "date:        $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
-    echo "cpu:         $(lscpu | sed -n 's/^Model name: *//p') ($(nproc) cores)"
-    echo "memory:      $(free -h | awk '/^Mem:/ {print $2}')"
-    echo "disk:        $(df -h --output=source,size,fstype "$CLUSTER" | tail -1 | tr -s ' ')"
-    echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
-    q -c "SELECT 'postgres:    ' || version()"
-    echo "memoriesdb:  $EXT_BUILD build, $EXT_ID (loaded from a private copy)"
-    echo "source:      $EXT_SOURCE"
-    echo "runs as:     $BENCH_USER ($(q -c "SELECT CASE WHEN rolsuper THEN 'superuser: row-level security bypassed' ELSE 'ordinary role mapped to a MemoriesDB user: row-level security applies' END FROM pg_roles WHERE rolname = '$BENCH_USER'"))"
-    q -c "SELECT 'extensions:  ' || string_agg(extname || ' ' || extversion, ', ' ORDER BY extname) FROM pg_extension WHERE extname <> 'plpgsql'"
-    q -c "SELECT 'settings:    ' || string_agg(name || '=' || current_setting(name), ', ' ORDER BY name) FROM pg_settings
-          WHERE name IN ('shared_buffers', 'synchronous_commit', 'fsync', 'wal_level', 'max_wal_size', 'checkpoint_timeout',
-                         'work_mem', 'jit', 'max_connections', 'wal_buffers', 'effective_cache_size')"
-    echo "pgbench:     $("$PGBENCH" --version)"
+    bench_environment
     echo "parameters:  rounds=$ROUNDS read_seconds=$READ_SECONDS write_seconds=$WRITE_SECONDS fork_iters=$FORK_ITERS"
 } >"$RES/environment.txt"
 cat "$RES/environment.txt" >&2
 
 #----------------------------------------------------------------------------------------------
 log "1/3 fork: $FORK_ITERS interleaved iterations of fork(10) / fork(10,000), then the copies of 10,000 messages"
-qa -c "CALL bench.fork_vs_copy($FORK_ITERS)"
-q -c "\\copy bench.timing TO STDOUT WITH (FORMAT csv, HEADER)" >"$RES/fork_timing.csv"
+core_fork "$FORK_ITERS" "$RES/fork_timing.csv"
 
 #----------------------------------------------------------------------------------------------
-READ_LEAF=$(sid_of read_leaf)
-READ_BASE=$(sid_of read_baseline)
-cat >"$SQL_DIR/read_flat.sql" <<SQL
-SELECT id, session_id, position, role, content, created_at, metadata
-  FROM bench.flat_messages WHERE session_id = '$READ_BASE' ORDER BY position;
-SQL
-cat >"$SQL_DIR/read_memoriesdb.sql" <<SQL
-SELECT * FROM get_formatted_conversation('$READ_LEAF', include_metadata => true);
-SQL
+core_scripts   # the read and write scripts (bench/lib.sh)
 cp "$SQL_DIR"/read_*.sql "$RES/"
 
 printf 'bench\tvariant\tround\ttps\tlatency_ms\twal_bytes_per_txn\n' >"$RES/pgbench.tsv"
 record() { # bench variant round outfile
-    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$(sed -n 's/^tps = \([0-9.]*\) (without.*/\1/p' "$4")" \
-        "$(sed -n 's/^latency average = \([0-9.]*\) ms$/\1/p' "$4")" \
-        "$(sed -n 's/^wal bytes per transaction = \([0-9]*\)$/\1/p' "$4")" >>"$RES/pgbench.tsv"
+    printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$(pgb_fields "$4")" >>"$RES/pgbench.tsv"
 }
 
 # read_rounds BENCH: the read benchmark, after recording the plan the read path gets at this
 # point (with its nested statements, to show whether JIT is involved)
 read_rounds() {
     local bench=$1 rounds=$2 r v out tps order
-    q -c "LOAD 'auto_explain'" -c "SET auto_explain.log_min_duration = 0" -c "SET auto_explain.log_nested_statements = on" \
-      -c "SET auto_explain.log_analyze = on" -c "SET client_min_messages = log" -c "SET auto_explain.log_level = notice" \
-      -c "SET ROLE $BENCH_USER" -c "SELECT count(*) FROM get_formatted_conversation('$READ_LEAF', true)" >"$RES/${bench}_explain.txt" 2>&1 || true
+    read_explain "$RES/${bench}_explain.txt"
     for r in $(seq 1 "$rounds"); do
         order="flat memoriesdb"; [ $((r % 2)) = 0 ] && order="memoriesdb flat"
         for v in $order; do
@@ -104,30 +78,6 @@ log "2/3 read: $ROUNDS rounds x (flat, memoriesdb) x ${READ_SECONDS}s, 1 client,
 read_rounds read "$ROUNDS"
 
 #----------------------------------------------------------------------------------------------
-BODY=$(q -c "SELECT bench.body(42)")
-cat >"$SQL_DIR/write_flat.sql" <<SQL
-\\set pos :pos + 1
-INSERT INTO bench.flat_write (session_id, position, role, content)
-VALUES ((SELECT sid FROM bench.writers WHERE client_id = :client_id), :pos, 'user', '$BODY');
-SQL
-cat >"$SQL_DIR/write_flat_indexed.sql" <<SQL
-\\set pos :pos + 1
-INSERT INTO bench.flat_indexed (session_id, position, role, content, created_by)
-VALUES ((SELECT sid FROM bench.writers WHERE client_id = :client_id), :pos, 'user', '$BODY',
-        '$(q -c "SELECT id FROM users WHERE db_role = 'bench_app'")');
-SQL
-cat >"$SQL_DIR/write_memoriesdb.sql" <<SQL
-SELECT add_message_to_session((SELECT sid FROM bench.writers WHERE client_id = :client_id), 'user', '$BODY');
-SQL
-# a chat turn in one call: the user's message and the answer
-cat >"$SQL_DIR/write_memoriesdb_batch2.sql" <<SQL
-SELECT add_messages_to_session((SELECT sid FROM bench.writers WHERE client_id = :client_id),
-    jsonb_build_array(jsonb_build_object('role', 'user', 'content', '$BODY'),
-                      jsonb_build_object('role', 'assistant', 'content', '$BODY')));
-SQL
-cat >"$SQL_DIR/write_memoriesdb_one_session.sql" <<SQL
-SELECT add_message_to_session((SELECT sid FROM bench.writers WHERE client_id = 100), 'user', '$BODY');
-SQL
 cp "$SQL_DIR"/write_*.sql "$RES/"
 
 log "3/3 write: $ROUNDS rounds x (flat, memoriesdb, memoriesdb_one_session, flat_indexed, memoriesdb_batch2) x ${WRITE_SECONDS}s, 8 clients, as $BENCH_USER"
@@ -143,16 +93,10 @@ for r in $(seq 1 "$ROUNDS"); do
     done
 done
 q -c "SELECT 'rows written: flat_write=' || (SELECT count(*) FROM bench.flat_write)
-       || ', messages=' || (SELECT count(*) FROM memories m JOIN bench.writers w ON m.session_id = w.sid)
-       || ', audit_log=' || (SELECT count(*) FROM audit_log)
-       || ', embedding_schedule=' || (SELECT count(*) FROM embedding_schedule)" | tee -a "$RES/environment.txt" >&2
-# how events left the writers' transactions: through the event relay (outbox, if this build has
-# one) or by NOTIFY in the writer's transaction
-q -c "SELECT 'events:      ' || CASE WHEN to_regclass('public.memory_event_outbox') IS NULL
-                                     THEN 'NOTIFY in the writer''s transaction (no event relay in this build)'
-                                     ELSE 'event relay; outbox ids used ' || coalesce((SELECT max(id)::text FROM memory_event_outbox), '(drained)')
-                                          || ', relay workers now: ' || (SELECT count(*) FROM pg_stat_activity WHERE backend_type LIKE '%relay%') END" \
-    | tee -a "$RES/environment.txt" >&2
+       || ', messages=' || (SELECT count(*) FROM $EXT_SCHEMA.memories m JOIN bench.writers w ON m.session_id = w.sid)
+       || ', audit_log=' || (SELECT count(*) FROM $EXT_SCHEMA.audit_log)
+       || ', embedding_schedule=' || (SELECT count(*) FROM $EXT_SCHEMA.embedding_schedule)" | tee -a "$RES/environment.txt" >&2
+bench_events | tee -a "$RES/environment.txt" >&2
 
 #----------------------------------------------------------------------------------------------
 # The read again, now that the write benchmark has grown the tables and ANALYZE has seen it:

@@ -1,6 +1,7 @@
--- Data and helpers for bench/run.sh (and bench/diagnose.sh). Run once, as a superuser, in a
--- fresh database that has `CREATE EXTENSION memoriesdb CASCADE`. Everything the benchmarks
--- compare against lives in the schema `bench`, so nothing here touches the extension's objects.
+-- Data and helpers for bench/run.sh (and bench/diagnose.sh, bench/compare.sh). Run once, as a
+-- superuser, in a fresh database that has `CREATE EXTENSION memoriesdb CASCADE`. Everything the
+-- benchmarks compare against lives in the schema `bench`, so nothing here touches the
+-- extension's objects.
 --
 -- The benchmarks run as an application would: as bench_app, an ordinary (non-superuser) login
 -- role mapped to a MemoriesDB user, so row-level security, provenance and the rest apply exactly
@@ -10,6 +11,12 @@
 \set ON_ERROR_STOP 1
 SET client_min_messages = warning;
 CREATE ROLE bench_app LOGIN;
+-- What an administrator does (README, "Installing into a database"): the API through the
+-- role memoriesdb_user, and the extension's schema on the database's search_path (for the
+-- benchmarks' own connections too, and for the rest of this script).
+GRANT memoriesdb_user TO bench_app;
+ALTER DATABASE :"DBNAME" SET search_path = "$user", public, memoriesdb;
+SET search_path = "$user", public, memoriesdb;
 SELECT create_user('bench', 'bench_app') IS NOT NULL AS bench_user_created;
 CREATE SCHEMA bench AUTHORIZATION bench_app;
 SET ROLE bench_app;
@@ -183,12 +190,12 @@ BEGIN
     IF indexed THEN
         -- new ids, as a copy in one table needs
         INSERT INTO bench.flat_indexed (id, session_id, position, role, content, created_by, created_at, metadata)
-        SELECT public.uuid_generate_v7(), dst, m.position, m.role, m.content, m.created_by, m._created_at, m._metadata
-          FROM public.memories m WHERE m.session_id = src;
+        SELECT memoriesdb.uuid_generate_v7(), dst, m.position, m.role, m.content, m.created_by, m._created_at, m._metadata
+          FROM memoriesdb.memories m WHERE m.session_id = src;
     ELSE
         INSERT INTO bench.copy_target (id, session_id, position, role, content, created_at, metadata)
         SELECT m.id, dst, m.position, m.role, m.content, m._created_at, m._metadata
-          FROM public.memories m WHERE m.session_id = src;
+          FROM memoriesdb.memories m WHERE m.session_id = src;
     END IF;
     GET DIAGNOSTICS n = ROW_COUNT;
     RETURN n;

@@ -3,11 +3,16 @@
 -- The database role a change is attributed to. Inside SECURITY DEFINER functions current_user is
 -- the function owner; the `role` setting still names the role the session runs as (SET ROLE
 -- needs real membership, so it cannot be forged), falling back to the login role.
+-- A SQL-standard body (BEGIN ATOMIC): parsed once, at install, with the search_path CREATE
+-- EXTENSION pins, so nothing in it resolves under the caller's search_path, and PostgreSQL can
+-- still inline it into the audit trigger's query (a SET clause would forbid that, and cost an
+-- extra query per audited row).
 CREATE FUNCTION @extschema@.acting_db_role() RETURNS name
-LANGUAGE sql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT CASE WHEN pg_catalog.current_setting('role') = 'none' THEN session_user
-                ELSE pg_catalog.current_setting('role')::name END
-$$;
+LANGUAGE sql STABLE PARALLEL SAFE
+BEGIN ATOMIC
+    SELECT CASE WHEN pg_catalog.current_setting('role') OPERATOR(pg_catalog.=) 'none' THEN session_user
+                ELSE pg_catalog.current_setting('role')::pg_catalog.name END;
+END;
 
 -- Roles MemoriesDB's privileges and policies refer to. Roles belong to the cluster, not the
 -- database, so they are created only when missing and are left in place by DROP EXTENSION.

@@ -9,10 +9,16 @@
 
 -- The text search configuration new memories are indexed with: the memoriesdb.text_search_config
 -- setting when set (e.g. 'simple' for multilingual content), otherwise english.
+-- A SQL-standard body (BEGIN ATOMIC), parsed at install, so that PostgreSQL inlines it into
+-- every INSERT (a SET clause would forbid that: an extra query per row); the setting's value
+-- is looked up as a configuration name the way a cast does, and require_durable_search_config()
+-- refuses anything but a built-in or a superuser's configuration.
 CREATE FUNCTION @extschema@.default_search_config() RETURNS regconfig
-LANGUAGE sql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT coalesce(nullif(pg_catalog.current_setting('memoriesdb.text_search_config', true), ''), 'english')::regconfig
-$$;
+LANGUAGE sql STABLE PARALLEL SAFE
+BEGIN ATOMIC
+    SELECT coalesce(nullif(pg_catalog.current_setting('memoriesdb.text_search_config', true), ''),
+                    'english')::pg_catalog.regconfig;
+END;
 
 -- Users: the tenants and authors of memories. `db_role` maps a database role to a user so that
 -- a role connecting directly acts as that user without setting anything.
