@@ -196,12 +196,6 @@ fn relay_batch() -> Option<Relayed> {
     })
 }
 
-/// The relay's lock calls run inside a transaction, where the lock manager expects them (the
-/// locks themselves are session locks and outlive it).
-fn in_transaction<R>(f: impl FnOnce() -> R + std::panic::UnwindSafe + std::panic::RefUnwindSafe) -> R {
-    BackgroundWorker::transaction(f)
-}
-
 /// Is a relay (another process) holding RELAY in this database?
 fn other_relay_running() -> bool {
     BackgroundWorker::transaction(|| {
@@ -236,20 +230,22 @@ pub extern "C-unwind" fn memoriesdb_event_relay_main(arg: pg_sys::Datum) {
     // its owner from reaching anything the relay runs.
     BackgroundWorker::transaction(|| Spi::run("SET search_path = pg_catalog, pg_temp").ok());
 
+    // (The lock calls run inside transactions, where the lock manager expects them; the locks
+    // themselves are session locks and outlive them.)
     // Become the relay, or leave if another one already is. Writers probe RELAY with momentary
     // shared locks, so a failed attempt is retried briefly.
     let started = Instant::now();
-    while !in_transaction(|| try_lock(RELAY_KEY, pg_sys::ExclusiveLock, true)) {
+    while !BackgroundWorker::transaction(|| try_lock(RELAY_KEY, pg_sys::ExclusiveLock, true)) {
         if other_relay_running() || started.elapsed() > Duration::from_secs(5) || !BackgroundWorker::wait_latch(Some(POLL_INTERVAL)) {
             return;
         }
     }
 
     let mut skipped_total: i64 = 0;
-    let relay = |skipped_total: &mut i64| -> Option<i64> {
+    let mut relay = || -> Option<i64> {
         let relayed = relay_batch()?;
         if relayed.skipped > 0 {
-            *skipped_total += relayed.skipped;
+            skipped_total += relayed.skipped;
             pgrx::log!(
                 "memoriesdb event relay: skipped {} event(s) NOTIFY cannot send (NULL, empty or over-long channel name, or a payload of 8000 bytes or more); {} skipped since this relay started",
                 relayed.skipped,
@@ -261,7 +257,7 @@ pub extern "C-unwind" fn memoriesdb_event_relay_main(arg: pg_sys::Datum) {
 
     let mut idle_since = Instant::now();
     loop {
-        match relay(&mut skipped_total) {
+        match relay() {
             None => return,
             // a full batch: more are probably waiting
             Some(moved) if moved >= BATCH => {
@@ -279,14 +275,14 @@ pub extern "C-unwind" fn memoriesdb_event_relay_main(arg: pg_sys::Datum) {
             // this one is in flight, relay what they committed and leave. While one is (a client
             // idle in its transaction, say), take RELAY back and carry on relaying — unless a
             // new relay has taken over, which then owns everything still to come.
-            in_transaction(|| unlock(RELAY_KEY, pg_sys::ExclusiveLock, true));
-            if in_transaction(no_writers_in_flight) {
-                match relay(&mut skipped_total) {
+            BackgroundWorker::transaction(|| unlock(RELAY_KEY, pg_sys::ExclusiveLock, true));
+            if BackgroundWorker::transaction(no_writers_in_flight) {
+                match relay() {
                     Some(moved) if moved > 0 => {}
                     _ => return,
                 }
             }
-            if !in_transaction(|| try_lock(RELAY_KEY, pg_sys::ExclusiveLock, true)) {
+            if !BackgroundWorker::transaction(|| try_lock(RELAY_KEY, pg_sys::ExclusiveLock, true)) {
                 return;
             }
             idle_since = Instant::now();

@@ -767,6 +767,12 @@ fn deletes_never_break_a_fork() {
     if r.as_ref().err().map(sqlstate).as_deref() != Some("2BP01") {
         problems.push(format!("a superuser's direct DELETE of inherited history: {:?}", r.map_err(|e| error_shape(&e, &[]))));
     }
+    // another user cannot delete them at all (delete_memory runs as the owner, for the caller)
+    let mut b0 = db.connect_as(&bob_role);
+    let deleted: bool = b0.query_one("SELECT delete_memory($1)", &[&m[3]]).unwrap().get(0);
+    assert!(!deleted, "bob deleted alice's message");
+    let still: i64 = db.admin().query_one("SELECT count(*) FROM memoriesdb.memories WHERE id = $1", &[&m[3]]).unwrap().get(0);
+    assert_eq!(still, 1);
     // the latest messages can go; a fork taken afterwards forks at the latest one left
     for id in [m[3], m[2]] {
         let deleted: bool = a.query_one("SELECT delete_memory($1)", &[&id]).unwrap().get(0);

@@ -160,8 +160,8 @@ $$;
 -- Take the next `how_many` positions of a session for new messages, if the caller may add to it
 -- (owner, or a share with can_write); returns the last of them. The row lock this takes orders
 -- concurrent appends to one session. NULL when the caller may not (refuse_session_write() then
--- says why). The rule is session_writable()'s, written into the UPDATE so that check and row lock
--- are one statement on the append path; change them together.
+-- says why). The write rule is in the UPDATE itself, so that check and row lock are one
+-- statement on the append path.
 CREATE FUNCTION @extschema@.next_session_position(session uuid, how_many bigint DEFAULT 1)
 RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
