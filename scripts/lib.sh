@@ -1,6 +1,9 @@
 # Shared shell helpers for the project's scripts (sourced, not run).
 
-PG_BIN=/usr/lib/postgresql/15/bin
+# The system's PostgreSQL 15: what scripts/run.sh runs and setup.sh installs the extension into.
+# Scripts that must not touch it (scripts/test.sh) set PG_BIN to a private tree's bin directory.
+PG_SYSTEM_BIN=/usr/lib/postgresql/15/bin
+PG_BIN=${PG_BIN:-$PG_SYSTEM_BIN}
 
 log() { printf '[memoriesdb] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -51,15 +54,81 @@ cluster_psql() {
     runuser -u postgres -- psql -X -q -v ON_ERROR_STOP=1 -h localhost -p "$port" -U postgres "$@"
 }
 
-# Build the extension (release) and install it into the system PostgreSQL. Files are replaced by
-# unlinking the old one first, never overwritten in place: running backends and the event relay
-# keep the old memoriesdb.so mapped, and writing into it would crash them (SIGBUS).
-install_extension() {
-    local stage=target/release/memoriesdb-pg15
+# Build the extension (release) into target/release/memoriesdb-pg15, a tree mirroring the
+# system's paths (usr/lib/postgresql/15/lib/memoriesdb.so, usr/share/postgresql/15/extension/...).
+build_extension() {
+    rm -rf target/release/memoriesdb-pg15    # cargo pgrx package adds to it: no stale scripts
     cargo pgrx package --pg-config /usr/bin/pg_config >/dev/null 2>&1 \
         || { cargo pgrx package --pg-config /usr/bin/pg_config; die "building the extension failed"; }
+}
+
+# install_staged STAGE [ROOT]: install a package tree built by `cargo pgrx package` under ROOT
+# (default: the system, /). Files are replaced by unlinking the old one first, never overwritten
+# in place: running backends and the event relay keep the old memoriesdb.so mapped, and writing
+# into it would crash them (SIGBUS).
+install_staged() {
+    local stage=$1 root=${2:-}
     (cd "$stage" && find . -type f) | while read -r f; do
-        install -D -m 0644 "$stage/$f" "/${f#./}.memoriesdb-new"
-        mv -f "/${f#./}.memoriesdb-new" "/${f#./}"
+        install -D -m 0644 "$stage/$f" "$root/${f#./}.memoriesdb-new"
+        mv -f "$root/${f#./}.memoriesdb-new" "$root/${f#./}"
     done
+}
+
+# install_extension [ROOT]: build the release and install it into the system (or a private tree).
+install_extension() {
+    build_extension
+    install_staged target/release/memoriesdb-pg15 "${1:-}"
+}
+
+# build_release VERSION COMMIT: build a released version of the extension from its commit (the
+# source from `git archive`, a debug build of its own in target/releases/VERSION) and print the
+# package tree for install_staged. Reused while the recorded commit is the same.
+build_release() {
+    local version=$1 commit=$2 dir
+    dir=$PWD/target/releases/$version
+    if [ "$(cat "$dir/commit" 2>/dev/null)" = "$commit" ] && [ -f "$dir/stage/usr/lib/postgresql/15/lib/memoriesdb.so" ]; then
+        echo "$dir/stage"
+        return
+    fi
+    git cat-file -e "$commit^{commit}" 2>/dev/null || die "release $version: commit $commit is not in this repository"
+    log "building release $version from commit $commit (into $dir)"
+    rm -rf "$dir/src" "$dir/stage" "$dir/commit"
+    mkdir -p "$dir/src"
+    git archive "$commit" | tar -x -C "$dir/src"
+    (cd "$dir/src" && CARGO_TARGET_DIR="$dir/target" cargo pgrx package --debug --pg-config /usr/bin/pg_config \
+        --out-dir "$dir/stage" >"$dir/build.log" 2>&1) || { tail -30 "$dir/build.log" >&2; die "building release $version failed"; }
+    echo "$commit" >"$dir/commit"
+    echo "$dir/stage"
+}
+
+# private_pg_tree DIR: a PostgreSQL 15 installation of its own in DIR (DIR/usr/... mirrors the
+# system's /usr/...), so that tests install builds there and never over the system's extension
+# files. PostgreSQL (and pg_config) find their share and library directories relative to the
+# executable, after resolving symbolic links, so the programs are copied; everything else links to
+# the system's files, except MemoriesDB's own. Rebuilt from scratch on every call (about 15 MB).
+private_pg_tree() {
+    local tree=$1 sys_share=/usr/share/postgresql/15 sys_lib=/usr/lib/postgresql/15/lib f
+    rm -rf "$tree"
+    mkdir -p "$tree/usr/lib/postgresql/15/bin" "$tree/usr/lib/postgresql/15/lib" "$tree/usr/share/postgresql/15/extension"
+    cp -a "$PG_SYSTEM_BIN"/. "$tree/usr/lib/postgresql/15/bin/"
+    for f in "$sys_share"/*; do
+        [ "$(basename "$f")" = extension ] || ln -s "$f" "$tree/usr/share/postgresql/15/"
+    done
+    for f in "$sys_share"/extension/* "$sys_lib"/*; do
+        case $(basename "$f") in memoriesdb*) continue ;; esac
+        case $f in
+            "$sys_share"/*) ln -s "$f" "$tree/usr/share/postgresql/15/extension/" ;;
+            *) ln -s "$f" "$tree/usr/lib/postgresql/15/lib/" ;;
+        esac
+    done
+    ln -s /usr/include "$tree/usr/include"          # headers, for building against the tree
+    chmod -R a+rX "$tree"
+    [ "$("$tree/usr/lib/postgresql/15/bin/pg_config" --sharedir)" = "$tree/usr/share/postgresql/15" ] \
+        || die "PostgreSQL in $tree does not find its own share directory"
+}
+
+# What the system has installed of MemoriesDB (paths and SHA-256), to prove tests left it alone.
+system_extension_fingerprint() {
+    find /usr/lib/postgresql/15/lib /usr/share/postgresql/15/extension -maxdepth 1 -name 'memoriesdb*' -type f \
+        -exec sha256sum {} + 2>/dev/null | sort
 }
