@@ -108,10 +108,23 @@ build_and_install_extension() {
     log "installed: $(pg_config --sharedir)/extension/memoriesdb.control"
 }
 
+# The one prerequisite setup cannot install: Rust, at the version pgrx 0.18.1 is pinned for.
+RUST_VERSION=1.95
+require_rust_toolchain() {
+    local how="install it with rustup (https://rustup.rs): curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --default-toolchain $RUST_VERSION"
+    command -v cargo >/dev/null && command -v rustc >/dev/null || die "Rust $RUST_VERSION is needed and cargo/rustc are not on PATH: $how"
+    local have
+    have=$(rustc --version | awk '{print $2}')
+    case $have in
+        "$RUST_VERSION" | "$RUST_VERSION".*) log "rust: $have" ;;
+        *) die "Rust $RUST_VERSION is needed (pgrx 0.18.1 is pinned for it), found $have: $how, or rustup default $RUST_VERSION" ;;
+    esac
+}
+
 need_root
 install_debian_packages
 export PATH="$HOME/.cargo/bin:$PATH"
-command -v cargo >/dev/null || die "cargo not found: install Rust (rustup) first"
+require_rust_toolchain
 install_pgvector
 install_cargo_pgrx
 install_hub_test_clients
