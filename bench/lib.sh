@@ -16,7 +16,7 @@ EXT_LIB=$("$PG_BIN/pg_config" --pkglibdir)
 # installed extension, the working tree and its bench/setup.sql):
 #   BENCH_EXT_STAGE  a `cargo pgrx package` output directory (…/memoriesdb-pg15) to take the
 #                    library and SQL script from instead of the system installation
-#   BENCH_EXT_SRC    the source tree of that build (for the check that its SQL matches src/sql)
+#   BENCH_EXT_SRC    the source tree of that build (for the check that its SQL matches its feature files)
 #   BENCH_SETUP_SQL  the benchmark data script to load after CREATE EXTENSION
 BENCH_EXT_STAGE=${BENCH_EXT_STAGE:-}
 BENCH_EXT_SRC=${BENCH_EXT_SRC:-.}
@@ -50,16 +50,19 @@ snapshot_extension() {
             || die "the memoriesdb in ${BENCH_EXT_STAGE:-the system} is a debug or pg_test build (cargo pgrx test installs one); install the release build (cargo pgrx install --release) or set BENCH_ALLOW_DEBUG_BUILD=1"
     fi
     EXT_ID="$(stat -c '%s bytes, built %y' "$lib"), sha256 $(sha256sum "$dir/memoriesdb.so" | cut -c1-16)"
-    # which source is that? (the SQL of every src/sql file must appear in the installed script)
-    local f tree=matches dirty=""
-    for f in "$BENCH_EXT_SRC"/src/sql/*.sql; do
+    # which source is that? (the SQL of every feature file must appear in the installed script;
+    # they are in sql/ since 0.2.0, in src/sql/ before)
+    local f tree=matches dirty="" sqldir=sql
+    [ -f "$BENCH_EXT_SRC/sql/schema.sql" ] || sqldir=src/sql
+    for f in "$BENCH_EXT_SRC/$sqldir"/[a-z]*.sql; do
+        case $f in */memoriesdb--*) continue ;; esac
         python3 - "$dir/memoriesdb.sql" "$f" <<'PY' || tree="DIFFERS from"
 import sys
 sys.exit(0 if open(sys.argv[2]).read().strip() in open(sys.argv[1]).read() else 1)
 PY
     done
-    [ -z "$(git -C "$BENCH_EXT_SRC" status --porcelain -- src 2>/dev/null)" ] || dirty=" + uncommitted changes in src/"
-    EXT_SOURCE="git $(git -C "$BENCH_EXT_SRC" rev-parse --short HEAD 2>/dev/null || echo '?')$dirty; SQL $tree src/sql/*.sql of $BENCH_EXT_SRC"
+    [ -z "$(git -C "$BENCH_EXT_SRC" status --porcelain -- src sql 2>/dev/null)" ] || dirty=" + uncommitted changes in src/ or sql/"
+    EXT_SOURCE="git $(git -C "$BENCH_EXT_SRC" rev-parse --short HEAD 2>/dev/null || echo '?')$dirty; SQL $tree $sqldir/*.sql of $BENCH_EXT_SRC"
     log "benchmarking the memoriesdb library of ${BENCH_EXT_STAGE:-the system installation}: $EXT_BUILD, $EXT_ID"
 }
 

@@ -4,7 +4,7 @@
 //! cycle check and the breadth-first traversal of the memory graph, time-ordered ids, the acting
 //! user (resolved once per statement) and the event relay worker.
 //! Everything that is naturally SQL (tables, the conversation API, search, queues, audit,
-//! events) lives in `src/sql/*.sql`, pulled in below in dependency order.
+//! events, policies) lives in `sql/<feature>.sql`, pulled in below in dependency order.
 
 use pgrx::prelude::*;
 
@@ -32,13 +32,16 @@ pub extern "C-unwind" fn _PG_init() {
     identity::register_settings();
 }
 
+// The SQL of each feature, in sql/ at the top of the tree, in dependency order. (pgrx writes them
+// into one install script; PL/pgSQL bodies are checked only when called, so the order matters
+// for tables, SQL-language functions, policies and triggers.)
 extension_sql_file!(
-    "sql/schema.sql",
+    "../sql/schema.sql",
     name = "schema",
     requires = [ids::uuid_generate_v7, search::require_durable_search_config, search::searchable_text]
 );
 extension_sql_file!(
-    "sql/identity.sql",
+    "../sql/identity.sql",
     name = "identity",
     requires = [
         "schema",
@@ -48,18 +51,27 @@ extension_sql_file!(
         identity::acting_role_bypasses_rls
     ]
 );
+extension_sql_file!("../sql/sessions.sql", name = "sessions", requires = ["identity"]);
+extension_sql_file!("../sql/sharing.sql", name = "sharing", requires = ["sessions"]);
 extension_sql_file!(
-    "sql/triggers.sql",
-    name = "triggers",
-    requires = ["identity", hashing::update_content_hash, graph::prevent_cycles, events::ensure_event_relay]
+    "../sql/graph.sql",
+    name = "graph",
+    requires = ["sessions", graph::prevent_cycles, traversal::traverse_memory_graph]
 );
-extension_sql_file!("sql/sessions.sql", name = "sessions", requires = ["triggers"]);
-extension_sql_file!("sql/integrity.sql", name = "integrity", requires = ["sessions", hashing::content_sha256]);
-extension_sql_file!("sql/search.sql", name = "search", requires = ["sessions"]);
-extension_sql_file!("sql/embeddings.sql", name = "embeddings", requires = ["search"]);
-extension_sql_file!("sql/graph_api.sql", name = "graph_api", requires = ["sessions", traversal::traverse_memory_graph]);
-extension_sql_file!("sql/security.sql", name = "security", requires = ["integrity", "embeddings", "graph_api", hashing::content_sha256]);
-extension_sql_file!("sql/finalize.sql", name = "finalize", requires = ["security"], finalize);
+extension_sql_file!(
+    "../sql/audit.sql",
+    name = "audit",
+    requires = ["sessions", hashing::update_content_hash, hashing::content_sha256]
+);
+extension_sql_file!("../sql/search.sql", name = "search", requires = ["sessions"]);
+extension_sql_file!("../sql/embeddings.sql", name = "embeddings", requires = ["search"]);
+extension_sql_file!("../sql/events.sql", name = "events", requires = ["embeddings", events::ensure_event_relay]);
+extension_sql_file!(
+    "../sql/policies.sql",
+    name = "policies",
+    requires = ["sharing", "graph", "audit", "events"]
+);
+extension_sql_file!("../sql/finalize.sql", name = "finalize", requires = ["policies"], finalize);
 
 #[cfg(any(test, feature = "pg_test"))]
 mod pg_tests;

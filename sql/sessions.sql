@@ -381,3 +381,104 @@ RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT coalesce(pg_catalog.string_agg(c.role || ': ' || c.content, E'\n' ORDER BY c.position), '')
       FROM @extschema@.get_formatted_conversation($1) c
 $$;
+
+-- ---------------------------------------------------------------------------------------------
+-- Session rows are written only by the conversation functions, through these two (SECURITY
+-- DEFINER) helpers, which decide for their caller; nobody holds INSERT or UPDATE on
+-- memory_sessions. That keeps the branch structure honest: a session row always belongs to the
+-- creator of its session memory, forks hang off sessions their creator can see, and positions
+-- only move forward.
+-- ---------------------------------------------------------------------------------------------
+
+-- Register the session row of a session memory the caller has just created, optionally as a fork
+-- of `parent` at `fork_at` (a position of the parent's branch the caller may see).
+CREATE FUNCTION @extschema@.register_session(session uuid, parent uuid DEFAULT NULL, fork_at bigint DEFAULT 0,
+                                             fork_message uuid DEFAULT NULL)
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    me uuid := @extschema@.current_memory_user();
+    unrestricted boolean := @extschema@.acting_role_bypasses_rls();
+    parent_row @extschema@.memory_sessions;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM @extschema@.memories m
+                    WHERE m.id = session AND m.kind = 'session'
+                      AND (m.created_by IS NOT DISTINCT FROM me OR unrestricted)) THEN
+        RAISE EXCEPTION 'memory % is not a session of the acting user', session USING ERRCODE = '42501';
+    END IF;
+    IF parent IS NOT NULL THEN
+        SELECT s.* INTO parent_row FROM @extschema@.memory_sessions s WHERE s.id = parent;
+        IF NOT FOUND OR (parent_row.owner_id IS DISTINCT FROM me AND NOT unrestricted
+                         AND NOT @extschema@.session_visible_to(me, parent)) THEN
+            RAISE EXCEPTION 'session % does not exist', parent USING ERRCODE = 'P0002';
+        END IF;
+        IF fork_at IS NULL OR fork_at < 0 OR fork_at > parent_row.last_position
+           OR NOT EXISTS (SELECT 1 FROM @extschema@.session_lineage(parent) l
+                           WHERE fork_at = 0 OR EXISTS (
+                                 SELECT 1 FROM @extschema@.memories m
+                                  WHERE m.session_id = l.lineage_session_id AND m.position = fork_at
+                                    AND fork_at <= l.visible_upto
+                                    AND (unrestricted OR @extschema@.memory_visible_to(me, m.created_by, m.session_id, m.position, m.id)))) THEN
+            RAISE EXCEPTION 'position % is not a message of session % you can see', fork_at, parent
+                USING ERRCODE = '22023';
+        END IF;
+    END IF;
+    INSERT INTO @extschema@.memory_sessions (id, owner_id, parent_id, fork_position, fork_message_id, depth, last_position)
+    VALUES (session, me, parent, CASE WHEN parent IS NULL THEN 0 ELSE fork_at END, fork_message,
+            CASE WHEN parent IS NULL THEN 0 ELSE parent_row.depth + 1 END,
+            CASE WHEN parent IS NULL THEN 0 ELSE fork_at END);
+END
+$$;
+
+-- Take the next `how_many` positions of a session for new messages, if the caller may add to it
+-- (owner, or a share with can_write); returns the last of them. The row lock this takes orders
+-- concurrent appends to one session. NULL when the caller may not (refuse_session_write() then
+-- says why). The write rule is in the UPDATE itself, so that check and row lock are one
+-- statement on the append path.
+CREATE FUNCTION @extschema@.next_session_position(session uuid, how_many bigint DEFAULT 1)
+RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    me uuid := @extschema@.current_memory_user();
+    next_position bigint;
+BEGIN
+    IF how_many IS NULL OR how_many < 0 THEN
+        RAISE EXCEPTION 'how_many must be 0 or more, got %', coalesce(how_many::text, 'NULL') USING ERRCODE = '22023';
+    END IF;
+    UPDATE @extschema@.memory_sessions s SET last_position = s.last_position + how_many
+     WHERE s.id = session
+       AND (@extschema@.acting_role_bypasses_rls()
+            OR s.owner_id = me
+            OR EXISTS (SELECT 1 FROM @extschema@.memory_shares g
+                        WHERE g.memory_id = s.id AND g.grantee = me AND g.can_write))
+    RETURNING s.last_position INTO next_position;
+    RETURN next_position;
+END
+$$;
+
+-- A fork's history stays as it was when the fork was made: a session with forks, and a message
+-- at or before a fork point (which every fork below that point shows), cannot be deleted; the
+-- error says why instead of a foreign key's 23503 — or, for an inherited message, instead of
+-- silently dropping it from every fork's transcript. (A fork that sees a message goes through
+-- the direct fork of that message's session, whose fork point is at or after it, so checking
+-- direct forks is enough.) SECURITY DEFINER: forks made by grantees count too, and only their
+-- existence is told.
+CREATE FUNCTION @extschema@.protect_forked_history() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF OLD.kind = 'session'
+       AND EXISTS (SELECT 1 FROM @extschema@.memory_sessions f WHERE f.parent_id = OLD.id) THEN
+        RAISE EXCEPTION 'session % has forks and cannot be deleted', OLD.id
+            USING ERRCODE = '2BP01',
+                  HINT = 'delete its forks first (also forks other users made of it while it was shared with them)';
+    END IF;
+    IF OLD.kind = 'message'
+       AND EXISTS (SELECT 1 FROM @extschema@.memory_sessions f
+                    WHERE f.parent_id = OLD.session_id AND f.fork_position >= OLD.position) THEN
+        RAISE EXCEPTION 'message % is history a fork inherits and cannot be deleted', OLD.id
+            USING ERRCODE = '2BP01',
+                  HINT = 'messages after the last fork point can be deleted; delete the forks to delete the rest';
+    END IF;
+    RETURN OLD;
+END
+$$;
+CREATE TRIGGER memories_05_protect_forked_history BEFORE DELETE ON @extschema@.memories
+    FOR EACH ROW EXECUTE FUNCTION @extschema@.protect_forked_history();

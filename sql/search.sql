@@ -39,7 +39,7 @@ RETURNS TABLE (id uuid, content text, kind text, role text, origin_session_id uu
 -- so it may not run before the policy), which would turn every search into a scan of all
 -- tenants' rows. So this function runs as the extension owner and applies the rule of the
 -- memories_read policy itself, as an ordinary condition after the index match (the same rule as
--- in security.sql; change them together). It decides for its caller, whose role and settings it
+-- in policies.sql; change them together). It decides for its caller, whose role and settings it
 -- still sees, and returns only rows the caller may see.
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET jit = off AS $$
 #variable_conflict use_column

@@ -1,0 +1,180 @@
+-- Audit: who changed what, when, as which role, in which transaction; an append-only log and a
+-- tamper-evident hash chain over it; content hashes and their verification.
+
+-- Audit: one row per changed memory or edge. SECURITY DEFINER so that nobody needs (or gets)
+-- INSERT on audit_log: rows are written only here. search_path is pinned.
+CREATE FUNCTION @extschema@.log_memory_change() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    acting uuid;
+BEGIN
+    -- stamp_provenance() has just resolved the acting user into the row; resolve it again only
+    -- where the row does not carry it
+    IF TG_OP = 'INSERT' THEN
+        acting := NEW.created_by;
+    ELSIF TG_OP = 'UPDATE' AND TG_TABLE_NAME = 'memories' THEN
+        acting := NEW.updated_by;
+    ELSE
+        acting := @extschema@.current_memory_user();
+    END IF;
+    INSERT INTO @extschema@.audit_log (table_name, operation, row_id, old_row, new_row, acting_user,
+                                       subject_user, db_role, txid)
+    VALUES (TG_TABLE_NAME, TG_OP,
+            CASE WHEN TG_OP = 'DELETE' THEN OLD.id ELSE NEW.id END,
+            -- search_tsv is derived from content, so it is left out of the recorded state
+            CASE WHEN TG_OP <> 'INSERT' THEN to_jsonb(OLD) - 'search_tsv' END,
+            CASE WHEN TG_OP <> 'DELETE' THEN to_jsonb(NEW) - 'search_tsv' END,
+            acting,
+            CASE WHEN TG_OP = 'DELETE' THEN OLD.created_by ELSE NEW.created_by END,
+            @extschema@.acting_db_role(), txid_current());
+    RETURN NULL;
+END
+$$;
+
+-- The audit log is append-only: UPDATE, DELETE and TRUNCATE fail for everyone but superusers.
+-- (Privileges already deny them; this also holds for the table's owner and for roles that were
+-- granted the privileges.) A statement-level trigger, so that it fails even when row-level
+-- security leaves the statement no rows to touch.
+CREATE FUNCTION @extschema@.audit_log_append_only() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user) THEN
+        RETURN NULL;
+    END IF;
+    RAISE EXCEPTION 'audit_log is append-only: % is not allowed', TG_OP USING ERRCODE = '42501';
+END
+$$;
+
+-- Sharing is audited like data: a grant, a change of can_write and a revocation (by
+-- revoke_share() or by a cascade) each write an audit row, attributed to the acting user and
+-- concerning the owner who granted it. SECURITY DEFINER for the same reason as above.
+CREATE FUNCTION @extschema@.log_share_change() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    INSERT INTO @extschema@.audit_log (table_name, operation, row_id, old_row, new_row, acting_user,
+                                       subject_user, db_role, txid)
+    VALUES (TG_TABLE_NAME, TG_OP,
+            CASE WHEN TG_OP = 'DELETE' THEN OLD.memory_id ELSE NEW.memory_id END,
+            CASE WHEN TG_OP <> 'INSERT' THEN to_jsonb(OLD) END,
+            CASE WHEN TG_OP <> 'DELETE' THEN to_jsonb(NEW) END,
+            @extschema@.current_memory_user(),
+            CASE WHEN TG_OP = 'DELETE' THEN OLD.granted_by ELSE NEW.granted_by END,
+            @extschema@.acting_db_role(), txid_current());
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER memories_10_content_hash BEFORE INSERT OR UPDATE ON @extschema@.memories
+    FOR EACH ROW EXECUTE FUNCTION @extschema@.update_content_hash();
+CREATE TRIGGER memories_50_audit AFTER INSERT OR UPDATE OR DELETE ON @extschema@.memories
+    FOR EACH ROW EXECUTE FUNCTION @extschema@.log_memory_change();
+CREATE TRIGGER memory_edges_50_audit AFTER INSERT OR UPDATE OR DELETE ON @extschema@.memory_edges
+    FOR EACH ROW EXECUTE FUNCTION @extschema@.log_memory_change();
+-- memory_shares
+CREATE TRIGGER memory_shares_50_audit AFTER INSERT OR UPDATE OR DELETE ON @extschema@.memory_shares
+    FOR EACH ROW EXECUTE FUNCTION @extschema@.log_share_change();
+-- audit_log
+CREATE TRIGGER audit_log_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON @extschema@.audit_log
+    FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.audit_log_append_only();
+
+-- ---------------------------------------------------------------------------------------------
+-- Tamper-evident audit: a hash chain over the audit log
+-- ---------------------------------------------------------------------------------------------
+
+-- The canonical text of an audit row that the chain hashes (jsonb's text form is canonical).
+-- The time is hashed in UTC so that the text, and so the chain, is the same whatever the
+-- session's TimeZone.
+CREATE FUNCTION @extschema@.audit_row_text(a @extschema@.audit_log) RETURNS text
+LANGUAGE sql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT pg_catalog.jsonb_build_array(a.id, a.table_name, a.operation, a.row_id, a.old_row, a.new_row,
+                                        a.acting_user, a.subject_user, a.db_role, a.txid,
+                                        a.changed_at AT TIME ZONE 'UTC')::text
+$$;
+
+-- Link every finished transaction's audit rows into the chain, in (transaction, row) order:
+-- chain_hash = sha256(previous chain_hash || audit_row_text(row)). Only transactions older than
+-- every running one are sealed, so no row can later appear before a sealed one. Writers never
+-- wait for this: call it periodically (a worker, cron, or pg_cron every minute). Returns the
+-- number of rows sealed.
+CREATE FUNCTION @extschema@.seal_audit_log(max_rows integer DEFAULT 100000)
+RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    horizon bigint := txid_snapshot_xmin(txid_current_snapshot());
+    position bigint;
+    previous text;
+    sealed_ids bigint[] := '{}';
+    chain_hashes text[] := '{}';
+    r @extschema@.audit_log;
+BEGIN
+    PERFORM pg_advisory_xact_lock(hashtext('memoriesdb.audit_chain'));
+    SELECT a.chain_position, a.chain_hash INTO position, previous
+      FROM @extschema@.audit_log a WHERE a.chain_position IS NOT NULL
+     ORDER BY a.chain_position DESC LIMIT 1;
+    position := coalesce(position, 0);
+    previous := coalesce(previous, '');
+    FOR r IN
+        SELECT * FROM @extschema@.audit_log a
+         WHERE a.chain_position IS NULL AND a.txid < horizon
+         ORDER BY a.txid, a.id LIMIT max_rows
+    LOOP
+        previous := @extschema@.content_sha256(previous || @extschema@.audit_row_text(r));
+        sealed_ids := sealed_ids || r.id;
+        chain_hashes := chain_hashes || previous;
+    END LOOP;
+    -- one UPDATE for the batch: an UPDATE per row doubled the cost of sealing
+    UPDATE @extschema@.audit_log a SET chain_position = position + u.n, chain_hash = u.chain_hash
+      FROM unnest(sealed_ids, chain_hashes) WITH ORDINALITY AS u(id, chain_hash, n)
+     WHERE a.id = u.id;
+    RETURN cardinality(sealed_ids);
+END
+$$;
+
+-- Recompute the chain and report the first broken link: a changed row (its hash no longer
+-- matches), a removed row (a gap in positions) or a forged hash. `intact` is true when every
+-- sealed row verifies. Compare `last_hash` with a value recorded outside the database earlier
+-- to detect a rewrite of the whole chain by a superuser.
+CREATE FUNCTION @extschema@.verify_audit_chain()
+RETURNS TABLE (intact boolean, sealed_rows bigint, unsealed_rows bigint, first_broken_position bigint,
+               first_broken_audit_id bigint, problem text, last_hash text)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    expected_position bigint := 0;
+    previous text := '';
+    r @extschema@.audit_log;
+BEGIN
+    unsealed_rows := (SELECT count(*) FROM @extschema@.audit_log a WHERE a.chain_position IS NULL);
+    FOR r IN SELECT * FROM @extschema@.audit_log a WHERE a.chain_position IS NOT NULL ORDER BY a.chain_position LOOP
+        expected_position := expected_position + 1;
+        IF r.chain_position <> expected_position THEN
+            intact := false; sealed_rows := expected_position - 1;
+            first_broken_position := expected_position; first_broken_audit_id := r.id;
+            problem := format('chain position %s is missing (next present: %s): rows were removed',
+                              expected_position, r.chain_position);
+            last_hash := previous;
+            RETURN NEXT; RETURN;
+        END IF;
+        previous := @extschema@.content_sha256(previous || @extschema@.audit_row_text(r));
+        IF r.chain_hash IS DISTINCT FROM previous THEN
+            intact := false; sealed_rows := expected_position - 1;
+            first_broken_position := r.chain_position; first_broken_audit_id := r.id;
+            problem := 'row content or chain hash was changed after sealing';
+            last_hash := r.chain_hash;
+            RETURN NEXT; RETURN;
+        END IF;
+    END LOOP;
+    intact := true; sealed_rows := expected_position; last_hash := nullif(previous, '');
+    RETURN NEXT;
+END
+$$;
+
+-- Recompute every content hash and report the memories whose stored hash does not match
+-- (content or hash changed behind the triggers' back). An empty result means all verify.
+CREATE FUNCTION @extschema@.verify_memory_integrity()
+RETURNS TABLE (memory_id uuid, stored_hash text, computed_hash text)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT m.id, m.content_hash, h.computed
+      FROM @extschema@.memories m
+     CROSS JOIN LATERAL (SELECT @extschema@.content_sha256(m.content) AS computed) h
+     WHERE m.content_hash IS DISTINCT FROM h.computed
+$$;
+
