@@ -153,33 +153,13 @@ BEGIN
 END
 $$;
 
+-- Rust (src/sessions.rs): the arguments are checked there, the position taken and the message
+-- inserted through plans kept per backend. The acting user and the write rule are decided for
+-- the caller as next_session_position() does; errors are those of check_message_role(),
+-- metadata_object() and refuse_session_write(). Concurrent appends to one session queue on its
+-- row and get consecutive positions; appends to different sessions do not interact.
 CREATE FUNCTION @extschema@.add_message_to_session(session_id uuid, role text, content text, metadata jsonb DEFAULT '{}')
-RETURNS uuid LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    new_position bigint;
-    new_id uuid;
-    clean_metadata jsonb := @extschema@.metadata_object(metadata, 'metadata');
-BEGIN
-    IF add_message_to_session.session_id IS NULL THEN
-        RAISE EXCEPTION 'session_id must not be NULL' USING ERRCODE = '22004';
-    END IF;
-    PERFORM @extschema@.check_message_role(add_message_to_session.role, 'role');
-    IF add_message_to_session.content IS NULL THEN
-        RAISE EXCEPTION 'content must not be NULL' USING ERRCODE = '22004';
-    END IF;
-    -- Taking the next position locks the session row: concurrent appends to one session queue
-    -- here and get consecutive positions; appends to different sessions do not interact.
-    new_position := @extschema@.next_session_position(add_message_to_session.session_id);
-    IF new_position IS NULL THEN
-        PERFORM @extschema@.refuse_session_write(add_message_to_session.session_id);
-    END IF;
-    new_id := @extschema@.uuid_generate_v7();  -- not RETURNING: see create_session()
-    INSERT INTO @extschema@.memories (id, kind, content, _metadata, session_id, position, role)
-    VALUES (new_id, 'message', add_message_to_session.content, clean_metadata,
-            add_message_to_session.session_id, new_position, add_message_to_session.role);
-    RETURN new_id;
-END
-$$;
+RETURNS uuid LANGUAGE c SECURITY DEFINER AS 'MODULE_PATHNAME', 'add_message_to_session_native';
 
 -- Several messages in one call, e.g. a user's turn and the assistant's answer, or an imported
 -- conversation: a JSON array of {"role", "content", "metadata"} objects (metadata optional),
@@ -429,30 +409,10 @@ BEGIN
 END
 $$;
 
--- Take the next `how_many` positions of a session for new messages, if the caller may add to it
--- (owner, or a share with can_write); returns the last of them. The row lock this takes orders
--- concurrent appends to one session. NULL when the caller may not (refuse_session_write() then
--- says why). The write rule is in the UPDATE itself, so that check and row lock are one
--- statement on the append path.
-CREATE FUNCTION @extschema@.next_session_position(session uuid, how_many bigint DEFAULT 1)
-RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    me uuid := @extschema@.current_memory_user();
-    next_position bigint;
-BEGIN
-    IF how_many IS NULL OR how_many < 0 THEN
-        RAISE EXCEPTION 'how_many must be 0 or more, got %', coalesce(how_many::text, 'NULL') USING ERRCODE = '22023';
-    END IF;
-    UPDATE @extschema@.memory_sessions s SET last_position = s.last_position + how_many
-     WHERE s.id = session
-       AND (@extschema@.acting_role_bypasses_rls()
-            OR s.owner_id = me
-            OR EXISTS (SELECT 1 FROM @extschema@.memory_shares g
-                        WHERE g.memory_id = s.id AND g.grantee = me AND g.can_write))
-    RETURNING s.last_position INTO next_position;
-    RETURN next_position;
-END
-$$;
+-- next_session_position(session, how_many DEFAULT 1) takes the next positions of a session for
+-- new messages if the caller may add to it (owner, or a share with can_write), and returns the
+-- last of them, or NULL (refuse_session_write() then says why). It is Rust (src/sessions.rs):
+-- the write rule is in the UPDATE that takes the row lock, so check and lock are one statement.
 
 -- A fork's history stays as it was when the fork was made: a session with forks, and a message
 -- at or before a fork point (which every fork below that point shows), cannot be deleted; the

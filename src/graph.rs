@@ -72,4 +72,4 @@ fn prevent_cycles<'a>(
     Ok(Some(row))
 }
 
-crate::errors::guarded_trigger_entry!(pg_finfo_prevent_cycles_guarded, prevent_cycles_guarded, prevent_cycles_wrapper, "prevent_cycles()");
+crate::fmgr::guarded_trigger_entry!(pg_finfo_prevent_cycles_guarded, prevent_cycles_guarded, prevent_cycles_wrapper, "prevent_cycles()");

@@ -55,4 +55,4 @@ mod unit {
     }
 }
 
-crate::errors::guarded_trigger_entry!(pg_finfo_update_content_hash_guarded, update_content_hash_guarded, update_content_hash_wrapper, "update_content_hash()");
+crate::fmgr::guarded_trigger_entry!(pg_finfo_update_content_hash_guarded, update_content_hash_guarded, update_content_hash_wrapper, "update_content_hash()");

@@ -55,7 +55,7 @@ fn forget() {
 /// The acting user (see `sql/identity.sql` for the rules). NULL when the acting role is neither
 /// trusted with an assertion nor mapped to a user.
 #[pg_extern(stable, parallel_safe)]
-fn current_memory_user() -> Option<pgrx::Uuid> {
+pub(crate) fn current_memory_user() -> Option<pgrx::Uuid> {
     register_invalidation_callbacks();
     let asserted = asserted_user_setting();
     let acting_role = acting_role();
@@ -262,7 +262,7 @@ fn acting_role_is(role_name: &str) -> bool {
 /// Does the acting role bypass row-level security (a superuser or a BYPASSRLS role)? SECURITY
 /// DEFINER functions that decide for their caller grant such roles what the policies would.
 #[pg_extern(stable, parallel_safe)]
-fn acting_role_bypasses_rls() -> bool {
+pub(crate) fn acting_role_bypasses_rls() -> bool {
     let role = acting_role();
     // SAFETY: syscache lookups of an existing role.
     unsafe { pg_sys::superuser_arg(role) || pg_sys::has_bypassrls_privilege(role) }
@@ -373,4 +373,4 @@ mod unit {
     }
 }
 
-crate::errors::guarded_trigger_entry!(pg_finfo_forget_cached_identity_guarded, forget_cached_identity_guarded, forget_cached_identity_wrapper, "forget_cached_identity()");
+crate::fmgr::guarded_trigger_entry!(pg_finfo_forget_cached_identity_guarded, forget_cached_identity_guarded, forget_cached_identity_wrapper, "forget_cached_identity()");

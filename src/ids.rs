@@ -6,5 +6,10 @@ use pgrx::prelude::*;
 /// A new UUIDv7 (RFC 9562): 48-bit millisecond timestamp followed by random bits.
 #[pg_extern(volatile, parallel_safe)]
 fn uuid_generate_v7() -> pgrx::Uuid {
+    new_v7()
+}
+
+/// The same, for Rust code that writes rows.
+pub fn new_v7() -> pgrx::Uuid {
     pgrx::Uuid::from_bytes(*uuid::Uuid::now_v7().as_bytes())
 }

@@ -13,11 +13,14 @@ use pgrx::prelude::*;
 mod catalog;
 mod errors;
 mod events;
+mod fmgr;
 mod graph;
 mod hashing;
 mod identity;
 mod ids;
+mod plans;
 mod search;
+mod sessions;
 mod traversal;
 
 /// Runs when a backend (or the event relay) loads the library.

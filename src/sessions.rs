@@ -1,0 +1,248 @@
+//! The conversation write path in Rust: taking positions in a session and appending a message.
+//!
+//! `add_message_to_session()` runs on every turn of every conversation. In PL/pgSQL it was a
+//! function calling four others (argument checks and the position taker), each a SQL-level call
+//! with a pinned search_path, so that half of an append was function-call overhead (see
+//! BENCHMARKS.md). Here the arguments are checked in Rust, the position is taken and the message
+//! inserted through two plans kept per backend (plans.rs), and the text and jsonb arguments are
+//! handed to the INSERT as PostgreSQL passed them: nothing is converted to Rust values and back.
+//!
+//! It runs as the extension owner (SECURITY DEFINER), like the other conversation writers, and
+//! decides for its caller explicitly: the acting user, and the session's write rule in the same
+//! UPDATE that takes the position (so check and row lock are one statement). It declares no
+//! SET search_path: every statement it runs is fixed text in this library naming everything
+//! schema-qualified, operators included, so the caller's search_path cannot change its meaning
+//! (tests/attack.rs poisons it), and the pin would cost two search_path recomputations per call.
+//!
+//! Errors are the SQL contract's: where a fast check in Rust is not certain that an argument is
+//! fine, the SQL function that owns the rule and its message (check_message_role(),
+//! metadata_object(), refuse_session_write()) decides and raises, so there is one wording of
+//! each error.
+
+use crate::catalog::SCHEMA;
+use crate::errors::raise;
+use crate::identity;
+use crate::plans::{with_kept_plan, KeptPlan};
+use pgrx::datum::DatumWithOid;
+use pgrx::fcinfo::{pg_arg_is_null, pg_getarg_datum_raw};
+use pgrx::prelude::*;
+use pgrx::spi::{SpiClient, SpiResult};
+use pgrx::{pg_sys, PgBuiltInOids, PgOid};
+use std::cell::RefCell;
+
+thread_local! {
+    static TAKE_POSITIONS: KeptPlan = const { RefCell::new(None) };
+    static INSERT_MESSAGE: KeptPlan = const { RefCell::new(None) };
+}
+
+const UUID: PgOid = PgOid::BuiltIn(PgBuiltInOids::UUIDOID);
+const TEXT: PgOid = PgOid::BuiltIn(PgBuiltInOids::TEXTOID);
+const JSONB: PgOid = PgOid::BuiltIn(PgBuiltInOids::JSONBOID);
+const INT8: PgOid = PgOid::BuiltIn(PgBuiltInOids::INT8OID);
+const BOOL: PgOid = PgOid::BuiltIn(PgBuiltInOids::BOOLOID);
+
+/// An argument as PostgreSQL passed it (possibly toasted), or None for SQL NULL.
+unsafe fn raw_arg(fcinfo: pg_sys::FunctionCallInfo, n: usize) -> Option<pg_sys::Datum> {
+    // SAFETY: the caller passes the fcinfo of a call with at least n + 1 arguments.
+    unsafe { (!pg_arg_is_null(fcinfo, n)).then(|| pg_getarg_datum_raw(fcinfo, n)) }
+}
+
+/// A raw datum (or NULL) of type `oid`, as an SPI parameter.
+fn param(datum: Option<pg_sys::Datum>, oid: PgOid) -> DatumWithOid<'static> {
+    match datum {
+        // SAFETY: the datum is a valid value of type `oid` that outlives the SPI call.
+        Some(datum) => unsafe { DatumWithOid::new(datum, oid.value()) },
+        None => DatumWithOid::null_oid(oid.value()),
+    }
+}
+
+fn spi_failed(what: &str, e: pgrx::spi::SpiError) -> ! {
+    raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("{what}: {e}"), None)
+}
+
+/// Take the next `how_many` positions of `session` for new messages if the acting user may add
+/// to it (owner, or a share with can_write; roles that bypass row-level security always may).
+/// Returns the last of them, or None when the caller may not (or there is no such session).
+/// The row lock this takes orders concurrent appends to one session.
+fn take_positions(client: &SpiClient<'_>, session: DatumWithOid<'_>, how_many: i64) -> SpiResult<Option<i64>> {
+    let me = identity::current_memory_user();
+    let unrestricted = identity::acting_role_bypasses_rls();
+    with_kept_plan(
+        client,
+        &TAKE_POSITIONS,
+        || {
+            format!(
+                "UPDATE {SCHEMA}.memory_sessions s SET last_position = s.last_position OPERATOR(pg_catalog.+) $2
+                  WHERE s.id OPERATOR(pg_catalog.=) $1
+                    AND ($3 OR s.owner_id OPERATOR(pg_catalog.=) $4
+                         OR EXISTS (SELECT 1 FROM {SCHEMA}.memory_shares g
+                                     WHERE g.memory_id OPERATOR(pg_catalog.=) s.id
+                                       AND g.grantee OPERATOR(pg_catalog.=) $4 AND g.can_write))
+                 RETURNING s.last_position"
+            )
+        },
+        &[UUID, INT8, BOOL, UUID],
+        true,
+        |plan| {
+            let rows = client.select(plan, None, &[session, how_many.into(), unrestricted.into(), me.into()])?;
+            if rows.is_empty() {
+                return Ok(None);
+            }
+            rows.first().get_one::<i64>()
+        },
+    )
+}
+
+/// next_session_position(session uuid, how_many bigint DEFAULT 1): take_positions() for the
+/// conversation functions still written in SQL (add_messages_to_session). Internal: only the
+/// extension's own SECURITY DEFINER functions call it.
+#[pg_extern(volatile, parallel_unsafe)]
+fn next_session_position(session: Option<pgrx::Uuid>, how_many: default!(Option<i64>, 1)) -> Option<i64> {
+    let how_many = match how_many {
+        Some(n) if n >= 0 => n,
+        other => raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("how_many must be 0 or more, got {}", other.map_or("NULL".to_string(), |n| n.to_string())),
+            None,
+        ),
+    };
+    let session = session?;
+    Spi::connect(|client| take_positions(&client, session.into(), how_many))
+        .unwrap_or_else(|e| spi_failed("taking session positions", e))
+}
+
+/// Raise the error for a session take_positions() refused (refuse_session_write() in SQL tells
+/// "shared with you read-only" from "does not exist").
+fn refuse_session_write(client: &SpiClient<'_>, session: DatumWithOid<'_>) -> ! {
+    let refused = client.select(&*format!("SELECT {SCHEMA}.refuse_session_write($1)"), None, &[session]);
+    match refused {
+        Err(e) => spi_failed("refusing a session write", e),
+        Ok(_) => raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "refuse_session_write() returned".into(), None),
+    }
+}
+
+/// A message role the SQL rule (check_message_role) certainly accepts: 1 to 64 characters, at
+/// least one ASCII letter or digit (so not blank), and nothing but printable ASCII and
+/// alphabetic characters (so no control or space-like characters).
+fn role_certainly_valid(role: &str) -> bool {
+    let mut count = 0;
+    let mut has_alnum = false;
+    for c in role.chars() {
+        count += 1;
+        has_alnum |= c.is_ascii_alphanumeric();
+        if !(c == ' ' || c.is_ascii_graphic() || (!c.is_ascii() && c.is_alphabetic())) {
+            return false;
+        }
+    }
+    has_alnum && count <= 64
+}
+
+/// Check a message role; errors (and the rare role the fast check is unsure of) go to the SQL
+/// rule, check_message_role(role, argument).
+pub fn check_message_role(role: Option<&str>, argument: &str) {
+    if role.is_some_and(role_certainly_valid) {
+        return;
+    }
+    Spi::run_with_args(
+        &format!("SELECT {SCHEMA}.check_message_role($1, $2)"),
+        &[role.into(), argument.into()],
+    )
+    .unwrap_or_else(|e| spi_failed("checking a message role", e));
+}
+
+/// A metadata argument: NULL means `{}` (None), a JSON object is passed on as it is, anything
+/// else gets metadata_object()'s error.
+pub fn checked_metadata(metadata: Option<pg_sys::Datum>, argument: &str) -> Option<pg_sys::Datum> {
+    let datum = metadata?;
+    // SAFETY: a jsonb datum; pg_detoast_datum returns a 4-byte-header varlena whose data starts
+    // with the root container's header word (JB_FOBJECT set for an object).
+    let is_object = unsafe {
+        let jsonb = pg_sys::pg_detoast_datum(datum.cast_mut_ptr::<pg_sys::varlena>());
+        let header = std::ptr::read_unaligned((jsonb as *const u8).add(pg_sys::VARHDRSZ).cast::<u32>());
+        header & pg_sys::JB_FOBJECT != 0
+    };
+    if !is_object {
+        Spi::run_with_args(
+            &format!("SELECT {SCHEMA}.metadata_object($1, $2)"),
+            &[param(Some(datum), JSONB), argument.into()],
+        )
+        .unwrap_or_else(|e| spi_failed("checking metadata", e));
+        raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, format!("{argument} must be a JSON object"), None);
+    }
+    Some(datum)
+}
+
+/// add_message_to_session(session_id uuid, role text, content text, metadata jsonb DEFAULT '{}')
+/// RETURNS uuid (declared in sql/sessions.sql).
+unsafe fn add_message_to_session(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    // SAFETY: declared in SQL with these four arguments.
+    let (session, role, content, metadata) =
+        unsafe { (raw_arg(fcinfo, 0), raw_arg(fcinfo, 1), raw_arg(fcinfo, 2), raw_arg(fcinfo, 3)) };
+    // (in the order the SQL contract checks them)
+    let metadata = checked_metadata(metadata, "metadata");
+    let Some(session) = session else {
+        raise(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, "session_id must not be NULL".into(), None)
+    };
+    // SAFETY: a text datum (detoasted into the current memory context if it has to be).
+    let role_text = role.and_then(|datum| unsafe { <&str as FromDatum>::from_datum(datum, false) });
+    check_message_role(role_text, "role");
+    if content.is_none() {
+        raise(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, "content must not be NULL".into(), None)
+    }
+    let id = crate::ids::new_v7();
+    Spi::connect(|client| {
+        let Some(position) = take_positions(&client, param(Some(session), UUID), 1)? else {
+            refuse_session_write(&client, param(Some(session), UUID))
+        };
+        // the id is made here rather than by RETURNING, which would also check the new row
+        // against the memories read policy
+        with_kept_plan(
+            &client,
+            &INSERT_MESSAGE,
+            || {
+                format!(
+                    "INSERT INTO {SCHEMA}.memories (id, kind, content, _metadata, session_id, position, role)
+                     VALUES ($1, 'message', $2, COALESCE($3, '{{}}'::pg_catalog.jsonb), $4, $5, $6)"
+                )
+            },
+            &[UUID, TEXT, JSONB, UUID, INT8, TEXT],
+            true,
+            |plan| {
+                client.select(
+                    plan,
+                    None,
+                    &[
+                        id.into(),
+                        param(content, TEXT),
+                        param(metadata, JSONB),
+                        param(Some(session), UUID),
+                        position.into(),
+                        param(role, TEXT),
+                    ],
+                )
+            },
+        )
+        .map(|_| ())
+    })
+    .unwrap_or_else(|e| spi_failed("appending a message", e));
+    id.into_datum().expect("a uuid is never NULL")
+}
+
+crate::fmgr::sql_function_entry!(pg_finfo_add_message_to_session_native, add_message_to_session_native, add_message_to_session);
+
+#[cfg(test)]
+mod unit {
+    use super::role_certainly_valid;
+
+    #[test]
+    fn the_fast_role_check_accepts_only_what_the_sql_rule_accepts() {
+        for ok in ["user", "assistant", "Dr. Smith", "agent-7", "élève", &"r".repeat(64)] {
+            assert!(role_certainly_valid(ok), "{ok:?}");
+        }
+        // left to the SQL rule: blank, too long, control or space-like characters, no ASCII
+        // letter or digit
+        for unsure in ["", "   ", "\t", "a\nb", "a\u{0}", "\u{a0}", "a\u{2028}", "\u{200b}x", "éé", &"r".repeat(65)] {
+            assert!(!role_certainly_valid(unsure), "{unsure:?}");
+        }
+    }
+}
