@@ -5,7 +5,7 @@
 BEGIN;
 -- (indexing 1 MB of one "word" makes full-text search print a harmless NOTICE)
 SET LOCAL client_min_messages = warning;
-SELECT plan(107);
+SELECT plan(108);
 
 -- ---------------------------------------------------------------------------------------------
 -- Functions: names and argument types
@@ -106,11 +106,13 @@ SELECT set_memory_user(NULL) IS NULL AS ignored \gset
 -- ---------------------------------------------------------------------------------------------
 -- Trigger functions and their triggers
 -- ---------------------------------------------------------------------------------------------
-SELECT function_returns('update_content_hash', ARRAY[]::name[], 'trigger', 'update_content_hash() is a trigger function');
+SELECT function_returns('derive_row_fields', ARRAY[]::name[], 'trigger', 'derive_row_fields() is a trigger function');
 SELECT function_returns('prevent_cycles', ARRAY[]::name[], 'trigger', 'prevent_cycles() is a trigger function');
 SELECT function_returns('log_memory_change', ARRAY[]::name[], 'trigger', 'log_memory_change() is a trigger function');
-SELECT trigger_is('memories', 'memories_10_content_hash', 'update_content_hash',
-                  'memories has the content hash trigger');
+SELECT trigger_is('memories', 'memories_10_derive_fields', 'derive_row_fields',
+                  'memories has the trigger deriving content hash and provenance');
+SELECT trigger_is('memory_edges', 'memory_edges_20_derive_fields', 'derive_row_fields',
+                  'memory_edges has the trigger deriving provenance');
 SELECT trigger_is('memories', 'memories_50_audit', 'log_memory_change', 'memories has the audit trigger');
 SELECT trigger_is('memory_edges', 'memory_edges_10_prevent_cycles', 'prevent_cycles',
                   'memory_edges has the cycle prevention trigger');
@@ -125,10 +127,10 @@ SELECT set_eq(
         FROM information_schema.triggers
        WHERE event_object_schema = (SELECT extnamespace::regnamespace::text FROM pg_extension WHERE extname = 'memoriesdb')
          AND event_object_table IN ('memories', 'memory_edges', 'audit_log')
-         AND trigger_name IN ('memories_10_content_hash', 'memories_50_audit', 'memory_edges_10_prevent_cycles',
+         AND trigger_name IN ('memories_10_derive_fields', 'memories_50_audit', 'memory_edges_10_prevent_cycles',
                               'memory_edges_50_audit', 'audit_log_append_only')$$,
-    $$VALUES ('memories', 'memories_10_content_hash', 'BEFORE', 'INSERT', 'ROW'),
-             ('memories', 'memories_10_content_hash', 'BEFORE', 'UPDATE', 'ROW'),
+    $$VALUES ('memories', 'memories_10_derive_fields', 'BEFORE', 'INSERT', 'ROW'),
+             ('memories', 'memories_10_derive_fields', 'BEFORE', 'UPDATE', 'ROW'),
              ('memories', 'memories_50_audit', 'AFTER', 'INSERT', 'ROW'),
              ('memories', 'memories_50_audit', 'AFTER', 'UPDATE', 'ROW'),
              ('memories', 'memories_50_audit', 'AFTER', 'DELETE', 'ROW'),

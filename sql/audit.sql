@@ -1,6 +1,20 @@
 -- Audit: who changed what, when, as which role, in which transaction; an append-only log and a
 -- tamper-evident hash chain over it; content hashes and their verification.
 
+-- What every write to memories and memory_edges derives, through the API or as direct DML
+-- (Rust, src/write_path.rs): content_hash, the SHA-256 of content (a value supplied by the caller
+-- is replaced); provenance, created_by/updated_by from the acting user and never from the
+-- caller, _created_at kept and _updated_at stamped on UPDATE; a memory's kind, session and
+-- position fixed (0A000: moving a message would rewrite other branches' history); and the
+-- embedding and its model cleared when an UPDATE changes content, so that vector search never
+-- serves a stale embedding as current.
+CREATE FUNCTION @extschema@.derive_row_fields() RETURNS trigger
+    LANGUAGE c AS 'MODULE_PATHNAME', 'derive_row_fields_guarded';
+CREATE TRIGGER memories_10_derive_fields BEFORE INSERT OR UPDATE ON @extschema@.memories
+    FOR EACH ROW EXECUTE FUNCTION @extschema@.derive_row_fields();
+CREATE TRIGGER memory_edges_20_derive_fields BEFORE INSERT OR UPDATE ON @extschema@.memory_edges
+    FOR EACH ROW EXECUTE FUNCTION @extschema@.derive_row_fields();
+
 -- Audit: one row per changed memory or edge. SECURITY DEFINER so that nobody needs (or gets)
 -- INSERT on audit_log: rows are written only here. search_path is pinned.
 CREATE FUNCTION @extschema@.log_memory_change() RETURNS trigger
@@ -64,8 +78,6 @@ BEGIN
 END
 $$;
 
-CREATE TRIGGER memories_10_content_hash BEFORE INSERT OR UPDATE ON @extschema@.memories
-    FOR EACH ROW EXECUTE FUNCTION @extschema@.update_content_hash();
 CREATE TRIGGER memories_50_audit AFTER INSERT OR UPDATE OR DELETE ON @extschema@.memories
     FOR EACH ROW EXECUTE FUNCTION @extschema@.log_memory_change();
 CREATE TRIGGER memory_edges_50_audit AFTER INSERT OR UPDATE OR DELETE ON @extschema@.memory_edges

@@ -159,17 +159,6 @@ SELECT m.kind,
  WHERE m.content <> ''
  GROUP BY m.kind;
 
--- An embedding describes the content it was computed from: when the content changes, the old
--- embedding is dropped (and the enqueue trigger below asks for a new one), so vector search
--- never serves a stale embedding as current.
-CREATE FUNCTION @extschema@.invalidate_stale_embedding() RETURNS trigger
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    NEW.content_embedding := NULL;
-    NEW.embedding_model := NULL;
-    RETURN NEW;
-END
-$$;
 
 -- Embedding queue, for changed content: the memory waits for a new embedding (re-arming its
 -- queue row) and the workers are woken. New memories are queued by memories_inserted(), once per
@@ -187,9 +176,6 @@ BEGIN
 END
 $$;
 
-CREATE TRIGGER memories_30_invalidate_embedding BEFORE UPDATE OF content ON @extschema@.memories
-    FOR EACH ROW WHEN (OLD.content IS DISTINCT FROM NEW.content)
-    EXECUTE FUNCTION @extschema@.invalidate_stale_embedding();
 CREATE TRIGGER memories_61_enqueue_changed AFTER UPDATE OF content ON @extschema@.memories
     FOR EACH ROW WHEN (OLD.content_hash IS DISTINCT FROM NEW.content_hash AND NEW.content <> '')
     EXECUTE FUNCTION @extschema@.enqueue_embedding();

@@ -36,12 +36,10 @@ $$;
 
 -- ---------------------------------------------------------------------------------------------
 -- The Rust trigger functions, through entry points that refuse a call that is not a trigger's
--- (0A000, as PL/pgSQL does) instead of letting pgrx's wrapper panic (src/errors.rs).
+-- (0A000, as PL/pgSQL does) instead of letting pgrx's wrapper panic (src/fmgr.rs).
 -- The cycle check must see edges the caller cannot (two tenants could otherwise close a cycle
 -- together), so that trigger runs as the extension owner.
 -- ---------------------------------------------------------------------------------------------
-CREATE OR REPLACE FUNCTION @extschema@.update_content_hash() RETURNS trigger
-    LANGUAGE c AS 'MODULE_PATHNAME', 'update_content_hash_guarded';
 CREATE OR REPLACE FUNCTION @extschema@.forget_cached_identity() RETURNS trigger
     LANGUAGE c AS 'MODULE_PATHNAME', 'forget_cached_identity_guarded';
 CREATE OR REPLACE FUNCTION @extschema@.prevent_cycles() RETURNS trigger

@@ -138,36 +138,3 @@ BEGIN
     RETURN value::uuid;
 END
 $$;
-
--- Provenance: who created and last changed a row is taken from the acting user, never from the
--- values a caller supplies. Also keeps a memory's kind, session and position fixed.
-CREATE FUNCTION @extschema@.stamp_provenance() RETURNS trigger
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    IF TG_OP = 'INSERT' THEN
-        NEW.created_by := @extschema@.current_memory_user();
-        IF TG_TABLE_NAME = 'memories' THEN
-            NEW.updated_by := NEW.created_by;
-        END IF;
-    ELSE
-        NEW.created_by := OLD.created_by;
-        NEW._created_at := OLD._created_at;
-        IF TG_TABLE_NAME = 'memories' THEN
-            -- a message stays where it was written: moving it would rewrite other branches' history
-            IF NEW.kind IS DISTINCT FROM OLD.kind OR NEW.session_id IS DISTINCT FROM OLD.session_id
-               OR NEW.position IS DISTINCT FROM OLD.position THEN
-                RAISE EXCEPTION 'the kind, session and position of memory % cannot be changed', OLD.id
-                    USING ERRCODE = '0A000', HINT = 'content, role and metadata can be updated';
-            END IF;
-            NEW.updated_by := @extschema@.current_memory_user();
-            NEW._updated_at := pg_catalog.now();
-        END IF;
-    END IF;
-    RETURN NEW;
-END
-$$;
-
-CREATE TRIGGER memories_20_provenance BEFORE INSERT OR UPDATE ON @extschema@.memories
-    FOR EACH ROW EXECUTE FUNCTION @extschema@.stamp_provenance();
-CREATE TRIGGER memory_edges_20_provenance BEFORE INSERT OR UPDATE ON @extschema@.memory_edges
-    FOR EACH ROW EXECUTE FUNCTION @extschema@.stamp_provenance();

@@ -9,3 +9,21 @@ CREATE OR REPLACE FUNCTION @extschema@.add_message_to_session(session_id uuid, r
 RETURNS uuid LANGUAGE c SECURITY DEFINER AS 'MODULE_PATHNAME', 'add_message_to_session_native';
 CREATE OR REPLACE FUNCTION @extschema@.next_session_position(session uuid, how_many bigint DEFAULT 1)
 RETURNS bigint VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'next_session_position_wrapper';
+
+-- One BEFORE trigger in Rust (src/write_path.rs) derives content_hash, provenance and the
+-- cleared embedding for every write, instead of update_content_hash(), stamp_provenance() and
+-- invalidate_stale_embedding().
+DROP TRIGGER memories_10_content_hash ON @extschema@.memories;
+DROP TRIGGER memories_20_provenance ON @extschema@.memories;
+DROP TRIGGER memories_30_invalidate_embedding ON @extschema@.memories;
+DROP TRIGGER memory_edges_20_provenance ON @extschema@.memory_edges;
+DROP FUNCTION @extschema@.update_content_hash();
+DROP FUNCTION @extschema@.stamp_provenance();
+DROP FUNCTION @extschema@.invalidate_stale_embedding();
+CREATE FUNCTION @extschema@.derive_row_fields() RETURNS trigger
+    LANGUAGE c AS 'MODULE_PATHNAME', 'derive_row_fields_guarded';
+CREATE TRIGGER memories_10_derive_fields BEFORE INSERT OR UPDATE ON @extschema@.memories
+    FOR EACH ROW EXECUTE FUNCTION @extschema@.derive_row_fields();
+CREATE TRIGGER memory_edges_20_derive_fields BEFORE INSERT OR UPDATE ON @extschema@.memory_edges
+    FOR EACH ROW EXECUTE FUNCTION @extschema@.derive_row_fields();
+REVOKE ALL ON FUNCTION @extschema@.derive_row_fields() FROM PUBLIC;

@@ -117,7 +117,7 @@ CREATE POLICY memories_update ON @extschema@.memories FOR UPDATE
            OR EXISTS (SELECT 1 FROM @extschema@.memory_shares g
                        WHERE g.memory_id = memories.id AND g.can_write
                          AND g.grantee = (SELECT @extschema@.current_memory_user())))
-    -- (a message's session and position cannot change at all: see stamp_provenance())
+    -- (a message's session and position cannot change at all: see derive_row_fields())
     WITH CHECK ((SELECT @extschema@.acting_role_is('memoriesdb_worker'))
                 OR created_by = (SELECT @extschema@.current_memory_user())
                 OR EXISTS (SELECT 1 FROM @extschema@.memory_shares g

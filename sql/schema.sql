@@ -38,7 +38,7 @@ CREATE TABLE @extschema@.memories (
     id                uuid PRIMARY KEY DEFAULT @extschema@.uuid_generate_v7(),
     kind              text NOT NULL DEFAULT 'memory' CHECK (kind ~ '^[a-z][a-z0-9_]{0,62}$'),
     content           text NOT NULL DEFAULT '',
-    -- hex SHA-256 of content, maintained by the update_content_hash() trigger; never trusted from input
+    -- hex SHA-256 of content, maintained by the derive_row_fields() trigger; never trusted from input
     content_hash      text NOT NULL DEFAULT '' ,
     -- any dimension; per-dimension HNSW indexes come from create_vector_index(dims)
     content_embedding vector,

@@ -1,12 +1,12 @@
-//! Content hashing: `memories.content_hash` is always the hex SHA-256 of `content`.
+//! Content hashing: `memories.content_hash` is always the hex SHA-256 of `content` (set by
+//! derive_row_fields(), src/write_path.rs).
 
 use pgrx::prelude::*;
-use crate::errors::TriggerError;
 use sha2::{Digest, Sha256};
 
-/// Lowercase hex SHA-256 of a UTF-8 string (the same text `sha256sum` prints).
-pub fn sha256_hex(content: &str) -> String {
-    let digest = Sha256::digest(content.as_bytes());
+/// Lowercase hex SHA-256 of a UTF-8 string's bytes (the same text `sha256sum` prints).
+pub fn sha256_hex(content: impl AsRef<[u8]>) -> String {
+    let digest = Sha256::digest(content.as_ref());
     let mut hex = String::with_capacity(64);
     for byte in digest {
         use std::fmt::Write;
@@ -19,25 +19,6 @@ pub fn sha256_hex(content: &str) -> String {
 #[pg_extern(immutable, strict, parallel_safe)]
 fn content_sha256(content: &str) -> String {
     sha256_hex(content)
-}
-
-/// BEFORE INSERT OR UPDATE trigger on `memories`: recomputes `content_hash` from `content` on
-/// every write, so a caller-supplied hash (right or wrong) is always replaced by the true one.
-#[pg_trigger]
-fn update_content_hash<'a>(
-    trigger: &'a PgTrigger<'a>,
-) -> Result<Option<PgHeapTuple<'a, impl WhoAllocated>>, TriggerError> {
-    let mut row = trigger
-        .new()
-        .ok_or(TriggerError::NotARowTrigger)?
-        .into_owned();
-    // content is NOT NULL in the schema; a NULL here is rejected by that constraint right after.
-    let hash = match row.get_by_name::<&str>("content")? {
-        Some(content) => sha256_hex(content),
-        None => return Ok(Some(row)),
-    };
-    row.set_by_name("content_hash", hash)?;
-    Ok(Some(row))
 }
 
 #[cfg(test)]
@@ -54,5 +35,3 @@ mod unit {
         );
     }
 }
-
-crate::fmgr::guarded_trigger_entry!(pg_finfo_update_content_hash_guarded, update_content_hash_guarded, update_content_hash_wrapper, "update_content_hash()");

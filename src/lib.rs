@@ -22,6 +22,7 @@ mod plans;
 mod search;
 mod sessions;
 mod traversal;
+mod write_path;
 
 /// Runs when a backend (or the event relay) loads the library.
 #[pg_guard]
@@ -64,7 +65,7 @@ extension_sql_file!(
 extension_sql_file!(
     "../sql/audit.sql",
     name = "audit",
-    requires = ["sessions", hashing::update_content_hash, hashing::content_sha256]
+    requires = ["sessions", hashing::content_sha256]
 );
 extension_sql_file!("../sql/search.sql", name = "search", requires = ["sessions"]);
 extension_sql_file!("../sql/embeddings.sql", name = "embeddings", requires = ["search"]);

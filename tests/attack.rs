@@ -349,9 +349,8 @@ fn internal_functions_are_not_callable_and_direct_inserts_cannot_jam_a_session()
         format!("SELECT memoriesdb.register_session('{session}')"),
         "SELECT memoriesdb.emit_events(ARRAY['chat_updates_x'], ARRAY['forged'])".to_string(),
         "SELECT memoriesdb.ensure_event_relay()".to_string(),
-        "SELECT memoriesdb.update_content_hash()".to_string(),
+        "SELECT memoriesdb.derive_row_fields()".to_string(),
         "SELECT memoriesdb.prevent_cycles()".to_string(),
-        "SELECT memoriesdb.stamp_provenance()".to_string(),
         format!("SELECT memoriesdb.edge_path_exists('{session}', '{session}')"),
         format!("SELECT memoriesdb.memory_visible_to('{bob}', NULL, '{session}', 1, '{session}')"),
         format!("SELECT memoriesdb.session_visible_to('{bob}', '{session}')"),
@@ -597,7 +596,7 @@ fn errors_never_carry_a_rust_backtrace() {
     errors.push(c.query("SELECT * FROM traverse_memory_graph($1, direction => 'sideways')", &[&a]).unwrap_err());
     errors.push(c.batch_execute("SET app.\"current_user\" = 'not a uuid'; SELECT current_memory_user()").unwrap_err());
     c.batch_execute("RESET app.\"current_user\"").unwrap();
-    errors.push(db.admin().batch_execute("SELECT memoriesdb.update_content_hash()").unwrap_err());
+    errors.push(db.admin().batch_execute("SELECT memoriesdb.derive_row_fields()").unwrap_err());
     assert_eq!(sqlstate(&errors[0]), "40001", "{}", error_shape(&errors[0], &[]));
     // a trigger function called directly: refused as PL/pgSQL does it, not a panic (XX000)
     let direct = errors.last().unwrap();

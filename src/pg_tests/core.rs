@@ -20,9 +20,9 @@ mod tests {
     #[pg_test]
     fn integrity_check_reports_tampering() {
         let id = uuid_of("INSERT INTO memories (content) VALUES ('original') RETURNING id");
-        Spi::run("ALTER TABLE memories DISABLE TRIGGER memories_10_content_hash").unwrap();
+        Spi::run("ALTER TABLE memories DISABLE TRIGGER memories_10_derive_fields").unwrap();
         Spi::run(&format!("UPDATE memories SET content = 'tampered' WHERE id = '{id}'")).unwrap();
-        Spi::run("ALTER TABLE memories ENABLE TRIGGER memories_10_content_hash").unwrap();
+        Spi::run("ALTER TABLE memories ENABLE TRIGGER memories_10_derive_fields").unwrap();
         let reported = uuid_of("SELECT memory_id FROM verify_memory_integrity()");
         assert_eq!(reported, id);
     }
