@@ -15,35 +15,12 @@ CREATE TRIGGER memories_10_derive_fields BEFORE INSERT OR UPDATE ON @extschema@.
 CREATE TRIGGER memory_edges_20_derive_fields BEFORE INSERT OR UPDATE ON @extschema@.memory_edges
     FOR EACH ROW EXECUTE FUNCTION @extschema@.derive_row_fields();
 
--- Audit: one row per changed memory or edge. SECURITY DEFINER so that nobody needs (or gets)
--- INSERT on audit_log: rows are written only here. search_path is pinned.
+-- Audit: one row per changed memory or edge (Rust, src/write_path.rs): the row before and after
+-- as jsonb (without the derived search_tsv), the acting user, the user the change concerns (the
+-- row's owner), the role and the transaction. SECURITY DEFINER so that nobody needs (or gets)
+-- INSERT on audit_log: rows are written only here and by log_share_change().
 CREATE FUNCTION @extschema@.log_memory_change() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    acting uuid;
-BEGIN
-    -- stamp_provenance() has just resolved the acting user into the row; resolve it again only
-    -- where the row does not carry it
-    IF TG_OP = 'INSERT' THEN
-        acting := NEW.created_by;
-    ELSIF TG_OP = 'UPDATE' AND TG_TABLE_NAME = 'memories' THEN
-        acting := NEW.updated_by;
-    ELSE
-        acting := @extschema@.current_memory_user();
-    END IF;
-    INSERT INTO @extschema@.audit_log (table_name, operation, row_id, old_row, new_row, acting_user,
-                                       subject_user, db_role, txid)
-    VALUES (TG_TABLE_NAME, TG_OP,
-            CASE WHEN TG_OP = 'DELETE' THEN OLD.id ELSE NEW.id END,
-            -- search_tsv is derived from content, so it is left out of the recorded state
-            CASE WHEN TG_OP <> 'INSERT' THEN to_jsonb(OLD) - 'search_tsv' END,
-            CASE WHEN TG_OP <> 'DELETE' THEN to_jsonb(NEW) - 'search_tsv' END,
-            acting,
-            CASE WHEN TG_OP = 'DELETE' THEN OLD.created_by ELSE NEW.created_by END,
-            @extschema@.acting_db_role(), txid_current());
-    RETURN NULL;
-END
-$$;
+    LANGUAGE c SECURITY DEFINER AS 'MODULE_PATHNAME', 'log_memory_change_guarded';
 
 -- The audit log is append-only: UPDATE, DELETE and TRUNCATE fail for everyone but superusers.
 -- (Privileges already deny them; this also holds for the table's owner and for roles that were

@@ -27,3 +27,7 @@ CREATE TRIGGER memories_10_derive_fields BEFORE INSERT OR UPDATE ON @extschema@.
 CREATE TRIGGER memory_edges_20_derive_fields BEFORE INSERT OR UPDATE ON @extschema@.memory_edges
     FOR EACH ROW EXECUTE FUNCTION @extschema@.derive_row_fields();
 REVOKE ALL ON FUNCTION @extschema@.derive_row_fields() FROM PUBLIC;
+
+-- The audit trigger in Rust (src/write_path.rs).
+CREATE OR REPLACE FUNCTION @extschema@.log_memory_change() RETURNS trigger
+    LANGUAGE c SECURITY DEFINER AS 'MODULE_PATHNAME', 'log_memory_change_guarded';

@@ -13,12 +13,24 @@
 //!
 //! This replaced three triggers (a Rust hash trigger and two PL/pgSQL ones with pinned
 //! search_paths): one call per row, one tuple copy for all changed fields, no SQL.
+//!
+//! `log_memory_change()` (AFTER INSERT OR UPDATE OR DELETE, per row) writes the audit row: the
+//! row's state before and after as jsonb (without the derived search_tsv), the acting user (as
+//! derive_row_fields() stamped it into the row), the user the change concerns (the row's
+//! owner), the role and the transaction. It runs as the extension owner (SECURITY DEFINER):
+//! nobody else may write audit_log. The row goes to the INSERT as one composite parameter of a
+//! plan kept per backend; its jsonb is made by PostgreSQL's to_jsonb(), as before.
 
+use crate::catalog::SCHEMA;
 use crate::errors::raise;
 use crate::hashing::sha256_hex;
 use crate::identity;
-use pgrx::prelude::*;
+use crate::plans::{with_kept_plan, KeptPlan};
+use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys;
+use pgrx::prelude::*;
+use pgrx::{PgBuiltInOids, PgOid};
+use std::cell::{Cell, RefCell};
 use std::ffi::CStr;
 
 /// The bytes of a text datum (detoasted, in the current memory context if it has to be).
@@ -175,6 +187,123 @@ crate::fmgr::guarded_trigger_entry!(
     derive_row_fields_guarded,
     derive_row_fields,
     "derive_row_fields()"
+);
+
+thread_local! {
+    static AUDIT_MEMORIES: KeptPlan = const { RefCell::new(None) };
+    static AUDIT_MEMORIES_ROWTYPE: Cell<pg_sys::Oid> = const { Cell::new(pg_sys::InvalidOid) };
+    static AUDIT_EDGES: KeptPlan = const { RefCell::new(None) };
+    static AUDIT_EDGES_ROWTYPE: Cell<pg_sys::Oid> = const { Cell::new(pg_sys::InvalidOid) };
+}
+
+/// A row as a composite datum of its table's row type (NULL for no row).
+unsafe fn composite(tuple: pg_sys::HeapTuple, desc: pg_sys::TupleDesc) -> Option<pg_sys::Datum> {
+    // SAFETY: a valid tuple of the relation described by `desc`.
+    (!tuple.is_null()).then(|| unsafe { pg_sys::heap_copy_tuple_as_datum(tuple, desc) })
+}
+
+unsafe fn log_memory_change(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    // SAFETY: the guarded entry point checked that PostgreSQL called this as a trigger.
+    unsafe {
+        let trigger = (*fcinfo).context.cast::<pg_sys::TriggerData>();
+        let event = (*trigger).tg_event;
+        let operation = event & pg_sys::TRIGGER_EVENT_OPMASK;
+        if event & pg_sys::TRIGGER_EVENT_ROW == 0 || event & pg_sys::TRIGGER_EVENT_TIMINGMASK != pg_sys::TRIGGER_EVENT_AFTER {
+            raise(
+                PgSqlErrorCode::ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
+                "log_memory_change() must be an AFTER row trigger".into(),
+                None,
+            );
+        }
+        let relation = (*trigger).tg_relation;
+        let desc = (*relation).rd_att;
+        let rowtype = (*(*relation).rd_rel).reltype;
+        let table = CStr::from_ptr((*(*relation).rd_rel).relname.data.as_ptr());
+        let (kept, kept_rowtype, table_name) = match table.to_bytes() {
+            b"memories" => (&AUDIT_MEMORIES, &AUDIT_MEMORIES_ROWTYPE, "memories"),
+            b"memory_edges" => (&AUDIT_EDGES, &AUDIT_EDGES_ROWTYPE, "memory_edges"),
+            other => raise(
+                PgSqlErrorCode::ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
+                format!("log_memory_change() audits memories and memory_edges, not {}", String::from_utf8_lossy(other)),
+                None,
+            ),
+        };
+        let (old, new, operation_name) = match operation {
+            pg_sys::TRIGGER_EVENT_INSERT => (std::ptr::null_mut(), (*trigger).tg_trigtuple, "INSERT"),
+            pg_sys::TRIGGER_EVENT_UPDATE => ((*trigger).tg_trigtuple, (*trigger).tg_newtuple, "UPDATE"),
+            pg_sys::TRIGGER_EVENT_DELETE => ((*trigger).tg_trigtuple, std::ptr::null_mut(), "DELETE"),
+            _ => raise(
+                PgSqlErrorCode::ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
+                "log_memory_change() must be an INSERT, UPDATE or DELETE trigger".into(),
+                None,
+            ),
+        };
+        let current = if new.is_null() { old } else { new };
+        let value = |tuple: pg_sys::HeapTuple, name: &CStr| attribute(tuple, desc, name).and_then(|a| a.value);
+        // derive_row_fields() has just resolved the acting user into the row; resolve it again
+        // only where the row does not carry it
+        let acting = match operation_name {
+            "INSERT" => uuid_value(value(new, c"created_by")),
+            "UPDATE" if table_name == "memories" => uuid_value(value(new, c"updated_by")),
+            _ => identity::current_memory_user(),
+        };
+        let row_id = value(current, c"id");
+        let subject = value(current, c"created_by");
+
+        // a table re-created (DROP and CREATE EXTENSION in this backend) has a new row type
+        if kept_rowtype.get() != rowtype {
+            kept.with(|plan| plan.borrow_mut().take());
+            kept_rowtype.set(rowtype);
+        }
+        let row = PgOid::from(rowtype);
+        let uuid = PgOid::BuiltIn(PgBuiltInOids::UUIDOID);
+        let param = |datum: Option<pg_sys::Datum>, oid: PgOid| match datum {
+            Some(d) => DatumWithOid::new(d, oid.value()),
+            None => DatumWithOid::null_oid(oid.value()),
+        };
+        Spi::connect(|client| {
+            with_kept_plan(
+                &client,
+                kept,
+                || {
+                    format!(
+                        "INSERT INTO {SCHEMA}.audit_log (table_name, operation, row_id, old_row, new_row, acting_user,
+                                                         subject_user, db_role, txid)
+                         VALUES ('{table_name}', $1, $2,
+                                 pg_catalog.to_jsonb($3) OPERATOR(pg_catalog.-) 'search_tsv'::pg_catalog.text,
+                                 pg_catalog.to_jsonb($4) OPERATOR(pg_catalog.-) 'search_tsv'::pg_catalog.text,
+                                 $5, $6, {SCHEMA}.acting_db_role(), pg_catalog.txid_current())"
+                    )
+                },
+                &[PgOid::BuiltIn(PgBuiltInOids::TEXTOID), uuid, row, row, uuid, uuid],
+                true,
+                |plan| {
+                    client.select(
+                        plan,
+                        None,
+                        &[
+                            operation_name.into(),
+                            param(row_id, uuid),
+                            param(composite(old, desc), row),
+                            param(composite(new, desc), row),
+                            acting.into(),
+                            param(subject, uuid),
+                        ],
+                    )
+                },
+            )
+            .map(|_| ())
+        })
+        .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("writing the audit row: {e}"), None));
+        pg_sys::Datum::from(0usize)
+    }
+}
+
+crate::fmgr::guarded_trigger_entry!(
+    pg_finfo_log_memory_change_guarded,
+    log_memory_change_guarded,
+    log_memory_change,
+    "log_memory_change()"
 );
 
 // A database still on the 0.1.0 catalog, between installing this library and ALTER EXTENSION

@@ -1,0 +1,185 @@
+//! One write path: a message appended through the API and the same message inserted as direct
+//! DML derive the same rows — content hash, provenance, audit row, embedding queue entry and
+//! change events — because both go through the same triggers (src/write_path.rs and the
+//! statement trigger of sql/events.sql), whatever the caller supplies for derived columns.
+
+use memoriesdb_integration_tests::{chat_channel, TestDb};
+use postgres::fallible_iterator::FallibleIterator;
+use postgres::Client;
+use serde_json::Value;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// Notifications that arrive on `listener` within `wait`, as (channel, payload).
+fn drain(listener: &mut Client, wait: Duration) -> Vec<(String, String)> {
+    let mut got = Vec::new();
+    let mut notifications = listener.notifications();
+    let mut it = notifications.timeout_iter(wait);
+    while let Some(n) = it.next().unwrap() {
+        got.push((n.channel().to_string(), n.payload().to_string()));
+    }
+    got
+}
+
+/// A JSON object without the keys that name the particular row, session or moment.
+fn without_identity(mut value: Value, keys: &[&str]) -> Value {
+    if let Some(object) = value.as_object_mut() {
+        for key in keys {
+            object.remove(*key);
+        }
+    }
+    value
+}
+
+const ROW_IDENTITY: &[&str] = &["id", "session_id", "_created_at", "_updated_at", "created_at"];
+
+/// Everything the extension derived for one new message, with what identifies the row masked.
+fn derived(admin: &mut Client, id: Uuid, events: &[(String, String)], session: Uuid) -> Vec<String> {
+    let mut seen = Vec::new();
+    let row = admin
+        .query_one(
+            "SELECT content_hash, created_by, updated_by, kind, role, _metadata::text, position,
+                    content_embedding IS NULL AND embedding_model IS NULL, search_config::text
+               FROM memoriesdb.memories WHERE id = $1",
+            &[&id],
+        )
+        .unwrap();
+    seen.push(format!(
+        "row: hash={} created_by={:?} updated_by={:?} kind={} role={} metadata={} position={} no_embedding={} config={}",
+        row.get::<_, String>(0),
+        row.get::<_, Option<Uuid>>(1),
+        row.get::<_, Option<Uuid>>(2),
+        row.get::<_, String>(3),
+        row.get::<_, String>(4),
+        row.get::<_, String>(5),
+        row.get::<_, i64>(6),
+        row.get::<_, bool>(7),
+        row.get::<_, String>(8)
+    ));
+    for audit in admin
+        .query(
+            "SELECT table_name, operation, acting_user, subject_user, db_role::text, old_row, new_row
+               FROM memoriesdb.audit_log WHERE row_id = $1 ORDER BY id",
+            &[&id],
+        )
+        .unwrap()
+    {
+        seen.push(format!(
+            "audit: {} {} acting={:?} subject={:?} role={} old={:?} new={}",
+            audit.get::<_, String>(0),
+            audit.get::<_, String>(1),
+            audit.get::<_, Option<Uuid>>(2),
+            audit.get::<_, Option<Uuid>>(3),
+            audit.get::<_, String>(4),
+            audit.get::<_, Option<Value>>(5),
+            without_identity(audit.get::<_, Value>(6), ROW_IDENTITY)
+        ));
+    }
+    for queued in admin
+        .query("SELECT content_hash, status, attempts FROM memoriesdb.embedding_schedule WHERE memory_id = $1", &[&id])
+        .unwrap()
+    {
+        seen.push(format!(
+            "queue: hash={} status={} attempts={}",
+            queued.get::<_, String>(0),
+            queued.get::<_, String>(1),
+            queued.get::<_, i32>(2)
+        ));
+    }
+    let own_channel = chat_channel(&session);
+    for (channel, payload) in events {
+        let channel = if *channel == own_channel { "chat_updates_<session>".to_string() } else { channel.clone() };
+        let payload = if payload.is_empty() {
+            String::new()
+        } else {
+            let value: Value = serde_json::from_str(payload).expect("event payloads are JSON");
+            assert!(
+                value.get("id").is_none_or(|v| v.as_str() == Some(&id.to_string())),
+                "the event names the new message: {value}"
+            );
+            without_identity(value, ROW_IDENTITY).to_string()
+        };
+        seen.push(format!("event {channel}: {payload}"));
+    }
+    seen
+}
+
+#[test]
+fn a_message_appended_through_the_api_and_inserted_directly_derives_the_same_rows() {
+    let db = TestDb::new();
+    let mut app = db.connect();
+    let through_api: Uuid = app.query_one("SELECT create_session('through the API')", &[]).unwrap().get(0);
+    let direct: Uuid = app.query_one("SELECT create_session('direct DML')", &[]).unwrap().get(0);
+    let mut listener = db.admin();
+    listener
+        .batch_execute(&format!(
+            "LISTEN {}; LISTEN {}; LISTEN memoriesdb_events; LISTEN memoriesdb_embedding_queue",
+            chat_channel(&through_api),
+            chat_channel(&direct)
+        ))
+        .unwrap();
+    drain(&mut listener, Duration::from_millis(300));
+
+    // Both writes by the same role (an administrator acting as the user, so that direct DML may
+    // write a message), each in its own transaction.
+    let mut admin = db.admin();
+    let mut t = admin.transaction().unwrap();
+    t.query("SELECT memoriesdb.set_memory_user($1)", &[&db.user]).unwrap();
+    let api_id: Uuid = t
+        .query_one(
+            "SELECT memoriesdb.add_message_to_session($1, 'user', 'the same words', '{\"k\": [1, 2.50]}')",
+            &[&through_api],
+        )
+        .unwrap()
+        .get(0);
+    t.commit().unwrap();
+    let api_events = drain(&mut listener, Duration::from_secs(2));
+
+    let mut t = admin.transaction().unwrap();
+    t.query("SELECT memoriesdb.set_memory_user($1)", &[&db.user]).unwrap();
+    // derived columns supplied by the caller are replaced, never trusted
+    let forged_user = Uuid::new_v4();
+    let dml_id: Uuid = t
+        .query_one(
+            "INSERT INTO memoriesdb.memories (kind, content, _metadata, session_id, position, role,
+                                              content_hash, created_by, updated_by)
+             VALUES ('message', 'the same words', '{\"k\": [1, 2.50]}', $1, 1, 'user', 'forged', $2, $2)
+             RETURNING id",
+            &[&direct, &forged_user],
+        )
+        .unwrap()
+        .get(0);
+    t.execute("UPDATE memoriesdb.memory_sessions SET last_position = 1 WHERE id = $1", &[&direct]).unwrap();
+    t.commit().unwrap();
+    let dml_events = drain(&mut listener, Duration::from_secs(2));
+
+    let api = derived(&mut admin, api_id, &api_events, through_api);
+    let dml = derived(&mut admin, dml_id, &dml_events, direct);
+    assert!(api.iter().any(|l| l.starts_with("audit: memories INSERT")), "the API write is audited: {api:#?}");
+    assert!(api.iter().any(|l| l.starts_with("queue: ")), "the API write is queued for embedding: {api:#?}");
+    assert!(api.iter().any(|l| l.starts_with("event chat_updates_<session>: ")), "the API write sends its event: {api:#?}");
+    assert!(
+        api[0].contains(&format!("created_by=Some({})", db.user)) && !api[0].contains("forged"),
+        "provenance is the acting user: {}",
+        api[0]
+    );
+    assert_eq!(api, dml, "the API and direct DML derive different rows");
+
+    // and an UPDATE of content re-derives the same way on both
+    for id in [api_id, dml_id] {
+        let mut t = admin.transaction().unwrap();
+        t.query("SELECT memoriesdb.set_memory_user($1)", &[&db.user]).unwrap();
+        t.execute("UPDATE memoriesdb.memories SET content = 'other words', content_hash = 'forged' WHERE id = $1", &[&id])
+            .unwrap();
+        t.commit().unwrap();
+    }
+    let after: Vec<(String, Option<Uuid>)> = admin
+        .query("SELECT content_hash, updated_by FROM memoriesdb.memories WHERE id = ANY($1) ORDER BY id", &[&vec![api_id, dml_id]])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(after[0], after[1]);
+    assert_eq!(after[0].1, Some(db.user));
+    assert_ne!(after[0].0, "forged");
+}
