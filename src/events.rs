@@ -46,10 +46,58 @@ const BATCH: i64 = 1000;
 
 const RELAY_TYPE: &str = "memoriesdb event relay";
 
+thread_local! {
+    static OUTBOX_INSERT: crate::plans::KeptPlan = const { std::cell::RefCell::new(None) };
+}
+
+/// Send events in order: through the outbox and the relay, or, when no relay can be started, by
+/// NOTIFY in this transaction. Either way they are delivered after commit and never for a
+/// rolled-back transaction. Only the extension's own code (running as its owner) calls this:
+/// the outbox is written by nobody else.
+pub fn emit(channels: Vec<Option<String>>, payloads: Vec<Option<String>>) {
+    if channels.is_empty() {
+        return;
+    }
+    if ensure_event_relay() {
+        let schema = crate::catalog::SCHEMA;
+        Spi::connect(|client| {
+            crate::plans::with_kept_plan(
+                &client,
+                &OUTBOX_INSERT,
+                || format!("INSERT INTO {schema}.memory_event_outbox (channels, payloads) VALUES ($1, $2)"),
+                &[PgOid::BuiltIn(PgBuiltInOids::TEXTARRAYOID), PgOid::BuiltIn(PgBuiltInOids::TEXTARRAYOID)],
+                true,
+                |plan| client.select(plan, None, &[channels.into(), payloads.into()]).map(|_| ()),
+            )
+        })
+        .unwrap_or_else(|e| {
+            crate::errors::raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("queueing events: {e}"), None)
+        });
+    } else {
+        for (channel, payload) in channels.into_iter().zip(payloads) {
+            // SAFETY: pg_notify(text, text) with two text values (or NULLs, which it refuses
+            // with an ordinary error, as it did when called from SQL).
+            unsafe {
+                pgrx::direct_function_call::<()>(pg_sys::pg_notify, &[channel.into_datum(), payload.into_datum()]);
+            }
+        }
+    }
+}
+
+/// emit_events(channels text[], payloads text[]): emit() for the extension's SQL code (the
+/// embedding queue's re-arm trigger). Internal.
+#[pg_extern(volatile, parallel_unsafe)]
+fn emit_events(channels: Option<Vec<Option<String>>>, payloads: Option<Vec<Option<String>>>) {
+    let channels = channels.unwrap_or_default();
+    let mut payloads = payloads.unwrap_or_default();
+    payloads.resize(channels.len(), None);
+    emit(channels, payloads);
+}
+
 /// For the event triggers: hold WRITER_KEY for this transaction and make sure a relay runs for
 /// this database. Returns false when no relay could be started; the caller then NOTIFYs itself.
 #[pg_extern(volatile, parallel_unsafe)]
-fn ensure_event_relay() -> bool {
+pub(crate) fn ensure_event_relay() -> bool {
     // Straight to the lock manager: this runs in every writing statement.
     // SAFETY: lock tags of this database; ShareLock never conflicts with other writers, and the
     // relay holds WRITERS exclusively only for an instant (it never waits for it).

@@ -20,6 +20,18 @@
 //! owner), the role and the transaction. It runs as the extension owner (SECURITY DEFINER):
 //! nobody else may write audit_log. The row goes to the INSERT as one composite parameter of a
 //! plan kept per backend; its jsonb is made by PostgreSQL's to_jsonb(), as before.
+//!
+//! `memories_inserted()` (AFTER INSERT, once per statement, over the statement's new rows)
+//! queues the new memories with content for embedding and sends the change events, in one pass
+//! over the transition table: no query over it, one INSERT of the queue rows, one outbox row.
+//!   events: each message gets one on its session's channel chat_updates_<session id without
+//!   dashes> and one on memoriesdb_events; new sessions are announced on memoriesdb_events; a
+//!   statement inserting more than 100 messages sends one summary per session instead; embedding
+//!   workers get one wake-up on memoriesdb_embedding_queue. Payloads carry ids and small fields
+//!   only, never content, so they stay far below NOTIFY's 8000-byte limit and reveal no private
+//!   text. `ALTER DATABASE ... SET memoriesdb.global_events = off` keeps ids off the shared
+//!   channel. The payload text is what json_build_object() makes (timestamps in the session's
+//!   time zone, by PostgreSQL's own JSON encoder).
 
 use crate::catalog::SCHEMA;
 use crate::errors::raise;
@@ -304,6 +316,262 @@ crate::fmgr::guarded_trigger_entry!(
     log_memory_change_guarded,
     log_memory_change,
     "log_memory_change()"
+);
+
+thread_local! {
+    static QUEUE_NEW_MEMORIES: KeptPlan = const { RefCell::new(None) };
+}
+
+/// A statement with more than this many messages sends one summary per session.
+const EVENTS_PER_MESSAGE_UP_TO: usize = 100;
+
+/// What memories_inserted() needs of one new row.
+struct NewMemory {
+    id: pgrx::Uuid,
+    kind: String,
+    session: Option<pgrx::Uuid>,
+    position: Option<i64>,
+    role: Option<String>,
+    created_at: Option<pg_sys::Datum>,
+}
+
+/// JSON text of a string, escaped exactly as PostgreSQL's escape_json() does.
+fn json_string(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// A JSON object as json_build_object(...)::text writes it: `{"k" : v, "k2" : v2}`.
+struct JsonObject(String);
+
+impl JsonObject {
+    fn new() -> Self {
+        JsonObject(String::with_capacity(256))
+    }
+    fn key(&mut self, key: &str) -> &mut String {
+        self.0.push_str(if self.0.is_empty() { "{" } else { ", " });
+        json_string(&mut self.0, key);
+        self.0.push_str(" : ");
+        &mut self.0
+    }
+    fn text(&mut self, key: &str, value: Option<&str>) -> &mut Self {
+        match value {
+            Some(v) => json_string(self.key(key), v),
+            None => self.key(key).push_str("null"),
+        }
+        self
+    }
+    fn number(&mut self, key: &str, value: Option<i64>) -> &mut Self {
+        let text = value.map_or("null".to_string(), |v| v.to_string());
+        self.key(key).push_str(&text);
+        self
+    }
+    fn timestamptz(&mut self, key: &str, value: Option<pg_sys::Datum>) -> &mut Self {
+        match value {
+            // SAFETY: a timestamptz datum; JsonEncodeDateTime pallocs its result when given no
+            // buffer and formats in the session's time zone, as json_build_object() does.
+            Some(v) => unsafe {
+                let encoded = pg_sys::JsonEncodeDateTime(std::ptr::null_mut(), v, pg_sys::TIMESTAMPTZOID, std::ptr::null());
+                let text = CStr::from_ptr(encoded).to_string_lossy().into_owned();
+                pg_sys::pfree(encoded.cast());
+                json_string(self.key(key), &text);
+            },
+            None => self.key(key).push_str("null"),
+        }
+        self
+    }
+    fn finish(&mut self) -> String {
+        self.0.push('}');
+        std::mem::take(&mut self.0)
+    }
+}
+
+fn chat_channel(session: &pgrx::Uuid) -> String {
+    let mut channel = String::from("chat_updates_");
+    for byte in session.as_bytes() {
+        channel.push_str(&format!("{byte:02x}"));
+    }
+    channel
+}
+
+/// Is memoriesdb.global_events anything but 'off'?
+fn global_events() -> bool {
+    // SAFETY: reads a (possibly undefined) custom setting; missing_ok returns NULL.
+    unsafe {
+        let value = pg_sys::GetConfigOption(c"memoriesdb.global_events".as_ptr(), true, false);
+        value.is_null() || CStr::from_ptr(value).to_bytes() != b"off"
+    }
+}
+
+unsafe fn memories_inserted(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    // SAFETY: the guarded entry point checked that PostgreSQL called this as a trigger.
+    let (memories, queue_ids, queue_hashes) = unsafe {
+        let trigger = (*fcinfo).context.cast::<pg_sys::TriggerData>();
+        let event = (*trigger).tg_event;
+        let store = (*trigger).tg_newtable;
+        if event & pg_sys::TRIGGER_EVENT_ROW != 0
+            || event & pg_sys::TRIGGER_EVENT_OPMASK != pg_sys::TRIGGER_EVENT_INSERT
+            || store.is_null()
+        {
+            raise(
+                PgSqlErrorCode::ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
+                "memories_inserted() must be an AFTER INSERT statement trigger with REFERENCING NEW TABLE".into(),
+                None,
+            );
+        }
+        let desc = (*(*trigger).tg_relation).rd_att;
+        let slot = pg_sys::MakeSingleTupleTableSlot(desc, &pg_sys::TTSOpsMinimalTuple);
+        let mut memories = Vec::new();
+        let (mut queue_ids, mut queue_hashes) = (Vec::new(), Vec::new());
+        pg_sys::tuplestore_rescan(store);
+        while pg_sys::tuplestore_gettupleslot(store, true, false, slot) {
+            let mut should_free = false;
+            let tuple = pg_sys::ExecFetchSlotHeapTuple(slot, false, &mut should_free);
+            let value = |name: &CStr| attribute(tuple, desc, name).and_then(|a| a.value);
+            let text = |name: &CStr| value(name).map(|d| String::from_utf8_lossy(text_bytes(d)).into_owned());
+            let id = uuid_value(value(c"id")).expect("memories.id is NOT NULL");
+            if value(c"content").is_some_and(|d| !text_bytes(d).is_empty()) {
+                queue_ids.push(id);
+                queue_hashes.push(text(c"content_hash"));
+            }
+            memories.push(NewMemory {
+                id,
+                kind: text(c"kind").unwrap_or_default(),
+                session: uuid_value(value(c"session_id")),
+                position: value(c"position").and_then(|d| i64::from_datum(d, false)),
+                role: text(c"role"),
+                created_at: value(c"_created_at"),
+            });
+            if should_free {
+                pg_sys::heap_freetuple(tuple);
+            }
+        }
+        pg_sys::ExecDropSingleTupleTableSlot(slot);
+        (memories, queue_ids, queue_hashes)
+    };
+
+    let queued = !queue_ids.is_empty();
+    if queued {
+        let uuid_array = PgOid::BuiltIn(PgBuiltInOids::UUIDARRAYOID);
+        let text_array = PgOid::BuiltIn(PgBuiltInOids::TEXTARRAYOID);
+        Spi::connect(|client| {
+            with_kept_plan(
+                &client,
+                &QUEUE_NEW_MEMORIES,
+                || {
+                    format!(
+                        "INSERT INTO {SCHEMA}.embedding_schedule (memory_id, content_hash)
+                         SELECT q.id, q.hash
+                           FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) AS q(id, hash)"
+                    )
+                },
+                &[uuid_array, text_array],
+                true,
+                |plan| client.select(plan, None, &[queue_ids.into(), queue_hashes.into()]).map(|_| ()),
+            )
+        })
+        .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("queueing new memories: {e}"), None));
+    }
+
+    let global = global_events();
+    let mut events: Vec<(Option<String>, Option<String>)> = Vec::new();
+    let mut messages: Vec<&NewMemory> = memories.iter().filter(|m| m.kind == "message").collect();
+    let by_session_then_position =
+        |a: &&NewMemory, b: &&NewMemory| (a.session.is_none(), a.session.map(|s| *s.as_bytes()), a.position.is_none(), a.position)
+            .cmp(&(b.session.is_none(), b.session.map(|s| *s.as_bytes()), b.position.is_none(), b.position));
+    if messages.len() <= EVENTS_PER_MESSAGE_UP_TO {
+        messages.sort_by(by_session_then_position);
+        for m in &messages {
+            let payload = JsonObject::new()
+                .text("op", Some("INSERT"))
+                .text("table", Some("memories"))
+                .text("kind", Some(&m.kind))
+                .text("id", Some(&m.id.to_string()))
+                .text("session_id", m.session.map(|s| s.to_string()).as_deref())
+                .number("position", m.position)
+                .text("role", m.role.as_deref())
+                .timestamptz("created_at", m.created_at)
+                .finish();
+            if let Some(session) = &m.session {
+                events.push((Some(chat_channel(session)), Some(payload.clone())));
+            } else {
+                // (a message without a session: NOTIFY refuses the NULL channel, the relay skips it)
+                events.push((None, Some(payload.clone())));
+            }
+            if global {
+                events.push((Some("memoriesdb_events".into()), Some(payload)));
+            }
+        }
+        if global {
+            for s in memories.iter().filter(|m| m.kind == "session") {
+                let payload = JsonObject::new()
+                    .text("op", Some("INSERT"))
+                    .text("table", Some("memories"))
+                    .text("kind", Some(&s.kind))
+                    .text("id", Some(&s.id.to_string()))
+                    .text("session_id", s.session.map(|x| x.to_string()).as_deref())
+                    .number("position", s.position)
+                    .text("role", s.role.as_deref())
+                    .timestamptz("created_at", s.created_at)
+                    .finish();
+                events.push((Some("memoriesdb_events".into()), Some(payload)));
+            }
+        }
+    } else {
+        // one summary per session: (session, count, first position, last position)
+        let mut summaries: std::collections::BTreeMap<Option<[u8; 16]>, (Option<pgrx::Uuid>, i64, Option<i64>, Option<i64>)> =
+            Default::default();
+        for m in &messages {
+            let entry = summaries.entry(m.session.map(|s| *s.as_bytes())).or_insert((m.session, 0, None, None));
+            entry.1 += 1;
+            entry.2 = match (entry.2, m.position) { (Some(a), Some(b)) => Some(a.min(b)), (a, b) => a.or(b) };
+            entry.3 = match (entry.3, m.position) { (Some(a), Some(b)) => Some(a.max(b)), (a, b) => a.or(b) };
+        }
+        // sessions in uuid order, a NULL session last (as ORDER BY does)
+        let mut ordered: Vec<_> = summaries.into_values().collect();
+        ordered.sort_by_key(|(session, ..)| (session.is_none(), session.map(|s| *s.as_bytes())));
+        for (session, count, first, last) in ordered {
+            let payload = JsonObject::new()
+                .text("op", Some("BULK_INSERT"))
+                .text("table", Some("memories"))
+                .text("kind", Some("message"))
+                .text("session_id", session.map(|s| s.to_string()).as_deref())
+                .number("count", Some(count))
+                .number("first_position", first)
+                .number("last_position", last)
+                .finish();
+            events.push((session.as_ref().map(chat_channel), Some(payload.clone())));
+            if global {
+                events.push((Some("memoriesdb_events".into()), Some(payload)));
+            }
+        }
+    }
+    if queued {
+        events.push((Some("memoriesdb_embedding_queue".into()), Some(String::new())));
+    }
+    let (channels, payloads): (Vec<_>, Vec<_>) = events.into_iter().unzip();
+    crate::events::emit(channels, payloads);
+    pg_sys::Datum::from(0usize)
+}
+
+crate::fmgr::guarded_trigger_entry!(
+    pg_finfo_memories_inserted_guarded,
+    memories_inserted_guarded,
+    memories_inserted,
+    "memories_inserted()"
 );
 
 // A database still on the 0.1.0 catalog, between installing this library and ALTER EXTENSION
