@@ -3,45 +3,9 @@
 //! trigger's, and functions whose arguments are taken as PostgreSQL passes them (no conversion
 //! to Rust values and back, e.g. a jsonb argument handed on to an INSERT untouched).
 
-/// The entry point a trigger function is declared with in SQL (sql/finalize.sql): it refuses,
-/// with the error PostgreSQL gives for PL/pgSQL trigger functions (0A000), a call that is not a
-/// trigger's — e.g. `SELECT memoriesdb.update_content_hash()` by a superuser (nobody else may
-/// execute it) — and otherwise hands the call to pgrx's wrapper, which would panic (XX000).
-macro_rules! guarded_trigger_entry {
-    ($finfo:ident, $entry:ident, $wrapper:path, $name:literal) => {
-        #[unsafe(no_mangle)]
-        #[doc(hidden)]
-        pub extern "C" fn $finfo() -> &'static ::pgrx::pg_sys::Pg_finfo_record {
-            const V1: ::pgrx::pg_sys::Pg_finfo_record = ::pgrx::pg_sys::Pg_finfo_record { api_version: 1 };
-            &V1
-        }
-
-        #[::pgrx::pg_guard]
-        #[unsafe(no_mangle)]
-        #[doc(hidden)]
-        pub unsafe extern "C-unwind" fn $entry(fcinfo: ::pgrx::pg_sys::FunctionCallInfo) -> ::pgrx::pg_sys::Datum {
-            // SAFETY: PostgreSQL passes a valid fcinfo; context is a node pointer or NULL.
-            let called_as_trigger = unsafe {
-                let context = (*fcinfo).context;
-                !context.is_null() && (*context).type_ == ::pgrx::pg_sys::NodeTag::T_TriggerData
-            };
-            if !called_as_trigger {
-                $crate::errors::raise(
-                    ::pgrx::prelude::PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
-                    format!("{} is a trigger function: it can only be called as a trigger", $name),
-                    None,
-                );
-            }
-            // SAFETY: the same fcinfo, for the function it was meant for.
-            unsafe { $wrapper(fcinfo) }
-        }
-    };
-}
-pub(crate) use guarded_trigger_entry;
-
-/// A function declared in SQL with `AS 'MODULE_PATHNAME', '<entry>'` whose body takes the
-/// fcinfo itself. `#[pg_guard]` turns a Rust panic or a PostgreSQL error raised inside into an
-/// ordinary SQL error.
+/// A function declared in SQL with `AS 'MODULE_PATHNAME', '<entry>'` whose body,
+/// `unsafe fn body(fcinfo) -> Datum`, takes the fcinfo itself. `#[pg_guard]` turns a Rust panic
+/// or a PostgreSQL error raised inside into an ordinary SQL error.
 macro_rules! sql_function_entry {
     ($finfo:ident, $entry:ident, $body:path) => {
         #[unsafe(no_mangle)]
@@ -61,3 +25,41 @@ macro_rules! sql_function_entry {
     };
 }
 pub(crate) use sql_function_entry;
+
+/// The entry point a trigger function is declared with in SQL: it refuses, with the error
+/// PostgreSQL gives for PL/pgSQL trigger functions (0A000), a call that is not a trigger's —
+/// e.g. `SELECT memoriesdb.derive_row_fields()` by a superuser (nobody else may execute it) —
+/// and otherwise hands the call to the trigger's code (for a `#[pg_trigger]`, pgrx's wrapper,
+/// which would panic (XX000) on such a call).
+macro_rules! guarded_trigger_entry {
+    ($finfo:ident, $entry:ident, $wrapper:path, $name:literal) => {
+        #[doc(hidden)]
+        #[allow(non_snake_case)]
+        mod $entry {
+            use super::*;
+            pub(super) unsafe fn only_as_trigger(fcinfo: ::pgrx::pg_sys::FunctionCallInfo) -> ::pgrx::pg_sys::Datum {
+                $crate::fmgr::refuse_unless_called_as_trigger(fcinfo, $name);
+                // SAFETY: the fcinfo of a trigger call, for the function it was meant for.
+                unsafe { $wrapper(fcinfo) }
+            }
+        }
+        $crate::fmgr::sql_function_entry!($finfo, $entry, $entry::only_as_trigger);
+    };
+}
+pub(crate) use guarded_trigger_entry;
+
+/// 0A000 unless PostgreSQL called this function as a trigger.
+pub fn refuse_unless_called_as_trigger(fcinfo: pgrx::pg_sys::FunctionCallInfo, name: &str) {
+    // SAFETY: PostgreSQL passes a valid fcinfo; context is a node pointer or NULL.
+    let called_as_trigger = unsafe {
+        let context = (*fcinfo).context;
+        !context.is_null() && (*context).type_ == pgrx::pg_sys::NodeTag::T_TriggerData
+    };
+    if !called_as_trigger {
+        crate::errors::raise(
+            pgrx::prelude::PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            format!("{name} is a trigger function: it can only be called as a trigger"),
+            None,
+        );
+    }
+}
