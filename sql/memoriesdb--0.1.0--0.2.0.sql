@@ -38,3 +38,7 @@ CREATE OR REPLACE FUNCTION @extschema@.emit_events(channels text[], payloads tex
 RETURNS void VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'emit_events_wrapper';
 CREATE OR REPLACE FUNCTION @extschema@.memories_inserted() RETURNS trigger
     LANGUAGE c SECURITY DEFINER AS 'MODULE_PATHNAME', 'memories_inserted_guarded';
+
+-- create_session() in Rust (src/sessions.rs).
+CREATE OR REPLACE FUNCTION @extschema@.create_session(title text, metadata jsonb DEFAULT '{}')
+RETURNS uuid LANGUAGE c SECURITY DEFINER AS 'MODULE_PATHNAME', 'create_session_native';

@@ -96,24 +96,10 @@ BEGIN
 END
 $$;
 
+-- Rust (src/sessions.rs): a session memory and its memory_sessions row, owned by the acting user
+-- (require_acting_user() words the refusal when the role acts as nobody).
 CREATE FUNCTION @extschema@.create_session(title text, metadata jsonb DEFAULT '{}')
-RETURNS uuid LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    new_id uuid;
-BEGIN
-    PERFORM @extschema@.require_acting_user();
-    IF title IS NULL THEN
-        RAISE EXCEPTION 'title must not be NULL' USING ERRCODE = '22004';
-    END IF;
-    -- the id is taken first rather than by RETURNING, which would also check the new row
-    -- against the memories read policy (a tenth of an append's cost)
-    new_id := @extschema@.uuid_generate_v7();
-    INSERT INTO @extschema@.memories (id, kind, content, _metadata)
-    VALUES (new_id, 'session', title, @extschema@.metadata_object(metadata, 'metadata'));
-    PERFORM @extschema@.register_session(new_id);
-    RETURN new_id;
-END
-$$;
+RETURNS uuid LANGUAGE c SECURITY DEFINER AS 'MODULE_PATHNAME', 'create_session_native';
 
 -- A message's role: non-blank, at most 64 characters, no control characters. `argument` names
 -- the value in the error ('role', or 'messages[2].role' in a batch).

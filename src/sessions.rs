@@ -1,4 +1,5 @@
-//! The conversation write path in Rust: taking positions in a session and appending a message.
+//! The conversation write path in Rust: creating a session, taking positions in a session and
+//! appending a message.
 //!
 //! `add_message_to_session()` runs on every turn of every conversation. In PL/pgSQL it was a
 //! function calling four others (argument checks and the position taker), each a SQL-level call
@@ -33,6 +34,8 @@ use std::cell::RefCell;
 thread_local! {
     static TAKE_POSITIONS: KeptPlan = const { RefCell::new(None) };
     static INSERT_MESSAGE: KeptPlan = const { RefCell::new(None) };
+    static INSERT_SESSION: KeptPlan = const { RefCell::new(None) };
+    static REGISTER_SESSION: KeptPlan = const { RefCell::new(None) };
 }
 
 const UUID: PgOid = PgOid::BuiltIn(PgBuiltInOids::UUIDOID);
@@ -229,6 +232,61 @@ unsafe fn add_message_to_session(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Da
 }
 
 crate::fmgr::sql_function_entry!(pg_finfo_add_message_to_session_native, add_message_to_session_native, add_message_to_session);
+
+/// create_session(title text, metadata jsonb DEFAULT '{}') RETURNS uuid (declared in
+/// sql/sessions.sql): a session memory and its memory_sessions row, owned by the acting user.
+unsafe fn create_session(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    // SAFETY: declared in SQL with these two arguments.
+    let (title, metadata) = unsafe { (raw_arg(fcinfo, 0), raw_arg(fcinfo, 1)) };
+    // (in the order the SQL contract checks them)
+    let me = identity::current_memory_user();
+    if me.is_none() && !identity::acting_role_bypasses_rls() {
+        // require_acting_user() words the refusal (42501, with the hint how to map a role)
+        Spi::run(&format!("SELECT {SCHEMA}.require_acting_user()")).unwrap_or_else(|e| spi_failed("checking the acting user", e));
+        raise(PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE, "the role acts as no MemoriesDB user".into(), None);
+    }
+    if title.is_none() {
+        raise(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, "title must not be NULL".into(), None)
+    }
+    let metadata = checked_metadata(metadata, "metadata");
+    let id = crate::ids::new_v7();
+    Spi::connect(|client| {
+        // the id is made here rather than by RETURNING, which would also check the new row
+        // against the memories read policy
+        with_kept_plan(
+            &client,
+            &INSERT_SESSION,
+            || {
+                format!(
+                    "INSERT INTO {SCHEMA}.memories (id, kind, content, _metadata)
+                     VALUES ($1, 'session', $2, COALESCE($3, '{{}}'::pg_catalog.jsonb))"
+                )
+            },
+            &[UUID, TEXT, JSONB],
+            true,
+            |plan| client.select(plan, None, &[id.into(), param(title, TEXT), param(metadata, JSONB)]).map(|_| ()),
+        )?;
+        // a session of its own: no parent, nothing inherited (forks are registered by
+        // register_session(), which checks the fork point)
+        with_kept_plan(
+            &client,
+            &REGISTER_SESSION,
+            || {
+                format!(
+                    "INSERT INTO {SCHEMA}.memory_sessions (id, owner_id, parent_id, fork_position, fork_message_id, depth, last_position)
+                     VALUES ($1, $2, NULL, 0, NULL, 0, 0)"
+                )
+            },
+            &[UUID, UUID],
+            true,
+            |plan| client.select(plan, None, &[id.into(), me.into()]).map(|_| ()),
+        )
+    })
+    .unwrap_or_else(|e| spi_failed("creating a session", e));
+    id.into_datum().expect("a uuid is never NULL")
+}
+
+crate::fmgr::sql_function_entry!(pg_finfo_create_session_native, create_session_native, create_session);
 
 #[cfg(test)]
 mod unit {

@@ -56,7 +56,7 @@ const USER_FUNCTIONS: &[&str] = &[
 /// pin would cost two search_path recomputations per call on the append path. Reviewed one by
 /// one; search_path_poisoning_cannot_change_identity_or_visibility drives them under a poisoned
 /// path.
-const NATIVE_UNPINNED_DEFINERS: &[&str] = &["add_message_to_session", "log_memory_change", "memories_inserted"];
+const NATIVE_UNPINNED_DEFINERS: &[&str] = &["add_message_to_session", "create_session", "log_memory_change", "memories_inserted"];
 
 const ROLE_FUNCTIONS: &[(&str, &[&str])] = &[
     (

@@ -60,7 +60,11 @@ impl From<tokio_postgres::Error> for DbFailure {
                 };
                 // A constraint the database enforced (not an error the extension raised) names
                 // tables and constraints in its message: schema details clients need not see.
-                let mut message = if db.constraint().is_some() {
+                // (An error raised inside the extension's Rust functions reaches us without the
+                // constraint field, so PostgreSQL's wording counts too.)
+                let names_a_constraint = db.constraint().is_some()
+                    || (sqlstate.starts_with("23") && db.message().contains("violates") && db.message().contains("constraint \""));
+                let mut message = if names_a_constraint {
                     "the request violates a constraint of the database".to_string()
                 } else {
                     db.message().to_string()
