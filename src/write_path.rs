@@ -335,6 +335,22 @@ struct NewMemory {
     created_at: Option<pg_sys::Datum>,
 }
 
+impl NewMemory {
+    /// The payload announcing this new memory.
+    fn insert_event(&self) -> String {
+        JsonObject::new()
+            .text("op", Some("INSERT"))
+            .text("table", Some("memories"))
+            .text("kind", Some(&self.kind))
+            .text("id", Some(&self.id.to_string()))
+            .text("session_id", self.session.map(|s| s.to_string()).as_deref())
+            .number("position", self.position)
+            .text("role", self.role.as_deref())
+            .timestamptz("created_at", self.created_at)
+            .finish()
+    }
+}
+
 /// JSON text of a string, escaped exactly as PostgreSQL's escape_json() does.
 fn json_string(out: &mut String, s: &str) {
     out.push('"');
@@ -495,39 +511,16 @@ unsafe fn memories_inserted(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
     if messages.len() <= EVENTS_PER_MESSAGE_UP_TO {
         messages.sort_by(by_session_then_position);
         for m in &messages {
-            let payload = JsonObject::new()
-                .text("op", Some("INSERT"))
-                .text("table", Some("memories"))
-                .text("kind", Some(&m.kind))
-                .text("id", Some(&m.id.to_string()))
-                .text("session_id", m.session.map(|s| s.to_string()).as_deref())
-                .number("position", m.position)
-                .text("role", m.role.as_deref())
-                .timestamptz("created_at", m.created_at)
-                .finish();
-            if let Some(session) = &m.session {
-                events.push((Some(chat_channel(session)), Some(payload.clone())));
-            } else {
-                // (a message without a session: NOTIFY refuses the NULL channel, the relay skips it)
-                events.push((None, Some(payload.clone())));
-            }
+            let payload = m.insert_event();
+            // (a message without a session gets a NULL channel: NOTIFY refuses it, the relay skips it)
+            events.push((m.session.as_ref().map(chat_channel), Some(payload.clone())));
             if global {
                 events.push((Some("memoriesdb_events".into()), Some(payload)));
             }
         }
         if global {
             for s in memories.iter().filter(|m| m.kind == "session") {
-                let payload = JsonObject::new()
-                    .text("op", Some("INSERT"))
-                    .text("table", Some("memories"))
-                    .text("kind", Some(&s.kind))
-                    .text("id", Some(&s.id.to_string()))
-                    .text("session_id", s.session.map(|x| x.to_string()).as_deref())
-                    .number("position", s.position)
-                    .text("role", s.role.as_deref())
-                    .timestamptz("created_at", s.created_at)
-                    .finish();
-                events.push((Some("memoriesdb_events".into()), Some(payload)));
+                events.push((Some("memoriesdb_events".into()), Some(s.insert_event())));
             }
         }
     } else {
