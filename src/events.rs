@@ -70,9 +70,7 @@ pub fn emit(channels: Vec<Option<String>>, payloads: Vec<Option<String>>) {
                 |plan| client.select(plan, None, &[channels.into(), payloads.into()]).map(|_| ()),
             )
         })
-        .unwrap_or_else(|e| {
-            crate::errors::raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("queueing events: {e}"), None)
-        });
+        .unwrap_or_else(|e| crate::plans::spi_failed("queueing events", e));
     } else {
         for (channel, payload) in channels.into_iter().zip(payloads) {
             // SAFETY: pg_notify(text, text) with two text values (or NULLs, which it refuses

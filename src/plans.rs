@@ -7,7 +7,9 @@
 //! names everything schema-qualified, operators included, so what it means never depends on the
 //! caller's search_path.
 
-use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiResult};
+use pgrx::datum::DatumWithOid;
+use pgrx::pg_sys;
+use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiError, SpiResult};
 use pgrx::PgOid;
 use std::cell::RefCell;
 use std::thread::LocalKey;
@@ -34,4 +36,18 @@ pub fn with_kept_plan<R>(
         let plan = cell.borrow();
         run(plan.as_ref().expect("prepared above"))
     })
+}
+
+/// A datum as PostgreSQL holds it (or None for NULL) of type `oid`, as an SPI parameter.
+pub fn param(datum: Option<pg_sys::Datum>, oid: PgOid) -> DatumWithOid<'static> {
+    match datum {
+        // SAFETY: the caller passes a valid value of type `oid` that outlives the SPI call.
+        Some(datum) => unsafe { DatumWithOid::new(datum, oid.value()) },
+        None => DatumWithOid::null_oid(oid.value()),
+    }
+}
+
+/// An SPI failure that is not a PostgreSQL error of the statement (those propagate as raised).
+pub fn spi_failed(what: &str, e: SpiError) -> ! {
+    crate::errors::raise(pgrx::prelude::PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("{what}: {e}"), None)
 }

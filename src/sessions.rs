@@ -23,7 +23,7 @@
 use crate::catalog::SCHEMA;
 use crate::errors::raise;
 use crate::identity;
-use crate::plans::{with_kept_plan, KeptPlan};
+use crate::plans::{param, spi_failed, with_kept_plan, KeptPlan};
 use pgrx::datum::DatumWithOid;
 use pgrx::fcinfo::{pg_arg_is_null, pg_getarg_datum_raw};
 use pgrx::prelude::*;
@@ -48,19 +48,6 @@ const BOOL: PgOid = PgOid::BuiltIn(PgBuiltInOids::BOOLOID);
 unsafe fn raw_arg(fcinfo: pg_sys::FunctionCallInfo, n: usize) -> Option<pg_sys::Datum> {
     // SAFETY: the caller passes the fcinfo of a call with at least n + 1 arguments.
     unsafe { (!pg_arg_is_null(fcinfo, n)).then(|| pg_getarg_datum_raw(fcinfo, n)) }
-}
-
-/// A raw datum (or NULL) of type `oid`, as an SPI parameter.
-fn param(datum: Option<pg_sys::Datum>, oid: PgOid) -> DatumWithOid<'static> {
-    match datum {
-        // SAFETY: the datum is a valid value of type `oid` that outlives the SPI call.
-        Some(datum) => unsafe { DatumWithOid::new(datum, oid.value()) },
-        None => DatumWithOid::null_oid(oid.value()),
-    }
-}
-
-fn spi_failed(what: &str, e: pgrx::spi::SpiError) -> ! {
-    raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("{what}: {e}"), None)
 }
 
 /// Take the next `how_many` positions of `session` for new messages if the acting user may add

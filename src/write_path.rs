@@ -37,8 +37,7 @@ use crate::catalog::SCHEMA;
 use crate::errors::raise;
 use crate::hashing::sha256_hex;
 use crate::identity;
-use crate::plans::{with_kept_plan, KeptPlan};
-use pgrx::datum::DatumWithOid;
+use crate::plans::{param, spi_failed, with_kept_plan, KeptPlan};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::{PgBuiltInOids, PgOid};
@@ -269,10 +268,6 @@ unsafe fn log_memory_change(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
         }
         let row = PgOid::from(rowtype);
         let uuid = PgOid::BuiltIn(PgBuiltInOids::UUIDOID);
-        let param = |datum: Option<pg_sys::Datum>, oid: PgOid| match datum {
-            Some(d) => DatumWithOid::new(d, oid.value()),
-            None => DatumWithOid::null_oid(oid.value()),
-        };
         Spi::connect(|client| {
             with_kept_plan(
                 &client,
@@ -306,7 +301,7 @@ unsafe fn log_memory_change(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
             )
             .map(|_| ())
         })
-        .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("writing the audit row: {e}"), None));
+        .unwrap_or_else(|e| spi_failed("writing the audit row", e));
         pg_sys::Datum::from(0usize)
     }
 }
@@ -499,7 +494,7 @@ unsafe fn memories_inserted(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
                 |plan| client.select(plan, None, &[queue_ids.into(), queue_hashes.into()]).map(|_| ()),
             )
         })
-        .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("queueing new memories: {e}"), None));
+        .unwrap_or_else(|e| spi_failed("queueing new memories", e));
     }
 
     let global = global_events();
