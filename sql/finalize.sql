@@ -35,17 +35,6 @@ END
 $$;
 
 -- ---------------------------------------------------------------------------------------------
--- The Rust trigger functions, through entry points that refuse a call that is not a trigger's
--- (0A000, as PL/pgSQL does) instead of letting pgrx's wrapper panic (src/fmgr.rs).
--- The cycle check must see edges the caller cannot (two tenants could otherwise close a cycle
--- together), so that trigger runs as the extension owner.
--- ---------------------------------------------------------------------------------------------
-CREATE OR REPLACE FUNCTION @extschema@.forget_cached_identity() RETURNS trigger
-    LANGUAGE c AS 'MODULE_PATHNAME', 'forget_cached_identity_guarded';
-CREATE OR REPLACE FUNCTION @extschema@.prevent_cycles() RETURNS trigger
-    LANGUAGE c SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS 'MODULE_PATHNAME', 'prevent_cycles_guarded';
-
--- ---------------------------------------------------------------------------------------------
 -- Functions
 -- ---------------------------------------------------------------------------------------------
 REVOKE ALL ON SCHEMA @extschema@ FROM PUBLIC;

@@ -53,8 +53,6 @@ BEGIN
 END
 $$;
 
--- (prevent_cycles() runs as the extension owner: see finalize.sql)
-
 -- Is `to` reachable from `from` along edges, stored or implied? Used by prevent_cycles(). Breadth-first over a
 -- recursive query whose UNION (not UNION ALL) is the visited set, so it terminates on any graph
 -- and stops as soon as `to` is found. SECURITY DEFINER: edges the caller cannot see can still
@@ -90,6 +88,11 @@ BEGIN
     RETURN NEW;
 END
 $$;
+
+-- The cycle check (Rust, src/graph.rs). It must see edges the caller cannot (two tenants could
+-- otherwise close a cycle together), so it runs as the extension owner.
+CREATE FUNCTION @extschema@.prevent_cycles() RETURNS trigger
+    LANGUAGE c SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS 'MODULE_PATHNAME', 'prevent_cycles_guarded';
 
 -- memory_edges
 CREATE TRIGGER memory_edges_05_visible_endpoints BEFORE INSERT OR UPDATE OF source_id, target_id

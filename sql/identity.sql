@@ -52,6 +52,8 @@ $$;
 --   * otherwise the role acts as the user mapped to it (users.db_role), or as nobody (NULL).
 -- An untrusted role that sets app.current_user to anyone but its own user gets 42501: it gains
 -- nothing. A change to users clears the cached answer at once:
+CREATE FUNCTION @extschema@.forget_cached_identity() RETURNS trigger
+    LANGUAGE c AS 'MODULE_PATHNAME', 'forget_cached_identity_guarded';
 CREATE TRIGGER users_forget_cached_identity
     AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON @extschema@.users
     FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.forget_cached_identity();

@@ -1,7 +1,26 @@
-//! One way to raise a SQL error from Rust: a proper SQLSTATE and a message naming the bad value.
+//! How errors cross between PostgreSQL and the extension's Rust code.
+//!
+//! * `raise()`: the one way to raise a SQL error from Rust (a proper SQLSTATE and a message
+//!   naming the bad value).
+//! * `catching()`: a call into PostgreSQL whose ERROR, if it raises one, becomes a Rust panic
+//!   carrying PostgreSQL's own ErrorData (every field: SQLSTATE, message, detail, hint, CONTEXT,
+//!   schema, table, column, constraint, datatype, position), so that Rust frames unwind and
+//!   drop what they hold.
+//! * `run_entry()`: the top of every function PostgreSQL calls through fmgr.rs's entry points.
+//!   It re-raises such an error unchanged (ReThrowError, as PL/pgSQL re-raises an error its
+//!   handler does not take) and hands every other panic to pgrx, which reports it as an ERROR.
+//!
+//! pgrx's own guard (#[pg_extern], #[pg_trigger]) re-raises only SQLSTATE, message, detail and
+//! hint. Where such a function calls `catching()`, the error is handed to pgrx in that form
+//! (no Rust frame may be jumped over, and pgrx's guard understands nothing else).
 
+use pgrx::pg_sys;
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
+use std::any::Any;
+use std::cell::Cell;
+use std::ffi::CStr;
+use std::mem::MaybeUninit;
 
 /// Raise an ERROR with `code` and `message` (and an optional hint). Never returns.
 #[track_caller]
@@ -14,35 +33,115 @@ pub fn raise(code: PgSqlErrorCode, message: String, hint: Option<&str>) -> ! {
     unreachable!("ERROR does not return")
 }
 
-/// Errors a trigger function can hit while reading its own trigger data. They mean the function
-/// was attached wrongly (not as a row trigger on the table it expects), never bad user input.
-#[derive(Debug)]
-pub enum TriggerError {
-    NotARowTrigger,
-    Datum(pgrx::datum::TryFromDatumError),
-    Trigger(PgTriggerError),
+thread_local! {
+    /// Is the Rust code running now under run_entry() (rather than under pgrx's guard)? Set by
+    /// run_entry(), cleared while PostgreSQL runs a call made through catching() (whatever it
+    /// calls back into has a guard of its own).
+    static UNDER_RUN_ENTRY: Cell<bool> = const { Cell::new(false) };
 }
 
-impl std::fmt::Display for TriggerError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            TriggerError::NotARowTrigger => write!(f, "must be used as a row-level INSERT or UPDATE trigger"),
-            TriggerError::Datum(e) => write!(f, "trigger row: {e}"),
-            TriggerError::Trigger(e) => write!(f, "trigger data: {e}"),
+/// The panic payload carrying a PostgreSQL error from `catching()` to `run_entry()`: a copy of
+/// its ErrorData in the memory context of the call that raised it (alive until re-raised: a
+/// failed call's SPI connection is closed by the (sub)transaction's abort, after that).
+struct PgErrorInFlight(*mut pg_sys::ErrorData);
+
+// SAFETY: never leaves the backend's one thread; a panic payload must be Send.
+unsafe impl Send for PgErrorInFlight {}
+
+/// PostgreSQL's ReThrowError, not wrapped by pgrx (which would catch the error again).
+mod raw {
+    unsafe extern "C-unwind" {
+        #[link_name = "ReThrowError"]
+        pub fn rethrow_error(edata: *mut pgrx::pg_sys::ErrorData) -> !;
+    }
+}
+
+/// Call `call`, one call into PostgreSQL that may raise an ERROR. An ERROR becomes a Rust panic
+/// that unwinds the Rust frames up to the entry point, which re-raises it unchanged.
+///
+/// # Safety
+/// `call` must be a call into PostgreSQL and nothing else: PostgreSQL leaves it by longjmp,
+/// which runs no destructors, so it must own none (capture only pointers and plain values).
+pub unsafe fn catching<T>(call: impl FnOnce() -> T) -> T {
+    // SAFETY: the backend's one thread; the save-and-restore of PostgreSQL's error state that
+    // PG_TRY/PG_CATCH does, around a sigsetjmp made by cee_scape for a Rust closure.
+    unsafe {
+        let caller_context = pg_sys::CurrentMemoryContext;
+        let exception_stack = pg_sys::PG_exception_stack;
+        let context_stack = pg_sys::error_context_stack;
+        let under_run_entry = UNDER_RUN_ENTRY.replace(false);
+        let mut result = MaybeUninit::<T>::uninit();
+        let jumped = cee_scape::call_with_sigsetjmp(false, |jump_buffer| {
+            pg_sys::PG_exception_stack = std::ptr::from_ref(jump_buffer).cast_mut().cast();
+            result.write(call());
+            0
+        });
+        pg_sys::PG_exception_stack = exception_stack;
+        pg_sys::error_context_stack = context_stack;
+        UNDER_RUN_ENTRY.set(under_run_entry);
+        if jumped == 0 {
+            return result.assume_init();
         }
+        // PostgreSQL raised an ERROR: copy it out of ErrorContext and clear the error state, as
+        // PG_CATCH blocks that re-throw later do
+        pg_sys::CurrentMemoryContext = caller_context;
+        let error = pg_sys::CopyErrorData();
+        pg_sys::FlushErrorState();
+        if under_run_entry {
+            std::panic::panic_any(PgErrorInFlight(error));
+        }
+        let text = |p: *const std::ffi::c_char| (!p.is_null()).then(|| CStr::from_ptr(p).to_string_lossy().into_owned());
+        let mut report = ErrorReport::new(
+            PgSqlErrorCode::from((*error).sqlerrcode),
+            text((*error).message).unwrap_or_default(),
+            "memoriesdb",
+        );
+        if let Some(detail) = text((*error).detail) {
+            report = report.set_detail(detail);
+        }
+        if let Some(hint) = text((*error).hint) {
+            report = report.set_hint(hint);
+        }
+        pg_sys::FreeErrorData(error);
+        report.report(PgLogLevel::ERROR);
+        unreachable!("ERROR does not return")
     }
 }
 
-impl std::error::Error for TriggerError {}
-
-impl From<pgrx::datum::TryFromDatumError> for TriggerError {
-    fn from(e: pgrx::datum::TryFromDatumError) -> Self {
-        TriggerError::Datum(e)
+/// Run `body`, a function PostgreSQL called, re-raising a PostgreSQL error that `catching()`
+/// caught below it unchanged and reporting any other panic through pgrx.
+///
+/// # Safety
+/// Only at the top of an `extern "C-unwind"` function PostgreSQL calls (fmgr.rs's entry points):
+/// an error leaves it by longjmp.
+pub unsafe fn run_entry(
+    fcinfo: pg_sys::FunctionCallInfo,
+    body: unsafe fn(pg_sys::FunctionCallInfo) -> pg_sys::Datum,
+) -> pg_sys::Datum {
+    let outer = UNDER_RUN_ENTRY.replace(true);
+    // SAFETY: the caller's fcinfo, for the function `body` implements.
+    let outcome = std::panic::catch_unwind(|| unsafe { body(fcinfo) });
+    UNDER_RUN_ENTRY.set(outer);
+    match outcome {
+        Ok(datum) => datum,
+        // SAFETY: nothing with a destructor is alive in this frame any more.
+        Err(payload) => unsafe { reraise(payload) },
     }
 }
 
-impl From<PgTriggerError> for TriggerError {
-    fn from(e: PgTriggerError) -> Self {
-        TriggerError::Trigger(e)
+unsafe fn reraise(payload: Box<dyn Any + Send>) -> ! {
+    match payload.downcast::<PgErrorInFlight>() {
+        Ok(error) => {
+            let PgErrorInFlight(error) = *error;
+            // SAFETY: an ERROR's data, copied by catching(); leaves by longjmp with no Rust
+            // value alive in the frames it leaves.
+            unsafe { raw::rethrow_error(error) }
+        }
+        Err(other) => {
+            // SAFETY: pgrx's guard catches the resumed panic and reports it as an ERROR
+            // (longjmp from its own frame, after dropping the payload).
+            unsafe { pg_sys::submodules::panic::pgrx_extern_c_guard(move || -> () { std::panic::resume_unwind(other) }) };
+            unreachable!("pgrx reports a panic as an ERROR")
+        }
     }
 }

@@ -47,7 +47,7 @@ const BATCH: i64 = 1000;
 const RELAY_TYPE: &str = "memoriesdb event relay";
 
 thread_local! {
-    static OUTBOX_INSERT: crate::plans::KeptPlan = const { std::cell::RefCell::new(None) };
+    static OUTBOX_INSERT: crate::spi::KeptPlan = const { crate::spi::KeptPlan::new() };
 }
 
 /// Send events in order: through the outbox and the relay, or, when no relay can be started, by
@@ -60,17 +60,15 @@ pub fn emit(channels: Vec<Option<String>>, payloads: Vec<Option<String>>) {
     }
     if ensure_event_relay() {
         let schema = crate::catalog::SCHEMA;
-        Spi::connect(|client| {
-            crate::plans::with_kept_plan(
-                &client,
+        crate::spi::connect(|spi| {
+            spi.execute_kept(
                 &OUTBOX_INSERT,
                 || format!("INSERT INTO {schema}.memory_event_outbox (channels, payloads) VALUES ($1, $2)"),
-                &[PgOid::BuiltIn(PgBuiltInOids::TEXTARRAYOID), PgOid::BuiltIn(PgBuiltInOids::TEXTARRAYOID)],
-                true,
-                |plan| client.select(plan, None, &[channels.into(), payloads.into()]).map(|_| ()),
-            )
-        })
-        .unwrap_or_else(|e| crate::plans::spi_failed("queueing events", e));
+                &[pg_sys::TEXTARRAYOID, pg_sys::TEXTARRAYOID],
+                &[crate::spi::arg(channels), crate::spi::arg(payloads)],
+                crate::spi::Effect::Writes,
+            );
+        });
     } else {
         for (channel, payload) in channels.into_iter().zip(payloads) {
             // SAFETY: pg_notify(text, text) with two text values (or NULLs, which it refuses

@@ -4,8 +4,10 @@
 //! to Rust values and back, e.g. a jsonb argument handed on to an INSERT untouched).
 
 /// A function declared in SQL with `AS 'MODULE_PATHNAME', '<entry>'` whose body,
-/// `unsafe fn body(fcinfo) -> Datum`, takes the fcinfo itself. `#[pg_guard]` turns a Rust panic
-/// or a PostgreSQL error raised inside into an ordinary SQL error.
+/// `unsafe fn body(fcinfo) -> Datum`, takes the fcinfo itself. `errors::run_entry` re-raises a
+/// PostgreSQL error from the body's statements unchanged (every field) and turns a Rust panic
+/// into an ordinary SQL error. The body is our own code, never a pgrx-generated wrapper (whose
+/// guard would catch such an error first and keep only some of its fields).
 macro_rules! sql_function_entry {
     ($finfo:ident, $entry:ident, $body:path) => {
         #[unsafe(no_mangle)]
@@ -15,12 +17,11 @@ macro_rules! sql_function_entry {
             &V1
         }
 
-        #[::pgrx::pg_guard]
         #[unsafe(no_mangle)]
         #[doc(hidden)]
         pub unsafe extern "C-unwind" fn $entry(fcinfo: ::pgrx::pg_sys::FunctionCallInfo) -> ::pgrx::pg_sys::Datum {
             // SAFETY: PostgreSQL calls this with the fcinfo of the SQL function declared for it.
-            unsafe { $body(fcinfo) }
+            unsafe { $crate::errors::run_entry(fcinfo, $body) }
         }
     };
 }
@@ -29,10 +30,10 @@ pub(crate) use sql_function_entry;
 /// The entry point a trigger function is declared with in SQL: it refuses, with the error
 /// PostgreSQL gives for PL/pgSQL trigger functions (0A000), a call that is not a trigger's —
 /// e.g. `SELECT memoriesdb.derive_row_fields()` by a superuser (nobody else may execute it) —
-/// and otherwise hands the call to the trigger's code (for a `#[pg_trigger]`, pgrx's wrapper,
-/// which would panic (XX000) on such a call).
+/// and otherwise hands the call to the trigger's code, `unsafe fn(fcinfo) -> Datum`, which may
+/// then read `(*fcinfo).context` as TriggerData.
 macro_rules! guarded_trigger_entry {
-    ($finfo:ident, $entry:ident, $wrapper:path, $name:literal) => {
+    ($finfo:ident, $entry:ident, $body:path, $name:literal) => {
         #[doc(hidden)]
         #[allow(non_snake_case)]
         mod $entry {
@@ -40,7 +41,7 @@ macro_rules! guarded_trigger_entry {
             pub(super) unsafe fn only_as_trigger(fcinfo: ::pgrx::pg_sys::FunctionCallInfo) -> ::pgrx::pg_sys::Datum {
                 $crate::fmgr::refuse_unless_called_as_trigger(fcinfo, $name);
                 // SAFETY: the fcinfo of a trigger call, for the function it was meant for.
-                unsafe { $wrapper(fcinfo) }
+                unsafe { $body(fcinfo) }
             }
         }
         $crate::fmgr::sql_function_entry!($finfo, $entry, $entry::only_as_trigger);

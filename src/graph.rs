@@ -16,33 +16,55 @@
 //! transactions could each take the fast path and together commit a cycle.)
 
 use crate::catalog::SCHEMA;
-use crate::errors::{raise, TriggerError};
+use crate::errors::raise;
+use crate::spi::{self, arg, Effect, KeptPlan};
+use crate::tuples::{attribute, text_bytes, uuid_value};
+use pgrx::pg_sys;
 use pgrx::prelude::*;
 
-/// Is `to` reachable from `from` along edges? Asks `edge_path_exists()` (SQL, SECURITY DEFINER so
-/// that edges the caller cannot see still count), through writable SPI so that it reads with a
-/// snapshot taken now, after the lock.
-fn reachable(from: pgrx::Uuid, to: pgrx::Uuid) -> bool {
-    Spi::get_one_with_args::<bool>(
-        &format!("SELECT {SCHEMA}.edge_path_exists($1::pg_catalog.uuid, $2::pg_catalog.uuid)"),
-        &[from.into(), to.into()],
-    )
-    .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("cycle check failed: {e}"), None))
-    .unwrap_or(false)
+thread_local! {
+    static TAKE_GRAPH_LOCK: KeptPlan = const { KeptPlan::new() };
+    static REACHABLE: KeptPlan = const { KeptPlan::new() };
 }
 
-/// BEFORE INSERT OR UPDATE OF source_id, target_id trigger on `memory_edges`.
-#[pg_trigger]
-fn prevent_cycles<'a>(
-    trigger: &'a PgTrigger<'a>,
-) -> Result<Option<PgHeapTuple<'a, impl WhoAllocated>>, TriggerError> {
-    let row = trigger.new().ok_or(TriggerError::NotARowTrigger)?;
-    let source: Option<pgrx::Uuid> = row.get_by_name("source_id")?;
-    let target: Option<pgrx::Uuid> = row.get_by_name("target_id")?;
-    let relation: String = row.get_by_name("relation")?.unwrap_or_default();
+/// BEFORE INSERT OR UPDATE OF source_id, target_id row trigger on `memory_edges` (declared in
+/// sql/graph.sql; SECURITY DEFINER so that edges the caller cannot see still count).
+unsafe fn prevent_cycles(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    // SAFETY: the guarded entry point checked that PostgreSQL called this as a trigger.
+    let (row, source, target, old_endpoints, relation) = unsafe {
+        let trigger = (*fcinfo).context.cast::<pg_sys::TriggerData>();
+        let event = (*trigger).tg_event;
+        let operation = event & pg_sys::TRIGGER_EVENT_OPMASK;
+        let updating = operation == pg_sys::TRIGGER_EVENT_UPDATE;
+        if event & pg_sys::TRIGGER_EVENT_ROW == 0
+            || event & pg_sys::TRIGGER_EVENT_TIMINGMASK != pg_sys::TRIGGER_EVENT_BEFORE
+            || !(updating || operation == pg_sys::TRIGGER_EVENT_INSERT)
+        {
+            raise(
+                PgSqlErrorCode::ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
+                "prevent_cycles() must be a BEFORE INSERT OR UPDATE row trigger".into(),
+                None,
+            );
+        }
+        let desc = (*(*trigger).tg_relation).rd_att;
+        let new = if updating { (*trigger).tg_newtuple } else { (*trigger).tg_trigtuple };
+        let value = |tuple, name| attribute(tuple, desc, name).and_then(|a| a.value);
+        let old_endpoints = updating.then(|| {
+            let old = (*trigger).tg_trigtuple;
+            (uuid_value(value(old, c"source_id")), uuid_value(value(old, c"target_id")))
+        });
+        let relation = value(new, c"relation").map(|d| String::from_utf8_lossy(text_bytes(d)).into_owned());
+        (
+            pg_sys::Datum::from(new),
+            uuid_value(value(new, c"source_id")),
+            uuid_value(value(new, c"target_id")),
+            old_endpoints,
+            relation.unwrap_or_default(),
+        )
+    };
     let (Some(source), Some(target)) = (source, target) else {
         // NOT NULL constraints report the missing endpoint right after this trigger.
-        return Ok(Some(row));
+        return row;
     };
     if source == target {
         raise(
@@ -51,25 +73,39 @@ fn prevent_cycles<'a>(
             Some("a memory cannot be related to itself"),
         );
     }
-    if let Some(old) = trigger.old() {
-        let unchanged = old.get_by_name::<pgrx::Uuid>("source_id")? == Some(source)
-            && old.get_by_name::<pgrx::Uuid>("target_id")? == Some(target);
-        if unchanged {
-            return Ok(Some(row));
-        }
+    if old_endpoints == Some((Some(source), Some(target))) {
+        return row;
     }
-    // Waits for any concurrent edge writer; under REPEATABLE READ or SERIALIZABLE a concurrent
-    // committed writer makes this fail with 40001, and the client retries.
-    Spi::run(&format!("UPDATE {SCHEMA}.memory_graph_clock SET version = version OPERATOR(pg_catalog.+) 1"))
-        .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("graph lock failed: {e}"), None));
-    if reachable(target, source) {
+    let closes_cycle = spi::connect(|spi| {
+        // Waits for any concurrent edge writer; under REPEATABLE READ or SERIALIZABLE a
+        // concurrent committed writer makes this fail with 40001, and the client retries.
+        spi.execute_kept(
+            &TAKE_GRAPH_LOCK,
+            || format!("UPDATE {SCHEMA}.memory_graph_clock SET version = version OPERATOR(pg_catalog.+) 1"),
+            &[],
+            &[],
+            Effect::Writes,
+        );
+        // edge_path_exists() (SQL) with a snapshot taken now, after the lock: is the source
+        // already reachable from the target?
+        spi.execute_kept(
+            &REACHABLE,
+            || format!("SELECT {SCHEMA}.edge_path_exists($1, $2)"),
+            &[pg_sys::UUIDOID, pg_sys::UUIDOID],
+            &[arg(target), arg(source)],
+            Effect::Writes,
+        )
+        .get::<bool>(0, 1)
+        .unwrap_or(false)
+    });
+    if closes_cycle {
         raise(
             PgSqlErrorCode::ERRCODE_CHECK_VIOLATION,
             format!("edge {source} -[{relation}]-> {target} would close a cycle"),
             Some("the memory graph is acyclic: the target already reaches the source"),
         );
     }
-    Ok(Some(row))
+    row
 }
 
-crate::fmgr::guarded_trigger_entry!(pg_finfo_prevent_cycles_guarded, prevent_cycles_guarded, prevent_cycles_wrapper, "prevent_cycles()");
+crate::fmgr::guarded_trigger_entry!(pg_finfo_prevent_cycles_guarded, prevent_cycles_guarded, prevent_cycles, "prevent_cycles()");

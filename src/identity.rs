@@ -20,7 +20,7 @@
 //! live here too: as SQL over `pg_roles` they cost a catalog scan per call.
 
 use crate::catalog::SCHEMA;
-use crate::errors::{raise, TriggerError};
+use crate::errors::raise;
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -311,13 +311,11 @@ fn parse_user_id(text: &[u8]) -> Option<pgrx::Uuid> {
     Some(pgrx::Uuid::from_bytes(bytes))
 }
 
-/// AFTER ... FOR EACH STATEMENT trigger on `users`: a mapping may have changed.
-#[pg_trigger]
-fn forget_cached_identity<'a>(
-    _trigger: &'a PgTrigger<'a>,
-) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, TriggerError> {
+/// AFTER ... FOR EACH STATEMENT trigger on `users` (declared in sql/identity.sql): a mapping may
+/// have changed.
+unsafe fn forget_cached_identity(_fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
     forget();
-    Ok(None)
+    pg_sys::Datum::from(0usize)
 }
 
 fn register_invalidation_callbacks() {
@@ -373,4 +371,4 @@ mod unit {
     }
 }
 
-crate::fmgr::guarded_trigger_entry!(pg_finfo_forget_cached_identity_guarded, forget_cached_identity_guarded, forget_cached_identity_wrapper, "forget_cached_identity()");
+crate::fmgr::guarded_trigger_entry!(pg_finfo_forget_cached_identity_guarded, forget_cached_identity_guarded, forget_cached_identity, "forget_cached_identity()");

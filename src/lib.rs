@@ -18,10 +18,11 @@ mod graph;
 mod hashing;
 mod identity;
 mod ids;
-mod plans;
 mod search;
 mod sessions;
+mod spi;
 mod traversal;
+mod tuples;
 mod write_path;
 
 /// Runs when a backend (or the event relay) loads the library.
@@ -50,7 +51,6 @@ extension_sql_file!(
     requires = [
         "schema",
         identity::current_memory_user,
-        identity::forget_cached_identity,
         identity::acting_role_is,
         identity::acting_role_bypasses_rls
     ]
@@ -60,7 +60,7 @@ extension_sql_file!("../sql/sharing.sql", name = "sharing", requires = ["session
 extension_sql_file!(
     "../sql/graph.sql",
     name = "graph",
-    requires = ["sessions", graph::prevent_cycles, traversal::traverse_memory_graph]
+    requires = ["sessions", traversal::traverse_memory_graph]
 );
 extension_sql_file!(
     "../sql/audit.sql",

@@ -5,7 +5,7 @@
 //! function calling four others (argument checks and the position taker), each a SQL-level call
 //! with a pinned search_path, so that half of an append was function-call overhead (see
 //! BENCHMARKS.md). Here the arguments are checked in Rust, the position is taken and the message
-//! inserted through two plans kept per backend (plans.rs), and the text and jsonb arguments are
+//! inserted through two plans kept per backend (spi.rs), and the text and jsonb arguments are
 //! handed to the INSERT as PostgreSQL passed them: nothing is converted to Rust values and back.
 //!
 //! It runs as the extension owner (SECURITY DEFINER), like the other conversation writers, and
@@ -23,26 +23,18 @@
 use crate::catalog::SCHEMA;
 use crate::errors::raise;
 use crate::identity;
-use crate::plans::{param, spi_failed, with_kept_plan, KeptPlan};
-use pgrx::datum::DatumWithOid;
+use crate::spi::{self, arg, Arg, Connection, Effect, KeptPlan};
 use pgrx::fcinfo::{pg_arg_is_null, pg_getarg_datum_raw};
+use pgrx::pg_sys;
+use pgrx::pg_sys::{BOOLOID as BOOL, INT8OID as INT8, JSONBOID as JSONB, TEXTOID as TEXT, UUIDOID as UUID};
 use pgrx::prelude::*;
-use pgrx::spi::{SpiClient, SpiResult};
-use pgrx::{pg_sys, PgBuiltInOids, PgOid};
-use std::cell::RefCell;
 
 thread_local! {
-    static TAKE_POSITIONS: KeptPlan = const { RefCell::new(None) };
-    static INSERT_MESSAGE: KeptPlan = const { RefCell::new(None) };
-    static INSERT_SESSION: KeptPlan = const { RefCell::new(None) };
-    static REGISTER_SESSION: KeptPlan = const { RefCell::new(None) };
+    static TAKE_POSITIONS: KeptPlan = const { KeptPlan::new() };
+    static INSERT_MESSAGE: KeptPlan = const { KeptPlan::new() };
+    static INSERT_SESSION: KeptPlan = const { KeptPlan::new() };
+    static REGISTER_SESSION: KeptPlan = const { KeptPlan::new() };
 }
-
-const UUID: PgOid = PgOid::BuiltIn(PgBuiltInOids::UUIDOID);
-const TEXT: PgOid = PgOid::BuiltIn(PgBuiltInOids::TEXTOID);
-const JSONB: PgOid = PgOid::BuiltIn(PgBuiltInOids::JSONBOID);
-const INT8: PgOid = PgOid::BuiltIn(PgBuiltInOids::INT8OID);
-const BOOL: PgOid = PgOid::BuiltIn(PgBuiltInOids::BOOLOID);
 
 /// An argument as PostgreSQL passed it (possibly toasted), or None for SQL NULL.
 unsafe fn raw_arg(fcinfo: pg_sys::FunctionCallInfo, n: usize) -> Option<pg_sys::Datum> {
@@ -54,11 +46,10 @@ unsafe fn raw_arg(fcinfo: pg_sys::FunctionCallInfo, n: usize) -> Option<pg_sys::
 /// to it (owner, or a share with can_write; roles that bypass row-level security always may).
 /// Returns the last of them, or None when the caller may not (or there is no such session).
 /// The row lock this takes orders concurrent appends to one session.
-fn take_positions(client: &SpiClient<'_>, session: DatumWithOid<'_>, how_many: i64) -> SpiResult<Option<i64>> {
+fn take_positions(spi: &Connection, session: Arg, how_many: i64) -> Option<i64> {
     let me = identity::current_memory_user();
     let unrestricted = identity::acting_role_bypasses_rls();
-    with_kept_plan(
-        client,
+    let taken = spi.execute_kept(
         &TAKE_POSITIONS,
         || {
             format!(
@@ -72,15 +63,10 @@ fn take_positions(client: &SpiClient<'_>, session: DatumWithOid<'_>, how_many: i
             )
         },
         &[UUID, INT8, BOOL, UUID],
-        true,
-        |plan| {
-            let rows = client.select(plan, None, &[session, how_many.into(), unrestricted.into(), me.into()])?;
-            if rows.is_empty() {
-                return Ok(None);
-            }
-            rows.first().get_one::<i64>()
-        },
-    )
+        &[session, arg(how_many), arg(unrestricted), arg(me)],
+        Effect::Writes,
+    );
+    taken.get::<i64>(0, 1)
 }
 
 /// next_session_position(session uuid, how_many bigint DEFAULT 1): take_positions() for the
@@ -97,18 +83,14 @@ fn next_session_position(session: Option<pgrx::Uuid>, how_many: default!(Option<
         ),
     };
     let session = session?;
-    Spi::connect(|client| take_positions(&client, session.into(), how_many))
-        .unwrap_or_else(|e| spi_failed("taking session positions", e))
+    spi::connect(|spi| take_positions(spi, arg(session), how_many))
 }
 
 /// Raise the error for a session take_positions() refused (refuse_session_write() in SQL tells
 /// "shared with you read-only" from "does not exist").
-fn refuse_session_write(client: &SpiClient<'_>, session: DatumWithOid<'_>) -> ! {
-    let refused = client.select(&*format!("SELECT {SCHEMA}.refuse_session_write($1)"), None, &[session]);
-    match refused {
-        Err(e) => spi_failed("refusing a session write", e),
-        Ok(_) => raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "refuse_session_write() returned".into(), None),
-    }
+fn refuse_session_write(spi: &Connection, session: Arg) -> ! {
+    spi.execute(&format!("SELECT {SCHEMA}.refuse_session_write($1)"), &[UUID], &[session], Effect::Reads);
+    raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "refuse_session_write() returned".into(), None)
 }
 
 /// A message role the SQL rule (check_message_role) certainly accepts: 1 to 64 characters, at
@@ -133,11 +115,14 @@ pub fn check_message_role(role: Option<&str>, argument: &str) {
     if role.is_some_and(role_certainly_valid) {
         return;
     }
-    Spi::run_with_args(
-        &format!("SELECT {SCHEMA}.check_message_role($1, $2)"),
-        &[role.into(), argument.into()],
-    )
-    .unwrap_or_else(|e| spi_failed("checking a message role", e));
+    spi::connect(|spi| {
+        spi.execute(
+            &format!("SELECT {SCHEMA}.check_message_role($1, $2)"),
+            &[TEXT, TEXT],
+            &[arg(role), arg(argument)],
+            Effect::Reads,
+        );
+    });
 }
 
 /// A metadata argument: NULL means `{}` (None), a JSON object is passed on as it is, anything
@@ -152,11 +137,14 @@ pub fn checked_metadata(metadata: Option<pg_sys::Datum>, argument: &str) -> Opti
         header & pg_sys::JB_FOBJECT != 0
     };
     if !is_object {
-        Spi::run_with_args(
-            &format!("SELECT {SCHEMA}.metadata_object($1, $2)"),
-            &[param(Some(datum), JSONB), argument.into()],
-        )
-        .unwrap_or_else(|e| spi_failed("checking metadata", e));
+        spi::connect(|spi| {
+            spi.execute(
+                &format!("SELECT {SCHEMA}.metadata_object($1, $2)"),
+                &[JSONB, TEXT],
+                &[Some(datum), arg(argument)],
+                Effect::Reads,
+            );
+        });
         raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, format!("{argument} must be a JSON object"), None);
     }
     Some(datum)
@@ -180,14 +168,11 @@ unsafe fn add_message_to_session(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Da
         raise(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, "content must not be NULL".into(), None)
     }
     let id = crate::ids::new_v7();
-    Spi::connect(|client| {
-        let Some(position) = take_positions(&client, param(Some(session), UUID), 1)? else {
-            refuse_session_write(&client, param(Some(session), UUID))
-        };
+    spi::connect(|spi| {
+        let Some(position) = take_positions(spi, Some(session), 1) else { refuse_session_write(spi, Some(session)) };
         // the id is made here rather than by RETURNING, which would also check the new row
         // against the memories read policy
-        with_kept_plan(
-            &client,
+        spi.execute_kept(
             &INSERT_MESSAGE,
             || {
                 format!(
@@ -196,25 +181,10 @@ unsafe fn add_message_to_session(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Da
                 )
             },
             &[UUID, TEXT, JSONB, UUID, INT8, TEXT],
-            true,
-            |plan| {
-                client.select(
-                    plan,
-                    None,
-                    &[
-                        id.into(),
-                        param(content, TEXT),
-                        param(metadata, JSONB),
-                        param(Some(session), UUID),
-                        position.into(),
-                        param(role, TEXT),
-                    ],
-                )
-            },
-        )
-        .map(|_| ())
-    })
-    .unwrap_or_else(|e| spi_failed("appending a message", e));
+            &[arg(id), content, metadata, Some(session), arg(position), role],
+            Effect::Writes,
+        );
+    });
     id.into_datum().expect("a uuid is never NULL")
 }
 
@@ -229,7 +199,7 @@ unsafe fn create_session(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
     let me = identity::current_memory_user();
     if me.is_none() && !identity::acting_role_bypasses_rls() {
         // require_acting_user() words the refusal (42501, with the hint how to map a role)
-        Spi::run(&format!("SELECT {SCHEMA}.require_acting_user()")).unwrap_or_else(|e| spi_failed("checking the acting user", e));
+        spi::connect(|spi| spi.execute(&format!("SELECT {SCHEMA}.require_acting_user()"), &[], &[], Effect::Reads).count());
         raise(PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE, "the role acts as no MemoriesDB user".into(), None);
     }
     if title.is_none() {
@@ -237,11 +207,10 @@ unsafe fn create_session(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
     }
     let metadata = checked_metadata(metadata, "metadata");
     let id = crate::ids::new_v7();
-    Spi::connect(|client| {
+    spi::connect(|spi| {
         // the id is made here rather than by RETURNING, which would also check the new row
         // against the memories read policy
-        with_kept_plan(
-            &client,
+        spi.execute_kept(
             &INSERT_SESSION,
             || {
                 format!(
@@ -250,13 +219,12 @@ unsafe fn create_session(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
                 )
             },
             &[UUID, TEXT, JSONB],
-            true,
-            |plan| client.select(plan, None, &[id.into(), param(title, TEXT), param(metadata, JSONB)]).map(|_| ()),
-        )?;
+            &[arg(id), title, metadata],
+            Effect::Writes,
+        );
         // a session of its own: no parent, nothing inherited (forks are registered by
         // register_session(), which checks the fork point)
-        with_kept_plan(
-            &client,
+        spi.execute_kept(
             &REGISTER_SESSION,
             || {
                 format!(
@@ -265,11 +233,10 @@ unsafe fn create_session(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
                 )
             },
             &[UUID, UUID],
-            true,
-            |plan| client.select(plan, None, &[id.into(), me.into()]).map(|_| ()),
-        )
-    })
-    .unwrap_or_else(|e| spi_failed("creating a session", e));
+            &[arg(id), arg(me)],
+            Effect::Writes,
+        );
+    });
     id.into_datum().expect("a uuid is never NULL")
 }
 

@@ -37,44 +37,12 @@ use crate::catalog::SCHEMA;
 use crate::errors::raise;
 use crate::hashing::sha256_hex;
 use crate::identity;
-use crate::plans::{param, spi_failed, with_kept_plan, KeptPlan};
+use crate::spi::{self, arg, Effect, KeptPlan};
+use crate::tuples::{attribute, text_bytes, uuid_value, Attribute};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
-use pgrx::{PgBuiltInOids, PgOid};
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::ffi::CStr;
-
-/// The bytes of a text datum (detoasted, in the current memory context if it has to be).
-unsafe fn text_bytes<'a>(datum: pg_sys::Datum) -> &'a [u8] {
-    // SAFETY: the caller passes a text (or other varlena) datum.
-    unsafe {
-        let varlena = pg_sys::pg_detoast_datum_packed(datum.cast_mut_ptr::<pg_sys::varlena>());
-        std::slice::from_raw_parts(
-            pgrx::varlena::vardata_any(varlena).cast::<u8>(),
-            pgrx::varlena::varsize_any_exhdr(varlena),
-        )
-    }
-}
-
-/// A row's attribute: (1-based number, value or None for NULL).
-struct Attribute {
-    number: i32,
-    value: Option<pg_sys::Datum>,
-}
-
-/// The named attribute of `tuple`; None when the table has no such column.
-unsafe fn attribute(tuple: pg_sys::HeapTuple, desc: pg_sys::TupleDesc, name: &CStr) -> Option<Attribute> {
-    // SAFETY: a valid tuple of a relation with descriptor `desc`.
-    unsafe {
-        let number = pg_sys::SPI_fnumber(desc, name.as_ptr());
-        if number <= 0 {
-            return None;
-        }
-        let mut is_null = false;
-        let value = pg_sys::heap_getattr(tuple, number, desc, &mut is_null);
-        Some(Attribute { number, value: (!is_null).then_some(value) })
-    }
-}
 
 /// The changes a trigger makes to its new row, applied in one heap_modify_tuple_by_cols.
 #[derive(Default)]
@@ -90,11 +58,6 @@ impl Changes {
         self.values.push(value.unwrap_or(pg_sys::Datum::from(0usize)));
         self.nulls.push(value.is_none());
     }
-}
-
-fn uuid_value(datum: Option<pg_sys::Datum>) -> Option<pgrx::Uuid> {
-    // SAFETY: a uuid datum.
-    datum.and_then(|d| unsafe { pgrx::Uuid::from_datum(d, false) })
 }
 
 unsafe fn derive_row_fields(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
@@ -201,9 +164,9 @@ crate::fmgr::guarded_trigger_entry!(
 );
 
 thread_local! {
-    static AUDIT_MEMORIES: KeptPlan = const { RefCell::new(None) };
+    static AUDIT_MEMORIES: KeptPlan = const { KeptPlan::new() };
     static AUDIT_MEMORIES_ROWTYPE: Cell<pg_sys::Oid> = const { Cell::new(pg_sys::InvalidOid) };
-    static AUDIT_EDGES: KeptPlan = const { RefCell::new(None) };
+    static AUDIT_EDGES: KeptPlan = const { KeptPlan::new() };
     static AUDIT_EDGES_ROWTYPE: Cell<pg_sys::Oid> = const { Cell::new(pg_sys::InvalidOid) };
 }
 
@@ -263,14 +226,12 @@ unsafe fn log_memory_change(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
 
         // a table re-created (DROP and CREATE EXTENSION in this backend) has a new row type
         if kept_rowtype.get() != rowtype {
-            kept.with(|plan| plan.borrow_mut().take());
+            kept.with(KeptPlan::forget);
             kept_rowtype.set(rowtype);
         }
-        let row = PgOid::from(rowtype);
-        let uuid = PgOid::BuiltIn(PgBuiltInOids::UUIDOID);
-        Spi::connect(|client| {
-            with_kept_plan(
-                &client,
+        let (uuid, text) = (pg_sys::UUIDOID, pg_sys::TEXTOID);
+        spi::connect(|spi| {
+            spi.execute_kept(
                 kept,
                 || {
                     format!(
@@ -282,26 +243,11 @@ unsafe fn log_memory_change(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
                                  $5, $6, {SCHEMA}.acting_db_role(), pg_catalog.txid_current())"
                     )
                 },
-                &[PgOid::BuiltIn(PgBuiltInOids::TEXTOID), uuid, row, row, uuid, uuid],
-                true,
-                |plan| {
-                    client.select(
-                        plan,
-                        None,
-                        &[
-                            operation_name.into(),
-                            param(row_id, uuid),
-                            param(composite(old, desc), row),
-                            param(composite(new, desc), row),
-                            acting.into(),
-                            param(subject, uuid),
-                        ],
-                    )
-                },
-            )
-            .map(|_| ())
-        })
-        .unwrap_or_else(|e| spi_failed("writing the audit row", e));
+                &[text, uuid, rowtype, rowtype, uuid, uuid],
+                &[arg(operation_name), row_id, composite(old, desc), composite(new, desc), arg(acting), subject],
+                Effect::Writes,
+            );
+        });
         pg_sys::Datum::from(0usize)
     }
 }
@@ -314,7 +260,7 @@ crate::fmgr::guarded_trigger_entry!(
 );
 
 thread_local! {
-    static QUEUE_NEW_MEMORIES: KeptPlan = const { RefCell::new(None) };
+    static QUEUE_NEW_MEMORIES: KeptPlan = const { KeptPlan::new() };
 }
 
 /// A statement with more than this many messages sends one summary per session.
@@ -476,11 +422,8 @@ unsafe fn memories_inserted(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
 
     let queued = !queue_ids.is_empty();
     if queued {
-        let uuid_array = PgOid::BuiltIn(PgBuiltInOids::UUIDARRAYOID);
-        let text_array = PgOid::BuiltIn(PgBuiltInOids::TEXTARRAYOID);
-        Spi::connect(|client| {
-            with_kept_plan(
-                &client,
+        spi::connect(|spi| {
+            spi.execute_kept(
                 &QUEUE_NEW_MEMORIES,
                 || {
                     format!(
@@ -489,12 +432,11 @@ unsafe fn memories_inserted(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
                            FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) AS q(id, hash)"
                     )
                 },
-                &[uuid_array, text_array],
-                true,
-                |plan| client.select(plan, None, &[queue_ids.into(), queue_hashes.into()]).map(|_| ()),
-            )
-        })
-        .unwrap_or_else(|e| spi_failed("queueing new memories", e));
+                &[pg_sys::UUIDARRAYOID, pg_sys::TEXTARRAYOID],
+                &[arg(queue_ids), arg(queue_hashes)],
+                Effect::Writes,
+            );
+        });
     }
 
     let global = global_events();

@@ -183,3 +183,91 @@ fn a_message_appended_through_the_api_and_inserted_directly_derives_the_same_row
     assert_eq!(after[0].1, Some(db.user));
     assert_ne!(after[0].0, "forged");
 }
+
+/// The fields a client (a driver, the hub) uses to tell one error from another.
+fn error_fields(err: &postgres::Error) -> (String, Option<String>, Option<String>, Option<String>) {
+    let db = err.as_db_error().unwrap_or_else(|| panic!("not a database error: {err}"));
+    (
+        db.code().code().to_string(),
+        db.schema().map(str::to_string),
+        db.table().map(str::to_string),
+        db.constraint().map(str::to_string),
+    )
+}
+
+/// An error raised by a statement the Rust functions run reaches the client exactly as
+/// PostgreSQL raised it: SQLSTATE, message, detail, schema, table, constraint and CONTEXT — also
+/// from a trigger the statement fires (a second Rust function below the first), and also to a
+/// PL/pgSQL caller that catches it, whose session then goes on working.
+#[test]
+fn errors_raised_inside_the_rust_write_path_keep_every_field() {
+    let db = TestDb::new();
+    let mut admin = db.admin();
+    // rules an administrator might add
+    admin
+        .batch_execute(
+            "ALTER TABLE memoriesdb.memories ADD CONSTRAINT content_fits CHECK (pg_catalog.length(content) < 40);
+             ALTER TABLE memoriesdb.audit_log ADD CONSTRAINT no_forbidden_words
+                 CHECK (new_row->>'content' IS DISTINCT FROM 'forbidden');",
+        )
+        .unwrap();
+    let mut app = db.connect();
+    let session: Uuid = app.query_one("SELECT create_session('errors')", &[]).unwrap().get(0);
+    let long = "x".repeat(50);
+
+    // the row violates a check of memories: the INSERT add_message_to_session() runs
+    let err = app.query_one("SELECT add_message_to_session($1, 'user', $2)", &[&session, &long]).unwrap_err();
+    assert_eq!(
+        error_fields(&err),
+        ("23514".into(), Some("memoriesdb".into()), Some("memories".into()), Some("content_fits".into())),
+        "{err:?}"
+    );
+    let db_error = err.as_db_error().unwrap();
+    assert_eq!(db_error.message(), "new row for relation \"memories\" violates check constraint \"content_fits\"");
+    assert!(db_error.detail().is_some_and(|d| d.starts_with("Failing row contains")), "{db_error:?}");
+    assert!(db_error.where_().is_some_and(|w| w.contains("INSERT INTO")), "CONTEXT names the statement: {db_error:?}");
+    // the same violation by direct DML carries the same fields
+    let mut t = admin.transaction().unwrap();
+    t.query("SELECT memoriesdb.set_memory_user($1)", &[&db.user]).unwrap();
+    let direct = t
+        .query(
+            "INSERT INTO memoriesdb.memories (kind, content, session_id, position, role) VALUES ('message', $2, $1, 1, 'user')",
+            &[&session, &long],
+        )
+        .unwrap_err();
+    t.rollback().unwrap();
+    assert_eq!(error_fields(&direct), error_fields(&err));
+
+    // the audit row (written by the audit trigger, Rust below Rust) violates a check of audit_log
+    let err = app.query_one("SELECT add_message_to_session($1, 'user', 'forbidden')", &[&session]).unwrap_err();
+    assert_eq!(
+        error_fields(&err),
+        ("23514".into(), Some("memoriesdb".into()), Some("audit_log".into()), Some("no_forbidden_words".into())),
+        "{err:?}"
+    );
+
+    // a PL/pgSQL caller catches it with every field, and the session goes on working
+    app.batch_execute(
+        "CREATE FUNCTION pg_temp.try_append(s uuid, words text) RETURNS text LANGUAGE plpgsql AS $$
+         DECLARE c text; t text; state text;
+         BEGIN
+             PERFORM add_message_to_session(s, 'user', words);
+             RETURN 'appended';
+         EXCEPTION WHEN OTHERS THEN
+             GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE, c = CONSTRAINT_NAME, t = TABLE_NAME;
+             RETURN state || ' ' || t || '.' || c;
+         END $$",
+    )
+    .unwrap();
+    let caught: String = app.query_one("SELECT pg_temp.try_append($1, $2)", &[&session, &long]).unwrap().get(0);
+    assert_eq!(caught, "23514 memories.content_fits");
+    let appended: String = app.query_one("SELECT pg_temp.try_append($1, 'fine')", &[&session]).unwrap().get(0);
+    assert_eq!(appended, "appended");
+    let positions: Vec<i64> = app
+        .query("SELECT position FROM memoriesdb.memories WHERE session_id = $1 ORDER BY position", &[&session])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(positions, vec![1], "failed appends took no position");
+}

@@ -1,0 +1,220 @@
+//! Running SQL from the extension's Rust functions: one connection per call, plans prepared once
+//! per backend and kept, and errors that reach the client exactly as PostgreSQL raised them.
+//!
+//! Why not pgrx's `Spi`: pgrx turns an error raised inside a statement into a Rust panic that
+//! keeps only the SQLSTATE, message, detail and hint, so a constraint violated by
+//! `add_message_to_session()` reached the client without its constraint, table, column and
+//! schema fields and without CONTEXT — the fields drivers and the hub use to tell a duplicate
+//! from a check failure. Here every call into SPI goes through `errors::catching()`, which keeps
+//! PostgreSQL's own ErrorData; the entry point (fmgr.rs) re-raises it unchanged.
+//!
+//! A kept plan (SPI_keepplan) is one of PostgreSQL's cached plans: PostgreSQL re-analyses and
+//! re-plans it itself whenever something it depends on changes (a table, index, policy or
+//! function it uses is altered, dropped or re-created, e.g. by ALTER EXTENSION UPDATE or DROP and
+//! CREATE EXTENSION), so keeping it for the backend's life is safe. Its text is fixed in this
+//! library and names everything schema-qualified, operators included, so what it means never
+//! depends on the caller's search_path.
+//!
+//! Errors are never Rust values here: a statement either succeeds or its ERROR unwinds to the
+//! entry point, so callers read results without checking for failures SQL already reported.
+
+use crate::errors::{catching, raise};
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use std::cell::Cell;
+use std::ffi::{c_char, c_int, CString};
+use std::marker::PhantomData;
+use std::thread::LocalKey;
+
+/// SPI's functions called directly, inside `catching()` (pgrx's bindings would catch the error
+/// first and lose its fields).
+mod raw {
+    use pgrx::pg_sys::{Datum, Oid, SPIPlanPtr};
+    use std::ffi::{c_char, c_int, c_long};
+    unsafe extern "C-unwind" {
+        #[link_name = "SPI_connect"]
+        pub fn connect() -> c_int;
+        #[link_name = "SPI_finish"]
+        pub fn finish() -> c_int;
+        #[link_name = "SPI_prepare"]
+        pub fn prepare(src: *const c_char, nargs: c_int, argtypes: *mut Oid) -> SPIPlanPtr;
+        #[link_name = "SPI_execute_plan"]
+        pub fn execute_plan(plan: SPIPlanPtr, values: *mut Datum, nulls: *const c_char, read_only: bool, tcount: c_long) -> c_int;
+        #[link_name = "SPI_execute_with_args"]
+        pub fn execute_with_args(
+            src: *const c_char,
+            nargs: c_int,
+            argtypes: *mut Oid,
+            values: *mut Datum,
+            nulls: *const c_char,
+            read_only: bool,
+            tcount: c_long,
+        ) -> c_int;
+    }
+}
+
+/// Where a backend keeps one plan: `thread_local! { static X: KeptPlan = const { KeptPlan::new() }; }`
+pub struct KeptPlan(Cell<pg_sys::SPIPlanPtr>);
+
+impl KeptPlan {
+    pub const fn new() -> Self {
+        KeptPlan(Cell::new(std::ptr::null_mut()))
+    }
+
+    /// Drop the plan (e.g. its parameter types no longer exist); the next use prepares it again.
+    pub fn forget(&self) {
+        let plan = self.0.replace(std::ptr::null_mut());
+        if !plan.is_null() {
+            // SAFETY: a plan this cell kept; nobody else holds it.
+            unsafe { pg_sys::SPI_freeplan(plan) };
+        }
+    }
+}
+
+/// Whether a statement changes data. A writing statement runs read-write, after a command
+/// counter increment and with a fresh snapshot, so it sees what the call wrote before it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    Reads,
+    Writes,
+}
+
+/// A statement's parameter: a datum as PostgreSQL holds it, or None for NULL.
+pub type Arg = Option<pg_sys::Datum>;
+
+/// A value as a statement's parameter.
+pub fn arg(value: impl IntoDatum) -> Arg {
+    value.into_datum()
+}
+
+/// The SPI connection of one call. Dropping it without `connect()` returning (an error
+/// unwinding) leaves it to PostgreSQL, which closes it when the (sub)transaction aborts.
+pub struct Connection {
+    _single_threaded: PhantomData<*const ()>,
+}
+
+/// Run `work` with an SPI connection. What `work` returns must not point into SPI's memory
+/// (results are freed when the connection closes).
+pub fn connect<R>(work: impl FnOnce(&Connection) -> R) -> R {
+    // SAFETY: SPI_connect pushes a connection for this call; finish pops it.
+    let code = unsafe { catching(|| raw::connect()) };
+    if code != pg_sys::SPI_OK_CONNECT as c_int {
+        raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("SPI_connect failed ({code})"), None);
+    }
+    let result = work(&Connection { _single_threaded: PhantomData });
+    // SAFETY: the connection pushed above; nothing of its memory survives in `result`.
+    unsafe { catching(|| raw::finish()) };
+    result
+}
+
+impl Connection {
+    /// Run the plan kept in `kept`, preparing `sql` (parameters of `types`) on its first use in
+    /// this backend.
+    pub fn execute_kept(
+        &self,
+        kept: &'static LocalKey<KeptPlan>,
+        sql: impl FnOnce() -> String,
+        types: &[pg_sys::Oid],
+        args: &[Arg],
+        effect: Effect,
+    ) -> Rows<'_> {
+        let plan = kept.with(|cell| {
+            if cell.0.get().is_null() {
+                let text = statement_text(&sql());
+                let mut types = types.to_vec();
+                // SAFETY: a NUL-terminated statement and its parameter types.
+                let plan =
+                    unsafe { catching(|| raw::prepare(text.as_ptr(), types.len() as c_int, types.as_mut_ptr())) };
+                if plan.is_null() {
+                    raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "SPI_prepare failed".into(), None);
+                }
+                // SAFETY: a plan just prepared; keeping it moves it out of this connection's memory.
+                unsafe { pg_sys::SPI_keepplan(plan) };
+                cell.0.set(plan);
+            }
+            cell.0.get()
+        });
+        assert_eq!(args.len(), types.len(), "one argument per parameter");
+        let (mut values, nulls) = datums(args);
+        // SAFETY: a kept plan with args.len() parameters of the types it was prepared with.
+        let code = unsafe {
+            catching(|| raw::execute_plan(plan, values.as_mut_ptr(), nulls.as_ptr(), effect == Effect::Reads, 0))
+        };
+        self.rows(code)
+    }
+
+    /// Run a statement once (not kept: for rare paths, such as wording an error).
+    pub fn execute(&self, sql: &str, types: &[pg_sys::Oid], args: &[Arg], effect: Effect) -> Rows<'_> {
+        assert_eq!(args.len(), types.len(), "one argument per parameter");
+        let text = statement_text(sql);
+        let mut types = types.to_vec();
+        let (mut values, nulls) = datums(args);
+        // SAFETY: a NUL-terminated statement, its parameter types and as many values.
+        let code = unsafe {
+            catching(|| {
+                raw::execute_with_args(
+                    text.as_ptr(),
+                    types.len() as c_int,
+                    types.as_mut_ptr(),
+                    values.as_mut_ptr(),
+                    nulls.as_ptr(),
+                    effect == Effect::Reads,
+                    0,
+                )
+            })
+        };
+        self.rows(code)
+    }
+
+    fn rows(&self, code: c_int) -> Rows<'_> {
+        if code < 0 {
+            raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("SPI failed to run a statement ({code})"), None);
+        }
+        // SAFETY: the globals SPI set for the statement just run on this connection.
+        unsafe { Rows { count: pg_sys::SPI_processed, table: pg_sys::SPI_tuptable, _connection: PhantomData } }
+    }
+}
+
+/// What a statement returned (RETURNING or SELECT), readable while its connection is open.
+pub struct Rows<'c> {
+    count: u64,
+    table: *mut pg_sys::SPITupleTable,
+    _connection: PhantomData<&'c Connection>,
+}
+
+impl Rows<'_> {
+    /// Rows returned (or, for a statement without RETURNING, rows changed).
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// Column `column` (1-based) of row `row` (0-based); None for NULL or no such row.
+    pub fn datum(&self, row: u64, column: i32) -> Option<pg_sys::Datum> {
+        if self.table.is_null() || row >= self.count {
+            return None;
+        }
+        // SAFETY: a row of this statement's tuple table, alive while the connection is.
+        unsafe {
+            let table = &*self.table;
+            let mut is_null = false;
+            let value = pg_sys::SPI_getbinval(*table.vals.add(row as usize), table.tupdesc, column, &mut is_null);
+            (!is_null).then_some(value)
+        }
+    }
+
+    /// Column `column` of row `row` as a Rust value (copied out of SPI's memory).
+    pub fn get<T: FromDatum>(&self, row: u64, column: i32) -> Option<T> {
+        // SAFETY: T is the column's type (the statement's text fixes it).
+        self.datum(row, column).and_then(|d| unsafe { T::from_datum(d, false) })
+    }
+}
+
+fn statement_text(sql: &str) -> CString {
+    CString::new(sql).expect("statement text has no NUL")
+}
+
+fn datums(args: &[Arg]) -> (Vec<pg_sys::Datum>, Vec<c_char>) {
+    args.iter()
+        .map(|a| (a.unwrap_or(pg_sys::Datum::from(0usize)), if a.is_some() { b' ' as c_char } else { b'n' as c_char }))
+        .unzip()
+}
