@@ -42,3 +42,10 @@ CREATE OR REPLACE FUNCTION @extschema@.memories_inserted() RETURNS trigger
 -- create_session() in Rust (src/sessions.rs).
 CREATE OR REPLACE FUNCTION @extschema@.create_session(title text, metadata jsonb DEFAULT '{}')
 RETURNS uuid LANGUAGE c SECURITY DEFINER AS 'MODULE_PATHNAME', 'create_session_native';
+
+-- fork_session() in Rust (src/sessions.rs); it registers the fork itself, so register_session()
+-- goes.
+CREATE OR REPLACE FUNCTION @extschema@.fork_session(session_id uuid, new_title text, metadata jsonb DEFAULT '{}',
+                                                    parent_message_id uuid DEFAULT NULL)
+RETURNS uuid LANGUAGE c SECURITY DEFINER AS 'MODULE_PATHNAME', 'fork_session_native';
+DROP FUNCTION @extschema@.register_session(uuid, uuid, bigint, uuid);

@@ -126,8 +126,8 @@ CREATE POLICY memories_update ON @extschema@.memories FOR UPDATE
 CREATE POLICY memories_delete ON @extschema@.memories FOR DELETE
     USING (created_by = (SELECT @extschema@.current_memory_user()));
 
--- sessions: own, or part of what a shared session shows. Written only through register_session()
--- and next_session_position().
+-- sessions: own, or part of what a shared session shows. Written only by the session functions
+-- (create_session, fork_session: src/sessions.rs) and next_session_position().
 -- A grantee sees the row of a session shared with them, not the rows of its ancestors: those
 -- would show how the owner's other branches went on after the fork point (last_position).
 -- session_lineage() walks up to the ancestors for them.

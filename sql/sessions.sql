@@ -28,7 +28,7 @@ $$;
 
 -- The conversation writers (create_session, add_message(s)_to_session, fork_session) run as the
 -- extension owner (SECURITY DEFINER): they call internal helpers nobody else may call
--- (register_session, next_session_position) and write rows only the extension writes. Running
+-- (next_session_position, session_lineage) and write rows only the extension writes. Running
 -- as the owner, they bypass row-level security, so each decides for its caller explicitly,
 -- with the helpers below, and answers "does not exist" for whatever the caller cannot see.
 
@@ -223,79 +223,12 @@ BEGIN
 END
 $$;
 
--- Fork a session at a message it sees (parent_message_id, or metadata->>'parent_message_id'),
--- by default at its latest message. Costs the same for 10 or 100,000 messages: nothing is copied.
+-- Rust (src/sessions.rs): fork a session at a message it sees (parent_message_id, or
+-- metadata->>'parent_message_id'), by default at its latest message. Costs the same for 10 or
+-- 100,000 messages: nothing is copied.
 CREATE FUNCTION @extschema@.fork_session(session_id uuid, new_title text, metadata jsonb DEFAULT '{}',
                                          parent_message_id uuid DEFAULT NULL)
-RETURNS uuid LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    parent @extschema@.memory_sessions;
-    clean_metadata jsonb := @extschema@.metadata_object(metadata, 'metadata');
-    fork_message uuid := parent_message_id;
-    fork_at bigint;
-    message_session uuid;
-    new_id uuid;
-    me uuid := @extschema@.require_acting_user();
-    unrestricted boolean := @extschema@.acting_role_bypasses_rls() OR @extschema@.acting_role_is('memoriesdb_worker');
-BEGIN
-    parent := @extschema@.require_session(fork_session.session_id);
-    -- (running as the owner, require_session() sees every session: the caller's view is this)
-    IF NOT @extschema@.session_listed_for_caller(parent.id) THEN
-        RAISE EXCEPTION 'session % does not exist', fork_session.session_id
-            USING ERRCODE = 'P0002', HINT = 'create one with create_session(title)';
-    END IF;
-    IF new_title IS NULL THEN
-        RAISE EXCEPTION 'new_title must not be NULL' USING ERRCODE = '22004';
-    END IF;
-    IF fork_message IS NULL AND clean_metadata ? 'parent_message_id' THEN
-        IF pg_catalog.jsonb_typeof(clean_metadata -> 'parent_message_id') <> 'string' THEN
-            RAISE EXCEPTION 'metadata.parent_message_id is not a message id: %', clean_metadata -> 'parent_message_id'
-                USING ERRCODE = '22023';
-        END IF;
-        fork_message := @extschema@.parse_uuid(clean_metadata ->> 'parent_message_id', 'metadata.parent_message_id is not a message id');
-    END IF;
-
-    IF fork_message IS NULL THEN
-        -- the latest message the branch sees (0 when it sees none)
-        fork_at := parent.last_position;
-        SELECT m.id INTO fork_message
-          FROM @extschema@.session_lineage(fork_session.session_id) l
-          JOIN @extschema@.memories m ON m.session_id = l.lineage_session_id AND m.position = fork_at
-         WHERE fork_at <= l.visible_upto;
-        IF fork_message IS NULL AND fork_at > 0 THEN
-            -- the latest message was deleted: the latest one that remains (one probe per segment)
-            SELECT x.id, x.position INTO fork_message, fork_at
-              FROM @extschema@.session_lineage(fork_session.session_id) l
-             CROSS JOIN LATERAL (
-                   SELECT m.id, m.position FROM @extschema@.memories m
-                    WHERE m.session_id = l.lineage_session_id AND m.position <= LEAST(l.visible_upto, fork_at)
-                    ORDER BY m.position DESC LIMIT 1) x
-             ORDER BY x.position DESC LIMIT 1;
-            fork_at := coalesce(fork_at, 0);
-        END IF;
-    ELSE
-        SELECT m.position, m.session_id INTO fork_at, message_session
-          FROM @extschema@.memories m
-         WHERE m.id = fork_message AND m.kind = 'message'
-           AND (unrestricted OR @extschema@.memory_visible_to(me, m.created_by, m.session_id, m.position, m.id));
-        IF NOT FOUND THEN
-            RAISE EXCEPTION 'message % does not exist', fork_message USING ERRCODE = 'P0002';
-        END IF;
-        IF NOT EXISTS (SELECT 1 FROM @extschema@.session_lineage(fork_session.session_id) l
-                        WHERE l.lineage_session_id = message_session AND fork_at <= l.visible_upto) THEN
-            RAISE EXCEPTION 'message % is not part of session %', fork_message, fork_session.session_id
-                USING ERRCODE = '22023',
-                      HINT = 'the fork point must be a message the session''s transcript shows';
-        END IF;
-    END IF;
-
-    new_id := @extschema@.uuid_generate_v7();  -- not RETURNING: see create_session()
-    INSERT INTO @extschema@.memories (id, kind, content, _metadata)
-    VALUES (new_id, 'session', new_title, clean_metadata);
-    PERFORM @extschema@.register_session(new_id, parent.id, fork_at, fork_message);
-    RETURN new_id;
-END
-$$;
+RETURNS uuid LANGUAGE c SECURITY DEFINER AS 'MODULE_PATHNAME', 'fork_session_native';
 
 -- Delete a memory of the caller's (a free memory, a message or a session, with what hangs off it:
 -- its edges, queue entries and, for a session, its messages). Returns whether there was one.
@@ -358,42 +291,6 @@ $$;
 
 -- Register the session row of a session memory the caller has just created, optionally as a fork
 -- of `parent` at `fork_at` (a position of the parent's branch the caller may see).
-CREATE FUNCTION @extschema@.register_session(session uuid, parent uuid DEFAULT NULL, fork_at bigint DEFAULT 0,
-                                             fork_message uuid DEFAULT NULL)
-RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    me uuid := @extschema@.current_memory_user();
-    unrestricted boolean := @extschema@.acting_role_bypasses_rls();
-    parent_row @extschema@.memory_sessions;
-BEGIN
-    IF NOT EXISTS (SELECT 1 FROM @extschema@.memories m
-                    WHERE m.id = session AND m.kind = 'session'
-                      AND (m.created_by IS NOT DISTINCT FROM me OR unrestricted)) THEN
-        RAISE EXCEPTION 'memory % is not a session of the acting user', session USING ERRCODE = '42501';
-    END IF;
-    IF parent IS NOT NULL THEN
-        SELECT s.* INTO parent_row FROM @extschema@.memory_sessions s WHERE s.id = parent;
-        IF NOT FOUND OR (parent_row.owner_id IS DISTINCT FROM me AND NOT unrestricted
-                         AND NOT @extschema@.session_visible_to(me, parent)) THEN
-            RAISE EXCEPTION 'session % does not exist', parent USING ERRCODE = 'P0002';
-        END IF;
-        IF fork_at IS NULL OR fork_at < 0 OR fork_at > parent_row.last_position
-           OR NOT EXISTS (SELECT 1 FROM @extschema@.session_lineage(parent) l
-                           WHERE fork_at = 0 OR EXISTS (
-                                 SELECT 1 FROM @extschema@.memories m
-                                  WHERE m.session_id = l.lineage_session_id AND m.position = fork_at
-                                    AND fork_at <= l.visible_upto
-                                    AND (unrestricted OR @extschema@.memory_visible_to(me, m.created_by, m.session_id, m.position, m.id)))) THEN
-            RAISE EXCEPTION 'position % is not a message of session % you can see', fork_at, parent
-                USING ERRCODE = '22023';
-        END IF;
-    END IF;
-    INSERT INTO @extschema@.memory_sessions (id, owner_id, parent_id, fork_position, fork_message_id, depth, last_position)
-    VALUES (session, me, parent, CASE WHEN parent IS NULL THEN 0 ELSE fork_at END, fork_message,
-            CASE WHEN parent IS NULL THEN 0 ELSE parent_row.depth + 1 END,
-            CASE WHEN parent IS NULL THEN 0 ELSE fork_at END);
-END
-$$;
 
 -- next_session_position(session, how_many DEFAULT 1) takes the next positions of a session for
 -- new messages if the caller may add to it (owner, or a share with can_write), and returns the

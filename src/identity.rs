@@ -254,7 +254,7 @@ fn role_is_member(role: pg_sys::Oid, group: &CStr) -> bool {
 
 /// Is the acting role (see `acting_db_role()`) a member of `role_name`?
 #[pg_extern(stable, strict, parallel_safe)]
-fn acting_role_is(role_name: &str) -> bool {
+pub(crate) fn acting_role_is(role_name: &str) -> bool {
     // a name with a NUL byte names no role
     std::ffi::CString::new(role_name).is_ok_and(|name| role_is_member(acting_role(), &name))
 }

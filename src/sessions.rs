@@ -26,7 +26,7 @@ use crate::identity;
 use crate::spi::{self, arg, Arg, Connection, Effect, KeptPlan};
 use pgrx::fcinfo::{pg_arg_is_null, pg_getarg_datum_raw};
 use pgrx::pg_sys;
-use pgrx::pg_sys::{BOOLOID as BOOL, INT8OID as INT8, JSONBOID as JSONB, TEXTOID as TEXT, UUIDOID as UUID};
+use pgrx::pg_sys::{BOOLOID as BOOL, INT4OID as INT4, INT8OID as INT8, JSONBOID as JSONB, TEXTOID as TEXT, UUIDOID as UUID};
 use pgrx::prelude::*;
 
 thread_local! {
@@ -34,6 +34,9 @@ thread_local! {
     static INSERT_MESSAGE: KeptPlan = const { KeptPlan::new() };
     static INSERT_SESSION: KeptPlan = const { KeptPlan::new() };
     static REGISTER_SESSION: KeptPlan = const { KeptPlan::new() };
+    static FORK_PARENT: KeptPlan = const { KeptPlan::new() };
+    static LATEST_VISIBLE_MESSAGE: KeptPlan = const { KeptPlan::new() };
+    static FORK_MESSAGE: KeptPlan = const { KeptPlan::new() };
 }
 
 /// An argument as PostgreSQL passed it (possibly toasted), or None for SQL NULL.
@@ -190,57 +193,218 @@ unsafe fn add_message_to_session(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Da
 
 crate::fmgr::sql_function_entry!(pg_finfo_add_message_to_session_native, add_message_to_session_native, add_message_to_session);
 
+/// The acting user, for code that writes on their behalf; 42501 (worded by the SQL function
+/// require_acting_user(), with the hint how to map a role) when the role acts as nobody. Roles
+/// that bypass row-level security may act as nobody, as direct DML allows them.
+fn require_acting_user() -> Option<pgrx::Uuid> {
+    let me = identity::current_memory_user();
+    if me.is_none() && !identity::acting_role_bypasses_rls() {
+        spi::connect(|spi| spi.execute(&format!("SELECT {SCHEMA}.require_acting_user()"), &[], &[], Effect::Reads).count());
+        raise(PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE, "the role acts as no MemoriesDB user".into(), None);
+    }
+    me
+}
+
+/// Insert a session memory (kind 'session', title as content) with the id `id`. The id is made
+/// by the caller rather than by RETURNING, which would also check the new row against the
+/// memories read policy.
+fn insert_session_memory(spi: &Connection, id: pgrx::Uuid, title: Arg, metadata: Arg) {
+    spi.execute_kept(
+        &INSERT_SESSION,
+        || {
+            format!(
+                "INSERT INTO {SCHEMA}.memories (id, kind, content, _metadata)
+                 VALUES ($1, 'session', $2, COALESCE($3, '{{}}'::pg_catalog.jsonb))"
+            )
+        },
+        &[UUID, TEXT, JSONB],
+        &[arg(id), title, metadata],
+        Effect::Writes,
+    );
+}
+
+/// Register session `id` in memory_sessions, owned by `owner`: a session of its own (no
+/// parent), or a fork of `parent` at position `fork_at` (message `fork_message`, none when the
+/// fork sees no message) one generation below it. The caller has checked the fork point.
+fn register_session(spi: &Connection, id: pgrx::Uuid, owner: Option<pgrx::Uuid>, fork: Option<Fork>) {
+    let (parent, fork_at, fork_message, depth) = match fork {
+        Some(Fork { parent, at, message, parent_depth }) => (Some(parent), at, message, parent_depth + 1),
+        None => (None, 0, None, 0),
+    };
+    spi.execute_kept(
+        &REGISTER_SESSION,
+        || {
+            format!(
+                "INSERT INTO {SCHEMA}.memory_sessions (id, owner_id, parent_id, fork_position, fork_message_id, depth, last_position)
+                 VALUES ($1, $2, $3, $4, $5, $6, $4)"
+            )
+        },
+        &[UUID, UUID, UUID, INT8, UUID, INT4],
+        &[arg(id), arg(owner), arg(parent), arg(fork_at), arg(fork_message), arg(depth)],
+        Effect::Writes,
+    );
+}
+
+/// Where a fork branches off: its parent, the position of the last message it inherits, that
+/// message (None for a fork of a session without messages) and the parent's depth.
+struct Fork {
+    parent: pgrx::Uuid,
+    at: i64,
+    message: Option<pgrx::Uuid>,
+    parent_depth: i32,
+}
+
 /// create_session(title text, metadata jsonb DEFAULT '{}') RETURNS uuid (declared in
 /// sql/sessions.sql): a session memory and its memory_sessions row, owned by the acting user.
 unsafe fn create_session(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
     // SAFETY: declared in SQL with these two arguments.
     let (title, metadata) = unsafe { (raw_arg(fcinfo, 0), raw_arg(fcinfo, 1)) };
     // (in the order the SQL contract checks them)
-    let me = identity::current_memory_user();
-    if me.is_none() && !identity::acting_role_bypasses_rls() {
-        // require_acting_user() words the refusal (42501, with the hint how to map a role)
-        spi::connect(|spi| spi.execute(&format!("SELECT {SCHEMA}.require_acting_user()"), &[], &[], Effect::Reads).count());
-        raise(PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE, "the role acts as no MemoriesDB user".into(), None);
-    }
+    let me = require_acting_user();
     if title.is_none() {
         raise(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, "title must not be NULL".into(), None)
     }
     let metadata = checked_metadata(metadata, "metadata");
     let id = crate::ids::new_v7();
     spi::connect(|spi| {
-        // the id is made here rather than by RETURNING, which would also check the new row
-        // against the memories read policy
-        spi.execute_kept(
-            &INSERT_SESSION,
-            || {
-                format!(
-                    "INSERT INTO {SCHEMA}.memories (id, kind, content, _metadata)
-                     VALUES ($1, 'session', $2, COALESCE($3, '{{}}'::pg_catalog.jsonb))"
-                )
-            },
-            &[UUID, TEXT, JSONB],
-            &[arg(id), title, metadata],
-            Effect::Writes,
-        );
-        // a session of its own: no parent, nothing inherited (forks are registered by
-        // register_session(), which checks the fork point)
-        spi.execute_kept(
-            &REGISTER_SESSION,
-            || {
-                format!(
-                    "INSERT INTO {SCHEMA}.memory_sessions (id, owner_id, parent_id, fork_position, fork_message_id, depth, last_position)
-                     VALUES ($1, $2, NULL, 0, NULL, 0, 0)"
-                )
-            },
-            &[UUID, UUID],
-            &[arg(id), arg(me)],
-            Effect::Writes,
-        );
+        insert_session_memory(spi, id, title, metadata);
+        register_session(spi, id, me, None);
     });
     id.into_datum().expect("a uuid is never NULL")
 }
 
 crate::fmgr::sql_function_entry!(pg_finfo_create_session_native, create_session_native, create_session);
+
+/// fork_session(session_id uuid, new_title text, metadata jsonb DEFAULT '{}', parent_message_id
+/// uuid DEFAULT NULL) RETURNS uuid (declared in sql/sessions.sql): a new session that sees the
+/// parent's transcript up to the fork point (by default the latest message the parent's branch
+/// sees; or parent_message_id, also accepted as metadata.parent_message_id), without copying a
+/// message. Runs as the extension owner and decides for its caller: the parent must be listed
+/// for them (theirs, or shared with them) and the fork point a message they can see.
+unsafe fn fork_session(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    // SAFETY: declared in SQL with these four arguments.
+    let (session, title, metadata, parent_message) =
+        unsafe { (raw_arg(fcinfo, 0), raw_arg(fcinfo, 1), raw_arg(fcinfo, 2), raw_arg(fcinfo, 3)) };
+    // (in the order the SQL contract checks them)
+    let metadata = checked_metadata(metadata, "metadata");
+    let me = require_acting_user();
+    let unrestricted = identity::acting_role_bypasses_rls() || identity::acting_role_is("memoriesdb_worker");
+    let Some(session) = session else {
+        raise(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, "session_id must not be NULL".into(), None)
+    };
+    // SAFETY: a uuid datum.
+    let session_id = unsafe { pgrx::Uuid::from_datum(session, false) }.expect("not NULL");
+    let id = crate::ids::new_v7();
+    spi::connect(|spi| {
+        // the parent, if the caller may see it listed (the memory_sessions read rule), and
+        // metadata.parent_message_id when it is the fork point
+        let parent = spi.execute_kept(
+            &FORK_PARENT,
+            || {
+                format!(
+                    "SELECT s.last_position, s.depth,
+                            pg_catalog.jsonb_typeof($4 OPERATOR(pg_catalog.->) 'parent_message_id'),
+                            ($4 OPERATOR(pg_catalog.->) 'parent_message_id')::pg_catalog.text,
+                            $4 OPERATOR(pg_catalog.->>) 'parent_message_id'
+                       FROM {SCHEMA}.memory_sessions s
+                      WHERE s.id OPERATOR(pg_catalog.=) $1 AND ($2 OR {SCHEMA}.session_listed_for($3, s.id))"
+                )
+            },
+            &[UUID, BOOL, UUID, JSONB],
+            &[Some(session), arg(unrestricted), arg(me), metadata],
+            Effect::Reads,
+        );
+        let (Some(last_position), Some(parent_depth)) = (parent.get::<i64>(0, 1), parent.get::<i32>(0, 2)) else {
+            raise_no_data(format!("session {session_id} does not exist"), Some("create one with create_session(title)"))
+        };
+        if title.is_none() {
+            raise(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, "new_title must not be NULL".into(), None)
+        }
+        let mut fork_message = parent_message;
+        // metadata.parent_message_id (JSON null included) names the fork point when the argument does not
+        if let (None, Some(json_type)) = (fork_message, parent.get::<String>(0, 3)) {
+            if json_type != "string" {
+                raise(
+                    PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                    format!("metadata.parent_message_id is not a message id: {}", parent.get::<String>(0, 4).unwrap_or_default()),
+                    None,
+                )
+            }
+            // parse_uuid() words the error for text that is not a uuid
+            let parsed = spi.execute(
+                &format!("SELECT {SCHEMA}.parse_uuid($1, 'metadata.parent_message_id is not a message id')"),
+                &[TEXT],
+                &[arg(parent.get::<String>(0, 5))],
+                Effect::Reads,
+            );
+            fork_message = parsed.datum(0, 1);
+        }
+        let fork = match fork_message {
+            None => {
+                // the latest message the branch sees, if any (one probe per segment of its lineage)
+                let latest = spi.execute_kept(
+                    &LATEST_VISIBLE_MESSAGE,
+                    || {
+                        format!(
+                            "SELECT x.id, x.position
+                               FROM {SCHEMA}.session_lineage($1) l
+                              CROSS JOIN LATERAL (
+                                    SELECT m.id, m.position FROM {SCHEMA}.memories m
+                                     WHERE m.session_id OPERATOR(pg_catalog.=) l.lineage_session_id
+                                       AND m.position OPERATOR(pg_catalog.<=) LEAST(l.visible_upto, $2)
+                                     ORDER BY m.position DESC LIMIT 1) x
+                              ORDER BY x.position DESC LIMIT 1"
+                        )
+                    },
+                    &[UUID, INT8],
+                    &[Some(session), arg(last_position)],
+                    Effect::Reads,
+                );
+                Fork { parent: session_id, at: latest.get::<i64>(0, 2).unwrap_or(0), message: latest.get(0, 1), parent_depth }
+            }
+            Some(message) => {
+                // SAFETY: a uuid datum.
+                let message_id = unsafe { pgrx::Uuid::from_datum(message, false) }.expect("not NULL");
+                let found = spi.execute_kept(
+                    &FORK_MESSAGE,
+                    || {
+                        format!(
+                            "SELECT m.position,
+                                    EXISTS (SELECT 1 FROM {SCHEMA}.session_lineage($2) l
+                                             WHERE l.lineage_session_id OPERATOR(pg_catalog.=) m.session_id
+                                               AND m.position OPERATOR(pg_catalog.<=) l.visible_upto)
+                               FROM {SCHEMA}.memories m
+                              WHERE m.id OPERATOR(pg_catalog.=) $1 AND m.kind OPERATOR(pg_catalog.=) 'message'
+                                AND ($3 OR {SCHEMA}.memory_visible_to($4, m.created_by, m.session_id, m.position, m.id))"
+                        )
+                    },
+                    &[UUID, UUID, BOOL, UUID],
+                    &[Some(message), Some(session), arg(unrestricted), arg(me)],
+                    Effect::Reads,
+                );
+                let Some(at) = found.get::<i64>(0, 1) else { raise_no_data(format!("message {message_id} does not exist"), None) };
+                if found.get::<bool>(0, 2) != Some(true) {
+                    raise(
+                        PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                        format!("message {message_id} is not part of session {session_id}"),
+                        Some("the fork point must be a message the session's transcript shows"),
+                    )
+                }
+                Fork { parent: session_id, at, message: Some(message_id), parent_depth }
+            }
+        };
+        insert_session_memory(spi, id, title, metadata);
+        register_session(spi, id, me, Some(fork));
+    });
+    id.into_datum().expect("a uuid is never NULL")
+}
+
+crate::fmgr::sql_function_entry!(pg_finfo_fork_session_native, fork_session_native, fork_session);
+
+/// P0002 (no_data_found), as PL/pgSQL raises "does not exist" errors.
+fn raise_no_data(message: String, hint: Option<&str>) -> ! {
+    raise(PgSqlErrorCode::ERRCODE_NO_DATA_FOUND, message, hint)
+}
 
 #[cfg(test)]
 mod unit {
