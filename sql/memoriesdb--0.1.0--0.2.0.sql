@@ -3,12 +3,60 @@
 -- install of 0.2.0 (tests/upgrade.rs compares the two catalogs object by object).
 \echo Use "ALTER EXTENSION memoriesdb UPDATE" to load this file. \quit
 
--- The append path in Rust (src/sessions.rs): add_message_to_session() and the position taker it
--- shares with add_messages_to_session().
+-- The append path in Rust (src/sessions.rs): add_message_to_session() and
+-- add_messages_to_session() take positions themselves, so next_session_position() goes; the
+-- batch's rules, with their errors, stay in SQL as check_message_batch().
 CREATE OR REPLACE FUNCTION @extschema@.add_message_to_session(session_id uuid, role text, content text, metadata jsonb DEFAULT '{}')
 RETURNS uuid LANGUAGE c SECURITY DEFINER AS 'MODULE_PATHNAME', 'add_message_to_session_native';
-CREATE OR REPLACE FUNCTION @extschema@.next_session_position(session uuid, how_many bigint DEFAULT 1)
-RETURNS bigint VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'next_session_position_wrapper';
+DROP FUNCTION @extschema@.next_session_position(uuid, bigint);
+CREATE FUNCTION @extschema@.check_message_batch(messages jsonb) RETURNS integer
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    message jsonb;
+    n bigint;
+    extra text;
+BEGIN
+    IF pg_catalog.jsonb_typeof(messages) <> 'array' THEN
+        RAISE EXCEPTION 'messages must be a JSON array of {"role", "content", "metadata"} objects, got %: %',
+            pg_catalog.jsonb_typeof(messages), pg_catalog.left(messages::text, 80)
+            USING ERRCODE = '22023';
+    END IF;
+    FOR message, n IN SELECT e.value, e.ordinality - 1 FROM pg_catalog.jsonb_array_elements(messages) WITH ORDINALITY e LOOP
+        IF pg_catalog.jsonb_typeof(message) <> 'object' THEN
+            RAISE EXCEPTION 'messages[%] must be a JSON object with role and content, got %: %',
+                n, pg_catalog.jsonb_typeof(message), pg_catalog.left(message::text, 80)
+                USING ERRCODE = '22023';
+        END IF;
+        SELECT k INTO extra FROM pg_catalog.jsonb_object_keys(message) k
+         WHERE k NOT IN ('role', 'content', 'metadata') ORDER BY k LIMIT 1;
+        IF FOUND THEN
+            RAISE EXCEPTION 'messages[%] has an unknown key "%"', n, extra
+                USING ERRCODE = '22023', HINT = 'a message has role, content and (optionally) metadata';
+        END IF;
+        -- (a missing or JSON null role is reported by check_message_role() as NULL)
+        IF pg_catalog.jsonb_typeof(message -> 'role') NOT IN ('string', 'null') THEN
+            RAISE EXCEPTION 'messages[%].role must be a non-empty string, got %', n, pg_catalog.left((message -> 'role')::text, 80)
+                USING ERRCODE = '22023';
+        END IF;
+        PERFORM @extschema@.check_message_role(message ->> 'role', pg_catalog.format('messages[%s].role', n));
+        IF coalesce(message -> 'content', 'null') = 'null' THEN
+            RAISE EXCEPTION 'messages[%].content must not be NULL', n USING ERRCODE = '22004';
+        END IF;
+        IF pg_catalog.jsonb_typeof(message -> 'content') <> 'string' THEN
+            RAISE EXCEPTION 'messages[%].content must be a string, got %: %', n,
+                pg_catalog.jsonb_typeof(message -> 'content'), pg_catalog.left((message -> 'content')::text, 80)
+                USING ERRCODE = '22023';
+        END IF;
+        -- JSON null metadata means {}, as SQL NULL does for add_message_to_session
+        PERFORM @extschema@.metadata_object(nullif(message -> 'metadata', 'null'), pg_catalog.format('messages[%s].metadata', n));
+    END LOOP;
+
+    RETURN pg_catalog.jsonb_array_length(messages);
+END
+$$;
+REVOKE ALL ON FUNCTION @extschema@.check_message_batch(jsonb) FROM PUBLIC;
+CREATE OR REPLACE FUNCTION @extschema@.add_messages_to_session(session_id uuid, messages jsonb)
+RETURNS SETOF uuid LANGUAGE c SECURITY DEFINER AS 'MODULE_PATHNAME', 'add_messages_to_session_native';
 
 -- One BEFORE trigger in Rust (src/write_path.rs) derives content_hash, provenance and the
 -- cleared embedding for every write, instead of update_content_hash(), stamp_provenance() and

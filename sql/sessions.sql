@@ -28,7 +28,7 @@ $$;
 
 -- The conversation writers (create_session, add_message(s)_to_session, fork_session) run as the
 -- extension owner (SECURITY DEFINER): they call internal helpers nobody else may call
--- (next_session_position, session_lineage) and write rows only the extension writes. Running
+-- (session_lineage, check_message_batch) and write rows only the extension writes. Running
 -- as the owner, they bypass row-level security, so each decides for its caller explicitly,
 -- with the helpers below, and answers "does not exist" for whatever the caller cannot see.
 
@@ -124,7 +124,7 @@ BEGIN
 END
 $$;
 
--- The error for a session next_session_position() refused: it is shared with the caller
+-- The error for a session the conversation writers may not append to: it is shared with the caller
 -- read-only, or, as far as the caller can tell, it does not exist.
 CREATE FUNCTION @extschema@.refuse_session_write(session_id uuid) RETURNS void
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
@@ -141,7 +141,7 @@ $$;
 
 -- Rust (src/sessions.rs): the arguments are checked there, the position taken and the message
 -- inserted through plans kept per backend. The acting user and the write rule are decided for
--- the caller as next_session_position() does; errors are those of check_message_role(),
+-- the caller in the UPDATE that takes the position; errors are those of check_message_role(),
 -- metadata_object() and refuse_session_write(). Concurrent appends to one session queue on its
 -- row and get consecutive positions; appends to different sessions do not interact.
 CREATE FUNCTION @extschema@.add_message_to_session(session_id uuid, role text, content text, metadata jsonb DEFAULT '{}')
@@ -155,21 +155,18 @@ RETURNS uuid LANGUAGE c SECURITY DEFINER AS 'MODULE_PATHNAME', 'add_message_to_s
 -- messages; its events are those of one statement (one per message, or one summary per session
 -- for more than 100 messages).
 CREATE FUNCTION @extschema@.add_messages_to_session(session_id uuid, messages jsonb)
-RETURNS SETOF uuid LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+RETURNS SETOF uuid LANGUAGE c SECURITY DEFINER AS 'MODULE_PATHNAME', 'add_messages_to_session_native';
+
+-- The rules for a batch of messages, with their errors (add_messages_to_session() checks the
+-- usual batch in Rust and asks this only when something is unusual). Returns the number of
+-- messages.
+CREATE FUNCTION @extschema@.check_message_batch(messages jsonb) RETURNS integer
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     message jsonb;
     n bigint;
     extra text;
-    message_count integer;
-    last_position bigint;
-    ids uuid[];
 BEGIN
-    IF add_messages_to_session.session_id IS NULL THEN
-        RAISE EXCEPTION 'session_id must not be NULL' USING ERRCODE = '22004';
-    END IF;
-    IF messages IS NULL THEN
-        RAISE EXCEPTION 'messages must not be NULL' USING ERRCODE = '22004';
-    END IF;
     IF pg_catalog.jsonb_typeof(messages) <> 'array' THEN
         RAISE EXCEPTION 'messages must be a JSON array of {"role", "content", "metadata"} objects, got %: %',
             pg_catalog.jsonb_typeof(messages), pg_catalog.left(messages::text, 80)
@@ -205,21 +202,7 @@ BEGIN
         PERFORM @extschema@.metadata_object(nullif(message -> 'metadata', 'null'), pg_catalog.format('messages[%s].metadata', n));
     END LOOP;
 
-    message_count := pg_catalog.jsonb_array_length(messages);
-    -- (an empty batch takes no position, but the session must still be one the caller may add to)
-    last_position := @extschema@.next_session_position(add_messages_to_session.session_id, message_count);
-    IF last_position IS NULL THEN
-        PERFORM @extschema@.refuse_session_write(add_messages_to_session.session_id);
-    END IF;
-    IF message_count = 0 THEN
-        RETURN;
-    END IF;
-    ids := ARRAY(SELECT @extschema@.uuid_generate_v7() FROM pg_catalog.generate_series(1, message_count));
-    INSERT INTO @extschema@.memories (id, kind, content, _metadata, session_id, position, role)
-    SELECT ids[e.ordinality], 'message', e.value ->> 'content', coalesce(nullif(e.value -> 'metadata', 'null'), '{}'),
-           add_messages_to_session.session_id, last_position - message_count + e.ordinality, e.value ->> 'role'
-      FROM pg_catalog.jsonb_array_elements(messages) WITH ORDINALITY e;
-    RETURN QUERY SELECT i.id FROM pg_catalog.unnest(ids) WITH ORDINALITY i(id, n) ORDER BY i.n;
+    RETURN pg_catalog.jsonb_array_length(messages);
 END
 $$;
 

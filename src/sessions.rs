@@ -37,6 +37,7 @@ thread_local! {
     static FORK_PARENT: KeptPlan = const { KeptPlan::new() };
     static LATEST_VISIBLE_MESSAGE: KeptPlan = const { KeptPlan::new() };
     static FORK_MESSAGE: KeptPlan = const { KeptPlan::new() };
+    static INSERT_MESSAGES: KeptPlan = const { KeptPlan::new() };
 }
 
 /// An argument as PostgreSQL passed it (possibly toasted), or None for SQL NULL.
@@ -70,23 +71,6 @@ fn take_positions(spi: &Connection, session: Arg, how_many: i64) -> Option<i64> 
         Effect::Writes,
     );
     taken.get::<i64>(0, 1)
-}
-
-/// next_session_position(session uuid, how_many bigint DEFAULT 1): take_positions() for the
-/// conversation functions still written in SQL (add_messages_to_session). Internal: only the
-/// extension's own SECURITY DEFINER functions call it.
-#[pg_extern(volatile, parallel_unsafe)]
-fn next_session_position(session: Option<pgrx::Uuid>, how_many: default!(Option<i64>, 1)) -> Option<i64> {
-    let how_many = match how_many {
-        Some(n) if n >= 0 => n,
-        other => raise(
-            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            format!("how_many must be 0 or more, got {}", other.map_or("NULL".to_string(), |n| n.to_string())),
-            None,
-        ),
-    };
-    let session = session?;
-    spi::connect(|spi| take_positions(spi, arg(session), how_many))
 }
 
 /// Raise the error for a session take_positions() refused (refuse_session_write() in SQL tells
@@ -253,6 +237,141 @@ struct Fork {
     message: Option<pgrx::Uuid>,
     parent_depth: i32,
 }
+
+/// The elements of a jsonb batch of messages if every one certainly passes the SQL rules
+/// (check_message_batch()): an object with a string role the fast role check accepts, string
+/// content, and metadata absent, JSON null or an object, and no other key. None when the value is
+/// not an array or anything is unusual; the SQL rule then decides, and words the error. The
+/// checks read the jsonb in place: no element, key or string is copied.
+unsafe fn batch_certainly_valid(messages: pg_sys::Datum) -> Option<i64> {
+    use pg_sys::jbvType::{jbvBinary, jbvNull, jbvString};
+    use pg_sys::JsonbIteratorToken::{WJB_DONE, WJB_ELEM, WJB_KEY, WJB_VALUE};
+    // SAFETY: a jsonb datum, detoasted; the iterators walk containers inside it.
+    unsafe {
+        let jsonb = pg_sys::pg_detoast_datum(messages.cast_mut_ptr()).cast::<pg_sys::Jsonb>();
+        let root = &raw mut (*jsonb).root;
+        let header = (*root).header;
+        if header & pg_sys::JB_FARRAY == 0 || header & pg_sys::JB_FSCALAR != 0 {
+            return None;
+        }
+        let string = |v: &pg_sys::JsonbValue| {
+            std::slice::from_raw_parts(v.val.string.val.cast::<u8>(), v.val.string.len as usize)
+        };
+        let mut count = 0;
+        let mut elements = pg_sys::JsonbIteratorInit(root);
+        let mut element: pg_sys::JsonbValue = std::mem::zeroed();
+        loop {
+            match pg_sys::JsonbIteratorNext(&mut elements, &mut element, true) {
+                WJB_DONE => return Some(count),
+                WJB_ELEM => {}
+                _ => continue, // the array's begin and end
+            }
+            count += 1;
+            if element.type_ != jbvBinary || (*element.val.binary.data).header & pg_sys::JB_FOBJECT == 0 {
+                return None;
+            }
+            let (mut role, mut content) = (false, false);
+            let mut fields = pg_sys::JsonbIteratorInit(element.val.binary.data);
+            let (mut key, mut value): (pg_sys::JsonbValue, pg_sys::JsonbValue) = (std::mem::zeroed(), std::mem::zeroed());
+            loop {
+                match pg_sys::JsonbIteratorNext(&mut fields, &mut key, true) {
+                    WJB_DONE => break,
+                    WJB_KEY => {}
+                    _ => continue, // the object's begin and end
+                }
+                if pg_sys::JsonbIteratorNext(&mut fields, &mut value, true) != WJB_VALUE {
+                    return None;
+                }
+                match string(&key) {
+                    b"role" => {
+                        role = value.type_ == jbvString
+                            && std::str::from_utf8(string(&value)).is_ok_and(role_certainly_valid);
+                    }
+                    b"content" => content = value.type_ == jbvString,
+                    b"metadata" => {
+                        let object = value.type_ == jbvBinary && (*value.val.binary.data).header & pg_sys::JB_FOBJECT != 0;
+                        if !(object || value.type_ == jbvNull) {
+                            return None;
+                        }
+                    }
+                    _ => return None,
+                }
+            }
+            if !(role && content) {
+                return None;
+            }
+        }
+    }
+}
+
+/// add_messages_to_session(session_id uuid, messages jsonb) RETURNS SETOF uuid (declared in
+/// sql/sessions.sql): the messages of a JSON array appended in order at consecutive positions,
+/// in one INSERT that reads them from the jsonb as the caller passed it. Everything is checked
+/// before anything is written.
+unsafe fn add_messages_to_session(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    // SAFETY: declared in SQL with these two arguments.
+    let (session, messages) = unsafe { (raw_arg(fcinfo, 0), raw_arg(fcinfo, 1)) };
+    let Some(session) = session else {
+        raise(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, "session_id must not be NULL".into(), None)
+    };
+    let Some(messages) = messages else {
+        raise(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, "messages must not be NULL".into(), None)
+    };
+    let ids: Vec<pgrx::Uuid> = spi::connect(|spi| {
+        // SAFETY: a jsonb datum.
+        let count = match unsafe { batch_certainly_valid(messages) } {
+            Some(count) => count,
+            None => {
+                // the SQL rule raises the error (or accepts what the fast check was unsure of)
+                let counted = spi.execute(
+                    &format!("SELECT {SCHEMA}.check_message_batch($1)"),
+                    &[JSONB],
+                    &[Some(messages)],
+                    Effect::Reads,
+                );
+                counted.get::<i32>(0, 1).map_or(0, i64::from)
+            }
+        };
+        // (an empty batch takes no position, but the session must still be one the caller may add to)
+        let Some(last_position) = take_positions(spi, Some(session), count) else {
+            refuse_session_write(spi, Some(session))
+        };
+        let ids: Vec<pgrx::Uuid> = (0..count).map(|_| crate::ids::new_v7()).collect();
+        if count > 0 {
+            spi.execute_kept(
+                &INSERT_MESSAGES,
+                || {
+                    format!(
+                        "INSERT INTO {SCHEMA}.memories (id, kind, content, _metadata, session_id, position, role)
+                         SELECT $2[e.ordinality], 'message', e.value OPERATOR(pg_catalog.->>) 'content',
+                                CASE WHEN pg_catalog.jsonb_typeof(e.value OPERATOR(pg_catalog.->) 'metadata') OPERATOR(pg_catalog.=) 'object'
+                                     THEN e.value OPERATOR(pg_catalog.->) 'metadata' ELSE '{{}}'::pg_catalog.jsonb END,
+                                $3, $4 OPERATOR(pg_catalog.+) e.ordinality, e.value OPERATOR(pg_catalog.->>) 'role'
+                           FROM pg_catalog.jsonb_array_elements($1) WITH ORDINALITY e"
+                    )
+                },
+                &[JSONB, pg_sys::UUIDARRAYOID, UUID, INT8],
+                &[Some(messages), arg(ids.clone()), Some(session), arg(last_position - count)],
+                Effect::Writes,
+            );
+        }
+        ids
+    });
+    // SAFETY: the fcinfo of a set-returning call; the result rows go to the tuplestore
+    // InitMaterializedSRF makes (it refuses a caller that cannot take a materialized set).
+    unsafe {
+        pg_sys::InitMaterializedSRF(fcinfo, pg_sys::MAT_SRF_USE_EXPECTED_DESC);
+        let result = (*fcinfo).resultinfo.cast::<pg_sys::ReturnSetInfo>();
+        for id in ids {
+            let mut value = id.into_datum().expect("a uuid is never NULL");
+            let mut is_null = false;
+            pg_sys::tuplestore_putvalues((*result).setResult, (*result).setDesc, &mut value, &mut is_null);
+        }
+    }
+    pg_sys::Datum::from(0usize)
+}
+
+crate::fmgr::sql_function_entry!(pg_finfo_add_messages_to_session_native, add_messages_to_session_native, add_messages_to_session);
 
 /// create_session(title text, metadata jsonb DEFAULT '{}') RETURNS uuid (declared in
 /// sql/sessions.sql): a session memory and its memory_sessions row, owned by the acting user.

@@ -57,7 +57,7 @@ const USER_FUNCTIONS: &[&str] = &[
 /// one; search_path_poisoning_cannot_change_identity_or_visibility drives them under a poisoned
 /// path.
 const NATIVE_UNPINNED_DEFINERS: &[&str] =
-    &["add_message_to_session", "create_session", "fork_session", "log_memory_change", "memories_inserted"];
+    &["add_message_to_session", "add_messages_to_session", "create_session", "fork_session", "log_memory_change", "memories_inserted"];
 
 const ROLE_FUNCTIONS: &[(&str, &[&str])] = &[
     (
@@ -346,7 +346,7 @@ fn internal_functions_are_not_callable_and_direct_inserts_cannot_jam_a_session()
     let mut b = db.connect_as(&bob_role);
     let mut problems = Vec::new();
     for sql in [
-        format!("SELECT memoriesdb.next_session_position('{session}', 9223372036854775807)"),
+        "SELECT memoriesdb.check_message_batch('[]')".to_string(),
         "SELECT memoriesdb.emit_events(ARRAY['chat_updates_x'], ARRAY['forged'])".to_string(),
         "SELECT memoriesdb.ensure_event_relay()".to_string(),
         "SELECT memoriesdb.derive_row_fields()".to_string(),
