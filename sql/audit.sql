@@ -84,77 +84,18 @@ $$;
 -- chain_hash = sha256(previous chain_hash || audit_row_text(row)). Only transactions older than
 -- every running one are sealed, so no row can later appear before a sealed one. Writers never
 -- wait for this: call it periodically (a worker, cron, or pg_cron every minute). Returns the
--- number of rows sealed.
+-- number of rows sealed. Rust (src/audit.rs).
 CREATE FUNCTION @extschema@.seal_audit_log(max_rows integer DEFAULT 100000)
-RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    horizon bigint := txid_snapshot_xmin(txid_current_snapshot());
-    position bigint;
-    previous text;
-    sealed_ids bigint[] := '{}';
-    chain_hashes text[] := '{}';
-    r @extschema@.audit_log;
-BEGIN
-    PERFORM pg_advisory_xact_lock(hashtext('memoriesdb.audit_chain'));
-    SELECT a.chain_position, a.chain_hash INTO position, previous
-      FROM @extschema@.audit_log a WHERE a.chain_position IS NOT NULL
-     ORDER BY a.chain_position DESC LIMIT 1;
-    position := coalesce(position, 0);
-    previous := coalesce(previous, '');
-    FOR r IN
-        SELECT * FROM @extschema@.audit_log a
-         WHERE a.chain_position IS NULL AND a.txid < horizon
-         ORDER BY a.txid, a.id LIMIT max_rows
-    LOOP
-        previous := @extschema@.content_sha256(previous || @extschema@.audit_row_text(r));
-        sealed_ids := sealed_ids || r.id;
-        chain_hashes := chain_hashes || previous;
-    END LOOP;
-    -- one UPDATE for the batch: an UPDATE per row doubled the cost of sealing
-    UPDATE @extschema@.audit_log a SET chain_position = position + u.n, chain_hash = u.chain_hash
-      FROM unnest(sealed_ids, chain_hashes) WITH ORDINALITY AS u(id, chain_hash, n)
-     WHERE a.id = u.id;
-    RETURN cardinality(sealed_ids);
-END
-$$;
+RETURNS bigint LANGUAGE c SECURITY DEFINER AS 'MODULE_PATHNAME', 'seal_audit_log_native';
 
 -- Recompute the chain and report the first broken link: a changed row (its hash no longer
 -- matches), a removed row (a gap in positions) or a forged hash. `intact` is true when every
 -- sealed row verifies. Compare `last_hash` with a value recorded outside the database earlier
--- to detect a rewrite of the whole chain by a superuser.
+-- to detect a rewrite of the whole chain by a superuser. Rust (src/audit.rs).
 CREATE FUNCTION @extschema@.verify_audit_chain()
 RETURNS TABLE (intact boolean, sealed_rows bigint, unsealed_rows bigint, first_broken_position bigint,
                first_broken_audit_id bigint, problem text, last_hash text)
-LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    expected_position bigint := 0;
-    previous text := '';
-    r @extschema@.audit_log;
-BEGIN
-    unsealed_rows := (SELECT count(*) FROM @extschema@.audit_log a WHERE a.chain_position IS NULL);
-    FOR r IN SELECT * FROM @extschema@.audit_log a WHERE a.chain_position IS NOT NULL ORDER BY a.chain_position LOOP
-        expected_position := expected_position + 1;
-        IF r.chain_position <> expected_position THEN
-            intact := false; sealed_rows := expected_position - 1;
-            first_broken_position := expected_position; first_broken_audit_id := r.id;
-            problem := format('chain position %s is missing (next present: %s): rows were removed',
-                              expected_position, r.chain_position);
-            last_hash := previous;
-            RETURN NEXT; RETURN;
-        END IF;
-        previous := @extschema@.content_sha256(previous || @extschema@.audit_row_text(r));
-        IF r.chain_hash IS DISTINCT FROM previous THEN
-            intact := false; sealed_rows := expected_position - 1;
-            first_broken_position := r.chain_position; first_broken_audit_id := r.id;
-            problem := 'row content or chain hash was changed after sealing';
-            last_hash := r.chain_hash;
-            RETURN NEXT; RETURN;
-        END IF;
-    END LOOP;
-    intact := true; sealed_rows := expected_position; last_hash := nullif(previous, '');
-    RETURN NEXT;
-END
-$$;
+LANGUAGE c STABLE SECURITY DEFINER AS 'MODULE_PATHNAME', 'verify_audit_chain_native';
 
 -- Recompute every content hash and report the memories whose stored hash does not match
 -- (content or hash changed behind the triggers' back). An empty result means all verify.

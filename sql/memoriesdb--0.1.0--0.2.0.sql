@@ -97,3 +97,12 @@ CREATE OR REPLACE FUNCTION @extschema@.fork_session(session_id uuid, new_title t
                                                     parent_message_id uuid DEFAULT NULL)
 RETURNS uuid LANGUAGE c SECURITY DEFINER AS 'MODULE_PATHNAME', 'fork_session_native';
 DROP FUNCTION @extschema@.register_session(uuid, uuid, bigint, uuid);
+
+-- The audit chain's sealing and verification in Rust (src/audit.rs): the same chain, hashed in
+-- one pass over a cursor.
+CREATE OR REPLACE FUNCTION @extschema@.seal_audit_log(max_rows integer DEFAULT 100000)
+RETURNS bigint LANGUAGE c SECURITY DEFINER AS 'MODULE_PATHNAME', 'seal_audit_log_native';
+CREATE OR REPLACE FUNCTION @extschema@.verify_audit_chain()
+RETURNS TABLE (intact boolean, sealed_rows bigint, unsealed_rows bigint, first_broken_position bigint,
+               first_broken_audit_id bigint, problem text, last_hash text)
+LANGUAGE c STABLE SECURITY DEFINER AS 'MODULE_PATHNAME', 'verify_audit_chain_native';

@@ -10,6 +10,7 @@ use pgrx::prelude::*;
 
 ::pgrx::pg_module_magic!(name, version);
 
+mod audit;
 mod catalog;
 mod errors;
 mod events;

@@ -29,7 +29,7 @@ use std::thread::LocalKey;
 /// SPI's functions called directly, inside `catching()` (pgrx's bindings would catch the error
 /// first and lose its fields).
 mod raw {
-    use pgrx::pg_sys::{Datum, Oid, SPIPlanPtr};
+    use pgrx::pg_sys::{Datum, Oid, Portal, SPIPlanPtr};
     use std::ffi::{c_char, c_int, c_long};
     unsafe extern "C-unwind" {
         #[link_name = "SPI_connect"]
@@ -40,6 +40,12 @@ mod raw {
         pub fn prepare(src: *const c_char, nargs: c_int, argtypes: *mut Oid) -> SPIPlanPtr;
         #[link_name = "SPI_execute_plan"]
         pub fn execute_plan(plan: SPIPlanPtr, values: *mut Datum, nulls: *const c_char, read_only: bool, tcount: c_long) -> c_int;
+        #[link_name = "SPI_cursor_open"]
+        pub fn cursor_open(name: *const c_char, plan: SPIPlanPtr, values: *mut Datum, nulls: *const c_char, read_only: bool) -> Portal;
+        #[link_name = "SPI_cursor_fetch"]
+        pub fn cursor_fetch(portal: Portal, forward: bool, count: c_long);
+        #[link_name = "SPI_cursor_close"]
+        pub fn cursor_close(portal: Portal);
         #[link_name = "SPI_execute_with_args"]
         pub fn execute_with_args(
             src: *const c_char,
@@ -118,22 +124,7 @@ impl Connection {
         args: &[Arg],
         effect: Effect,
     ) -> Rows<'_> {
-        let plan = kept.with(|cell| {
-            if cell.0.get().is_null() {
-                let text = statement_text(&sql());
-                let mut types = types.to_vec();
-                // SAFETY: a NUL-terminated statement and its parameter types.
-                let plan =
-                    unsafe { catching(|| raw::prepare(text.as_ptr(), types.len() as c_int, types.as_mut_ptr())) };
-                if plan.is_null() {
-                    raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "SPI_prepare failed".into(), None);
-                }
-                // SAFETY: a plan just prepared; keeping it moves it out of this connection's memory.
-                unsafe { pg_sys::SPI_keepplan(plan) };
-                cell.0.set(plan);
-            }
-            cell.0.get()
-        });
+        let plan = kept_plan(kept, sql, types);
         assert_eq!(args.len(), types.len(), "one argument per parameter");
         let (mut values, nulls) = datums(args);
         // SAFETY: a kept plan with args.len() parameters of the types it was prepared with.
@@ -141,6 +132,45 @@ impl Connection {
             catching(|| raw::execute_plan(plan, values.as_mut_ptr(), nulls.as_ptr(), effect == Effect::Reads, 0))
         };
         self.rows(code)
+    }
+
+    /// Read the rows of the kept query in `kept` (as execute_kept() prepares it) through a
+    /// cursor, `batch` rows at a time, handing each batch to `each` (which returns whether to go
+    /// on) and freeing it afterwards: memory stays bounded by one batch however many rows the
+    /// query returns. `Effect::Writes` reads with a snapshot taken now (e.g. after a lock),
+    /// `Effect::Reads` with the caller's.
+    #[allow(clippy::too_many_arguments)]
+    pub fn for_each_batch(
+        &self,
+        kept: &'static LocalKey<KeptPlan>,
+        sql: impl FnOnce() -> String,
+        types: &[pg_sys::Oid],
+        args: &[Arg],
+        effect: Effect,
+        batch: i64,
+        mut each: impl FnMut(&Rows<'_>) -> bool,
+    ) {
+        let plan = kept_plan(kept, sql, types);
+        assert_eq!(args.len(), types.len(), "one argument per parameter");
+        let (mut values, nulls) = datums(args);
+        // SAFETY: a kept read-only plan with its parameters; the portal lives until closed
+        // below (or until the (sub)transaction's abort, on an error).
+        let portal = unsafe {
+            catching(|| raw::cursor_open(std::ptr::null(), plan, values.as_mut_ptr(), nulls.as_ptr(), effect == Effect::Reads))
+        };
+        loop {
+            // SAFETY: the portal opened above.
+            unsafe { catching(|| raw::cursor_fetch(portal, true, batch as std::ffi::c_long)) };
+            let rows = self.rows(0);
+            let done = rows.count() == 0 || !each(&rows);
+            // SAFETY: the batch just read; nothing of it is used any more.
+            unsafe { pg_sys::SPI_freetuptable(rows.table) };
+            if done {
+                break;
+            }
+        }
+        // SAFETY: the portal opened above.
+        unsafe { catching(|| raw::cursor_close(portal)) };
     }
 
     /// Run a statement once (not kept: for rare paths, such as wording an error).
@@ -202,11 +232,37 @@ impl Rows<'_> {
         }
     }
 
+    /// The bytes of text column `column` of row `row`, read in place (valid while the rows are).
+    pub fn text_bytes(&self, row: u64, column: i32) -> Option<&[u8]> {
+        // SAFETY: a text column; the bytes live in SPI's memory as long as these rows.
+        self.datum(row, column).map(|d| unsafe { crate::tuples::text_bytes(d) })
+    }
+
     /// Column `column` of row `row` as a Rust value (copied out of SPI's memory).
     pub fn get<T: FromDatum>(&self, row: u64, column: i32) -> Option<T> {
         // SAFETY: T is the column's type (the statement's text fixes it).
         self.datum(row, column).and_then(|d| unsafe { T::from_datum(d, false) })
     }
+}
+
+/// The plan kept in `kept`, prepared from `sql` (parameters of `types`) on its first use in this
+/// backend.
+fn kept_plan(kept: &'static LocalKey<KeptPlan>, sql: impl FnOnce() -> String, types: &[pg_sys::Oid]) -> pg_sys::SPIPlanPtr {
+    kept.with(|cell| {
+        if cell.0.get().is_null() {
+            let text = statement_text(&sql());
+            let mut types = types.to_vec();
+            // SAFETY: a NUL-terminated statement and its parameter types.
+            let plan = unsafe { catching(|| raw::prepare(text.as_ptr(), types.len() as c_int, types.as_mut_ptr())) };
+            if plan.is_null() {
+                raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "SPI_prepare failed".into(), None);
+            }
+            // SAFETY: a plan just prepared; keeping it moves it out of this connection's memory.
+            unsafe { pg_sys::SPI_keepplan(plan) };
+            cell.0.set(plan);
+        }
+        cell.0.get()
+    })
 }
 
 fn statement_text(sql: &str) -> CString {

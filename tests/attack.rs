@@ -52,12 +52,21 @@ const USER_FUNCTIONS: &[&str] = &[
 
 /// Extra functions for the specialised roles (members of memoriesdb_user).
 /// SECURITY DEFINER functions written in Rust that pin no search_path: every statement they run
-/// is fixed text naming everything schema-qualified, operators included (src/plans.rs), and a
+/// is fixed text naming everything schema-qualified, operators included (src/spi.rs), and a
 /// pin would cost two search_path recomputations per call on the append path. Reviewed one by
 /// one; search_path_poisoning_cannot_change_identity_or_visibility drives them under a poisoned
 /// path.
 const NATIVE_UNPINNED_DEFINERS: &[&str] =
-    &["add_message_to_session", "add_messages_to_session", "create_session", "fork_session", "log_memory_change", "memories_inserted"];
+    &[
+        "add_message_to_session",
+        "add_messages_to_session",
+        "create_session",
+        "fork_session",
+        "log_memory_change",
+        "memories_inserted",
+        "seal_audit_log",
+        "verify_audit_chain",
+    ];
 
 const ROLE_FUNCTIONS: &[(&str, &[&str])] = &[
     (
