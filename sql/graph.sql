@@ -53,24 +53,6 @@ BEGIN
 END
 $$;
 
--- Is `to` reachable from `from` along edges, stored or implied? Used by prevent_cycles(). Breadth-first over a
--- recursive query whose UNION (not UNION ALL) is the visited set, so it terminates on any graph
--- and stops as soon as `to` is found. SECURITY DEFINER: edges the caller cannot see can still
--- close a cycle, so they must count. VOLATILE: each call reads with a fresh snapshot.
--- PL/pgSQL so that the query's plan is cached.
-CREATE FUNCTION @extschema@.edge_path_exists("from" uuid, "to" uuid) RETURNS boolean
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    RETURN EXISTS (
-        WITH RECURSIVE reach(id) AS (
-            SELECT edge_path_exists."from"
-            UNION
-            SELECT e.target_id FROM @extschema@.memory_graph_edges e JOIN reach r ON e.source_id = r.id
-        )
-        SELECT 1 FROM reach WHERE reach.id = edge_path_exists."to");
-END
-$$;
-
 -- An edge may only connect memories the acting user can see. A memory another user owns (and
 -- did not share) gets exactly the error a missing one gets from the foreign key, so edges cannot
 -- be used to probe for other tenants' ids. Runs as the caller, under row-level security.

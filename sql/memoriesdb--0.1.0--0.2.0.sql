@@ -106,3 +106,6 @@ CREATE OR REPLACE FUNCTION @extschema@.verify_audit_chain()
 RETURNS TABLE (intact boolean, sealed_rows bigint, unsealed_rows bigint, first_broken_position bigint,
                first_broken_audit_id bigint, problem text, last_hash text)
 LANGUAGE c STABLE SECURITY DEFINER AS 'MODULE_PATHNAME', 'verify_audit_chain_native';
+
+-- The cycle check's reachability query runs inside prevent_cycles() (src/graph.rs).
+DROP FUNCTION @extschema@.edge_path_exists(uuid, uuid);

@@ -86,11 +86,23 @@ unsafe fn prevent_cycles(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
             &[],
             Effect::Writes,
         );
-        // edge_path_exists() (SQL) with a snapshot taken now, after the lock: is the source
-        // already reachable from the target?
+        // Is the source already reachable from the target, along edges stored or implied? Read
+        // with a snapshot taken now, after the lock. Breadth-first over a recursive query whose
+        // UNION (not UNION ALL) is the visited set, so it terminates on any graph and stops as
+        // soon as the source is found. As the extension owner, edges the caller cannot see count.
         spi.execute_kept(
             &REACHABLE,
-            || format!("SELECT {SCHEMA}.edge_path_exists($1, $2)"),
+            || {
+                format!(
+                    "SELECT EXISTS (
+                         WITH RECURSIVE reach(id) AS (
+                             SELECT $1::pg_catalog.uuid
+                             UNION
+                             SELECT e.target_id FROM {SCHEMA}.memory_graph_edges e
+                               JOIN reach r ON e.source_id OPERATOR(pg_catalog.=) r.id)
+                         SELECT 1 FROM reach WHERE reach.id OPERATOR(pg_catalog.=) $2)"
+                )
+            },
             &[pg_sys::UUIDOID, pg_sys::UUIDOID],
             &[arg(target), arg(source)],
             Effect::Writes,

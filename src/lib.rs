@@ -1,10 +1,14 @@
 //! MemoriesDB: conversational memory for AI applications, inside PostgreSQL.
 //!
-//! Rust carries the parts where it is faster or safer than SQL: SHA-256 content hashing, the
-//! cycle check and the breadth-first traversal of the memory graph, time-ordered ids, the acting
-//! user (resolved once per statement) and the event relay worker.
-//! Everything that is naturally SQL (tables, the conversation API, search, queues, audit,
-//! events, policies) lives in `sql/<feature>.sql`, pulled in below in dependency order.
+//! Rust carries the functions on the hot paths and those where it is safer or faster than SQL:
+//! the conversation writers (sessions.rs: create, append, batch append, fork), the one write
+//! path every write to memories and edges takes (write_path.rs: derived fields, audit rows, the
+//! embedding queue and change events), the audit hash chain (audit.rs), SHA-256 content hashing,
+//! the cycle check and the breadth-first traversal of the memory graph, time-ordered ids, the
+//! acting user (resolved once per statement) and the event relay worker. They run SQL through
+//! spi.rs (kept plans, errors with every field).
+//! Tables, policies, views, grants and the functions still written in SQL (transcripts, search,
+//! sharing, queues) live in `sql/<feature>.sql`, pulled in below in dependency order.
 
 use pgrx::prelude::*;
 

@@ -360,7 +360,6 @@ fn internal_functions_are_not_callable_and_direct_inserts_cannot_jam_a_session()
         "SELECT memoriesdb.ensure_event_relay()".to_string(),
         "SELECT memoriesdb.derive_row_fields()".to_string(),
         "SELECT memoriesdb.prevent_cycles()".to_string(),
-        format!("SELECT memoriesdb.edge_path_exists('{session}', '{session}')"),
         format!("SELECT memoriesdb.memory_visible_to('{bob}', NULL, '{session}', 1, '{session}')"),
         format!("SELECT memoriesdb.session_visible_to('{bob}', '{session}')"),
     ] {

@@ -327,14 +327,8 @@ fn bob_reads_none_of_alices_rows_through_any_table_view_or_function() {
         }
     }
     // Helpers that answer for any id: alice's ids must get the same answer as missing ones.
-    // (edge_path_exists() is SECURITY DEFINER for the cycle check, and executable by everyone.)
     let other_missing = Uuid::new_v4();
-    for (sql, alices) in [
-        ("SELECT count(*) FROM session_lineage($1)", vec![w.fork]),
-        ("SELECT edge_path_exists($1, $2)::int::bigint", vec![w.free, w.p[0]]),
-        ("SELECT edge_path_exists($1, $2)::int::bigint", vec![w.fork_msg, w.session]),
-        ("SELECT edge_path_exists($1, $2)::int::bigint", vec![w.fork, w.session]),
-    ] {
+    for (sql, alices) in [("SELECT count(*) FROM session_lineage($1)", vec![w.fork])] {
         let ask = |c: &mut Client, ids: &[Uuid]| -> Result<i64, String> {
             let params: Vec<&(dyn ToSql + Sync)> = ids.iter().map(|i| i as &(dyn ToSql + Sync)).collect();
             c.query_one(sql, &params).map(|r| r.get(0)).map_err(|e| error_shape(&e, ids))
