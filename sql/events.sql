@@ -5,6 +5,8 @@
 -- relay, or, when no relay can be started, by NOTIFY in this transaction; either way they are
 -- delivered after commit, in order, and never for a rolled-back transaction. It is Rust
 -- (src/events.rs), internal, and called only by the extension's own code.
+CREATE FUNCTION @extschema@.emit_events(channels text[], payloads text[]) RETURNS void
+    VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'emit_events_native';
 
 -- Once per INSERT statement on memories (the hot path of every message): queue the new
 -- memories for embedding and send the change events, in the writer's transaction (Rust,

@@ -83,7 +83,7 @@ CREATE OR REPLACE FUNCTION @extschema@.log_memory_change() RETURNS trigger
 -- Events in Rust: the statement trigger on new memories (src/write_path.rs) and emit_events()
 -- (src/events.rs).
 CREATE OR REPLACE FUNCTION @extschema@.emit_events(channels text[], payloads text[])
-RETURNS void VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'emit_events_wrapper';
+RETURNS void VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'emit_events_native';
 CREATE OR REPLACE FUNCTION @extschema@.memories_inserted() RETURNS trigger
     LANGUAGE c SECURITY DEFINER AS 'MODULE_PATHNAME', 'memories_inserted_guarded';
 

@@ -7,6 +7,19 @@
 -- schema of the search_path, usually public); function bodies name it through the placeholder
 -- schema memoriesdb_pgvector, which finalize.sql binds to pgvector's real schema at install.
 
+-- MemoriesDB reads and hashes text as UTF-8 (content hashes, roles, JSON keys): in a database
+-- with another encoding the same text would hash differently and checks would count
+-- characters wrongly, so the extension refuses such a database outright.
+DO $$
+BEGIN
+    IF pg_catalog.getdatabaseencoding() OPERATOR(pg_catalog.<>) 'UTF8' THEN
+        RAISE EXCEPTION 'MemoriesDB needs a database encoded in UTF-8; this one is %', pg_catalog.getdatabaseencoding()
+            USING ERRCODE = '0A000',
+                  HINT = 'create the database with ENCODING ''UTF8'' (e.g. CREATE DATABASE ... ENCODING ''UTF8'' TEMPLATE template0)';
+    END IF;
+END
+$$;
+
 -- The text search configuration new memories are indexed with: the memoriesdb.text_search_config
 -- setting when set (e.g. 'simple' for multilingual content), otherwise english.
 -- A SQL-standard body (BEGIN ATOMIC), parsed at install, so that PostgreSQL inlines it into

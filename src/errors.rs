@@ -12,7 +12,11 @@
 //!
 //! pgrx's own guard (#[pg_extern], #[pg_trigger]) re-raises only SQLSTATE, message, detail and
 //! hint. Where such a function calls `catching()`, the error is handed to pgrx in that form
-//! (no Rust frame may be jumped over, and pgrx's guard understands nothing else).
+//! (no Rust frame may be jumped over, and pgrx's guard understands nothing else). So the
+//! functions that run SQL through spi.rs are declared through fmgr.rs's entry points, and code
+//! under run_entry() calls back into PostgreSQL only through catching() where PostgreSQL could
+//! call one of our functions. (Left on pgrx's own SPI: the acting-user lookup and the graph
+//! traversal, #[pg_extern] functions whose errors keep those four fields.)
 
 use pgrx::pg_sys;
 use pgrx::pg_sys::panic::ErrorReport;

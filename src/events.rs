@@ -80,15 +80,24 @@ pub fn emit(channels: Vec<Option<String>>, payloads: Vec<Option<String>>) {
     }
 }
 
-/// emit_events(channels text[], payloads text[]): emit() for the extension's SQL code (the
-/// embedding queue's re-arm trigger). Internal.
-#[pg_extern(volatile, parallel_unsafe)]
-fn emit_events(channels: Option<Vec<Option<String>>>, payloads: Option<Vec<Option<String>>>) {
-    let channels = channels.unwrap_or_default();
-    let mut payloads = payloads.unwrap_or_default();
+/// emit_events(channels text[], payloads text[]) (declared in sql/events.sql): emit() for the
+/// extension's SQL code (the embedding queue's re-arm trigger). Internal.
+unsafe fn emit_events(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    // SAFETY: declared in SQL with two text[] arguments.
+    let array = |n: usize| unsafe {
+        (!pgrx::fcinfo::pg_arg_is_null(fcinfo, n))
+            .then(|| Vec::<Option<String>>::from_datum(pgrx::fcinfo::pg_getarg_datum_raw(fcinfo, n), false))
+            .flatten()
+            .unwrap_or_default()
+    };
+    let channels = array(0);
+    let mut payloads = array(1);
     payloads.resize(channels.len(), None);
     emit(channels, payloads);
+    pg_sys::Datum::from(0usize)
 }
+
+crate::fmgr::sql_function_entry!(pg_finfo_emit_events_native, emit_events_native, emit_events);
 
 /// For the event triggers: hold WRITER_KEY for this transaction and make sure a relay runs for
 /// this database. Returns false when no relay could be started; the caller then NOTIFYs itself.

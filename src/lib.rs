@@ -74,7 +74,7 @@ extension_sql_file!(
 );
 extension_sql_file!("../sql/search.sql", name = "search", requires = ["sessions"]);
 extension_sql_file!("../sql/embeddings.sql", name = "embeddings", requires = ["search"]);
-extension_sql_file!("../sql/events.sql", name = "events", requires = ["embeddings", events::ensure_event_relay, events::emit_events]);
+extension_sql_file!("../sql/events.sql", name = "events", requires = ["embeddings", events::ensure_event_relay]);
 extension_sql_file!(
     "../sql/policies.sql",
     name = "policies",

@@ -398,8 +398,11 @@ crate::fmgr::sql_function_entry!(pg_finfo_create_session_native, create_session_
 /// uuid DEFAULT NULL) RETURNS uuid (declared in sql/sessions.sql): a new session that sees the
 /// parent's transcript up to the fork point (by default the latest message the parent's branch
 /// sees; or parent_message_id, also accepted as metadata.parent_message_id), without copying a
-/// message. Runs as the extension owner and decides for its caller: the parent must be listed
-/// for them (theirs, or shared with them) and the fork point a message they can see.
+/// message. Runs as the extension owner and decides for its caller, in two steps as the SQL
+/// contract words them: the parent must be listed for them (theirs, shared with them, or any
+/// for a worker: P0002 with a hint otherwise), and — a worker's reading rights do not extend to
+/// branching other users' sessions — it must be part of what they own or were shared (P0002),
+/// and the fork point a message they can read (22023).
 unsafe fn fork_session(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
     // SAFETY: declared in SQL with these four arguments.
     let (session, title, metadata, parent_message) =
@@ -407,7 +410,10 @@ unsafe fn fork_session(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
     // (in the order the SQL contract checks them)
     let metadata = checked_metadata(metadata, "metadata");
     let me = require_acting_user();
-    let unrestricted = identity::acting_role_bypasses_rls() || identity::acting_role_is("memoriesdb_worker");
+    // roles that bypass row-level security may fork anything; workers may read (list) every
+    // session, but branch only what is theirs or shared with them
+    let bypasses_rls = identity::acting_role_bypasses_rls();
+    let lists_all = bypasses_rls || identity::acting_role_is("memoriesdb_worker");
     let Some(session) = session else {
         raise(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, "session_id must not be NULL".into(), None)
     };
@@ -415,27 +421,32 @@ unsafe fn fork_session(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
     let session_id = unsafe { pgrx::Uuid::from_datum(session, false) }.expect("not NULL");
     let id = crate::ids::new_v7();
     spi::connect(|spi| {
-        // the parent, if the caller may see it listed (the memory_sessions read rule), and
-        // metadata.parent_message_id when it is the fork point
+        // the parent; whether the caller may see it listed (the memory_sessions read rule) and
+        // whether it is part of what they own or were shared; metadata.parent_message_id when it
+        // is the fork point
         let parent = spi.execute_kept(
             &FORK_PARENT,
             || {
                 format!(
                     "SELECT s.last_position, s.depth,
-                            pg_catalog.jsonb_typeof($4 OPERATOR(pg_catalog.->) 'parent_message_id'),
-                            ($4 OPERATOR(pg_catalog.->) 'parent_message_id')::pg_catalog.text,
-                            $4 OPERATOR(pg_catalog.->>) 'parent_message_id'
+                            pg_catalog.jsonb_typeof($3 OPERATOR(pg_catalog.->) 'parent_message_id'),
+                            ($3 OPERATOR(pg_catalog.->) 'parent_message_id')::pg_catalog.text,
+                            $3 OPERATOR(pg_catalog.->>) 'parent_message_id',
+                            {SCHEMA}.session_listed_for($2, s.id),
+                            s.owner_id OPERATOR(pg_catalog.=) $2 OR {SCHEMA}.session_visible_to($2, s.id)
                        FROM {SCHEMA}.memory_sessions s
-                      WHERE s.id OPERATOR(pg_catalog.=) $1 AND ($2 OR {SCHEMA}.session_listed_for($3, s.id))"
+                      WHERE s.id OPERATOR(pg_catalog.=) $1"
                 )
             },
-            &[UUID, BOOL, UUID, JSONB],
-            &[Some(session), arg(unrestricted), arg(me), metadata],
+            &[UUID, UUID, JSONB],
+            &[Some(session), arg(me), metadata],
             Effect::Reads,
         );
-        let (Some(last_position), Some(parent_depth)) = (parent.get::<i64>(0, 1), parent.get::<i32>(0, 2)) else {
+        let listed = lists_all || parent.get::<bool>(0, 6) == Some(true);
+        let (Some(last_position), Some(parent_depth), true) = (parent.get::<i64>(0, 1), parent.get::<i32>(0, 2), listed) else {
             raise_no_data(format!("session {session_id} does not exist"), Some("create one with create_session(title)"))
         };
+        let may_branch = bypasses_rls || parent.get::<bool>(0, 7) == Some(true);
         if title.is_none() {
             raise(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, "new_title must not be NULL".into(), None)
         }
@@ -465,21 +476,23 @@ unsafe fn fork_session(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
                     &LATEST_VISIBLE_MESSAGE,
                     || {
                         format!(
-                            "SELECT x.id, x.position
+                            "SELECT x.id, x.position, {SCHEMA}.memory_visible_to($3, x.created_by, x.session_id, x.position, x.id)
                                FROM {SCHEMA}.session_lineage($1) l
                               CROSS JOIN LATERAL (
-                                    SELECT m.id, m.position FROM {SCHEMA}.memories m
+                                    SELECT m.id, m.position, m.created_by, m.session_id FROM {SCHEMA}.memories m
                                      WHERE m.session_id OPERATOR(pg_catalog.=) l.lineage_session_id
                                        AND m.position OPERATOR(pg_catalog.<=) LEAST(l.visible_upto, $2)
                                      ORDER BY m.position DESC LIMIT 1) x
                               ORDER BY x.position DESC LIMIT 1"
                         )
                     },
-                    &[UUID, INT8],
-                    &[Some(session), arg(last_position)],
+                    &[UUID, INT8, UUID],
+                    &[Some(session), arg(last_position), arg(me)],
                     Effect::Reads,
                 );
-                Fork { parent: session_id, at: latest.get::<i64>(0, 2).unwrap_or(0), message: latest.get(0, 1), parent_depth }
+                let at = latest.get::<i64>(0, 2).unwrap_or(0);
+                let readable = at == 0 || bypasses_rls || latest.get::<bool>(0, 3) == Some(true);
+                (Fork { parent: session_id, at, message: latest.get(0, 1), parent_depth }, readable)
             }
             Some(message) => {
                 // SAFETY: a uuid datum.
@@ -491,14 +504,17 @@ unsafe fn fork_session(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
                             "SELECT m.position,
                                     EXISTS (SELECT 1 FROM {SCHEMA}.session_lineage($2) l
                                              WHERE l.lineage_session_id OPERATOR(pg_catalog.=) m.session_id
-                                               AND m.position OPERATOR(pg_catalog.<=) l.visible_upto)
+                                               AND m.position OPERATOR(pg_catalog.<=) l.visible_upto),
+                                    readable.by_user
                                FROM {SCHEMA}.memories m
+                              CROSS JOIN LATERAL (SELECT {SCHEMA}.memory_visible_to($4, m.created_by, m.session_id, m.position, m.id)
+                                                         AS by_user) readable
                               WHERE m.id OPERATOR(pg_catalog.=) $1 AND m.kind OPERATOR(pg_catalog.=) 'message'
-                                AND ($3 OR {SCHEMA}.memory_visible_to($4, m.created_by, m.session_id, m.position, m.id))"
+                                AND ($3 OR readable.by_user)"
                         )
                     },
                     &[UUID, UUID, BOOL, UUID],
-                    &[Some(message), Some(session), arg(unrestricted), arg(me)],
+                    &[Some(message), Some(session), arg(lists_all), arg(me)],
                     Effect::Reads,
                 );
                 let Some(at) = found.get::<i64>(0, 1) else { raise_no_data(format!("message {message_id} does not exist"), None) };
@@ -509,9 +525,21 @@ unsafe fn fork_session(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
                         Some("the fork point must be a message the session's transcript shows"),
                     )
                 }
-                Fork { parent: session_id, at, message: Some(message_id), parent_depth }
+                let readable = bypasses_rls || found.get::<bool>(0, 3) == Some(true);
+                (Fork { parent: session_id, at, message: Some(message_id), parent_depth }, readable)
             }
         };
+        let (fork, fork_point_readable) = fork;
+        if !may_branch {
+            raise_no_data(format!("session {session_id} does not exist"), None)
+        }
+        if !fork_point_readable {
+            raise(
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                format!("position {} is not a message of session {session_id} you can see", fork.at),
+                None,
+            )
+        }
         insert_session_memory(spi, id, title, metadata);
         register_session(spi, id, me, Some(fork));
     });

@@ -936,3 +936,57 @@ fn identity_cannot_outlive_its_client_behind_a_transaction_pooler() {
     first.simple_query("RESET app.\"current_user\"").unwrap();
     assert_eq!(simple_one(&mut second, "SELECT memoriesdb.current_memory_user()").unwrap(), None, "the next client acts as nobody");
 }
+
+/// A worker reads every session (it embeds and indexes them) but may not branch another user's:
+/// such a fork would hang under the owner's session where the owner can neither see nor delete
+/// it, and would stop them deleting their own history. It gets "does not exist", as before the
+/// fork moved to Rust. (Found by the attack review of the Rust fork_session.)
+#[test]
+fn a_worker_cannot_fork_another_users_session() {
+    let db = TestDb::new();
+    let (alice_role, _) = db.extra_role("alice");
+    let (wendy_role, _) = db.extra_role("wendy");
+    db.grant("memoriesdb_worker", &wendy_role);
+    let mut a = db.connect_as(&alice_role);
+    let diary: Uuid = a.query_one("SELECT create_session('private diary')", &[]).unwrap().get(0);
+    let m1: Uuid = a.query_one("SELECT add_message_to_session($1, 'user', 'secret 1')", &[&diary]).unwrap().get(0);
+    let m2: Uuid = a.query_one("SELECT add_message_to_session($1, 'user', 'secret 2')", &[&diary]).unwrap().get(0);
+    let mut w = db.connect_as(&wendy_role);
+    for (what, result) in [
+        ("at the latest message", w.query_one("SELECT fork_session($1, 'worker fork')", &[&diary])),
+        ("at a named message", w.query_one("SELECT fork_session($1, 'worker fork', '{}', $2)", &[&diary, &m1])),
+    ] {
+        let err = result.expect_err(&format!("a worker forked alice's session {what}"));
+        assert_eq!(error_shape(&err, &[diary]), "P0002 | session <id> does not exist |  | ", "{what}");
+    }
+    let forks: i64 = db
+        .admin()
+        .query_one("SELECT count(*) FROM memoriesdb.memory_sessions WHERE parent_id = $1", &[&diary])
+        .unwrap()
+        .get(0);
+    assert_eq!(forks, 0);
+    let deleted: bool = a.query_one("SELECT delete_memory($1)", &[&m2]).unwrap().get(0);
+    assert!(deleted, "alice can still delete her own history");
+}
+
+/// The default fork point must be a message the forking user can read, as a named one must:
+/// carol, shared a fork that bob made of alice's session at m1 (and that has no messages of its
+/// own), cannot fork it at alice's m1, which she cannot read.
+#[test]
+fn the_default_fork_point_is_one_the_caller_can_read() {
+    let db = TestDb::new();
+    let (alice_role, _) = db.extra_role("alice");
+    let (bob_role, bob) = db.extra_role("bob");
+    let (carol_role, carol) = db.extra_role("carol");
+    let mut a = db.connect_as(&alice_role);
+    let s: Uuid = a.query_one("SELECT create_session('alice')", &[]).unwrap().get(0);
+    let m1: Uuid = a.query_one("SELECT add_message_to_session($1, 'user', 'one')", &[&s]).unwrap().get(0);
+    a.query_one("SELECT add_message_to_session($1, 'user', 'two')", &[&s]).unwrap();
+    a.query_one("SELECT share_memory($1, $2)", &[&s, &bob]).unwrap();
+    let mut b = db.connect_as(&bob_role);
+    let f0: Uuid = b.query_one("SELECT fork_session($1, 'bob at one', '{}', $2)", &[&s, &m1]).unwrap().get(0);
+    b.query_one("SELECT share_memory($1, $2)", &[&f0, &carol]).unwrap();
+    let mut c = db.connect_as(&carol_role);
+    let err = c.query_one("SELECT fork_session($1, 'carol')", &[&f0]).expect_err("carol forked at a message she cannot read");
+    assert_eq!(error_shape(&err, &[f0]), "22023 | position 1 is not a message of session <id> you can see |  | ");
+}

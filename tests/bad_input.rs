@@ -419,3 +419,28 @@ fn malformed_calls_fail_cleanly_or_are_accepted_as_documented() {
         problems.join("\n  - ")
     );
 }
+
+/// The extension reads and hashes text as UTF-8, so CREATE EXTENSION refuses a database in any
+/// other encoding with a clear error (in one it would hash the same text differently and count
+/// characters wrongly), and writes nothing.
+#[test]
+fn a_database_not_in_utf8_is_refused_at_create_extension() {
+    let db = TestDb::new();
+    let latin1 = format!("{}_latin1", db.name);
+    let mut admin = db.admin();
+    admin
+        .batch_execute(&format!("CREATE DATABASE {latin1} ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0"))
+        .unwrap();
+    let refused = {
+        let mut other = Client::connect(&db.url_for_db("postgres", &latin1, ""), postgres::NoTls).unwrap();
+        let refused = other.batch_execute("CREATE EXTENSION memoriesdb CASCADE").unwrap_err();
+        let installed: i64 =
+            other.query_one("SELECT count(*) FROM pg_extension WHERE extname = 'memoriesdb'", &[]).unwrap().get(0);
+        assert_eq!(installed, 0, "nothing is installed");
+        refused
+    };
+    admin.batch_execute(&format!("DROP DATABASE {latin1} WITH (FORCE)")).unwrap();
+    let db_error = refused.as_db_error().expect("a database error");
+    assert_eq!(db_error.code().code(), "0A000", "{db_error:?}");
+    assert_eq!(db_error.message(), "MemoriesDB needs a database encoded in UTF-8; this one is LATIN1");
+}
