@@ -123,9 +123,7 @@ impl Authenticator {
         if header.alg != "HS256" {
             return Err(AuthError::Malformed("alg must be HS256"));
         }
-        let signature = URL_SAFE_NO_PAD
-            .decode(signature_b64)
-            .map_err(|_| AuthError::Malformed("signature is not base64url"))?;
+        let signature = URL_SAFE_NO_PAD.decode(signature_b64).map_err(|_| AuthError::Malformed("signature is not base64url"))?;
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.secret).map_err(|_| AuthError::BadSignature)?;
         mac.update(header_b64.as_bytes());
         mac.update(b".");

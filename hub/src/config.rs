@@ -17,11 +17,7 @@ pub struct Config {
     pub port: u16,
 
     /// PostgreSQL connection string (key=value or postgresql:// URL).
-    #[arg(
-        long,
-        env = "MEMORIESDB_HUB_DATABASE_URL",
-        default_value = "host=localhost port=5433 user=postgres dbname=memoriesdb"
-    )]
+    #[arg(long, env = "MEMORIESDB_HUB_DATABASE_URL", default_value = "host=localhost port=5433 user=postgres dbname=memoriesdb")]
     pub database_url: String,
 
     /// HS256 secret for JWT authentication, at least 32 bytes. Authentication is off when neither
@@ -135,8 +131,8 @@ impl Config {
         let (secret, source) = if let Some(secret) = &self.jwt_secret {
             (secret.as_bytes().to_vec(), "--jwt-secret (MEMORIESDB_HUB_JWT_SECRET)".to_string())
         } else if let Some(path) = &self.jwt_secret_file {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read --jwt-secret-file {}: {e}", path.display()))?;
+            let text =
+                std::fs::read_to_string(path).map_err(|e| format!("cannot read --jwt-secret-file {}: {e}", path.display()))?;
             (text.trim_end_matches(['\n', '\r']).as_bytes().to_vec(), format!("--jwt-secret-file {}", path.display()))
         } else {
             return Ok(None);
@@ -264,8 +260,13 @@ mod tests {
         }
         let dir = std::env::temp_dir().join(format!("memoriesdb-hub-secret-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        for (name, content, ok) in [("empty", "", false), ("blank", "  \n\n", false), ("newline", "\n", false),
-                                    ("short", "0123456789\n", false), ("strong", &format!("{strong}\n"), true)] {
+        for (name, content, ok) in [
+            ("empty", "", false),
+            ("blank", "  \n\n", false),
+            ("newline", "\n", false),
+            ("short", "0123456789\n", false),
+            ("strong", &format!("{strong}\n"), true),
+        ] {
             let path = dir.join(name);
             std::fs::write(&path, content).unwrap();
             let result = secret_of(&["--jwt-secret-file", path.to_str().unwrap()]);

@@ -219,7 +219,14 @@ impl Connection {
         self.reply(name, id, json!({ "channels": removed.iter().map(ChannelName::as_str).collect::<Vec<_>>() }));
     }
 
-    async fn publish(&mut self, name: &RequestName, id: Option<&Value>, channel: String, content: Value, metadata: Option<Value>) {
+    async fn publish(
+        &mut self,
+        name: &RequestName,
+        id: Option<&Value>,
+        channel: String,
+        content: Value,
+        metadata: Option<Value>,
+    ) {
         let channel = match ChannelName::parse(&channel) {
             Ok(channel) => channel,
             Err(message) => return self.send_error(Some(name), id, code::INVALID_CHANNEL, &message),

@@ -63,7 +63,9 @@ impl From<tokio_postgres::Error> for DbFailure {
                 // (An error raised inside the extension's Rust functions reaches us without the
                 // constraint field, so PostgreSQL's wording counts too.)
                 let names_a_constraint = db.constraint().is_some()
-                    || (sqlstate.starts_with("23") && db.message().contains("violates") && db.message().contains("constraint \""));
+                    || (sqlstate.starts_with("23")
+                        && db.message().contains("violates")
+                        && db.message().contains("constraint \""));
                 let mut message = if names_a_constraint {
                     "the request violates a constraint of the database".to_string()
                 } else {
@@ -168,9 +170,7 @@ impl Database {
         let mut client = self.pool.get().await?;
         let transaction = client.transaction().await?;
         if let Some(user) = user {
-            transaction
-                .execute("SELECT pg_catalog.set_config('app.current_user', $1, true)", &[&user.to_string()])
-                .await?;
+            transaction.execute("SELECT pg_catalog.set_config('app.current_user', $1, true)", &[&user.to_string()]).await?;
         }
         let result = match action {
             Action::SendMessage { session_id, content, role, metadata } => {
@@ -218,7 +218,10 @@ impl Database {
             }
             Action::ForkSession { session_id, title, metadata, parent_message_id } => {
                 let row = transaction
-                    .query_one("SELECT memoriesdb.fork_session($1, $2, $3, $4)", &[session_id, title, metadata, parent_message_id])
+                    .query_one(
+                        "SELECT memoriesdb.fork_session($1, $2, $3, $4)",
+                        &[session_id, title, metadata, parent_message_id],
+                    )
                     .await?;
                 let fork_id: Uuid = row.get(0);
                 json!({

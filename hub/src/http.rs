@@ -109,7 +109,11 @@ async fn websocket(
     if let Some(grant) = &grant {
         let denied: Vec<&str> = channels.iter().map(ChannelName::as_str).filter(|c| !grant.can_read(c)).collect();
         if !denied.is_empty() {
-            return reject(StatusCode::FORBIDDEN, "forbidden", &format!("the token does not allow reading {}", denied.join(", ")));
+            return reject(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                &format!("the token does not allow reading {}", denied.join(", ")),
+            );
         }
     }
 
@@ -158,7 +162,11 @@ fn origin_allowed(allowed: &[String], headers: &HeaderMap) -> bool {
     if !host.is_empty() && origin_host.eq_ignore_ascii_case(host) {
         return true;
     }
-    allowed.iter().map(|a| a.trim()).filter(|a| !a.is_empty()).any(|a| a == "*" || a.trim_end_matches('/').eq_ignore_ascii_case(origin))
+    allowed
+        .iter()
+        .map(|a| a.trim())
+        .filter(|a| !a.is_empty())
+        .any(|a| a == "*" || a.trim_end_matches('/').eq_ignore_ascii_case(origin))
 }
 
 /// DNS rebinding: a page on attacker.example can make its own name resolve to 127.0.0.1 and then
@@ -256,15 +264,13 @@ fn percent_decode(text: &str) -> String {
     while i < bytes.len() {
         match bytes[i] {
             b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                    (Some(high), Some(low)) => {
-                        out.push(high * 16 + low);
-                        i += 2;
-                    }
-                    _ => out.push(b'%'),
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(high), Some(low)) => {
+                    out.push(high * 16 + low);
+                    i += 2;
                 }
-            }
+                _ => out.push(b'%'),
+            },
             other => out.push(other),
         }
         i += 1;
@@ -367,8 +373,20 @@ mod tests {
             assert!(host_matches(&none, host), "{host}");
         }
         for host in [
-            "", "rebind.test", "rebind.test:5002", "localhost.rebind.test", "127.0.0.1.rebind.test", "0.0.0.0:5002",
-            "10.0.0.1:5002", "[::2]:5002", "::1", "[::1", "[::1]5002", "localhost:", "localhost:x", "127.0.0.1:5002:1",
+            "",
+            "rebind.test",
+            "rebind.test:5002",
+            "localhost.rebind.test",
+            "127.0.0.1.rebind.test",
+            "0.0.0.0:5002",
+            "10.0.0.1:5002",
+            "[::2]:5002",
+            "::1",
+            "[::1",
+            "[::1]5002",
+            "localhost:",
+            "localhost:x",
+            "127.0.0.1:5002:1",
             "[::ffff:127.0.0.1]",
         ] {
             assert!(!host_matches(&none, host), "{host:?}");

@@ -42,16 +42,27 @@ impl Metrics {
     pub fn render(&self, gauges: &Gauges) -> String {
         let mut out = String::with_capacity(4096);
         let mut gauge = |name: &str, help: &str, value: u64| {
-            let _ = writeln!(out, "# HELP memoriesdb_hub_{name} {help}\n# TYPE memoriesdb_hub_{name} gauge\nmemoriesdb_hub_{name} {value}");
+            let _ = writeln!(
+                out,
+                "# HELP memoriesdb_hub_{name} {help}\n# TYPE memoriesdb_hub_{name} gauge\nmemoriesdb_hub_{name} {value}"
+            );
         };
-        gauge("connections", "Open WebSocket connections, including ones in their opening or closing handshake (what --max-connections limits).", gauges.connections as u64);
+        gauge(
+            "connections",
+            "Open WebSocket connections, including ones in their opening or closing handshake (what --max-connections limits).",
+            gauges.connections as u64,
+        );
         gauge("subscriptions", "Channel subscriptions over all connections.", gauges.subscriptions as u64);
         gauge("channels", "Channels with at least one subscriber on this hub.", gauges.channels as u64);
         gauge("listen_channels", "Channels the LISTEN connection is listening on.", gauges.listening_channels as u64);
         gauge("listener_up", "1 when the LISTEN connection to PostgreSQL is up.", gauges.listener_up as u64);
         let counters: [(&str, &str, &AtomicU64); 13] = [
             ("connections_total", "WebSocket connections accepted.", &self.connections_total),
-            ("connections_rejected_total", "Upgrades refused (limits, auth, origin, bad channels).", &self.connections_rejected_total),
+            (
+                "connections_rejected_total",
+                "Upgrades refused (limits, auth, origin, bad channels).",
+                &self.connections_rejected_total,
+            ),
             ("messages_in_total", "Messages received from clients.", &self.messages_in_total),
             ("messages_out_total", "Messages queued to clients (deliveries, replies, events).", &self.messages_out_total),
             ("notifications_total", "NOTIFY messages received from PostgreSQL.", &self.notifications_total),

@@ -141,14 +141,20 @@ fn parse(text: &str) -> Result<Envelope, ProtocolError> {
         let name = RequestName::Method(crate::channel::truncate(method, 64));
         let params = Fields::new(&object, true);
         let request = match method {
-            "sub" | "subscribe" => Request::Subscribe { channels: params.channels().map_err(|m| fail(&name, code::BAD_REQUEST, m))? },
-            "unsub" | "unsubscribe" => Request::Unsubscribe { channels: params.channels().map_err(|m| fail(&name, code::BAD_REQUEST, m))? },
+            "sub" | "subscribe" => {
+                Request::Subscribe { channels: params.channels().map_err(|m| fail(&name, code::BAD_REQUEST, m))? }
+            }
+            "unsub" | "unsubscribe" => {
+                Request::Unsubscribe { channels: params.channels().map_err(|m| fail(&name, code::BAD_REQUEST, m))? }
+            }
             "pub" | "publish" => Request::Publish {
                 channel: params.required_string("channel").map_err(|m| fail(&name, code::BAD_REQUEST, m))?,
                 content: params.get("content").cloned().unwrap_or(Value::Null),
                 metadata: params.optional_object("metadata").map_err(|m| fail(&name, code::BAD_REQUEST, m))?,
             },
-            "auth" => Request::Authenticate { token: params.required_string("token").map_err(|m| fail(&name, code::BAD_REQUEST, m))? },
+            "auth" => {
+                Request::Authenticate { token: params.required_string("token").map_err(|m| fail(&name, code::BAD_REQUEST, m))? }
+            }
             "ping" => Request::Ping,
             _ => {
                 return Err(fail(
@@ -415,7 +421,12 @@ mod tests {
         assert!(err.message.contains("session_id"));
         assert_eq!(parse_request("[1,2]").unwrap_err().code, code::BAD_REQUEST);
         assert_eq!(parse_request(r#"{"method":"pub","params":{"content":1}}"#).unwrap_err().code, code::BAD_REQUEST);
-        assert_eq!(parse_request(r#"{"action":"get_transcript","session_id":"0190abcd-0000-7000-8000-000000000001","limit":0}"#).unwrap_err().code, code::BAD_REQUEST);
+        assert_eq!(
+            parse_request(r#"{"action":"get_transcript","session_id":"0190abcd-0000-7000-8000-000000000001","limit":0}"#)
+                .unwrap_err()
+                .code,
+            code::BAD_REQUEST
+        );
         assert_eq!(parse_request(r#"{"hello":1}"#).unwrap_err().code, code::BAD_REQUEST);
     }
 

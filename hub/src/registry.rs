@@ -148,12 +148,7 @@ pub struct Registry {
 
 impl Registry {
     pub fn new(metrics: Arc<Metrics>) -> Registry {
-        Registry {
-            state: RwLock::new(State::default()),
-            next_id: AtomicU64::new(1),
-            channels_changed: Notify::new(),
-            metrics,
-        }
+        Registry { state: RwLock::new(State::default()), next_id: AtomicU64::new(1), channels_changed: Notify::new(), metrics }
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {

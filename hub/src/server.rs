@@ -23,8 +23,7 @@ use tower_service::Service;
 pub async fn run(config: Config) -> Result<(), String> {
     let secret = config.jwt_secret_bytes()?;
     config.validate(secret.is_some())?;
-    let pg_config: tokio_postgres::Config =
-        config.database_url.parse().map_err(|e| format!("invalid --database-url: {e}"))?;
+    let pg_config: tokio_postgres::Config = config.database_url.parse().map_err(|e| format!("invalid --database-url: {e}"))?;
     let role = RoleCheck::new(secret.is_some(), config.allow_anonymous_superuser);
     let database = Database::new(&pg_config, config.db_pool_size, config.statement_timeout, role.clone())?;
     database.check_role().await?;

@@ -166,10 +166,8 @@ async fn origin_allow_list() {
 
 #[tokio::test]
 async fn anonymous_hub_on_a_public_address_refuses_to_start() {
-    let output = std::process::Command::new(HUB_BIN)
-        .args(["--host", "0.0.0.0", "--port", &free_port().to_string()])
-        .output()
-        .unwrap();
+    let output =
+        std::process::Command::new(HUB_BIN).args(["--host", "0.0.0.0", "--port", &free_port().to_string()]).output().unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("without authentication"), "{stderr}");

@@ -116,10 +116,26 @@ async fn bad_requests_get_error_replies_naming_the_request() {
         (r#"{"method":"sub","id":4}"#, Some(("method", "sub")), "bad_request"),
         (r#"{"method":"sub","params":{"channels":[1]},"id":5}"#, Some(("method", "sub")), "bad_request"),
         (r#"{"method":"pub","params":{"content":"no channel"},"id":6}"#, Some(("method", "pub")), "bad_request"),
-        (r#"{"method":"pub","params":{"channel":"c","metadata":"not an object"},"id":7}"#, Some(("method", "pub")), "bad_request"),
-        (r#"{"action":"send_message","session_id":"not-a-uuid","content":"x","id":8}"#, Some(("action", "send_message")), "bad_request"),
-        (r#"{"action":"send_message","session_id":"01a21f10-a1fa-729b-9207-651564608c0c","id":9}"#, Some(("action", "send_message")), "bad_request"),
-        (r#"{"action":"get_transcript","session_id":"01a21f10-a1fa-729b-9207-651564608c0c","limit":-1,"id":10}"#, Some(("action", "get_transcript")), "bad_request"),
+        (
+            r#"{"method":"pub","params":{"channel":"c","metadata":"not an object"},"id":7}"#,
+            Some(("method", "pub")),
+            "bad_request",
+        ),
+        (
+            r#"{"action":"send_message","session_id":"not-a-uuid","content":"x","id":8}"#,
+            Some(("action", "send_message")),
+            "bad_request",
+        ),
+        (
+            r#"{"action":"send_message","session_id":"01a21f10-a1fa-729b-9207-651564608c0c","id":9}"#,
+            Some(("action", "send_message")),
+            "bad_request",
+        ),
+        (
+            r#"{"action":"get_transcript","session_id":"01a21f10-a1fa-729b-9207-651564608c0c","limit":-1,"id":10}"#,
+            Some(("action", "get_transcript")),
+            "bad_request",
+        ),
         (r#"{"method":42}"#, None, "bad_request"),
         (r#"{"method":"auth","params":{"token":"x"},"id":11}"#, Some(("method", "auth")), "bad_request"),
     ];
@@ -171,7 +187,8 @@ async fn oversized_pub_gets_an_error_and_the_limit_is_exact() {
 #[tokio::test]
 async fn frame_size_and_channel_caps() {
     let db = TestDb::new().await;
-    let hub = HubProcess::start(&db.hub_url().await, &["--max-message-bytes", "4096", "--max-channels-per-connection", "3"]).await;
+    let hub =
+        HubProcess::start(&db.hub_url().await, &["--max-message-bytes", "4096", "--max-channels-per-connection", "3"]).await;
 
     let mut client = WsClient::connect(&hub.ws_url("?c=a&c=b")).await;
     let reply = client.request(json!({"method": "sub", "params": {"channels": ["c", "d"]}})).await;
@@ -256,7 +273,8 @@ async fn chat_actions_send_message_reaches_every_subscriber_of_the_session() {
     assert_eq!(alice.delivery(&branch_channel).await["position"], 2);
     bob.no_delivery(&branch_channel, Duration::from_millis(200)).await;
     let branch_transcript = alice.ok(json!({"action": "get_transcript", "session_id": branch})).await;
-    let contents: Vec<&str> = branch_transcript["messages"].as_array().unwrap().iter().map(|m| m["content"].as_str().unwrap()).collect();
+    let contents: Vec<&str> =
+        branch_transcript["messages"].as_array().unwrap().iter().map(|m| m["content"].as_str().unwrap()).collect();
     assert_eq!(contents, ["I think we should focus on mobile", "only in the branch"]);
     assert_eq!(branch_transcript["session"]["parent_id"], session.as_str());
 
@@ -297,8 +315,19 @@ async fn endpoints_health_ready_metrics_and_demo_page() {
     assert_eq!(ready["listener"], "up");
     let (status, body) = http_get(hub.port, "/metrics").await.unwrap();
     assert_eq!(status, 200);
-    for name in ["connections", "subscriptions", "messages_in_total", "messages_out_total", "dropped_messages_total", "listener_reconnects_total", "listener_up"] {
-        assert!(body.contains(&format!("\nmemoriesdb_hub_{name} ")) || body.starts_with(&format!("# HELP memoriesdb_hub_{name} ")), "{name} in\n{body}");
+    for name in [
+        "connections",
+        "subscriptions",
+        "messages_in_total",
+        "messages_out_total",
+        "dropped_messages_total",
+        "listener_reconnects_total",
+        "listener_up",
+    ] {
+        assert!(
+            body.contains(&format!("\nmemoriesdb_hub_{name} ")) || body.starts_with(&format!("# HELP memoriesdb_hub_{name} ")),
+            "{name} in\n{body}"
+        );
     }
     let (status, body) = http_get(hub.port, "/").await.unwrap();
     assert_eq!(status, 200);

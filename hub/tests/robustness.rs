@@ -200,11 +200,9 @@ async fn a_client_that_stops_reading_is_disconnected_and_slows_no_one() {
 #[tokio::test]
 async fn silent_clients_fail_the_heartbeat_and_idle_ones_time_out() {
     let db = TestDb::new().await;
-    let hub = HubProcess::start(
-        &db.hub_url().await,
-        &["--ping-interval", "200ms", "--pong-timeout", "300ms", "--idle-timeout", "1s"],
-    )
-    .await;
+    let hub =
+        HubProcess::start(&db.hub_url().await, &["--ping-interval", "200ms", "--pong-timeout", "300ms", "--idle-timeout", "1s"])
+            .await;
     // never polled, so it never answers pings
     let (mut silent, _) = tokio_tungstenite::connect_async(hub.ws_url("?c=x")).await.unwrap();
     // answers pings (it reads) and is subscribed: stays
@@ -213,10 +211,8 @@ async fn silent_clients_fail_the_heartbeat_and_idle_ones_time_out() {
     let mut idle = WsClient::connect(&hub.ws_url("")).await;
 
     // both readers answer pings while they read; the silent one is dropped meanwhile
-    let (nothing, close) = tokio::join!(
-        lively.try_expect(Duration::from_millis(2000), &|_: &Value| false),
-        idle.close_frame(WAIT)
-    );
+    let (nothing, close) =
+        tokio::join!(lively.try_expect(Duration::from_millis(2000), &|_: &Value| false), idle.close_frame(WAIT));
     assert!(nothing.is_none());
     assert_eq!(close.as_ref().map(|(code, _)| *code), Some(1000), "{close:?}");
     assert!(close.unwrap().1.contains("idle"));
