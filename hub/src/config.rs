@@ -188,20 +188,13 @@ fn check_jwt_secret(secret: &[u8], source: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Parse "250ms", "20s", "5m", "1h" or a bare number of seconds.
+/// A duration as humantime reads it ("250ms", "20s", "5m", "1h 30m"), or a bare number of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: u64 = number.parse().map_err(|_| format!("not a duration: {text:?} (try 500ms, 20s, 5m)"))?;
-    let millis = match unit.trim() {
-        "ms" => value,
-        "" | "s" => value.saturating_mul(1000),
-        "m" => value.saturating_mul(60_000),
-        "h" => value.saturating_mul(3_600_000),
-        other => return Err(format!("unknown duration unit {other:?} in {text:?} (ms, s, m, h)")),
-    };
-    Ok(Duration::from_millis(millis))
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        return text.parse().map(Duration::from_secs).map_err(|_| format!("not a duration: {text:?}"));
+    }
+    humantime::parse_duration(text).map_err(|e| format!("not a duration: {text:?} ({e}; try 500ms, 20s, 5m)"))
 }
 
 #[cfg(test)]
@@ -214,6 +207,7 @@ mod tests {
         assert_eq!(parse_duration("20s"), Ok(Duration::from_secs(20)));
         assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
         assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1m 30s"), Ok(Duration::from_secs(90)));
         assert!(parse_duration("fast").is_err());
         assert!(parse_duration("5 parsecs").is_err());
     }

@@ -154,8 +154,12 @@ fn bearer_token(headers: &HeaderMap) -> Option<String> {
 /// allow-list, or when the allow-list contains "*". Without this check any web site a user
 /// visits could open a connection to a hub on their machine or network.
 fn origin_allowed(allowed: &[String], headers: &HeaderMap) -> bool {
-    let Some(origin) = headers.get(header::ORIGIN) else { return true };
-    let Ok(origin) = origin.to_str() else { return false };
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return true;
+    };
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
     let origin = origin.trim_end_matches('/');
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
     let origin_host = origin.split_once("://").map(|(_, rest)| rest).unwrap_or("");
@@ -193,7 +197,9 @@ fn host_allowed(hub: &Hub, headers: &HeaderMap) -> Result<(), String> {
 
 /// Whether a Host header value names a loopback address or an allowed host.
 fn host_matches(allowed: &[String], host: &str) -> bool {
-    let Some((name, port)) = split_host(host) else { return false };
+    let Some((name, port)) = split_host(host) else {
+        return false;
+    };
     if is_loopback_name(name) {
         return true;
     }
@@ -247,39 +253,7 @@ fn host_refusal(hub: &Hub, headers: &HeaderMap) -> Option<Response> {
 
 /// Split a query string into decoded key/value pairs (repeated keys kept, in order).
 fn parse_query(query: &str) -> Vec<(String, String)> {
-    query
-        .split('&')
-        .filter(|part| !part.is_empty())
-        .map(|part| {
-            let (key, value) = part.split_once('=').unwrap_or((part, ""));
-            (percent_decode(key), percent_decode(value))
-        })
-        .collect()
-}
-
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                (Some(high), Some(low)) => {
-                    out.push(high * 16 + low);
-                    i += 2;
-                }
-                _ => out.push(b'%'),
-            },
-            other => out.push(other),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn hex(byte: u8) -> Option<u8> {
-    (byte as char).to_digit(16).map(|d| d as u8)
+    form_urlencoded::parse(query.as_bytes()).map(|(key, value)| (key.into_owned(), value.into_owned())).collect()
 }
 
 async fn demo_page(State(hub): State<Arc<Hub>>, headers: HeaderMap) -> Response {
