@@ -493,18 +493,20 @@ fn close_frame(reason: &CloseReason, dropped: u64) -> Option<CloseFrame> {
         CloseReason::Shutdown => "hub shutting down".into(),
         CloseReason::MessageTooBig => "message too big".into(),
         CloseReason::ProtocolViolation => "websocket protocol error".into(),
+        CloseReason::InvalidPayload => "text frame is not valid UTF-8".into(),
         CloseReason::ClientGone => return None,
     };
     Some(CloseFrame { code: reason.code(), reason: Utf8Bytes::from(text) })
 }
 
-/// Why reading failed, for the close frame: too big (1009), broken framing (1002), or a dead
-/// socket (nothing to say).
+/// Why reading failed, for the close frame: too big (1009), broken framing (1002), a text frame
+/// that is not UTF-8 (1007), or a dead socket (nothing to say).
 fn read_error_reason(error: axum::Error) -> CloseReason {
     let inner = error.into_inner();
     match inner.downcast_ref::<tungstenite::Error>() {
         Some(tungstenite::Error::Capacity(_)) => CloseReason::MessageTooBig,
-        Some(tungstenite::Error::Protocol(_)) | Some(tungstenite::Error::Utf8(_)) => CloseReason::ProtocolViolation,
+        Some(tungstenite::Error::Protocol(_)) => CloseReason::ProtocolViolation,
+        Some(tungstenite::Error::Utf8(_)) => CloseReason::InvalidPayload,
         _ => CloseReason::ClientGone,
     }
 }

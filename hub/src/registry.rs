@@ -34,8 +34,10 @@ pub enum CloseReason {
     Shutdown,
     /// A message or frame over --max-message-bytes / --max-frame-bytes.
     MessageTooBig,
-    /// Broken WebSocket framing (unmasked frame, bad UTF-8 in a text frame, ...).
+    /// Broken WebSocket framing (unmasked frame, reserved bits, bad opcode, ...).
     ProtocolViolation,
+    /// A text frame that is not UTF-8 (RFC 6455 §8.1: 1007, invalid frame payload data).
+    InvalidPayload,
     /// The client closed the connection or the socket failed: nothing left to say.
     ClientGone,
 }
@@ -47,6 +49,7 @@ impl CloseReason {
             CloseReason::HeartbeatTimeout => 1011,
             CloseReason::MessageTooBig => 1009,
             CloseReason::ProtocolViolation => 1002,
+            CloseReason::InvalidPayload => 1007,
             CloseReason::IdleTimeout | CloseReason::ClientGone => 1000,
             CloseReason::Shutdown => 1001, // going away
         }

@@ -337,3 +337,22 @@ async fn endpoints_health_ready_metrics_and_demo_page() {
     let (status, _) = http_get(hub.port, "/ws").await.unwrap();
     assert_eq!(status, 426);
 }
+
+/// Issue 14, defect 4: RFC 6455 §8.1: a text frame that is not UTF-8 closes with 1007.
+#[tokio::test]
+async fn invalid_utf8_in_a_text_frame_closes_with_1007() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::tungstenite::Message;
+    let db = TestDb::new().await;
+    let hub = HubProcess::start(&db.hub_url().await, &[]).await;
+    let mut client = WsClient::connect(&hub.ws_url("")).await;
+    let frame = Frame::message(vec![b'{', 0xff, 0xfe, b'}'], OpCode::Data(Data::Text), true);
+    client.socket.send(Message::Frame(frame)).await.unwrap();
+    let close = client.close_frame(WAIT).await;
+    assert_eq!(close.as_ref().map(|(code, _)| *code), Some(1007), "{close:?}");
+    // the hub is fine
+    let mut other = WsClient::connect(&hub.ws_url("")).await;
+    assert_eq!(other.ok(json!({"method": "ping"})).await, json!("pong"));
+}
