@@ -46,18 +46,70 @@ impl Activity {
     }
 }
 
-/// Serve one upgraded connection until either side closes it.
-pub async fn serve(hub: Arc<Hub>, socket: WebSocket, initial_channels: Vec<ChannelName>, grant: Option<Grant>, peer: SocketAddr) {
-    let (sink, stream) = socket.split();
+/// A client that exists before its WebSocket does: registered, subscribed to the channels its
+/// URL names and, once PostgreSQL confirmed those LISTENs, ready to be upgraded. The upgrade
+/// (the 101) is sent only after [`prepare`], so "subscribe in the URL, then have someone write"
+/// never loses the write's event: it waits in the client's queue until the socket is up.
+pub struct Prepared {
+    hub: Arc<Hub>,
+    client: Arc<ClientHandle>,
+    queue: Option<mpsc::Receiver<Utf8Bytes>>,
+    subscriptions: BTreeSet<ChannelName>,
+    /// `{"event":"subscribed",...}`, the first frame the client gets (URL channels only).
+    greeting: Option<Utf8Bytes>,
+}
+
+impl Drop for Prepared {
+    /// The upgrade failed or was abandoned: forget the client (a served one is forgotten by
+    /// [`serve`], which empties `queue`).
+    fn drop(&mut self) {
+        if self.queue.is_some() {
+            self.client.control.close(CloseReason::ClientGone);
+            self.hub.registry.unregister(self.client.id, &self.subscriptions);
+        }
+    }
+}
+
+/// Register a client and subscribe it to `channels` (validated and authorized), waiting until
+/// PostgreSQL listens on them. While the LISTEN connection is down nothing is waited for: the
+/// greeting lists the channels as pending, and `{"event":"reconnected"}` follows once it is up.
+pub async fn prepare(hub: &Arc<Hub>, channels: Vec<ChannelName>) -> Prepared {
     let (queue_tx, queue_rx) = mpsc::channel(hub.config.outbound_queue);
-    let control = Arc::new(ClientControl::new());
-    let client = hub.registry.register(queue_tx, control.clone());
+    let client = hub.registry.register(queue_tx, Arc::new(ClientControl::new()));
+    hub.registry.subscribe(&client, &channels);
+    let mut prepared =
+        Prepared { hub: hub.clone(), client, queue: Some(queue_rx), subscriptions: BTreeSet::new(), greeting: None };
+    prepared.subscriptions.extend(channels.iter().cloned());
+    if !channels.is_empty() {
+        let pending = if hub.listener.is_up() {
+            hub.listener.wait_until_listening(&channels, LISTEN_CONFIRM_TIMEOUT).await
+        } else {
+            channels.clone()
+        };
+        if !pending.is_empty() {
+            tracing::warn!(client = prepared.client.id, ?pending, "LISTEN not confirmed yet for URL channels");
+        }
+        prepared.greeting = Some(protocol::subscribed_frame(&channels, &pending));
+    }
+    prepared
+}
+
+/// Serve one upgraded connection until either side closes it.
+pub async fn serve(mut prepared: Prepared, socket: WebSocket, grant: Option<Grant>, peer: SocketAddr) {
+    let hub = prepared.hub.clone();
+    let client = prepared.client.clone();
+    let control = client.control.clone();
+    let queue = prepared.queue.take().expect("a prepared client is served once");
+    let subscriptions = std::mem::take(&mut prepared.subscriptions);
+    let greeting = prepared.greeting.take();
+    drop(prepared);
+    let (sink, stream) = socket.split();
     Metrics::inc(&hub.metrics.connections_total);
     let activity = Arc::new(Activity {
         opened: Instant::now(),
         last_frame_ms: AtomicU64::new(0),
         last_request_ms: AtomicU64::new(0),
-        subscriptions: AtomicUsize::new(0),
+        subscriptions: AtomicUsize::new(subscriptions.len()),
     });
     tracing::debug!(client = client.id, %peer, user = ?grant.as_ref().map(|g| g.user), "connected");
 
@@ -65,17 +117,8 @@ pub async fn serve(hub: Arc<Hub>, socket: WebSocket, initial_channels: Vec<Chann
         // upgraded just as shutdown began, after close_all() ran
         control.close(CloseReason::Shutdown);
     }
-    let writer = tokio::spawn(write_loop(hub.clone(), sink, queue_rx, control.clone(), activity.clone()));
-    let mut connection = Connection { hub: hub.clone(), client, grant, subscriptions: BTreeSet::new(), activity };
-    if !initial_channels.is_empty() {
-        // Subscriptions from the URL are live before the first request is read, so a client may
-        // publish right after connecting and receive its own message.
-        connection.add_subscriptions(&initial_channels);
-        let pending = hub.listener.wait_until_listening(&initial_channels, LISTEN_CONFIRM_TIMEOUT).await;
-        if !pending.is_empty() {
-            tracing::warn!(client = connection.client.id, ?pending, "LISTEN not confirmed yet for URL channels");
-        }
-    }
+    let writer = tokio::spawn(write_loop(hub.clone(), sink, greeting, queue, control.clone(), activity.clone()));
+    let mut connection = Connection { hub: hub.clone(), client, grant, subscriptions, activity };
     connection.read_loop(stream).await;
 
     // Whatever ended the reader, stop the writer and forget the client.
@@ -391,6 +434,7 @@ impl Connection {
 async fn write_loop(
     hub: Arc<Hub>,
     mut sink: SplitSink<WebSocket, Message>,
+    greeting: Option<Utf8Bytes>,
     mut queue: mpsc::Receiver<Utf8Bytes>,
     control: Arc<ClientControl>,
     activity: Arc<Activity>,
@@ -403,7 +447,15 @@ async fn write_loop(
     // one registration for the connection's lifetime, not one per message (hot path)
     let closed = control.closed();
     tokio::pin!(closed);
-    loop {
+    // the subscription acknowledgement goes out before anything that was queued meanwhile
+    let greeted = match greeting {
+        Some(frame) => {
+            let send = sink.send(Message::Text(frame));
+            send_within(send, config.write_timeout, closed.as_mut(), &control, &hub.metrics).await
+        }
+        None => true,
+    };
+    while greeted {
         tokio::select! {
             biased;
             _ = &mut closed => break,

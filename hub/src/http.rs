@@ -133,12 +133,13 @@ async fn websocket(
         .write_buffer_size(16 * 1024)
         // bounded by the outbound queue and FRAMES_PER_FLUSH; a hard stop for anything else
         .max_write_buffer_size(4 * 1024 * 1024);
-    let task_hub = hub.clone();
+    // LISTEN before the 101: once the client sees the upgrade, its URL channels are live
+    let prepared = connection::prepare(&hub, channels).await;
+    let tracker = hub.connections.clone();
     upgrade.on_upgrade(move |socket| {
-        let tracker = task_hub.connections.clone();
         tracker.track_future(async move {
             let _slot = slot;
-            connection::serve(task_hub, socket, channels, grant, peer).await;
+            connection::serve(prepared, socket, grant, peer).await;
         })
     })
 }

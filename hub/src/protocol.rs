@@ -16,10 +16,12 @@
 //!
 //! Hub → client:
 //!   {"channel":"...","payload":...}                   a message on a subscribed channel
+//!   {"event":"subscribed","channels":[...]}           first frame with ?c=...: those channels are live
 //!   {"event":"reconnected"}                           the LISTEN connection was re-established
 //!   {"method":"sub","id":...,"result":{...}}          a reply; "action" instead of "method" for actions
 //!   {"method":"pub","id":...,"error":{"code":"...","message":"..."}}
 
+use crate::channel::ChannelName;
 use axum::extract::ws::Utf8Bytes;
 use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
@@ -343,6 +345,18 @@ pub fn delivery_frame(channel: &str, payload: &str) -> Utf8Bytes {
     }
     frame.push('}');
     Utf8Bytes::from(frame)
+}
+
+/// `{"event":"subscribed","channels":[...]}`: the channels named in the connection's URL are
+/// live (PostgreSQL listens), so an event written from now on reaches the client. Channels whose
+/// LISTEN is not confirmed yet (the database is unreachable) are listed in `"pending"` as well.
+pub fn subscribed_frame(channels: &[ChannelName], pending: &[ChannelName]) -> Utf8Bytes {
+    let names = |list: &[ChannelName]| list.iter().map(|c| Value::String(c.as_str().into())).collect::<Vec<_>>();
+    let mut frame = json!({ "event": "subscribed", "channels": names(channels) });
+    if !pending.is_empty() {
+        frame["pending"] = Value::Array(names(pending));
+    }
+    Utf8Bytes::from(frame.to_string())
 }
 
 /// `{"event": name}`, e.g. reconnected.

@@ -356,3 +356,39 @@ async fn invalid_utf8_in_a_text_frame_closes_with_1007() {
     let mut other = WsClient::connect(&hub.ws_url("")).await;
     assert_eq!(other.ok(json!({"method": "ping"})).await, json!("pong"));
 }
+
+/// Issue 14, defect 1: a client that subscribes in the URL and then has someone write must get
+/// the write's event. The hub LISTENs before it completes the upgrade and says so in its first
+/// frame, `{"event":"subscribed","channels":[...]}`.
+#[tokio::test]
+async fn url_subscriptions_are_live_when_the_upgrade_completes() {
+    let db = TestDb::new().await;
+    let hub = HubProcess::start(&db.hub_url().await, &[]).await;
+    let sql = db.client().await;
+    // keeps "marker" listened, so that a `sub` to it is live as soon as it is acknowledged
+    let _keeper = WsClient::connect(&hub.ws_url("?c=marker")).await;
+
+    let (mut lost, mut unacknowledged) = (Vec::new(), Vec::new());
+    for i in 0..100 {
+        let channel = format!("fresh_{i}");
+        let mut client = WsClient::connect(&hub.ws_url(&format!("?c={channel}"))).await;
+        // "subscribe, then write": another session writes right after the 101
+        sql.execute("SELECT pg_notify($1, $2)", &[&channel, &i.to_string()]).await.unwrap();
+        // PostgreSQL delivers notifications in commit order, and the hub queues them in order:
+        // once the marker (committed later) has arrived, so has the first one, or it is lost
+        client.subscribe(&["marker"]).await;
+        sql.execute("SELECT pg_notify('marker', $1)", &[&i.to_string()]).await.unwrap();
+        client.expect("the marker", move |v| v["channel"] == "marker" && v["payload"] == i).await;
+        let first = channel.clone();
+        if client.try_expect(Duration::ZERO, &move |v: &Value| v["channel"] == first.as_str()).await.is_none() {
+            lost.push(i);
+        }
+        // and the client was told that its subscription is live (before the marker)
+        let ack = json!({"event": "subscribed", "channels": [channel]});
+        if client.try_expect(Duration::ZERO, &move |v: &Value| *v == ack).await.is_none() {
+            unacknowledged.push(i);
+        }
+    }
+    assert!(lost.is_empty(), "events lost right after subscribing in the URL: {} of 100 ({lost:?})", lost.len());
+    assert!(unacknowledged.is_empty(), "no {{\"event\":\"subscribed\"}} for {} of 100", unacknowledged.len());
+}

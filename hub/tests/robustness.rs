@@ -355,3 +355,25 @@ async fn sigterm_closes_every_connection_with_1001_and_exits() {
     }
     assert_eq!(hub.wait_exit(Duration::from_secs(10)), Some(0), "log:\n{}", hub.log_text());
 }
+
+/// Issue 14, defect 1, while the database is away: the upgrade is not held up, the greeting lists
+/// the URL's channels as pending, and `reconnected` follows once they are live.
+#[tokio::test]
+async fn url_subscriptions_while_the_database_is_away_are_acknowledged_as_pending() {
+    let db = TestDb::new().await;
+    let proxy = PgProxy::start(db.pg_port()).await;
+    let hub = HubProcess::start(&via_port(&db.hub_url().await, proxy.port), &["--reconnect-max-backoff", "300ms"]).await;
+    proxy.sever();
+    let deadline = Instant::now() + WAIT;
+    while http_get(hub.port, "/readyz").await.unwrap().0 != 503 {
+        assert!(Instant::now() < deadline, "readyz still 200 after the database went away");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut client = WsClient::connect(&hub.ws_url("?c=later&c=news")).await;
+    let ack = client.expect("the greeting", |v| v["event"] == "subscribed").await;
+    assert_eq!(ack, json!({"event": "subscribed", "channels": ["later", "news"], "pending": ["later", "news"]}));
+    proxy.restore().await;
+    client.expect("the reconnected event", |v| v["event"] == "reconnected").await;
+    db.client().await.batch_execute("NOTIFY later, 'live'").await.unwrap();
+    assert_eq!(client.delivery("later").await, json!("live"));
+}
