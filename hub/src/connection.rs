@@ -5,7 +5,7 @@
 //! deliveries, so a client that floods requests but does not read its replies fills its own
 //! queue and is disconnected, like any other slow reader.
 
-use crate::auth::Grant;
+use crate::auth::{AuthError, Grant};
 use crate::channel::ChannelName;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
@@ -206,7 +206,7 @@ impl Connection {
             Request::Subscribe { channels } => self.subscribe(&name, id, channels).await,
             Request::Unsubscribe { channels } => self.unsubscribe(&name, id, channels),
             Request::Publish { channel, content, metadata } => self.publish(&name, id, channel, content, metadata).await,
-            Request::Authenticate { token } => self.reauthenticate(&name, id, &token),
+            Request::Authenticate { token } => self.reauthenticate(&name, id, &token).await,
             Request::Ping => self.reply(&name, id, json!("pong")),
             Request::Action(action) => self.run_action(&name, id, action).await,
         }
@@ -316,7 +316,7 @@ impl Connection {
         }
     }
 
-    fn reauthenticate(&mut self, name: &RequestName, id: Option<&Value>, token: &str) {
+    async fn reauthenticate(&mut self, name: &RequestName, id: Option<&Value>, token: &str) {
         let Some(authenticator) = &self.hub.auth else {
             return self.send_error(Some(name), id, code::BAD_REQUEST, "authentication is not enabled on this hub");
         };
@@ -324,6 +324,11 @@ impl Connection {
             Ok(grant) => {
                 if self.grant.as_ref().is_some_and(|current| current.user != grant.user) {
                     return self.send_error(Some(name), id, code::FORBIDDEN, "a connection cannot change its user");
+                }
+                match self.hub.users.exists(&self.hub.database, grant.user).await {
+                    Ok(true) => {}
+                    Ok(false) => return self.send_error(Some(name), id, code::UNAUTHORIZED, &AuthError::UnknownUser.to_string()),
+                    Err(failure) => return self.send_error_json(Some(name), id, failure.to_json()),
                 }
                 let lost: Vec<&ChannelName> = self.subscriptions.iter().filter(|c| !grant.can_read(c.as_str())).collect();
                 if !lost.is_empty() {

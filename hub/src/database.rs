@@ -67,7 +67,13 @@ impl From<tokio_postgres::Error> for DbFailure {
                         && db.message().contains("violates")
                         && db.message().contains("constraint \""));
                 let mut message = if names_a_constraint {
-                    "the request violates a constraint of the database".to_string()
+                    match sqlstate.as_str() {
+                        "23503" => "the request refers to something that does not exist or that you cannot see \
+                                    (a user, session or message)"
+                            .to_string(),
+                        "23505" => "the request conflicts with something that already exists".to_string(),
+                        _ => "the request violates a rule of the database".to_string(),
+                    }
                 } else {
                     db.message().to_string()
                 };
@@ -155,6 +161,13 @@ impl Database {
                 }
             },
         }
+    }
+
+    /// Whether a MemoriesDB user exists (the hub's role is trusted, so it sees every user).
+    pub async fn user_exists(&self, user: Uuid) -> Result<bool, DbFailure> {
+        let client = self.pool.get().await?;
+        let statement = client.prepare_cached("SELECT EXISTS (SELECT FROM memoriesdb.users WHERE id = $1)").await?;
+        Ok(client.query_one(&statement, &[&user]).await?.get(0))
     }
 
     /// NOTIFY through PostgreSQL so that all hubs (and psql LISTENers) see it.

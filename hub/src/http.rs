@@ -5,6 +5,7 @@
 //! Origin allow-list (a page from elsewhere cannot open a WebSocket) and the Host check (a page
 //! that rebinds its own DNS name to the hub's address cannot either; see [`host_allowed`]).
 
+use crate::auth::AuthError;
 use crate::channel::ChannelName;
 use crate::connection;
 use crate::hub::Hub;
@@ -84,9 +85,17 @@ async fn websocket(
                 .map(|(_, v)| v.clone())
                 .or_else(|| bearer_token(&headers))
                 .unwrap_or_default();
-            match authenticator.verify(&token) {
-                Ok(grant) => Some(grant),
+            let grant = match authenticator.verify(&token) {
+                Ok(grant) => grant,
                 Err(error) => return reject(StatusCode::UNAUTHORIZED, "unauthorized", &error.to_string()),
+            };
+            match hub.users.exists(&hub.database, grant.user).await {
+                Ok(true) => Some(grant),
+                Ok(false) => return reject(StatusCode::UNAUTHORIZED, "unauthorized", &AuthError::UnknownUser.to_string()),
+                Err(failure) => {
+                    let message = format!("cannot check the token's user now: {}", failure.message);
+                    return reject(StatusCode::SERVICE_UNAVAILABLE, "unavailable", &message);
+                }
             }
         }
     };

@@ -6,6 +6,7 @@ use crate::database::Database;
 use crate::listener::ListenerState;
 use crate::metrics::{Gauges, Metrics};
 use crate::registry::Registry;
+use crate::users::UserDirectory;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -18,6 +19,8 @@ pub struct Hub {
     pub metrics: Arc<Metrics>,
     pub database: Database,
     pub auth: Option<Authenticator>,
+    /// Whether a token's user exists (authentication only).
+    pub users: UserDirectory,
     /// Cancelled on SIGTERM/SIGINT: stop accepting, close every connection with 1001.
     pub shutdown: CancellationToken,
     /// WebSocket connection tasks, so shutdown can wait for their close frames to go out.
@@ -35,6 +38,7 @@ impl Hub {
             metrics,
             database,
             auth,
+            users: UserDirectory::default(),
             shutdown: CancellationToken::new(),
             connections: TaskTracker::new(),
             open_connections: AtomicUsize::new(0),

@@ -6,6 +6,7 @@
 //! - [`config`]: flags and environment
 //! - [`channel`]: channel names, quoting, glob patterns
 //! - [`auth`]: optional HS256 JWT authentication
+//! - [`users`]: whether a token's user exists (cached)
 //! - [`protocol`]: request parsing and the frames the hub sends
 //! - [`registry`]: connections, subscriptions and fan-out with bounded queues
 //! - [`listener`]: the dedicated LISTEN connection, reconciliation and reconnects
@@ -28,3 +29,4 @@ pub mod protocol;
 pub mod registry;
 pub mod role;
 pub mod server;
+pub mod users;

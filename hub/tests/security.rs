@@ -52,7 +52,8 @@ async fn authenticated_hub_refuses_a_role_that_bypasses_row_security() {
     // an ordinary role, trusted to assert its tokens' users, is what works
     let hub_role = db.role_url("hub", &["memoriesdb_trusted"]).await;
     let hub = HubProcess::start(&hub_role, &["--jwt-secret", SECRET]).await;
-    let user = "01a21f10-a1fa-729b-9207-651564608c0c";
+    let user: String = db.client().await.query_one("SELECT memoriesdb.create_user('u')::text", &[]).await.unwrap().get(0);
+    let user = user.as_str();
     let mut client = WsClient::connect(&hub.ws_url(&format!("?token={}", token(user, &["*"], &[])))).await;
     assert_eq!(client.ok(json!({"method": "ping"})).await, json!("pong"));
 }
@@ -260,7 +261,8 @@ async fn an_anonymous_hub_answers_only_to_loopback_names() {
     let trusted = db.role_url("trusted", &["memoriesdb_trusted"]).await;
     let authenticated = HubProcess::start(&trusted, &["--jwt-secret", SECRET, "--allowed-hosts", "hub.test"]).await;
     let port = authenticated.port;
-    let query = format!("?token={}", token("01a21f10-a1fa-729b-9207-651564608c0c", &["*"], &[]));
+    let user: String = db.client().await.query_one("SELECT memoriesdb.create_user('u')::text", &[]).await.unwrap().get(0);
+    let query = format!("?token={}", token(&user, &["*"], &[]));
     assert_eq!(upgrade_status(port, &format!("hub.test:{port}"), &query, &[]).await, 101);
     assert_eq!(upgrade_status(port, &format!("rebind.test:{port}"), &query, &[]).await, 403);
 }
