@@ -94,9 +94,19 @@ pub struct Config {
     #[arg(long, env = "MEMORIESDB_HUB_DB_POOL_SIZE", default_value_t = 8)]
     pub db_pool_size: usize,
 
-    /// statement_timeout for pub and chat actions.
+    /// statement_timeout for pub and chat actions (a longer one is answered `timeout`).
     #[arg(long, env = "MEMORIESDB_HUB_STATEMENT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub statement_timeout: Duration,
+
+    /// How long a pub or chat action waits for a row lock (PostgreSQL's lock_timeout) or for a
+    /// free database connection before it is answered `busy`.
+    #[arg(long, env = "MEMORIESDB_HUB_LOCK_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub lock_timeout: Duration,
+
+    /// Chat actions that may run at once on one session (hub-wide); more are answered `busy`, so
+    /// one stuck session cannot take every database connection.
+    #[arg(long, env = "MEMORIESDB_HUB_MAX_ACTIONS_PER_SESSION", default_value_t = 2)]
+    pub max_actions_per_session: usize,
 
     /// Longest wait between two attempts to re-establish the LISTEN connection.
     #[arg(long, env = "MEMORIESDB_HUB_RECONNECT_MAX_BACKOFF", default_value = "5s", value_parser = parse_duration)]
@@ -155,8 +165,14 @@ impl Config {
                         hub never runs as a database role that bypasses row-level security"
                 .into());
         }
-        if self.outbound_queue == 0 || self.db_pool_size == 0 || self.max_connections == 0 {
-            return Err("--outbound-queue, --db-pool-size and --max-connections must be at least 1".into());
+        if self.outbound_queue == 0 || self.db_pool_size == 0 || self.max_connections == 0 || self.max_actions_per_session == 0 {
+            return Err(
+                "--outbound-queue, --db-pool-size, --max-connections and --max-actions-per-session must be at least 1".into()
+            );
+        }
+        if self.lock_timeout.is_zero() {
+            // 0 would mean "wait forever" to PostgreSQL
+            return Err("--lock-timeout must be positive".into());
         }
         if self.ping_interval.is_zero() {
             return Err("--ping-interval must be positive".into());

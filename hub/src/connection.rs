@@ -7,6 +7,7 @@
 
 use crate::auth::{AuthError, Grant};
 use crate::channel::ChannelName;
+use crate::database::DbFailure;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::protocol::{self, code, Action, Envelope, Request, RequestName};
@@ -312,7 +313,7 @@ impl Connection {
                     self.reply(name, id, json!({ "channel": channel.as_str() }));
                 }
             }
-            Err(failure) => self.send_error_json(Some(name), id, failure.to_json()),
+            Err(failure) => self.send_failure(Some(name), id, failure),
         }
     }
 
@@ -328,7 +329,7 @@ impl Connection {
                 match self.hub.users.exists(&self.hub.database, grant.user).await {
                     Ok(true) => {}
                     Ok(false) => return self.send_error(Some(name), id, code::UNAUTHORIZED, &AuthError::UnknownUser.to_string()),
-                    Err(failure) => return self.send_error_json(Some(name), id, failure.to_json()),
+                    Err(failure) => return self.send_failure(Some(name), id, failure),
                 }
                 let lost: Vec<&ChannelName> = self.subscriptions.iter().filter(|c| !grant.can_read(c.as_str())).collect();
                 if !lost.is_empty() {
@@ -366,7 +367,7 @@ impl Connection {
                 }
                 self.reply(name, id, result)
             }
-            Err(failure) => self.send_error_json(Some(name), id, failure.to_json()),
+            Err(failure) => self.send_failure(Some(name), id, failure),
         }
     }
 
@@ -424,9 +425,13 @@ impl Connection {
         self.enqueue(protocol::error_frame(name, id, code, message));
     }
 
-    fn send_error_json(&self, name: Option<&RequestName>, id: Option<&Value>, error: Value) {
+    fn send_failure(&self, name: Option<&RequestName>, id: Option<&Value>, failure: DbFailure) {
         Metrics::inc(&self.hub.metrics.error_replies_total);
-        self.enqueue(protocol::error_frame_with(name, id, error));
+        if failure.code == code::BUSY || failure.code == code::TIMEOUT {
+            Metrics::inc(&self.hub.metrics.busy_replies_total);
+            tracing::debug!(client = self.client.id, code = failure.code, session = ?failure.session, "{}", failure.message);
+        }
+        self.enqueue(protocol::error_frame_with(name, id, failure.to_json()));
     }
 
     fn enqueue(&self, frame: Utf8Bytes) {

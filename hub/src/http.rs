@@ -289,15 +289,20 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// Ready when the LISTEN connection is up (deliveries work) and the hub is not shutting down.
+/// Ready when the LISTEN connection is up (deliveries work), the database pool is not saturated
+/// (requests waiting for a connection: new clients are better served elsewhere) and the hub is
+/// not shutting down.
 async fn readyz(State(hub): State<Arc<Hub>>) -> Response {
     let listener_up = hub.listener.is_up();
-    let ready = listener_up && !hub.shutdown.is_cancelled();
+    let pool = hub.database.pool_status();
+    let saturated = pool.waiting > 0;
+    let ready = listener_up && !saturated && !hub.shutdown.is_cancelled();
     let body = json!({
         "ready": ready,
         "listener": if listener_up { "up" } else { "down" },
         "shutting_down": hub.shutdown.is_cancelled(),
         "listen_channels": hub.listener.listening_count(),
+        "db_pool": { "max": pool.max, "open": pool.open, "idle": pool.idle, "waiting": pool.waiting, "saturated": saturated },
     })
     .to_string();
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };

@@ -65,6 +65,7 @@ impl Hub {
             channels: self.registry.channel_count(),
             listening_channels: self.listener.listening_count(),
             listener_up: self.listener.is_up(),
+            pool: self.database.pool_status(),
         }
     }
 }

@@ -19,6 +19,7 @@ pub struct Metrics {
     pub heartbeat_timeouts_total: AtomicU64,
     pub idle_timeouts_total: AtomicU64,
     pub listener_reconnects_total: AtomicU64,
+    pub busy_replies_total: AtomicU64,
 }
 
 /// Gauges read from live state at scrape time.
@@ -28,6 +29,7 @@ pub struct Gauges {
     pub channels: usize,
     pub listening_channels: usize,
     pub listener_up: bool,
+    pub pool: crate::database::PoolStatus,
 }
 
 impl Metrics {
@@ -56,7 +58,11 @@ impl Metrics {
         gauge("channels", "Channels with at least one subscriber on this hub.", gauges.channels as u64);
         gauge("listen_channels", "Channels the LISTEN connection is listening on.", gauges.listening_channels as u64);
         gauge("listener_up", "1 when the LISTEN connection to PostgreSQL is up.", gauges.listener_up as u64);
-        let counters: [(&str, &str, &AtomicU64); 13] = [
+        gauge("db_pool_connections_max", "--db-pool-size.", gauges.pool.max as u64);
+        gauge("db_pool_connections", "Open pooled database connections.", gauges.pool.open as u64);
+        gauge("db_pool_idle", "Pooled database connections free for a request.", gauges.pool.idle as u64);
+        gauge("db_pool_waiting", "Requests waiting for a pooled connection (the pool is saturated).", gauges.pool.waiting as u64);
+        let counters: [(&str, &str, &AtomicU64); 14] = [
             ("connections_total", "WebSocket connections accepted.", &self.connections_total),
             (
                 "connections_rejected_total",
@@ -73,6 +79,11 @@ impl Metrics {
             ("slow_client_disconnects_total", "Clients disconnected for not reading.", &self.slow_client_disconnects_total),
             ("heartbeat_timeouts_total", "Clients disconnected for not answering pings.", &self.heartbeat_timeouts_total),
             ("idle_timeouts_total", "Connections closed for being idle.", &self.idle_timeouts_total),
+            (
+                "busy_replies_total",
+                "Requests answered busy or timeout (a stuck session, a saturated pool).",
+                &self.busy_replies_total,
+            ),
             ("listener_reconnects_total", "Times the LISTEN connection was re-established.", &self.listener_reconnects_total),
         ];
         for (name, help, value) in counters {

@@ -43,6 +43,12 @@ pub mod code {
     pub const INVALID_ARGUMENT: &str = "invalid_argument";
     pub const DATABASE_ERROR: &str = "database_error";
     pub const UNAVAILABLE: &str = "unavailable";
+    /// Not now: the session has --max-actions-per-session actions running, its row is locked by
+    /// another transaction (--lock-timeout), or no database connection came free in time. The
+    /// error carries "session_id" when one session is the cause. Retry later.
+    pub const BUSY: &str = "busy";
+    /// The statement ran longer than --statement-timeout and was cancelled.
+    pub const TIMEOUT: &str = "timeout";
 }
 
 /// Which request a reply answers: `"method": name` or `"action": name`.
@@ -78,6 +84,18 @@ pub enum Action {
     CreateSession { title: String, metadata: Option<Value> },
     ForkSession { session_id: Uuid, title: String, metadata: Option<Value>, parent_message_id: Option<Uuid> },
     ListSessions { limit: i64 },
+}
+
+impl Action {
+    /// The session an action works on, if any: the unit of --max-actions-per-session.
+    pub fn session(&self) -> Option<&Uuid> {
+        match self {
+            Action::SendMessage { session_id, .. }
+            | Action::GetTranscript { session_id, .. }
+            | Action::ForkSession { session_id, .. } => Some(session_id),
+            Action::CreateSession { .. } | Action::ListSessions { .. } => None,
+        }
+    }
 }
 
 pub const DEFAULT_TRANSCRIPT_LIMIT: i64 = 500;

@@ -2,7 +2,7 @@
 
 use crate::auth::Authenticator;
 use crate::config::Config;
-use crate::database::Database;
+use crate::database::{Database, Limits};
 use crate::http;
 use crate::hub::Hub;
 use crate::listener::Listener;
@@ -25,7 +25,13 @@ pub async fn run(config: Config) -> Result<(), String> {
     config.validate(secret.is_some())?;
     let pg_config: tokio_postgres::Config = config.database_url.parse().map_err(|e| format!("invalid --database-url: {e}"))?;
     let role = RoleCheck::new(secret.is_some(), config.allow_anonymous_superuser);
-    let database = Database::new(&pg_config, config.db_pool_size, config.statement_timeout, role.clone())?;
+    let limits = Limits {
+        pool_size: config.db_pool_size,
+        statement_timeout: config.statement_timeout,
+        lock_timeout: config.lock_timeout,
+        actions_per_session: config.max_actions_per_session,
+    };
+    let database = Database::new(&pg_config, &limits, role.clone())?;
     database.check_role().await?;
     if secret.is_none() && !config.host.is_loopback() && config.allowed_hosts.iter().all(|h| h.trim().is_empty()) {
         tracing::warn!(

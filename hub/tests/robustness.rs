@@ -377,3 +377,124 @@ async fn url_subscriptions_while_the_database_is_away_are_acknowledged_as_pendin
     db.client().await.batch_execute("NOTIFY later, 'live'").await.unwrap();
     assert_eq!(client.delivery("later").await, json!("live"));
 }
+
+/// Hub backends (pooled connections) waiting for a lock.
+async fn hub_backends_waiting_on_locks(sql: &tokio_postgres::Client) -> i64 {
+    sql.query_one(
+        "SELECT count(*) FROM pg_stat_activity
+          WHERE application_name = 'memoriesdb-hub' AND datname = current_database() AND wait_event_type = 'Lock'",
+        &[],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+/// Issue 14, defect 2: a session whose row is locked by someone else (a psql transaction left
+/// open) ties up at most a few pooled connections, for at most --lock-timeout; every other
+/// client's `pub` and chat actions keep working, and the stuck requests get a `busy` error that
+/// names the session.
+#[tokio::test]
+async fn a_locked_session_cannot_take_the_whole_pool() {
+    let db = TestDb::new().await;
+    let hub_url = db.hub_url().await;
+    let hub = HubProcess::start(&hub_url, &["--db-pool-size", "4", "--statement-timeout", "30s"]).await;
+    let mut bystander = WsClient::connect(&hub.ws_url("?c=calm")).await;
+    let stuck = bystander.ok(json!({"action": "create_session", "title": "stuck"})).await;
+    let other = bystander.ok(json!({"action": "create_session", "title": "other"})).await;
+    let stuck_id = stuck["session_id"].as_str().unwrap().to_string();
+
+    // psql left a transaction open holding the session's row
+    let locker = db.client().await;
+    locker.batch_execute("BEGIN").await.unwrap();
+    locker.execute("SELECT 1 FROM memoriesdb.memory_sessions WHERE id = $1::text::uuid FOR UPDATE", &[&stuck_id]).await.unwrap();
+
+    // eight clients write to the stuck session at once
+    const STUCK: usize = 8;
+    let replies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for i in 0..STUCK {
+        let mut client = WsClient::connect(&hub.ws_url("")).await;
+        let (replies, session) = (replies.clone(), stuck_id.clone());
+        tasks.push(tokio::spawn(async move {
+            let request = json!({"action": "send_message", "session_id": session, "content": format!("stuck {i}")});
+            let reply = tokio::time::timeout(Duration::from_secs(60), client.request(request)).await.expect("a reply");
+            replies.lock().unwrap().push(reply);
+        }));
+    }
+    // until every one of them is either answered or waiting for the lock, or the pool is all
+    // taken by waiters
+    let sql = db.client().await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let waiting = hub_backends_waiting_on_locks(&sql).await;
+        let answered = replies.lock().unwrap().len() as i64;
+        if waiting == 4 || waiting + answered == STUCK as i64 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{waiting} waiting, {answered} answered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // everyone else is served
+    let reply = bystander.request(json!({"method": "pub", "params": {"channel": "calm", "content": "still here"}})).await;
+    assert!(reply.get("error").is_none(), "pub failed while one session is locked: {reply}");
+    bystander.delivery("calm").await;
+    bystander.ok(json!({"action": "send_message", "session_id": other["session_id"], "content": "unaffected"})).await;
+
+    // the stuck requests were refused, naming the session, never "database unavailable"
+    for task in tasks {
+        task.await.unwrap();
+    }
+    for reply in replies.lock().unwrap().iter() {
+        assert_eq!(reply["error"]["code"], "busy", "{reply}");
+        assert_eq!(reply["error"]["session_id"], stuck_id.as_str(), "{reply}");
+        assert!(reply["error"]["message"].as_str().unwrap().contains(&stuck_id), "{reply}");
+    }
+    assert!(hub.metric("busy_replies_total").await >= STUCK as u64);
+    // and once the lock is gone the session takes messages again
+    locker.batch_execute("ROLLBACK").await.unwrap();
+    bystander.ok(json!({"action": "send_message", "session_id": stuck_id, "content": "unstuck"})).await;
+    drop(hub);
+
+    // When the pool is all taken anyway (here: a pool of 2, both stuck on the lock), readiness
+    // says so while a request waits for a connection.
+    let hub = HubProcess::start(&hub_url, &["--db-pool-size", "2", "--lock-timeout", "3s"]).await;
+    locker.batch_execute("BEGIN").await.unwrap();
+    locker.execute("SELECT 1 FROM memoriesdb.memory_sessions WHERE id = $1::text::uuid FOR UPDATE", &[&stuck_id]).await.unwrap();
+    let mut holders = Vec::new();
+    for _ in 0..2 {
+        let mut client = WsClient::connect(&hub.ws_url("")).await;
+        client.send(json!({"action": "send_message", "session_id": stuck_id, "content": "holds a connection", "id": 1})).await;
+        holders.push(client);
+    }
+    let deadline = Instant::now() + WAIT;
+    while hub_backends_waiting_on_locks(&sql).await < 2 {
+        assert!(Instant::now() < deadline, "the two requests did not reach the lock");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut third = WsClient::connect(&hub.ws_url("")).await;
+    third.send(json!({"method": "pub", "params": {"channel": "calm", "content": "no connection"}, "id": 1})).await;
+    let deadline = Instant::now() + WAIT;
+    let body = loop {
+        let (status, body) = http_get(hub.port, "/readyz").await.unwrap();
+        if status == 503 {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "readyz stayed 200 with the pool saturated: {body}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let ready: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(ready["db_pool"]["saturated"], true, "{body}");
+    assert_eq!(ready["db_pool"]["max"], 2, "{body}");
+    assert!(hub.metric("db_pool_waiting").await >= 1);
+    // the holders give up their lock waits (and connections) after --lock-timeout, before the
+    // pub, which came later, has waited as long for a connection: it is served, or told busy
+    let reply = third.expect("the pub's reply", |v| v["id"] == 1).await;
+    assert!(reply.get("error").is_none() || reply["error"]["code"] == "busy", "{reply}");
+    for mut client in holders {
+        let reply = client.expect("the reply", |v| v["id"] == 1).await;
+        assert_eq!(reply["error"]["code"], "busy", "lock_timeout: {reply}");
+    }
+    locker.batch_execute("ROLLBACK").await.unwrap();
+    hub.wait_ready(WAIT).await;
+}
