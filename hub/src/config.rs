@@ -70,6 +70,11 @@ pub struct Config {
     #[arg(long, env = "MEMORIESDB_HUB_OUTBOUND_QUEUE", default_value_t = 1024)]
     pub outbound_queue: usize,
 
+    /// Memory (MiB) all outbound queues together may hold; over it, the clients with the largest
+    /// backlogs are disconnected (1008) first.
+    #[arg(long, env = "MEMORIESDB_HUB_OUTBOUND_BUDGET_MIB", default_value_t = 512)]
+    pub outbound_budget_mib: usize,
+
     /// How often the hub pings each client (e.g. 20s, 500ms).
     #[arg(long, env = "MEMORIESDB_HUB_PING_INTERVAL", default_value = "20s", value_parser = parse_duration)]
     pub ping_interval: Duration,

@@ -11,7 +11,7 @@ use crate::database::DbFailure;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::protocol::{self, code, Action, Envelope, Request, RequestName};
-use crate::registry::{ClientControl, ClientHandle, CloseReason};
+use crate::registry::{frame_cost, ClientControl, ClientHandle, CloseReason};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
@@ -118,7 +118,7 @@ pub async fn serve(mut prepared: Prepared, socket: WebSocket, grant: Option<Gran
         // upgraded just as shutdown began, after close_all() ran
         control.close(CloseReason::Shutdown);
     }
-    let writer = tokio::spawn(write_loop(hub.clone(), sink, greeting, queue, control.clone(), activity.clone()));
+    let writer = tokio::spawn(write_loop(hub.clone(), sink, greeting, queue, client.clone(), activity.clone()));
     let mut connection = Connection { hub: hub.clone(), client, grant, subscriptions, activity };
     connection.read_loop(stream).await;
 
@@ -436,6 +436,7 @@ impl Connection {
 
     fn enqueue(&self, frame: Utf8Bytes) {
         self.client.offer(frame, &self.hub.metrics);
+        self.hub.registry.enforce_budget();
     }
 }
 
@@ -446,10 +447,11 @@ async fn write_loop(
     mut sink: SplitSink<WebSocket, Message>,
     greeting: Option<Utf8Bytes>,
     mut queue: mpsc::Receiver<Utf8Bytes>,
-    control: Arc<ClientControl>,
+    client: Arc<ClientHandle>,
     activity: Arc<Activity>,
 ) {
     let config = &hub.config;
+    let control = client.control.clone();
     let mut ticker = tokio::time::interval_at(Instant::now() + config.ping_interval, config.ping_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let silence_limit = (config.ping_interval + config.pong_timeout).as_millis() as u64;
@@ -471,11 +473,16 @@ async fn write_loop(
             _ = &mut closed => break,
             frame = queue.recv() => {
                 let Some(frame) = frame else { break };
+                // the frames' bytes stay counted against the memory budget until flushed
+                let mut cost = frame_cost(&frame);
                 let send = async {
                     sink.feed(Message::Text(frame)).await?;
                     for _ in 1..FRAMES_PER_FLUSH {
                         match queue.try_recv() {
-                            Ok(frame) => sink.feed(Message::Text(frame)).await?,
+                            Ok(frame) => {
+                                cost += frame_cost(&frame);
+                                sink.feed(Message::Text(frame)).await?
+                            }
                             Err(_) => break,
                         }
                     }
@@ -484,6 +491,7 @@ async fn write_loop(
                 if !send_within(send, config.write_timeout, closed.as_mut(), &control, &hub.metrics).await {
                     break;
                 }
+                client.release(cost);
             }
             _ = ticker.tick() => {
                 let now = activity.now_ms();
@@ -508,6 +516,11 @@ async fn write_loop(
             }
         }
     }
+    // Nothing queued will be sent any more: free it now, not after the goodbye (which a stalled
+    // client may make take seconds), so that shedding a backlog frees its memory at once.
+    control.close(CloseReason::ClientGone);
+    drop(queue);
+    client.release_all();
     let reason = control.reason();
     if let Some(frame) = reason.as_ref().and_then(|r| close_frame(r, control.dropped())) {
         let _ = timeout(CLOSE_TIMEOUT, sink.send(Message::Close(Some(frame)))).await;
@@ -549,6 +562,9 @@ where
 fn close_frame(reason: &CloseReason, dropped: u64) -> Option<CloseFrame> {
     let text = match reason {
         CloseReason::SlowClient => format!("slow client: outbound queue full, {dropped} message(s) dropped"),
+        CloseReason::MemoryBudget => {
+            "slow client: the hub's outbound memory budget is full and this backlog was among the largest".into()
+        }
         CloseReason::HeartbeatTimeout => "no pong: heartbeat timeout".into(),
         CloseReason::IdleTimeout => "idle timeout".into(),
         CloseReason::TokenExpired => "token expired".into(),

@@ -31,9 +31,10 @@ pub struct Hub {
 impl Hub {
     pub fn new(config: Config, database: Database, auth: Option<Authenticator>) -> Hub {
         let metrics = Arc::new(Metrics::default());
+        let budget_bytes = config.outbound_budget_mib.saturating_mul(1024 * 1024);
         Hub {
             config,
-            registry: Arc::new(Registry::new(metrics.clone())),
+            registry: Arc::new(Registry::new(metrics.clone(), budget_bytes)),
             listener: Arc::new(ListenerState::new()),
             metrics,
             database,
@@ -66,6 +67,7 @@ impl Hub {
             listening_channels: self.listener.listening_count(),
             listener_up: self.listener.is_up(),
             pool: self.database.pool_status(),
+            outbound_bytes: self.registry.budget.used(),
         }
     }
 }

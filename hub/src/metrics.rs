@@ -20,6 +20,7 @@ pub struct Metrics {
     pub idle_timeouts_total: AtomicU64,
     pub listener_reconnects_total: AtomicU64,
     pub busy_replies_total: AtomicU64,
+    pub memory_budget_sheds_total: AtomicU64,
 }
 
 /// Gauges read from live state at scrape time.
@@ -30,6 +31,7 @@ pub struct Gauges {
     pub listening_channels: usize,
     pub listener_up: bool,
     pub pool: crate::database::PoolStatus,
+    pub outbound_bytes: usize,
 }
 
 impl Metrics {
@@ -58,11 +60,16 @@ impl Metrics {
         gauge("channels", "Channels with at least one subscriber on this hub.", gauges.channels as u64);
         gauge("listen_channels", "Channels the LISTEN connection is listening on.", gauges.listening_channels as u64);
         gauge("listener_up", "1 when the LISTEN connection to PostgreSQL is up.", gauges.listener_up as u64);
+        gauge(
+            "outbound_bytes",
+            "Bytes waiting for clients in all outbound queues (--outbound-budget-mib).",
+            gauges.outbound_bytes as u64,
+        );
         gauge("db_pool_connections_max", "--db-pool-size.", gauges.pool.max as u64);
         gauge("db_pool_connections", "Open pooled database connections.", gauges.pool.open as u64);
         gauge("db_pool_idle", "Pooled database connections free for a request.", gauges.pool.idle as u64);
         gauge("db_pool_waiting", "Requests waiting for a pooled connection (the pool is saturated).", gauges.pool.waiting as u64);
-        let counters: [(&str, &str, &AtomicU64); 14] = [
+        let counters: [(&str, &str, &AtomicU64); 15] = [
             ("connections_total", "WebSocket connections accepted.", &self.connections_total),
             (
                 "connections_rejected_total",
@@ -83,6 +90,11 @@ impl Metrics {
                 "busy_replies_total",
                 "Requests answered busy or timeout (a stuck session, a saturated pool).",
                 &self.busy_replies_total,
+            ),
+            (
+                "memory_budget_sheds_total",
+                "Clients closed because all queues together exceeded --outbound-budget-mib.",
+                &self.memory_budget_sheds_total,
             ),
             ("listener_reconnects_total", "Times the LISTEN connection was re-established.", &self.listener_reconnects_total),
         ];

@@ -498,3 +498,70 @@ async fn a_locked_session_cannot_take_the_whole_pool() {
     locker.batch_execute("ROLLBACK").await.unwrap();
     hub.wait_ready(WAIT).await;
 }
+
+/// Peak and current resident memory of a process (KiB), from /proc.
+fn memory_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap()
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}
+
+/// Issue 14, defect 3: outbound queues are bounded in total, not only per client. A flood of
+/// stalled clients, each with a backlog it is allowed on its own, keeps the hub's peak RSS
+/// within --outbound-budget-mib (plus the process's own baseline), the largest backlogs are
+/// shed, and a client that reads gets every message.
+#[tokio::test]
+async fn stalled_clients_stay_within_the_global_memory_budget() {
+    const BUDGET_MIB: u64 = 8;
+    // each stalled socket also parks up to 4 MiB in the kernel (tcp_wmem), which is not RSS
+    const STALLED: usize = 16;
+    const PER_CHANNEL: usize = 1000;
+    const PAYLOAD: usize = 7000;
+    let db = TestDb::new().await;
+    let budget = BUDGET_MIB.to_string();
+    let hub = HubProcess::start(&db.hub_url().await, &["--outbound-budget-mib", &budget, "--write-timeout", "60s"]).await;
+    let mut reader = WsClient::connect(&hub.ws_url("?c=stall_0")).await;
+    let mut stalled = Vec::new();
+    for k in 0..STALLED {
+        // a tiny receive buffer and never read: each holds up to PER_CHANNEL messages of its own
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let stream = socket.connect(([127, 0, 0, 1], hub.port).into()).await.unwrap();
+        let (client, _) = tokio_tungstenite::client_async(hub.ws_url(&format!("?c=stall_{k}")), stream).await.unwrap();
+        stalled.push(client);
+    }
+    let (_, baseline_kib) = memory_kib(hub.pid());
+
+    let sql = db.client().await;
+    for k in 0..STALLED {
+        sql.batch_execute(&format!(
+            "SELECT pg_notify('stall_{k}', i || ':' || repeat('x', {PAYLOAD})) FROM generate_series(1, {PER_CHANNEL}) i"
+        ))
+        .await
+        .unwrap();
+    }
+    for i in 1..=PER_CHANNEL {
+        let payload = reader.delivery("stall_0").await;
+        assert!(payload.as_str().unwrap().starts_with(&format!("{i}:")), "message {i} in order");
+    }
+    hub.wait_metric("notifications_total", Duration::from_secs(60), |n| n == (STALLED * PER_CHANNEL) as u64).await;
+    let (peak_kib, _) = memory_kib(hub.pid());
+    let growth_mib = peak_kib.saturating_sub(baseline_kib) / 1024;
+    let offered_mib = (STALLED * PER_CHANNEL * PAYLOAD / (1024 * 1024)) as u64;
+    eprintln!(
+        "peak RSS growth {growth_mib} MiB with {STALLED} stalled clients offered {offered_mib} MiB; budget {BUDGET_MIB} MiB"
+    );
+    // generous: the budget twice over, plus 16 MiB for the allocator and frames in flight
+    assert!(growth_mib <= 2 * BUDGET_MIB + 16, "peak RSS grew {growth_mib} MiB; budget {BUDGET_MIB} MiB");
+    assert!(hub.metric("memory_budget_sheds_total").await >= 1);
+    // the reader was never the one shed
+    assert_eq!(reader.ok(json!({"method": "ping"})).await, json!("pong"));
+    drop(stalled);
+}
