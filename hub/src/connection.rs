@@ -11,7 +11,7 @@ use crate::database::DbFailure;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::protocol::{self, code, Action, Envelope, Request, RequestName};
-use crate::registry::{frame_cost, ClientControl, ClientHandle, CloseReason};
+use crate::registry::{frame_cost, ClientControl, ClientHandle, CloseReason, Outbound};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
@@ -54,7 +54,7 @@ impl Activity {
 pub struct Prepared {
     hub: Arc<Hub>,
     client: Arc<ClientHandle>,
-    queue: Option<mpsc::Receiver<Utf8Bytes>>,
+    queue: Option<mpsc::Receiver<Outbound>>,
     subscriptions: BTreeSet<ChannelName>,
     /// `{"event":"subscribed",...}`, the first frame the client gets (URL channels only).
     greeting: Option<Utf8Bytes>,
@@ -126,7 +126,13 @@ pub async fn serve(mut prepared: Prepared, socket: WebSocket, grant: Option<Gran
     control.close(CloseReason::ClientGone);
     hub.registry.unregister(connection.client.id, &connection.subscriptions);
     let _ = writer.await;
-    tracing::debug!(client = connection.client.id, reason = ?control.reason(), dropped = control.dropped(), "disconnected");
+    let reason = control.reason();
+    if let Some(CloseReason::SlowClient | CloseReason::MemoryBudget) = &reason {
+        // the operator's business: a client that does not read loses messages
+        tracing::info!(client = connection.client.id, %peer, ?reason, dropped = control.dropped(), "slow client disconnected");
+    } else {
+        tracing::debug!(client = connection.client.id, ?reason, dropped = control.dropped(), "disconnected");
+    }
 }
 
 struct Connection {
@@ -352,7 +358,14 @@ impl Connection {
         }
         Metrics::inc(&self.hub.metrics.actions_total);
         let user = self.grant.as_ref().map(|g| g.user);
-        match self.hub.database.run_action(&action, user).await {
+        let started = Instant::now();
+        let outcome = self.hub.database.run_action(&action, user).await;
+        if let RequestName::Action(action_name) = name {
+            if let Some(histogram) = self.hub.metrics.action_duration(action_name) {
+                histogram.record(started.elapsed().as_secs_f64());
+            }
+        }
+        match outcome {
             Ok(mut result) => {
                 if let (Action::ListSessions { .. }, Some(grant)) = (&action, &self.grant) {
                     // show only sessions whose channel the token may read
@@ -435,7 +448,7 @@ impl Connection {
     }
 
     fn enqueue(&self, frame: Utf8Bytes) {
-        self.client.offer(frame, &self.hub.metrics);
+        self.client.offer(Outbound::now(frame), &self.hub.metrics);
         self.hub.registry.enforce_budget();
     }
 }
@@ -446,7 +459,7 @@ async fn write_loop(
     hub: Arc<Hub>,
     mut sink: SplitSink<WebSocket, Message>,
     greeting: Option<Utf8Bytes>,
-    mut queue: mpsc::Receiver<Utf8Bytes>,
+    mut queue: mpsc::Receiver<Outbound>,
     client: Arc<ClientHandle>,
     activity: Arc<Activity>,
 ) {
@@ -472,16 +485,19 @@ async fn write_loop(
             biased;
             _ = &mut closed => break,
             frame = queue.recv() => {
-                let Some(frame) = frame else { break };
+                let Some(first) = frame else { break };
+                // sampled: the first frame of each batch stands for the batch
+                hub.metrics.queue_wait.record(first.queued_at.elapsed().as_secs_f64());
+                let committed_at = first.committed_at;
                 // the frames' bytes stay counted against the memory budget until flushed
-                let mut cost = frame_cost(&frame);
+                let mut cost = frame_cost(&first.frame);
                 let send = async {
-                    sink.feed(Message::Text(frame)).await?;
+                    sink.feed(Message::Text(first.frame)).await?;
                     for _ in 1..FRAMES_PER_FLUSH {
                         match queue.try_recv() {
-                            Ok(frame) => {
-                                cost += frame_cost(&frame);
-                                sink.feed(Message::Text(frame)).await?
+                            Ok(item) => {
+                                cost += frame_cost(&item.frame);
+                                sink.feed(Message::Text(item.frame)).await?
                             }
                             Err(_) => break,
                         }
@@ -492,6 +508,9 @@ async fn write_loop(
                     break;
                 }
                 client.release(cost);
+                if let Some(since) = committed_at.and_then(|at| std::time::SystemTime::now().duration_since(at).ok()) {
+                    hub.metrics.commit_to_send.record(since.as_secs_f64());
+                }
             }
             _ = ticker.tick() => {
                 let now = activity.now_ms();

@@ -148,7 +148,7 @@ pub struct Database {
 }
 
 /// What readiness and /metrics show of the pool.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct PoolStatus {
     pub max: usize,
     pub open: usize,
@@ -207,7 +207,7 @@ impl Database {
             Err(error) => match self.role.refusal() {
                 Some(refusal) => Err(refusal),
                 None => {
-                    tracing::warn!(%error, "cannot check the hub's database role yet; every new connection will be checked");
+                    tracing::warn!(error = %crate::error_chain(&error), "cannot check the hub's database role yet; every new connection will be checked");
                     Ok(())
                 }
             },

@@ -30,7 +30,7 @@ pub struct Hub {
 
 impl Hub {
     pub fn new(config: Config, database: Database, auth: Option<Authenticator>) -> Hub {
-        let metrics = Arc::new(Metrics::default());
+        let metrics = Arc::new(Metrics::new());
         let budget_bytes = config.outbound_budget_mib.saturating_mul(1024 * 1024);
         Hub {
             config,

@@ -30,3 +30,16 @@ pub mod registry;
 pub mod role;
 pub mod server;
 pub mod users;
+
+/// An error with its causes, for logs: tokio-postgres' Display says only "db error" and keeps
+/// PostgreSQL's message (e.g. why a connection was refused) in its source.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

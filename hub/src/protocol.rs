@@ -365,6 +365,38 @@ pub fn delivery_frame(channel: &str, payload: &str) -> Utf8Bytes {
     Utf8Bytes::from(frame)
 }
 
+/// When an event was written, for the commit-to-send histogram: the `created_at` of the
+/// extension's chat events (`2026-12-02T13:11:17.937222+00:00`, in the writer's time zone). None
+/// for payloads without one. Costs a scan for the key, and a parse only when it is there.
+pub fn event_time(payload: &str) -> Option<std::time::SystemTime> {
+    if !payload.starts_with('{') || !payload.contains("\"created_at\"") {
+        return None;
+    }
+    #[derive(serde::Deserialize)]
+    struct Stamped<'a> {
+        #[serde(borrow)]
+        created_at: Option<&'a str>,
+    }
+    let text = serde_json::from_str::<Stamped>(payload).ok()?.created_at?;
+    // humantime reads the local part as UTC; the offset (+HH:MM, or Z) is applied here
+    let split = text.rfind(['+', '-', 'Z']).filter(|&at| at > 10)?;
+    let (local, offset) = text.split_at(split);
+    let at = humantime::parse_rfc3339_weak(local).ok()?;
+    let offset_secs = match offset.as_bytes() {
+        [b'Z'] => 0,
+        [sign @ (b'+' | b'-'), ..] => {
+            let (hours, minutes) = offset[1..].split_once(':').unwrap_or((&offset[1..], "0"));
+            let secs = hours.parse::<u64>().ok()? * 3600 + minutes.parse::<u64>().ok()? * 60;
+            if *sign == b'+' {
+                return at.checked_sub(std::time::Duration::from_secs(secs));
+            }
+            secs
+        }
+        _ => return None,
+    };
+    at.checked_add(std::time::Duration::from_secs(offset_secs))
+}
+
 /// `{"event":"subscribed","channels":[...]}`: the channels named in the connection's URL are
 /// live (PostgreSQL listens), so an event written from now on reaches the client. Channels whose
 /// LISTEN is not confirmed yet (the database is unreachable) are listed in `"pending"` as well.
@@ -460,6 +492,20 @@ mod tests {
             code::BAD_REQUEST
         );
         assert_eq!(parse_request(r#"{"hello":1}"#).unwrap_err().code, code::BAD_REQUEST);
+    }
+
+    #[test]
+    fn event_times() {
+        use std::time::{Duration, UNIX_EPOCH};
+        let at = |payload: &str| event_time(payload).map(|t| t.duration_since(UNIX_EPOCH).unwrap());
+        let noon = Duration::from_secs(1_767_268_800); // 2026-01-01T12:00:00Z
+        assert_eq!(at(r#"{"op":"INSERT","created_at":"2026-01-01T12:00:00+00:00"}"#), Some(noon));
+        assert_eq!(at(r#"{"created_at" : "2026-01-01T14:00:00.5+02:00"}"#), Some(noon + Duration::from_millis(500)));
+        assert_eq!(at(r#"{"created_at":"2026-01-01T07:30:00-04:30"}"#), Some(noon));
+        assert_eq!(at(r#"{"created_at":"2026-01-01T12:00:00Z"}"#), Some(noon));
+        assert_eq!(at(r#"{"created_at":null}"#), None);
+        assert_eq!(at(r#"{"content":"no time"}"#), None);
+        assert_eq!(at("created_at"), None);
     }
 
     #[test]

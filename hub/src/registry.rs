@@ -16,6 +16,7 @@ use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Instant, SystemTime};
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
@@ -150,10 +151,25 @@ impl MemoryBudget {
     }
 }
 
+/// A frame waiting in a client's queue, with what the writer's latency histograms need.
+#[derive(Clone)]
+pub struct Outbound {
+    pub frame: Utf8Bytes,
+    pub queued_at: Instant,
+    /// When the event was committed, if its payload says (`created_at`).
+    pub committed_at: Option<SystemTime>,
+}
+
+impl Outbound {
+    pub fn now(frame: Utf8Bytes) -> Outbound {
+        Outbound { frame, queued_at: Instant::now(), committed_at: None }
+    }
+}
+
 /// A connected client as the fan-out sees it.
 pub struct ClientHandle {
     pub id: ClientId,
-    queue: mpsc::Sender<Utf8Bytes>,
+    queue: mpsc::Sender<Outbound>,
     pub control: Arc<ClientControl>,
     budget: Arc<MemoryBudget>,
     /// This client's bytes in [`MemoryBudget::used`].
@@ -164,7 +180,7 @@ pub struct ClientHandle {
 
 impl ClientHandle {
     /// Offer a frame to the client's queue without waiting. Returns whether it was queued.
-    pub fn offer(&self, frame: Utf8Bytes, metrics: &Metrics) -> bool {
+    pub fn offer(&self, item: Outbound, metrics: &Metrics) -> bool {
         if self.control.is_closing() {
             // its writer has stopped: nothing it is offered would be sent; a client cut off for
             // its backlog counts what it misses
@@ -174,10 +190,10 @@ impl ClientHandle {
             }
             return false;
         }
-        let cost = frame_cost(&frame);
+        let cost = frame_cost(&item.frame);
         self.held.fetch_add(cost, Ordering::Relaxed);
         self.budget.used.fetch_add(cost, Ordering::Relaxed);
-        let outcome = self.queue.try_send(frame);
+        let outcome = self.queue.try_send(item);
         if outcome.is_err() {
             self.release(cost);
         }
@@ -255,7 +271,7 @@ impl Registry {
         self.state.write().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    pub fn register(&self, queue: mpsc::Sender<Utf8Bytes>, control: Arc<ClientControl>) -> Arc<ClientHandle> {
+    pub fn register(&self, queue: mpsc::Sender<Outbound>, control: Arc<ClientControl>) -> Arc<ClientHandle> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let handle = Arc::new(ClientHandle {
             id,
@@ -315,13 +331,14 @@ impl Registry {
     }
 
     /// Deliver a frame to every subscriber of a channel. Returns how many queued it.
-    pub fn publish(&self, channel: &str, frame: &Utf8Bytes) -> usize {
+    pub fn publish(&self, channel: &str, frame: &Utf8Bytes, committed_at: Option<SystemTime>) -> usize {
+        let item = Outbound { frame: frame.clone(), queued_at: Instant::now(), committed_at };
         let queued = {
             let state = self.read();
             let Some(subscribers) = state.channels.get(channel) else {
                 return 0;
             };
-            subscribers.iter().filter(|client| client.offer(frame.clone(), &self.metrics)).count()
+            subscribers.iter().filter(|client| client.offer(item.clone(), &self.metrics)).count()
         };
         self.enforce_budget();
         queued
@@ -329,7 +346,8 @@ impl Registry {
 
     /// Deliver a frame to every connected client (hub events such as `reconnected`).
     pub fn broadcast(&self, frame: &Utf8Bytes) -> usize {
-        let queued = self.read().clients.values().filter(|client| client.offer(frame.clone(), &self.metrics)).count();
+        let item = Outbound::now(frame.clone());
+        let queued = self.read().clients.values().filter(|client| client.offer(item.clone(), &self.metrics)).count();
         self.enforce_budget();
         queued
     }
@@ -405,12 +423,12 @@ mod tests {
         registry.subscribe(&b, &[channel("y")]);
         assert_eq!(registry.channel_count(), 2);
         assert_eq!(registry.subscription_count(), 3);
-        assert_eq!(registry.publish("x", &Utf8Bytes::from("1")), 1);
-        assert_eq!(registry.publish("y", &Utf8Bytes::from("2")), 2);
-        assert_eq!(registry.publish("z", &Utf8Bytes::from("3")), 0);
-        assert_eq!(rx_a.recv().await.unwrap().as_str(), "1");
-        assert_eq!(rx_a.recv().await.unwrap().as_str(), "2");
-        assert_eq!(rx_b.recv().await.unwrap().as_str(), "2");
+        assert_eq!(registry.publish("x", &Utf8Bytes::from("1"), None), 1);
+        assert_eq!(registry.publish("y", &Utf8Bytes::from("2"), None), 2);
+        assert_eq!(registry.publish("z", &Utf8Bytes::from("3"), None), 0);
+        assert_eq!(rx_a.recv().await.unwrap().frame.as_str(), "1");
+        assert_eq!(rx_a.recv().await.unwrap().frame.as_str(), "2");
+        assert_eq!(rx_b.recv().await.unwrap().frame.as_str(), "2");
         registry.unregister(a.id, &[channel("x"), channel("y")]);
         assert_eq!(registry.channel_count(), 1);
         assert_eq!(registry.connection_count(), 1);
@@ -427,14 +445,15 @@ mod tests {
         registry.subscribe(&slow, &[channel("c")]);
         registry.subscribe(&fast, &[channel("c")]);
         for i in 0..10 {
-            registry.publish("c", &Utf8Bytes::from(i.to_string()));
+            registry.publish("c", &Utf8Bytes::from(i.to_string()), None);
         }
         assert_eq!(slow.control.reason(), Some(CloseReason::SlowClient));
         assert_eq!(slow.control.dropped(), 8);
         assert!(!fast.control.is_closing());
         for i in 0..10 {
-            assert_eq!(fast_rx.recv().await.unwrap().as_str(), i.to_string());
+            assert_eq!(fast_rx.recv().await.unwrap().frame.as_str(), i.to_string());
         }
-        assert_eq!(metrics.slow_client_disconnects_total.load(Ordering::Relaxed), 1);
+        let rendered = metrics.render(&crate::metrics::Gauges::default());
+        assert!(rendered.contains("memoriesdb_hub_slow_client_disconnects_total 1\n"), "{rendered}");
     }
 }

@@ -62,6 +62,17 @@ pub async fn run(config: Config) -> Result<(), String> {
         "memoriesdb-hub listening: ws://{listen_addr}/ws?c=<channel>, demo page http://{listen_addr}/"
     );
     let accept_task = tokio::spawn(accept_loop(tcp, hub.clone()));
+    let upkeep_hub = hub.clone();
+    // histogram samples wait in a list until folded into buckets: keep that list short
+    let upkeep_task = tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                _ = upkeep_hub.shutdown.cancelled() => return,
+                _ = every.tick() => upkeep_hub.metrics.upkeep(),
+            }
+        }
+    });
 
     tokio::select! {
         _ = wait_for_signal() => {}
@@ -75,6 +86,7 @@ pub async fn run(config: Config) -> Result<(), String> {
         tracing::warn!(remaining = hub.registry.connection_count(), "shutdown grace period over; dropping connections");
     }
     let _ = accept_task.await;
+    let _ = upkeep_task.await;
     listener_shutdown.cancel();
     let _ = listener_task.await;
     tracing::info!("stopped");

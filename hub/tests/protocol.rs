@@ -329,6 +329,30 @@ async fn endpoints_health_ready_metrics_and_demo_page() {
             "{name} in\n{body}"
         );
     }
+    // issue 14, defect 6: latency histograms, the process and the build. A chat message while
+    // subscribed to its session gives every histogram a sample: the action's duration, the
+    // event's time from commit (its created_at) to the socket, and its time in the queue.
+    let mut client = WsClient::connect(&hub.ws_url("")).await;
+    let session = client.ok(json!({"action": "create_session", "title": "metrics"})).await;
+    client.subscribe(&[session["channel"].as_str().unwrap()]).await;
+    client.ok(json!({"action": "send_message", "session_id": session["session_id"], "content": "timed"})).await;
+    client.delivery(session["channel"].as_str().unwrap()).await;
+    let (_, body) = http_get(hub.port, "/metrics").await.unwrap();
+    for series in [
+        "memoriesdb_hub_action_duration_seconds_bucket{action=\"send_message\",le=",
+        "memoriesdb_hub_action_duration_seconds_count{action=\"send_message\"} ",
+        "memoriesdb_hub_commit_to_send_seconds_bucket{le=",
+        "memoriesdb_hub_queue_wait_seconds_bucket{le=",
+        "memoriesdb_hub_db_pool_connections_max ",
+        "memoriesdb_hub_db_pool_waiting ",
+        "memoriesdb_hub_build_info{version=\"",
+        "process_resident_memory_bytes ",
+        "process_cpu_seconds_total ",
+        "process_open_fds ",
+        "process_start_time_seconds ",
+    ] {
+        assert!(body.contains(series), "{series} in\n{body}");
+    }
     let (status, body) = http_get(hub.port, "/").await.unwrap();
     assert_eq!(status, 200);
     assert!(body.contains("<title>MemoriesDB hub"), "{body}");
@@ -336,25 +360,6 @@ async fn endpoints_health_ready_metrics_and_demo_page() {
     // plain GET /ws is not an upgrade
     let (status, _) = http_get(hub.port, "/ws").await.unwrap();
     assert_eq!(status, 426);
-}
-
-/// Issue 14, defect 4: RFC 6455 §8.1: a text frame that is not UTF-8 closes with 1007.
-#[tokio::test]
-async fn invalid_utf8_in_a_text_frame_closes_with_1007() {
-    use futures_util::SinkExt;
-    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
-    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
-    use tokio_tungstenite::tungstenite::Message;
-    let db = TestDb::new().await;
-    let hub = HubProcess::start(&db.hub_url().await, &[]).await;
-    let mut client = WsClient::connect(&hub.ws_url("")).await;
-    let frame = Frame::message(vec![b'{', 0xff, 0xfe, b'}'], OpCode::Data(Data::Text), true);
-    client.socket.send(Message::Frame(frame)).await.unwrap();
-    let close = client.close_frame(WAIT).await;
-    assert_eq!(close.as_ref().map(|(code, _)| *code), Some(1007), "{close:?}");
-    // the hub is fine
-    let mut other = WsClient::connect(&hub.ws_url("")).await;
-    assert_eq!(other.ok(json!({"method": "ping"})).await, json!("pong"));
 }
 
 /// Issue 14, defect 1: a client that subscribes in the URL and then has someone write must get
@@ -391,4 +396,23 @@ async fn url_subscriptions_are_live_when_the_upgrade_completes() {
     }
     assert!(lost.is_empty(), "events lost right after subscribing in the URL: {} of 100 ({lost:?})", lost.len());
     assert!(unacknowledged.is_empty(), "no {{\"event\":\"subscribed\"}} for {} of 100", unacknowledged.len());
+}
+
+/// Issue 14, defect 4: RFC 6455 §8.1: a text frame that is not UTF-8 closes with 1007.
+#[tokio::test]
+async fn invalid_utf8_in_a_text_frame_closes_with_1007() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::tungstenite::Message;
+    let db = TestDb::new().await;
+    let hub = HubProcess::start(&db.hub_url().await, &[]).await;
+    let mut client = WsClient::connect(&hub.ws_url("")).await;
+    let frame = Frame::message(vec![b'{', 0xff, 0xfe, b'}'], OpCode::Data(Data::Text), true);
+    client.socket.send(Message::Frame(frame)).await.unwrap();
+    let close = client.close_frame(WAIT).await;
+    assert_eq!(close.as_ref().map(|(code, _)| *code), Some(1007), "{close:?}");
+    // the hub is fine
+    let mut other = WsClient::connect(&hub.ws_url("")).await;
+    assert_eq!(other.ok(json!({"method": "ping"})).await, json!("pong"));
 }

@@ -195,6 +195,12 @@ async fn a_client_that_stops_reading_is_disconnected_and_slows_no_one() {
         assert!(reason.contains("dropped"), "{reason}");
     }
     hub.wait_metric("connections", WAIT, |n| n == 1).await;
+    // issue 14, defect 6: an operator sees who was cut off, and why, at the default log level
+    let log = hub.log_text();
+    assert!(
+        log.lines().any(|l| l.contains(" INFO ") && l.contains("slow client disconnected") && l.contains("dropped=")),
+        "no info line about the slow client in:\n{log}"
+    );
 }
 
 #[tokio::test]
@@ -253,7 +259,9 @@ async fn connection_cap_refuses_extra_clients_with_503() {
         clients.push(WsClient::connect(&hub.ws_url("")).await);
     }
     match WsClient::try_connect(&hub.ws_url("")).await {
-        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => assert_eq!(response.status(), 503),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 503)
+        }
         Err(other) => panic!("expected 503, got {other}"),
         Ok(_) => panic!("a fourth connection was accepted"),
     }
@@ -356,26 +364,23 @@ async fn sigterm_closes_every_connection_with_1001_and_exits() {
     assert_eq!(hub.wait_exit(Duration::from_secs(10)), Some(0), "log:\n{}", hub.log_text());
 }
 
-/// Issue 14, defect 1, while the database is away: the upgrade is not held up, the greeting lists
-/// the URL's channels as pending, and `reconnected` follows once they are live.
+/// Issue 14, defect 6: a failing LISTEN connection is logged with PostgreSQL's reason, not just
+/// "db error".
 #[tokio::test]
-async fn url_subscriptions_while_the_database_is_away_are_acknowledged_as_pending() {
+async fn listen_connection_failures_are_logged_with_their_cause() {
     let db = TestDb::new().await;
-    let proxy = PgProxy::start(db.pg_port()).await;
-    let hub = HubProcess::start(&via_port(&db.hub_url().await, proxy.port), &["--reconnect-max-backoff", "300ms"]).await;
-    proxy.sever();
+    let hub_url = db.hub_url().await;
+    let hub = HubProcess::start(&hub_url, &["--reconnect-max-backoff", "200ms"]).await;
+    let role = url_value(&hub_url, "user").unwrap();
+    db.client().await.batch_execute(&format!("ALTER ROLE {role} NOLOGIN")).await.unwrap();
+    assert_eq!(terminate_listener(&db).await, 1);
     let deadline = Instant::now() + WAIT;
-    while http_get(hub.port, "/readyz").await.unwrap().0 != 503 {
-        assert!(Instant::now() < deadline, "readyz still 200 after the database went away");
+    while !hub.log_text().contains("is not permitted to log in") {
+        assert!(Instant::now() < deadline, "the cause is not in the log:\n{}", hub.log_text());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let mut client = WsClient::connect(&hub.ws_url("?c=later&c=news")).await;
-    let ack = client.expect("the greeting", |v| v["event"] == "subscribed").await;
-    assert_eq!(ack, json!({"event": "subscribed", "channels": ["later", "news"], "pending": ["later", "news"]}));
-    proxy.restore().await;
-    client.expect("the reconnected event", |v| v["event"] == "reconnected").await;
-    db.client().await.batch_execute("NOTIFY later, 'live'").await.unwrap();
-    assert_eq!(client.delivery("later").await, json!("live"));
+    db.client().await.batch_execute(&format!("ALTER ROLE {role} LOGIN")).await.unwrap();
+    hub.wait_ready(WAIT).await;
 }
 
 /// Hub backends (pooled connections) waiting for a lock.
@@ -564,4 +569,26 @@ async fn stalled_clients_stay_within_the_global_memory_budget() {
     // the reader was never the one shed
     assert_eq!(reader.ok(json!({"method": "ping"})).await, json!("pong"));
     drop(stalled);
+}
+
+/// Issue 14, defect 1, while the database is away: the upgrade is not held up, the greeting lists
+/// the URL's channels as pending, and `reconnected` follows once they are live.
+#[tokio::test]
+async fn url_subscriptions_while_the_database_is_away_are_acknowledged_as_pending() {
+    let db = TestDb::new().await;
+    let proxy = PgProxy::start(db.pg_port()).await;
+    let hub = HubProcess::start(&via_port(&db.hub_url().await, proxy.port), &["--reconnect-max-backoff", "300ms"]).await;
+    proxy.sever();
+    let deadline = Instant::now() + WAIT;
+    while http_get(hub.port, "/readyz").await.unwrap().0 != 503 {
+        assert!(Instant::now() < deadline, "readyz still 200 after the database went away");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut client = WsClient::connect(&hub.ws_url("?c=later&c=news")).await;
+    let ack = client.expect("the greeting", |v| v["event"] == "subscribed").await;
+    assert_eq!(ack, json!({"event": "subscribed", "channels": ["later", "news"], "pending": ["later", "news"]}));
+    proxy.restore().await;
+    client.expect("the reconnected event", |v| v["event"] == "reconnected").await;
+    db.client().await.batch_execute("NOTIFY later, 'live'").await.unwrap();
+    assert_eq!(client.delivery("later").await, json!("live"));
 }
