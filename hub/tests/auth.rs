@@ -211,3 +211,26 @@ async fn tokens_for_users_that_do_not_exist_are_refused() {
         assert!(!message.contains(secret), "{secret:?} in {reply}");
     }
 }
+
+/// Issue 14, defect 7: the README's example token grants one user their own sessions only, never
+/// every session's channel.
+#[test]
+fn the_readmes_example_token_is_scoped_to_the_users_own_sessions() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let section = readme.split("### Authentication and production use").nth(1).expect("the authentication section");
+    let start = section.find("```json\n").expect("an example token") + "```json\n".len();
+    let example = &section[start..start + section[start..].find("```").unwrap()];
+    let claims: Value = serde_json::from_str(example).unwrap_or_else(|e| panic!("the example is JSON: {e}\n{example}"));
+    let someone_elses = "chat_updates_0190ffff000070008000000000000099";
+    for kind in ["read", "write"] {
+        let patterns = claims["channels"][kind].as_array().unwrap_or_else(|| panic!("channels.{kind} in {example}"));
+        assert!(!patterns.is_empty(), "{example}");
+        for pattern in patterns {
+            let pattern = pattern.as_str().unwrap();
+            assert!(
+                !memoriesdb_hub::channel::glob_matches(pattern, someone_elses),
+                "the example token's {kind} pattern {pattern:?} matches every session's channel"
+            );
+        }
+    }
+}
