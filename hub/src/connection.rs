@@ -480,57 +480,59 @@ async fn write_loop(
         }
         None => true,
     };
-    while greeted {
-        tokio::select! {
-            biased;
-            _ = &mut closed => break,
-            frame = queue.recv() => {
-                let Some(first) = frame else { break };
-                // sampled: the first frame of each batch stands for the batch
-                hub.metrics.queue_wait.record(first.queued_at.elapsed().as_secs_f64());
-                let committed_at = first.committed_at;
-                // the frames' bytes stay counted against the memory budget until flushed
-                let mut cost = frame_cost(&first.frame);
-                let send = async {
-                    sink.feed(Message::Text(first.frame)).await?;
-                    for _ in 1..FRAMES_PER_FLUSH {
-                        match queue.try_recv() {
-                            Ok(item) => {
-                                cost += frame_cost(&item.frame);
-                                sink.feed(Message::Text(item.frame)).await?
+    if greeted {
+        loop {
+            tokio::select! {
+                biased;
+                _ = &mut closed => break,
+                frame = queue.recv() => {
+                    let Some(first) = frame else { break };
+                    // sampled: the first frame of each batch stands for the batch
+                    hub.metrics.queue_wait.record(first.queued_at.elapsed().as_secs_f64());
+                    let committed_at = first.committed_at;
+                    // the frames' bytes stay counted against the memory budget until flushed
+                    let mut cost = frame_cost(&first.frame);
+                    let send = async {
+                        sink.feed(Message::Text(first.frame)).await?;
+                        for _ in 1..FRAMES_PER_FLUSH {
+                            match queue.try_recv() {
+                                Ok(item) => {
+                                    cost += frame_cost(&item.frame);
+                                    sink.feed(Message::Text(item.frame)).await?
+                                }
+                                Err(_) => break,
                             }
-                            Err(_) => break,
                         }
+                        sink.flush().await
+                    };
+                    if !send_within(send, config.write_timeout, closed.as_mut(), &control, &hub.metrics).await {
+                        break;
                     }
-                    sink.flush().await
-                };
-                if !send_within(send, config.write_timeout, closed.as_mut(), &control, &hub.metrics).await {
-                    break;
-                }
-                client.release(cost);
-                if let Some(since) = committed_at.and_then(|at| std::time::SystemTime::now().duration_since(at).ok()) {
-                    hub.metrics.commit_to_send.record(since.as_secs_f64());
-                }
-            }
-            _ = ticker.tick() => {
-                let now = activity.now_ms();
-                if now.saturating_sub(activity.last_frame_ms.load(Ordering::Relaxed)) > silence_limit {
-                    if control.close(CloseReason::HeartbeatTimeout) {
-                        Metrics::inc(&hub.metrics.heartbeat_timeouts_total);
+                    client.release(cost);
+                    if let Some(since) = committed_at.and_then(|at| std::time::SystemTime::now().duration_since(at).ok()) {
+                        hub.metrics.commit_to_send.record(since.as_secs_f64());
                     }
-                    break;
                 }
-                if activity.subscriptions.load(Ordering::Relaxed) == 0
-                    && now.saturating_sub(activity.last_request_ms.load(Ordering::Relaxed)) > idle_limit
-                {
-                    if control.close(CloseReason::IdleTimeout) {
-                        Metrics::inc(&hub.metrics.idle_timeouts_total);
+                _ = ticker.tick() => {
+                    let now = activity.now_ms();
+                    if now.saturating_sub(activity.last_frame_ms.load(Ordering::Relaxed)) > silence_limit {
+                        if control.close(CloseReason::HeartbeatTimeout) {
+                            Metrics::inc(&hub.metrics.heartbeat_timeouts_total);
+                        }
+                        break;
                     }
-                    break;
-                }
-                let ping = sink.send(Message::Ping(Default::default()));
-                if !send_within(ping, config.write_timeout, closed.as_mut(), &control, &hub.metrics).await {
-                    break;
+                    if activity.subscriptions.load(Ordering::Relaxed) == 0
+                        && now.saturating_sub(activity.last_request_ms.load(Ordering::Relaxed)) > idle_limit
+                    {
+                        if control.close(CloseReason::IdleTimeout) {
+                            Metrics::inc(&hub.metrics.idle_timeouts_total);
+                        }
+                        break;
+                    }
+                    let ping = sink.send(Message::Ping(Default::default()));
+                    if !send_within(ping, config.write_timeout, closed.as_mut(), &control, &hub.metrics).await {
+                        break;
+                    }
                 }
             }
         }
