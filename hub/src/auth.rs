@@ -10,14 +10,13 @@
 //! ```
 //!
 //! Only HS256 is accepted (the header's `alg` must say so: no `none`, no algorithm confusion).
-//! The signature is checked in constant time before anything in the payload is trusted.
+//! Verification is `jsonwebtoken`'s: the algorithm is checked first, then the signature (in
+//! constant time), and only then are the claims read; `exp` is required and has no leeway.
 
 use crate::channel::glob_matches;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
-use hmac::{Hmac, KeyInit, Mac};
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::Deserialize;
-use sha2::Sha256;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use uuid::Uuid;
 
@@ -52,9 +51,14 @@ impl Grant {
 pub enum AuthError {
     Missing,
     Malformed(&'static str),
+    /// The header names another algorithm than HS256.
+    Algorithm,
     BadSignature,
     Expired,
     NotYetValid,
+    /// Well signed, but `sub` names no MemoriesDB user (checked by the caller, see
+    /// [`crate::users`]).
+    UnknownUser,
 }
 
 impl std::fmt::Display for AuthError {
@@ -62,24 +66,19 @@ impl std::fmt::Display for AuthError {
         match self {
             AuthError::Missing => write!(f, "authentication required: pass a token (?token=... or Authorization: Bearer ...)"),
             AuthError::Malformed(why) => write!(f, "malformed token: {why}"),
+            AuthError::Algorithm => write!(f, "token algorithm refused: alg must be HS256"),
             AuthError::BadSignature => write!(f, "token signature does not verify"),
             AuthError::Expired => write!(f, "token expired"),
             AuthError::NotYetValid => write!(f, "token not valid yet (nbf)"),
+            AuthError::UnknownUser => write!(f, "the token's user (sub) does not exist"),
         }
     }
 }
 
 #[derive(Deserialize)]
-struct Header {
-    alg: String,
-}
-
-#[derive(Deserialize)]
 struct Claims {
     sub: String,
-    exp: f64,
-    #[serde(default)]
-    nbf: Option<f64>,
+    exp: u64,
     #[serde(default)]
     channels: ChannelClaims,
 }
@@ -94,81 +93,64 @@ struct ChannelClaims {
 
 /// Verifies tokens with one shared secret.
 pub struct Authenticator {
-    secret: Vec<u8>,
+    key: DecodingKey,
+    validation: Validation,
 }
 
 impl Authenticator {
+    /// `secret` must not be empty (the configuration refuses anything under 32 bytes).
     pub fn new(secret: Vec<u8>) -> Authenticator {
-        Authenticator { secret }
+        let key = DecodingKey::from_secret(&secret).expect("the configuration refuses empty secrets");
+        let mut validation = Validation::new(Algorithm::HS256);
+        // expiry to the second, as the connection's own expiry timer enforces it
+        validation.leeway = 0;
+        validation.validate_nbf = true;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        Authenticator { key, validation }
     }
 
+    /// The grant a token carries, if it is well formed, HS256, signed with our secret and
+    /// current. Whether `sub` exists is the caller's question.
     pub fn verify(&self, token: &str) -> Result<Grant, AuthError> {
-        self.verify_at(token, SystemTime::now())
-    }
-
-    fn verify_at(&self, token: &str, now: SystemTime) -> Result<Grant, AuthError> {
         if token.is_empty() {
             return Err(AuthError::Missing);
         }
         if token.len() > MAX_TOKEN_LEN {
             return Err(AuthError::Malformed("too long"));
         }
-        let mut parts = token.split('.');
-        let (Some(header_b64), Some(payload_b64), Some(signature_b64), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(AuthError::Malformed("expected three dot-separated parts"));
-        };
-        let header: Header = decode_json(header_b64).ok_or(AuthError::Malformed("bad header"))?;
-        if header.alg != "HS256" {
-            return Err(AuthError::Malformed("alg must be HS256"));
-        }
-        let signature = URL_SAFE_NO_PAD
-            .decode(signature_b64)
-            .map_err(|_| AuthError::Malformed("signature is not base64url"))?;
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.secret).map_err(|_| AuthError::BadSignature)?;
-        mac.update(header_b64.as_bytes());
-        mac.update(b".");
-        mac.update(payload_b64.as_bytes());
-        mac.verify_slice(&signature).map_err(|_| AuthError::BadSignature)?;
-
-        let claims: Claims = decode_json(payload_b64).ok_or(AuthError::Malformed("bad claims (need sub and exp)"))?;
+        let claims = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
+            .map_err(|error| match error.into_kind() {
+                ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName | ErrorKind::UnsupportedAlgorithm => {
+                    AuthError::Algorithm
+                }
+                ErrorKind::InvalidSignature => AuthError::BadSignature,
+                ErrorKind::ExpiredSignature => AuthError::Expired,
+                ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+                ErrorKind::MissingRequiredClaim(_) | ErrorKind::InvalidClaimFormat(_) => {
+                    AuthError::Malformed("bad claims (need sub and an integer exp)")
+                }
+                // an unknown alg such as "none" fails here, while the header is read
+                _ => AuthError::Malformed("expected header.claims.signature in base64url JSON, alg HS256"),
+            })?
+            .claims;
         let user = Uuid::parse_str(&claims.sub).map_err(|_| AuthError::Malformed("sub must be a user uuid"))?;
-        let now_secs = now.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
-        if !claims.exp.is_finite() || claims.exp <= now_secs {
-            return Err(AuthError::Expired);
-        }
-        if let Some(nbf) = claims.nbf {
-            if nbf > now_secs {
-                return Err(AuthError::NotYetValid);
-            }
-        }
-        let expires_at = UNIX_EPOCH + Duration::from_secs_f64(claims.exp.min(1e12));
+        let expires_at = UNIX_EPOCH + Duration::from_secs(claims.exp.min(1_000_000_000_000));
         Ok(Grant { user, expires_at, read: claims.channels.read, write: claims.channels.write })
     }
-}
-
-fn decode_json<T: for<'de> Deserialize<'de>>(part: &str) -> Option<T> {
-    let bytes = URL_SAFE_NO_PAD.decode(part).ok()?;
-    serde_json::from_slice(&bytes).ok()
 }
 
 /// Sign claims as an HS256 token. The hub only verifies; this is for tests, the benchmark and
 /// operators' scripts.
 pub fn sign_hs256(secret: &[u8], claims: &serde_json::Value) -> String {
-    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
-    let payload = URL_SAFE_NO_PAD.encode(claims.to_string());
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC accepts keys of any length");
-    mac.update(header.as_bytes());
-    mac.update(b".");
-    mac.update(payload.as_bytes());
-    let signature = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
-    format!("{header}.{payload}.{signature}")
+    let key = EncodingKey::from_secret(secret).expect("a non-empty secret");
+    jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &key).expect("HS256 signs any JSON claims")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
     use serde_json::json;
 
     const SECRET: &[u8] = b"test-secret";
@@ -219,5 +201,34 @@ mod tests {
         let forged = URL_SAFE_NO_PAD.encode(json!({"sub": USER, "exp": future() + 1}).to_string());
         parts[1] = &forged;
         assert_eq!(auth.verify(&parts.join(".")).unwrap_err(), AuthError::BadSignature);
+    }
+
+    /// A token signed like `sign_hs256` does (valid HS256 over header and claims), but with the
+    /// given header.
+    fn signed_with_header(header: &str, claims: &serde_json::Value) -> String {
+        let message = format!("{}.{}", URL_SAFE_NO_PAD.encode(header), URL_SAFE_NO_PAD.encode(claims.to_string()));
+        let key = EncodingKey::from_secret(SECRET).unwrap();
+        let signature = jsonwebtoken::crypto::sign(message.as_bytes(), &key, Algorithm::HS256).unwrap();
+        format!("{message}.{signature}")
+    }
+
+    /// Issue 14, defect 8: the signature over these tokens is valid HS256, so only the algorithm
+    /// check can reject them; the control token, identical but for saying HS256, passes.
+    #[test]
+    fn the_algorithm_check_rejects_headers_that_do_not_say_hs256() {
+        let auth = Authenticator::new(SECRET.to_vec());
+        let claims = json!({"sub": USER, "exp": future()});
+        let control = signed_with_header(r#"{"alg":"HS256","typ":"JWT"}"#, &claims);
+        assert_eq!(auth.verify(&control).unwrap().user.to_string(), USER, "same signing, HS256 header: accepted");
+        for header in [r#"{"alg":"HS512","typ":"JWT"}"#, r#"{"alg":"HS384"}"#, r#"{"alg":"RS256"}"#] {
+            let error = auth.verify(&signed_with_header(header, &claims)).expect_err(header);
+            assert_eq!(error, AuthError::Algorithm, "{header}");
+        }
+        // algorithms jsonwebtoken does not know at all ("none", a misspelling) fail while the
+        // header is read, before any signature is looked at
+        for header in [r#"{"alg":"none","typ":"JWT"}"#, r#"{"alg":"hs256"}"#] {
+            let error = auth.verify(&signed_with_header(header, &claims)).expect_err(header);
+            assert!(matches!(error, AuthError::Malformed(why) if why.contains("alg HS256")), "{header}: {error}");
+        }
     }
 }

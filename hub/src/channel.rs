@@ -25,10 +25,7 @@ pub struct ChannelName(Arc<str>);
 impl ChannelName {
     pub fn parse(name: &str) -> Result<ChannelName, String> {
         if name.is_empty() || name.len() > MAX_CHANNEL_LEN {
-            return Err(format!(
-                "channel name must be 1 to {MAX_CHANNEL_LEN} characters, got {}",
-                name.chars().count()
-            ));
+            return Err(format!("channel name must be 1 to {MAX_CHANNEL_LEN} characters, got {}", name.chars().count()));
         }
         if let Some(bad) = name.chars().find(|&c| !is_channel_char(c)) {
             return Err(format!(

@@ -17,11 +17,7 @@ pub struct Config {
     pub port: u16,
 
     /// PostgreSQL connection string (key=value or postgresql:// URL).
-    #[arg(
-        long,
-        env = "MEMORIESDB_HUB_DATABASE_URL",
-        default_value = "host=localhost port=5433 user=postgres dbname=memoriesdb"
-    )]
+    #[arg(long, env = "MEMORIESDB_HUB_DATABASE_URL", default_value = "host=localhost port=5433 user=postgres dbname=memoriesdb")]
     pub database_url: String,
 
     /// HS256 secret for JWT authentication, at least 32 bytes. Authentication is off when neither
@@ -74,6 +70,11 @@ pub struct Config {
     #[arg(long, env = "MEMORIESDB_HUB_OUTBOUND_QUEUE", default_value_t = 1024)]
     pub outbound_queue: usize,
 
+    /// Memory (MiB) all outbound queues together may hold; over it, the clients with the largest
+    /// backlogs are disconnected (1008) first.
+    #[arg(long, env = "MEMORIESDB_HUB_OUTBOUND_BUDGET_MIB", default_value_t = 512)]
+    pub outbound_budget_mib: usize,
+
     /// How often the hub pings each client (e.g. 20s, 500ms).
     #[arg(long, env = "MEMORIESDB_HUB_PING_INTERVAL", default_value = "20s", value_parser = parse_duration)]
     pub ping_interval: Duration,
@@ -98,9 +99,19 @@ pub struct Config {
     #[arg(long, env = "MEMORIESDB_HUB_DB_POOL_SIZE", default_value_t = 8)]
     pub db_pool_size: usize,
 
-    /// statement_timeout for pub and chat actions.
+    /// statement_timeout for pub and chat actions (a longer one is answered `timeout`).
     #[arg(long, env = "MEMORIESDB_HUB_STATEMENT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub statement_timeout: Duration,
+
+    /// How long a pub or chat action waits for a row lock (PostgreSQL's lock_timeout) or for a
+    /// free database connection before it is answered `busy`.
+    #[arg(long, env = "MEMORIESDB_HUB_LOCK_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub lock_timeout: Duration,
+
+    /// Chat actions that may run at once on one session (hub-wide); more are answered `busy`, so
+    /// one stuck session cannot take every database connection.
+    #[arg(long, env = "MEMORIESDB_HUB_MAX_ACTIONS_PER_SESSION", default_value_t = 2)]
+    pub max_actions_per_session: usize,
 
     /// Longest wait between two attempts to re-establish the LISTEN connection.
     #[arg(long, env = "MEMORIESDB_HUB_RECONNECT_MAX_BACKOFF", default_value = "5s", value_parser = parse_duration)]
@@ -135,8 +146,8 @@ impl Config {
         let (secret, source) = if let Some(secret) = &self.jwt_secret {
             (secret.as_bytes().to_vec(), "--jwt-secret (MEMORIESDB_HUB_JWT_SECRET)".to_string())
         } else if let Some(path) = &self.jwt_secret_file {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read --jwt-secret-file {}: {e}", path.display()))?;
+            let text =
+                std::fs::read_to_string(path).map_err(|e| format!("cannot read --jwt-secret-file {}: {e}", path.display()))?;
             (text.trim_end_matches(['\n', '\r']).as_bytes().to_vec(), format!("--jwt-secret-file {}", path.display()))
         } else {
             return Ok(None);
@@ -159,8 +170,14 @@ impl Config {
                         hub never runs as a database role that bypasses row-level security"
                 .into());
         }
-        if self.outbound_queue == 0 || self.db_pool_size == 0 || self.max_connections == 0 {
-            return Err("--outbound-queue, --db-pool-size and --max-connections must be at least 1".into());
+        if self.outbound_queue == 0 || self.db_pool_size == 0 || self.max_connections == 0 || self.max_actions_per_session == 0 {
+            return Err(
+                "--outbound-queue, --db-pool-size, --max-connections and --max-actions-per-session must be at least 1".into()
+            );
+        }
+        if self.lock_timeout.is_zero() {
+            // 0 would mean "wait forever" to PostgreSQL
+            return Err("--lock-timeout must be positive".into());
         }
         if self.ping_interval.is_zero() {
             return Err("--ping-interval must be positive".into());
@@ -192,20 +209,13 @@ fn check_jwt_secret(secret: &[u8], source: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Parse "250ms", "20s", "5m", "1h" or a bare number of seconds.
+/// A duration as humantime reads it ("250ms", "20s", "5m", "1h 30m"), or a bare number of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: u64 = number.parse().map_err(|_| format!("not a duration: {text:?} (try 500ms, 20s, 5m)"))?;
-    let millis = match unit.trim() {
-        "ms" => value,
-        "" | "s" => value.saturating_mul(1000),
-        "m" => value.saturating_mul(60_000),
-        "h" => value.saturating_mul(3_600_000),
-        other => return Err(format!("unknown duration unit {other:?} in {text:?} (ms, s, m, h)")),
-    };
-    Ok(Duration::from_millis(millis))
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        return text.parse().map(Duration::from_secs).map_err(|_| format!("not a duration: {text:?}"));
+    }
+    humantime::parse_duration(text).map_err(|e| format!("not a duration: {text:?} ({e}; try 500ms, 20s, 5m)"))
 }
 
 #[cfg(test)]
@@ -218,6 +228,7 @@ mod tests {
         assert_eq!(parse_duration("20s"), Ok(Duration::from_secs(20)));
         assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
         assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1m 30s"), Ok(Duration::from_secs(90)));
         assert!(parse_duration("fast").is_err());
         assert!(parse_duration("5 parsecs").is_err());
     }
@@ -264,8 +275,13 @@ mod tests {
         }
         let dir = std::env::temp_dir().join(format!("memoriesdb-hub-secret-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        for (name, content, ok) in [("empty", "", false), ("blank", "  \n\n", false), ("newline", "\n", false),
-                                    ("short", "0123456789\n", false), ("strong", &format!("{strong}\n"), true)] {
+        for (name, content, ok) in [
+            ("empty", "", false),
+            ("blank", "  \n\n", false),
+            ("newline", "\n", false),
+            ("short", "0123456789\n", false),
+            ("strong", &format!("{strong}\n"), true),
+        ] {
             let path = dir.join(name);
             std::fs::write(&path, content).unwrap();
             let result = secret_of(&["--jwt-secret-file", path.to_str().unwrap()]);

@@ -5,12 +5,13 @@
 //! deliveries, so a client that floods requests but does not read its replies fills its own
 //! queue and is disconnected, like any other slow reader.
 
-use crate::auth::Grant;
+use crate::auth::{AuthError, Grant};
 use crate::channel::ChannelName;
+use crate::database::DbFailure;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::protocol::{self, code, Action, Envelope, Request, RequestName};
-use crate::registry::{ClientControl, ClientHandle, CloseReason};
+use crate::registry::{frame_cost, ClientControl, ClientHandle, CloseReason, Outbound};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
@@ -46,18 +47,70 @@ impl Activity {
     }
 }
 
-/// Serve one upgraded connection until either side closes it.
-pub async fn serve(hub: Arc<Hub>, socket: WebSocket, initial_channels: Vec<ChannelName>, grant: Option<Grant>, peer: SocketAddr) {
-    let (sink, stream) = socket.split();
+/// A client that exists before its WebSocket does: registered, subscribed to the channels its
+/// URL names and, once PostgreSQL confirmed those LISTENs, ready to be upgraded. The upgrade
+/// (the 101) is sent only after [`prepare`], so "subscribe in the URL, then have someone write"
+/// never loses the write's event: it waits in the client's queue until the socket is up.
+pub struct Prepared {
+    hub: Arc<Hub>,
+    client: Arc<ClientHandle>,
+    queue: Option<mpsc::Receiver<Outbound>>,
+    subscriptions: BTreeSet<ChannelName>,
+    /// `{"event":"subscribed",...}`, the first frame the client gets (URL channels only).
+    greeting: Option<Utf8Bytes>,
+}
+
+impl Drop for Prepared {
+    /// The upgrade failed or was abandoned: forget the client (a served one is forgotten by
+    /// [`serve`], which empties `queue`).
+    fn drop(&mut self) {
+        if self.queue.is_some() {
+            self.client.control.close(CloseReason::ClientGone);
+            self.hub.registry.unregister(self.client.id, &self.subscriptions);
+        }
+    }
+}
+
+/// Register a client and subscribe it to `channels` (validated and authorized), waiting until
+/// PostgreSQL listens on them. While the LISTEN connection is down nothing is waited for: the
+/// greeting lists the channels as pending, and `{"event":"reconnected"}` follows once it is up.
+pub async fn prepare(hub: &Arc<Hub>, channels: Vec<ChannelName>) -> Prepared {
     let (queue_tx, queue_rx) = mpsc::channel(hub.config.outbound_queue);
-    let control = Arc::new(ClientControl::new());
-    let client = hub.registry.register(queue_tx, control.clone());
+    let client = hub.registry.register(queue_tx, Arc::new(ClientControl::new()));
+    hub.registry.subscribe(&client, &channels);
+    let mut prepared =
+        Prepared { hub: hub.clone(), client, queue: Some(queue_rx), subscriptions: BTreeSet::new(), greeting: None };
+    prepared.subscriptions.extend(channels.iter().cloned());
+    if !channels.is_empty() {
+        let pending = if hub.listener.is_up() {
+            hub.listener.wait_until_listening(&channels, LISTEN_CONFIRM_TIMEOUT).await
+        } else {
+            channels.clone()
+        };
+        if !pending.is_empty() {
+            tracing::warn!(client = prepared.client.id, ?pending, "LISTEN not confirmed yet for URL channels");
+        }
+        prepared.greeting = Some(protocol::subscribed_frame(&channels, &pending));
+    }
+    prepared
+}
+
+/// Serve one upgraded connection until either side closes it.
+pub async fn serve(mut prepared: Prepared, socket: WebSocket, grant: Option<Grant>, peer: SocketAddr) {
+    let hub = prepared.hub.clone();
+    let client = prepared.client.clone();
+    let control = client.control.clone();
+    let queue = prepared.queue.take().expect("a prepared client is served once");
+    let subscriptions = std::mem::take(&mut prepared.subscriptions);
+    let greeting = prepared.greeting.take();
+    drop(prepared);
+    let (sink, stream) = socket.split();
     Metrics::inc(&hub.metrics.connections_total);
     let activity = Arc::new(Activity {
         opened: Instant::now(),
         last_frame_ms: AtomicU64::new(0),
         last_request_ms: AtomicU64::new(0),
-        subscriptions: AtomicUsize::new(0),
+        subscriptions: AtomicUsize::new(subscriptions.len()),
     });
     tracing::debug!(client = client.id, %peer, user = ?grant.as_ref().map(|g| g.user), "connected");
 
@@ -65,24 +118,21 @@ pub async fn serve(hub: Arc<Hub>, socket: WebSocket, initial_channels: Vec<Chann
         // upgraded just as shutdown began, after close_all() ran
         control.close(CloseReason::Shutdown);
     }
-    let writer = tokio::spawn(write_loop(hub.clone(), sink, queue_rx, control.clone(), activity.clone()));
-    let mut connection = Connection { hub: hub.clone(), client, grant, subscriptions: BTreeSet::new(), activity };
-    if !initial_channels.is_empty() {
-        // Subscriptions from the URL are live before the first request is read, so a client may
-        // publish right after connecting and receive its own message.
-        connection.add_subscriptions(&initial_channels);
-        let pending = hub.listener.wait_until_listening(&initial_channels, LISTEN_CONFIRM_TIMEOUT).await;
-        if !pending.is_empty() {
-            tracing::warn!(client = connection.client.id, ?pending, "LISTEN not confirmed yet for URL channels");
-        }
-    }
+    let writer = tokio::spawn(write_loop(hub.clone(), sink, greeting, queue, client.clone(), activity.clone()));
+    let mut connection = Connection { hub: hub.clone(), client, grant, subscriptions, activity };
     connection.read_loop(stream).await;
 
     // Whatever ended the reader, stop the writer and forget the client.
     control.close(CloseReason::ClientGone);
     hub.registry.unregister(connection.client.id, &connection.subscriptions);
     let _ = writer.await;
-    tracing::debug!(client = connection.client.id, reason = ?control.reason(), dropped = control.dropped(), "disconnected");
+    let reason = control.reason();
+    if let Some(CloseReason::SlowClient | CloseReason::MemoryBudget) = &reason {
+        // the operator's business: a client that does not read loses messages
+        tracing::info!(client = connection.client.id, %peer, ?reason, dropped = control.dropped(), "slow client disconnected");
+    } else {
+        tracing::debug!(client = connection.client.id, ?reason, dropped = control.dropped(), "disconnected");
+    }
 }
 
 struct Connection {
@@ -163,7 +213,7 @@ impl Connection {
             Request::Subscribe { channels } => self.subscribe(&name, id, channels).await,
             Request::Unsubscribe { channels } => self.unsubscribe(&name, id, channels),
             Request::Publish { channel, content, metadata } => self.publish(&name, id, channel, content, metadata).await,
-            Request::Authenticate { token } => self.reauthenticate(&name, id, &token),
+            Request::Authenticate { token } => self.reauthenticate(&name, id, &token).await,
             Request::Ping => self.reply(&name, id, json!("pong")),
             Request::Action(action) => self.run_action(&name, id, action).await,
         }
@@ -219,7 +269,14 @@ impl Connection {
         self.reply(name, id, json!({ "channels": removed.iter().map(ChannelName::as_str).collect::<Vec<_>>() }));
     }
 
-    async fn publish(&mut self, name: &RequestName, id: Option<&Value>, channel: String, content: Value, metadata: Option<Value>) {
+    async fn publish(
+        &mut self,
+        name: &RequestName,
+        id: Option<&Value>,
+        channel: String,
+        content: Value,
+        metadata: Option<Value>,
+    ) {
         let channel = match ChannelName::parse(&channel) {
             Ok(channel) => channel,
             Err(message) => return self.send_error(Some(name), id, code::INVALID_CHANNEL, &message),
@@ -262,11 +319,11 @@ impl Connection {
                     self.reply(name, id, json!({ "channel": channel.as_str() }));
                 }
             }
-            Err(failure) => self.send_error_json(Some(name), id, failure.to_json()),
+            Err(failure) => self.send_failure(Some(name), id, failure),
         }
     }
 
-    fn reauthenticate(&mut self, name: &RequestName, id: Option<&Value>, token: &str) {
+    async fn reauthenticate(&mut self, name: &RequestName, id: Option<&Value>, token: &str) {
         let Some(authenticator) = &self.hub.auth else {
             return self.send_error(Some(name), id, code::BAD_REQUEST, "authentication is not enabled on this hub");
         };
@@ -274,6 +331,11 @@ impl Connection {
             Ok(grant) => {
                 if self.grant.as_ref().is_some_and(|current| current.user != grant.user) {
                     return self.send_error(Some(name), id, code::FORBIDDEN, "a connection cannot change its user");
+                }
+                match self.hub.users.exists(&self.hub.database, grant.user).await {
+                    Ok(true) => {}
+                    Ok(false) => return self.send_error(Some(name), id, code::UNAUTHORIZED, &AuthError::UnknownUser.to_string()),
+                    Err(failure) => return self.send_failure(Some(name), id, failure),
                 }
                 let lost: Vec<&ChannelName> = self.subscriptions.iter().filter(|c| !grant.can_read(c.as_str())).collect();
                 if !lost.is_empty() {
@@ -296,7 +358,14 @@ impl Connection {
         }
         Metrics::inc(&self.hub.metrics.actions_total);
         let user = self.grant.as_ref().map(|g| g.user);
-        match self.hub.database.run_action(&action, user).await {
+        let started = Instant::now();
+        let outcome = self.hub.database.run_action(&action, user).await;
+        if let RequestName::Action(action_name) = name {
+            if let Some(histogram) = self.hub.metrics.action_duration(action_name) {
+                histogram.record(started.elapsed().as_secs_f64());
+            }
+        }
+        match outcome {
             Ok(mut result) => {
                 if let (Action::ListSessions { .. }, Some(grant)) = (&action, &self.grant) {
                     // show only sessions whose channel the token may read
@@ -311,7 +380,7 @@ impl Connection {
                 }
                 self.reply(name, id, result)
             }
-            Err(failure) => self.send_error_json(Some(name), id, failure.to_json()),
+            Err(failure) => self.send_failure(Some(name), id, failure),
         }
     }
 
@@ -369,13 +438,18 @@ impl Connection {
         self.enqueue(protocol::error_frame(name, id, code, message));
     }
 
-    fn send_error_json(&self, name: Option<&RequestName>, id: Option<&Value>, error: Value) {
+    fn send_failure(&self, name: Option<&RequestName>, id: Option<&Value>, failure: DbFailure) {
         Metrics::inc(&self.hub.metrics.error_replies_total);
-        self.enqueue(protocol::error_frame_with(name, id, error));
+        if failure.code == code::BUSY || failure.code == code::TIMEOUT {
+            Metrics::inc(&self.hub.metrics.busy_replies_total);
+            tracing::debug!(client = self.client.id, code = failure.code, session = ?failure.session, "{}", failure.message);
+        }
+        self.enqueue(protocol::error_frame_with(name, id, failure.to_json()));
     }
 
     fn enqueue(&self, frame: Utf8Bytes) {
-        self.client.offer(frame, &self.hub.metrics);
+        self.client.offer(Outbound::now(frame), &self.hub.metrics);
+        self.hub.registry.enforce_budget();
     }
 }
 
@@ -384,11 +458,13 @@ impl Connection {
 async fn write_loop(
     hub: Arc<Hub>,
     mut sink: SplitSink<WebSocket, Message>,
-    mut queue: mpsc::Receiver<Utf8Bytes>,
-    control: Arc<ClientControl>,
+    greeting: Option<Utf8Bytes>,
+    mut queue: mpsc::Receiver<Outbound>,
+    client: Arc<ClientHandle>,
     activity: Arc<Activity>,
 ) {
     let config = &hub.config;
+    let control = client.control.clone();
     let mut ticker = tokio::time::interval_at(Instant::now() + config.ping_interval, config.ping_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let silence_limit = (config.ping_interval + config.pong_timeout).as_millis() as u64;
@@ -396,49 +472,76 @@ async fn write_loop(
     // one registration for the connection's lifetime, not one per message (hot path)
     let closed = control.closed();
     tokio::pin!(closed);
-    loop {
-        tokio::select! {
-            biased;
-            _ = &mut closed => break,
-            frame = queue.recv() => {
-                let Some(frame) = frame else { break };
-                let send = async {
-                    sink.feed(Message::Text(frame)).await?;
-                    for _ in 1..FRAMES_PER_FLUSH {
-                        match queue.try_recv() {
-                            Ok(frame) => sink.feed(Message::Text(frame)).await?,
-                            Err(_) => break,
+    // the subscription acknowledgement goes out before anything that was queued meanwhile
+    let greeted = match greeting {
+        Some(frame) => {
+            let send = sink.send(Message::Text(frame));
+            send_within(send, config.write_timeout, closed.as_mut(), &control, &hub.metrics).await
+        }
+        None => true,
+    };
+    if greeted {
+        loop {
+            tokio::select! {
+                biased;
+                _ = &mut closed => break,
+                frame = queue.recv() => {
+                    let Some(first) = frame else { break };
+                    // sampled: the first frame of each batch stands for the batch
+                    hub.metrics.queue_wait.record(first.queued_at.elapsed().as_secs_f64());
+                    let committed_at = first.committed_at;
+                    // the frames' bytes stay counted against the memory budget until flushed
+                    let mut cost = frame_cost(&first.frame);
+                    let send = async {
+                        sink.feed(Message::Text(first.frame)).await?;
+                        for _ in 1..FRAMES_PER_FLUSH {
+                            match queue.try_recv() {
+                                Ok(item) => {
+                                    cost += frame_cost(&item.frame);
+                                    sink.feed(Message::Text(item.frame)).await?
+                                }
+                                Err(_) => break,
+                            }
                         }
+                        sink.flush().await
+                    };
+                    if !send_within(send, config.write_timeout, closed.as_mut(), &control, &hub.metrics).await {
+                        break;
                     }
-                    sink.flush().await
-                };
-                if !send_within(send, config.write_timeout, closed.as_mut(), &control, &hub.metrics).await {
-                    break;
-                }
-            }
-            _ = ticker.tick() => {
-                let now = activity.now_ms();
-                if now.saturating_sub(activity.last_frame_ms.load(Ordering::Relaxed)) > silence_limit {
-                    if control.close(CloseReason::HeartbeatTimeout) {
-                        Metrics::inc(&hub.metrics.heartbeat_timeouts_total);
+                    client.release(cost);
+                    if let Some(since) = committed_at.and_then(|at| std::time::SystemTime::now().duration_since(at).ok()) {
+                        hub.metrics.commit_to_send.record(since.as_secs_f64());
                     }
-                    break;
                 }
-                if activity.subscriptions.load(Ordering::Relaxed) == 0
-                    && now.saturating_sub(activity.last_request_ms.load(Ordering::Relaxed)) > idle_limit
-                {
-                    if control.close(CloseReason::IdleTimeout) {
-                        Metrics::inc(&hub.metrics.idle_timeouts_total);
+                _ = ticker.tick() => {
+                    let now = activity.now_ms();
+                    if now.saturating_sub(activity.last_frame_ms.load(Ordering::Relaxed)) > silence_limit {
+                        if control.close(CloseReason::HeartbeatTimeout) {
+                            Metrics::inc(&hub.metrics.heartbeat_timeouts_total);
+                        }
+                        break;
                     }
-                    break;
-                }
-                let ping = sink.send(Message::Ping(Default::default()));
-                if !send_within(ping, config.write_timeout, closed.as_mut(), &control, &hub.metrics).await {
-                    break;
+                    if activity.subscriptions.load(Ordering::Relaxed) == 0
+                        && now.saturating_sub(activity.last_request_ms.load(Ordering::Relaxed)) > idle_limit
+                    {
+                        if control.close(CloseReason::IdleTimeout) {
+                            Metrics::inc(&hub.metrics.idle_timeouts_total);
+                        }
+                        break;
+                    }
+                    let ping = sink.send(Message::Ping(Default::default()));
+                    if !send_within(ping, config.write_timeout, closed.as_mut(), &control, &hub.metrics).await {
+                        break;
+                    }
                 }
             }
         }
     }
+    // Nothing queued will be sent any more: free it now, not after the goodbye (which a stalled
+    // client may make take seconds), so that shedding a backlog frees its memory at once.
+    control.close(CloseReason::ClientGone);
+    drop(queue);
+    client.release_all();
     let reason = control.reason();
     if let Some(frame) = reason.as_ref().and_then(|r| close_frame(r, control.dropped())) {
         let _ = timeout(CLOSE_TIMEOUT, sink.send(Message::Close(Some(frame)))).await;
@@ -480,24 +583,29 @@ where
 fn close_frame(reason: &CloseReason, dropped: u64) -> Option<CloseFrame> {
     let text = match reason {
         CloseReason::SlowClient => format!("slow client: outbound queue full, {dropped} message(s) dropped"),
+        CloseReason::MemoryBudget => {
+            "slow client: the hub's outbound memory budget is full and this backlog was among the largest".into()
+        }
         CloseReason::HeartbeatTimeout => "no pong: heartbeat timeout".into(),
         CloseReason::IdleTimeout => "idle timeout".into(),
         CloseReason::TokenExpired => "token expired".into(),
         CloseReason::Shutdown => "hub shutting down".into(),
         CloseReason::MessageTooBig => "message too big".into(),
         CloseReason::ProtocolViolation => "websocket protocol error".into(),
+        CloseReason::InvalidPayload => "text frame is not valid UTF-8".into(),
         CloseReason::ClientGone => return None,
     };
     Some(CloseFrame { code: reason.code(), reason: Utf8Bytes::from(text) })
 }
 
-/// Why reading failed, for the close frame: too big (1009), broken framing (1002), or a dead
-/// socket (nothing to say).
+/// Why reading failed, for the close frame: too big (1009), broken framing (1002), a text frame
+/// that is not UTF-8 (1007), or a dead socket (nothing to say).
 fn read_error_reason(error: axum::Error) -> CloseReason {
     let inner = error.into_inner();
     match inner.downcast_ref::<tungstenite::Error>() {
         Some(tungstenite::Error::Capacity(_)) => CloseReason::MessageTooBig,
-        Some(tungstenite::Error::Protocol(_)) | Some(tungstenite::Error::Utf8(_)) => CloseReason::ProtocolViolation,
+        Some(tungstenite::Error::Protocol(_)) => CloseReason::ProtocolViolation,
+        Some(tungstenite::Error::Utf8(_)) => CloseReason::InvalidPayload,
         _ => CloseReason::ClientGone,
     }
 }

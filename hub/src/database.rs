@@ -18,7 +18,8 @@ use crate::protocol::{code, Action};
 use crate::role::{RoleCheck, RoleError};
 use deadpool_postgres::{HookError, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use serde_json::{json, Value};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_postgres::NoTls;
 use uuid::Uuid;
@@ -29,21 +30,40 @@ pub const MAX_NOTIFY_PAYLOAD_BYTES: usize = 7999;
 /// The application_name of pooled connections (visible in pg_stat_activity).
 pub const POOL_APPLICATION_NAME: &str = "memoriesdb-hub";
 
-/// An error to report to the client: a protocol code, a message and the SQLSTATE if any.
+/// An error to report to the client: a protocol code, a message, the SQLSTATE if any and, for
+/// `busy` and `timeout`, the session that caused it.
 #[derive(Debug)]
 pub struct DbFailure {
     pub code: &'static str,
     pub message: String,
     pub sqlstate: Option<String>,
+    pub session: Option<Uuid>,
 }
 
 impl DbFailure {
+    fn new(code: &'static str, message: String) -> DbFailure {
+        DbFailure { code, message, sqlstate: None, session: None }
+    }
+
     pub fn to_json(&self) -> Value {
         let mut error = json!({ "code": self.code, "message": self.message });
         if let Some(state) = &self.sqlstate {
             error["sqlstate"] = Value::String(state.clone());
         }
+        if let Some(session) = &self.session {
+            error["session_id"] = Value::String(session.to_string());
+        }
         error
+    }
+
+    /// `busy` and `timeout` while working on `session` name it: the client learns which of its
+    /// sessions is stuck.
+    fn on_session(mut self, session: Option<&Uuid>) -> DbFailure {
+        if let (Some(session), code::BUSY | code::TIMEOUT) = (session, self.code) {
+            self.message = format!("session {session}: {}", self.message);
+            self.session = Some(*session);
+        }
+        self
     }
 }
 
@@ -53,6 +73,10 @@ impl From<tokio_postgres::Error> for DbFailure {
             Some(db) => {
                 let sqlstate = db.code().code().to_string();
                 let code = match sqlstate.as_str() {
+                    // lock_not_available: --lock-timeout ran out waiting for a row lock
+                    "55P03" => code::BUSY,
+                    // query_canceled: --statement-timeout
+                    "57014" => code::TIMEOUT,
                     "P0002" | "02000" => code::NOT_FOUND,
                     "42501" => code::FORBIDDEN,
                     s if s.starts_with("22") || s == "23503" || s == "23514" => code::INVALID_ARGUMENT,
@@ -63,21 +87,27 @@ impl From<tokio_postgres::Error> for DbFailure {
                 // (An error raised inside the extension's Rust functions reaches us without the
                 // constraint field, so PostgreSQL's wording counts too.)
                 let names_a_constraint = db.constraint().is_some()
-                    || (sqlstate.starts_with("23") && db.message().contains("violates") && db.message().contains("constraint \""));
+                    || (sqlstate.starts_with("23")
+                        && db.message().contains("violates")
+                        && db.message().contains("constraint \""));
                 let mut message = if names_a_constraint {
-                    "the request violates a constraint of the database".to_string()
+                    match sqlstate.as_str() {
+                        "23503" => "the request refers to something that does not exist or that you cannot see \
+                                    (a user, session or message)"
+                            .to_string(),
+                        "23505" => "the request conflicts with something that already exists".to_string(),
+                        _ => "the request violates a rule of the database".to_string(),
+                    }
                 } else {
                     db.message().to_string()
                 };
                 if let Some(hint) = db.hint() {
                     message.push_str(&format!(" (hint: {hint})"));
                 }
-                DbFailure { code, message, sqlstate: Some(sqlstate) }
+                DbFailure { code, message, sqlstate: Some(sqlstate), session: None }
             }
-            None if error.is_closed() => {
-                DbFailure { code: code::UNAVAILABLE, message: format!("database unavailable: {error}"), sqlstate: None }
-            }
-            None => DbFailure { code: code::DATABASE_ERROR, message: error.to_string(), sqlstate: None },
+            None if error.is_closed() => DbFailure::new(code::UNAVAILABLE, format!("database unavailable: {error}")),
+            None => DbFailure::new(code::DATABASE_ERROR, error.to_string()),
         }
     }
 }
@@ -87,36 +117,65 @@ impl From<deadpool_postgres::PoolError> for DbFailure {
         match error {
             deadpool_postgres::PoolError::Backend(e) if e.as_db_error().is_some() => e.into(),
             // the role check refused the connection: the reason is for the operator's log
-            deadpool_postgres::PoolError::PostCreateHook(HookError::Message(_)) => DbFailure {
-                code: code::UNAVAILABLE,
-                message: "database unavailable: the hub cannot use its database role (see the hub's log)".into(),
-                sqlstate: None,
-            },
-            other => DbFailure { code: code::UNAVAILABLE, message: format!("database unavailable: {other}"), sqlstate: None },
+            deadpool_postgres::PoolError::PostCreateHook(HookError::Message(_)) => DbFailure::new(
+                code::UNAVAILABLE,
+                "database unavailable: the hub cannot use its database role (see the hub's log)".into(),
+            ),
+            // every pooled connection stayed busy for --lock-timeout
+            deadpool_postgres::PoolError::Timeout(deadpool_postgres::TimeoutType::Wait) => {
+                DbFailure::new(code::BUSY, "all of the hub's database connections are busy; try again".into())
+            }
+            other => DbFailure::new(code::UNAVAILABLE, format!("database unavailable: {other}")),
         }
     }
+}
+
+/// How the pool may be used: the bounds that keep one stuck session from taking it all.
+pub struct Limits {
+    pub pool_size: usize,
+    /// PostgreSQL's statement_timeout for every statement (answered `timeout`).
+    pub statement_timeout: Duration,
+    /// PostgreSQL's lock_timeout, and the longest wait for a free pooled connection (`busy`).
+    pub lock_timeout: Duration,
+    /// Chat actions running at once on one session, hub-wide (more are `busy` at once).
+    pub actions_per_session: usize,
 }
 
 pub struct Database {
     pool: Pool,
     role: Arc<RoleCheck>,
+    sessions: SessionGate,
+}
+
+/// What readiness and /metrics show of the pool.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PoolStatus {
+    pub max: usize,
+    pub open: usize,
+    pub idle: usize,
+    /// Requests waiting for a connection: the pool is saturated.
+    pub waiting: usize,
 }
 
 impl Database {
-    pub fn new(
-        pg_config: &tokio_postgres::Config,
-        size: usize,
-        statement_timeout: Duration,
-        role: Arc<RoleCheck>,
-    ) -> Result<Database, String> {
+    pub fn new(pg_config: &tokio_postgres::Config, limits: &Limits, role: Arc<RoleCheck>) -> Result<Database, String> {
         let mut config = pg_config.clone();
         config.application_name(POOL_APPLICATION_NAME);
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(5));
         }
-        // Bound every statement the hub runs for a client (a stuck lock must not pile up work).
+        // Bound every statement the hub runs for a client: a statement that runs long is
+        // cancelled, and one that waits for a lock someone else holds (a transaction left open
+        // in psql) gives up after lock_timeout instead of holding its connection.
         let existing = config.get_options().unwrap_or("").to_string();
-        config.options(format!("{existing} -c statement_timeout={}", statement_timeout.as_millis()).trim());
+        config.options(
+            format!(
+                "{existing} -c statement_timeout={} -c lock_timeout={}",
+                limits.statement_timeout.as_millis(),
+                limits.lock_timeout.as_millis()
+            )
+            .trim(),
+        );
         let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let hook_role = role.clone();
         let pool = Pool::builder(manager)
@@ -129,14 +188,14 @@ impl Database {
                     })
                 })
             }))
-            .max_size(size)
+            .max_size(limits.pool_size)
             .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(Duration::from_secs(5)))
+            .wait_timeout(Some(limits.lock_timeout))
             .create_timeout(Some(Duration::from_secs(5)))
             .recycle_timeout(Some(Duration::from_secs(5)))
             .build()
             .map_err(|e| format!("cannot build the connection pool: {e}"))?;
-        Ok(Database { pool, role })
+        Ok(Database { pool, role, sessions: SessionGate::new(limits.actions_per_session) })
     }
 
     /// Check the hub's database role now, by opening a pooled connection. Err only when the
@@ -148,11 +207,18 @@ impl Database {
             Err(error) => match self.role.refusal() {
                 Some(refusal) => Err(refusal),
                 None => {
-                    tracing::warn!(%error, "cannot check the hub's database role yet; every new connection will be checked");
+                    tracing::warn!(error = %crate::error_chain(&error), "cannot check the hub's database role yet; every new connection will be checked");
                     Ok(())
                 }
             },
         }
+    }
+
+    /// Whether a MemoriesDB user exists (the hub's role is trusted, so it sees every user).
+    pub async fn user_exists(&self, user: Uuid) -> Result<bool, DbFailure> {
+        let client = self.pool.get().await?;
+        let statement = client.prepare_cached("SELECT EXISTS (SELECT FROM memoriesdb.users WHERE id = $1)").await?;
+        Ok(client.query_one(&statement, &[&user]).await?.get(0))
     }
 
     /// NOTIFY through PostgreSQL so that all hubs (and psql LISTENers) see it.
@@ -163,14 +229,26 @@ impl Database {
         Ok(())
     }
 
+    pub fn pool_status(&self) -> PoolStatus {
+        let status = self.pool.status();
+        PoolStatus { max: status.max_size, open: status.size, idle: status.available, waiting: status.waiting }
+    }
+
     /// Run a chat action as `user` (when authentication is on). Returns the reply's result.
     pub async fn run_action(&self, action: &Action, user: Option<Uuid>) -> Result<Value, DbFailure> {
+        let session = action.session();
+        let _permit = match session {
+            Some(session) => Some(self.sessions.enter(session)?),
+            None => None,
+        };
+        self.run_action_now(action, user).await.map_err(|failure| failure.on_session(session))
+    }
+
+    async fn run_action_now(&self, action: &Action, user: Option<Uuid>) -> Result<Value, DbFailure> {
         let mut client = self.pool.get().await?;
         let transaction = client.transaction().await?;
         if let Some(user) = user {
-            transaction
-                .execute("SELECT pg_catalog.set_config('app.current_user', $1, true)", &[&user.to_string()])
-                .await?;
+            transaction.execute("SELECT pg_catalog.set_config('app.current_user', $1, true)", &[&user.to_string()]).await?;
         }
         let result = match action {
             Action::SendMessage { session_id, content, role, metadata } => {
@@ -218,7 +296,10 @@ impl Database {
             }
             Action::ForkSession { session_id, title, metadata, parent_message_id } => {
                 let row = transaction
-                    .query_one("SELECT memoriesdb.fork_session($1, $2, $3, $4)", &[session_id, title, metadata, parent_message_id])
+                    .query_one(
+                        "SELECT memoriesdb.fork_session($1, $2, $3, $4)",
+                        &[session_id, title, metadata, parent_message_id],
+                    )
                     .await?;
                 let fork_id: Uuid = row.get(0);
                 json!({
@@ -259,4 +340,46 @@ async fn session_summary(transaction: &deadpool_postgres::Transaction<'_>, sessi
         )
         .await?;
     Ok(row.map(|r| r.get::<_, Value>(0)).unwrap_or(Value::Null))
+}
+
+/// At most `limit` chat actions at once on one session, hub-wide. Requests on one client's
+/// connection already run one at a time; this bounds what many clients can pile onto one session
+/// (all of them waiting for the same row lock, say), so that the pool stays free for everyone else.
+struct SessionGate {
+    limit: usize,
+    running: Mutex<HashMap<Uuid, usize>>,
+}
+
+struct SessionPermit<'a> {
+    gate: &'a SessionGate,
+    session: Uuid,
+}
+
+impl SessionGate {
+    fn new(limit: usize) -> SessionGate {
+        SessionGate { limit, running: Mutex::new(HashMap::new()) }
+    }
+
+    fn enter(&self, session: &Uuid) -> Result<SessionPermit<'_>, DbFailure> {
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        let count = running.entry(*session).or_insert(0);
+        if *count >= self.limit {
+            let message = format!("{} action(s) on it are already running; try again", self.limit);
+            return Err(DbFailure::new(code::BUSY, message).on_session(Some(session)));
+        }
+        *count += 1;
+        Ok(SessionPermit { gate: self, session: *session })
+    }
+}
+
+impl Drop for SessionPermit<'_> {
+    fn drop(&mut self) {
+        let mut running = self.gate.running.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = running.get_mut(&self.session) {
+            *count -= 1;
+            if *count == 0 {
+                running.remove(&self.session);
+            }
+        }
+    }
 }

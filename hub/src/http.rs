@@ -5,6 +5,7 @@
 //! Origin allow-list (a page from elsewhere cannot open a WebSocket) and the Host check (a page
 //! that rebinds its own DNS name to the hub's address cannot either; see [`host_allowed`]).
 
+use crate::auth::AuthError;
 use crate::channel::ChannelName;
 use crate::connection;
 use crate::hub::Hub;
@@ -84,9 +85,17 @@ async fn websocket(
                 .map(|(_, v)| v.clone())
                 .or_else(|| bearer_token(&headers))
                 .unwrap_or_default();
-            match authenticator.verify(&token) {
-                Ok(grant) => Some(grant),
+            let grant = match authenticator.verify(&token) {
+                Ok(grant) => grant,
                 Err(error) => return reject(StatusCode::UNAUTHORIZED, "unauthorized", &error.to_string()),
+            };
+            match hub.users.exists(&hub.database, grant.user).await {
+                Ok(true) => Some(grant),
+                Ok(false) => return reject(StatusCode::UNAUTHORIZED, "unauthorized", &AuthError::UnknownUser.to_string()),
+                Err(failure) => {
+                    let message = format!("cannot check the token's user now: {}", failure.message);
+                    return reject(StatusCode::SERVICE_UNAVAILABLE, "unavailable", &message);
+                }
             }
         }
     };
@@ -109,7 +118,11 @@ async fn websocket(
     if let Some(grant) = &grant {
         let denied: Vec<&str> = channels.iter().map(ChannelName::as_str).filter(|c| !grant.can_read(c)).collect();
         if !denied.is_empty() {
-            return reject(StatusCode::FORBIDDEN, "forbidden", &format!("the token does not allow reading {}", denied.join(", ")));
+            return reject(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                &format!("the token does not allow reading {}", denied.join(", ")),
+            );
         }
     }
 
@@ -129,12 +142,13 @@ async fn websocket(
         .write_buffer_size(16 * 1024)
         // bounded by the outbound queue and FRAMES_PER_FLUSH; a hard stop for anything else
         .max_write_buffer_size(4 * 1024 * 1024);
-    let task_hub = hub.clone();
+    // LISTEN before the 101: once the client sees the upgrade, its URL channels are live
+    let prepared = connection::prepare(&hub, channels).await;
+    let tracker = hub.connections.clone();
     upgrade.on_upgrade(move |socket| {
-        let tracker = task_hub.connections.clone();
         tracker.track_future(async move {
             let _slot = slot;
-            connection::serve(task_hub, socket, channels, grant, peer).await;
+            connection::serve(prepared, socket, grant, peer).await;
         })
     })
 }
@@ -150,15 +164,23 @@ fn bearer_token(headers: &HeaderMap) -> Option<String> {
 /// allow-list, or when the allow-list contains "*". Without this check any web site a user
 /// visits could open a connection to a hub on their machine or network.
 fn origin_allowed(allowed: &[String], headers: &HeaderMap) -> bool {
-    let Some(origin) = headers.get(header::ORIGIN) else { return true };
-    let Ok(origin) = origin.to_str() else { return false };
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return true;
+    };
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
     let origin = origin.trim_end_matches('/');
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
     let origin_host = origin.split_once("://").map(|(_, rest)| rest).unwrap_or("");
     if !host.is_empty() && origin_host.eq_ignore_ascii_case(host) {
         return true;
     }
-    allowed.iter().map(|a| a.trim()).filter(|a| !a.is_empty()).any(|a| a == "*" || a.trim_end_matches('/').eq_ignore_ascii_case(origin))
+    allowed
+        .iter()
+        .map(|a| a.trim())
+        .filter(|a| !a.is_empty())
+        .any(|a| a == "*" || a.trim_end_matches('/').eq_ignore_ascii_case(origin))
 }
 
 /// DNS rebinding: a page on attacker.example can make its own name resolve to 127.0.0.1 and then
@@ -185,7 +207,9 @@ fn host_allowed(hub: &Hub, headers: &HeaderMap) -> Result<(), String> {
 
 /// Whether a Host header value names a loopback address or an allowed host.
 fn host_matches(allowed: &[String], host: &str) -> bool {
-    let Some((name, port)) = split_host(host) else { return false };
+    let Some((name, port)) = split_host(host) else {
+        return false;
+    };
     if is_loopback_name(name) {
         return true;
     }
@@ -239,41 +263,7 @@ fn host_refusal(hub: &Hub, headers: &HeaderMap) -> Option<Response> {
 
 /// Split a query string into decoded key/value pairs (repeated keys kept, in order).
 fn parse_query(query: &str) -> Vec<(String, String)> {
-    query
-        .split('&')
-        .filter(|part| !part.is_empty())
-        .map(|part| {
-            let (key, value) = part.split_once('=').unwrap_or((part, ""));
-            (percent_decode(key), percent_decode(value))
-        })
-        .collect()
-}
-
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                    (Some(high), Some(low)) => {
-                        out.push(high * 16 + low);
-                        i += 2;
-                    }
-                    _ => out.push(b'%'),
-                }
-            }
-            other => out.push(other),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn hex(byte: u8) -> Option<u8> {
-    (byte as char).to_digit(16).map(|d| d as u8)
+    form_urlencoded::parse(query.as_bytes()).map(|(key, value)| (key.into_owned(), value.into_owned())).collect()
 }
 
 async fn demo_page(State(hub): State<Arc<Hub>>, headers: HeaderMap) -> Response {
@@ -299,15 +289,20 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// Ready when the LISTEN connection is up (deliveries work) and the hub is not shutting down.
+/// Ready when the LISTEN connection is up (deliveries work), the database pool is not saturated
+/// (requests waiting for a connection: new clients are better served elsewhere) and the hub is
+/// not shutting down.
 async fn readyz(State(hub): State<Arc<Hub>>) -> Response {
     let listener_up = hub.listener.is_up();
-    let ready = listener_up && !hub.shutdown.is_cancelled();
+    let pool = hub.database.pool_status();
+    let saturated = pool.waiting > 0;
+    let ready = listener_up && !saturated && !hub.shutdown.is_cancelled();
     let body = json!({
         "ready": ready,
         "listener": if listener_up { "up" } else { "down" },
         "shutting_down": hub.shutdown.is_cancelled(),
         "listen_channels": hub.listener.listening_count(),
+        "db_pool": { "max": pool.max, "open": pool.open, "idle": pool.idle, "waiting": pool.waiting, "saturated": saturated },
     })
     .to_string();
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
@@ -367,8 +362,20 @@ mod tests {
             assert!(host_matches(&none, host), "{host}");
         }
         for host in [
-            "", "rebind.test", "rebind.test:5002", "localhost.rebind.test", "127.0.0.1.rebind.test", "0.0.0.0:5002",
-            "10.0.0.1:5002", "[::2]:5002", "::1", "[::1", "[::1]5002", "localhost:", "localhost:x", "127.0.0.1:5002:1",
+            "",
+            "rebind.test",
+            "rebind.test:5002",
+            "localhost.rebind.test",
+            "127.0.0.1.rebind.test",
+            "0.0.0.0:5002",
+            "10.0.0.1:5002",
+            "[::2]:5002",
+            "::1",
+            "[::1",
+            "[::1]5002",
+            "localhost:",
+            "localhost:x",
+            "127.0.0.1:5002:1",
             "[::ffff:127.0.0.1]",
         ] {
             assert!(!host_matches(&none, host), "{host:?}");

@@ -6,6 +6,7 @@ use crate::database::Database;
 use crate::listener::ListenerState;
 use crate::metrics::{Gauges, Metrics};
 use crate::registry::Registry;
+use crate::users::UserDirectory;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -18,6 +19,8 @@ pub struct Hub {
     pub metrics: Arc<Metrics>,
     pub database: Database,
     pub auth: Option<Authenticator>,
+    /// Whether a token's user exists (authentication only).
+    pub users: UserDirectory,
     /// Cancelled on SIGTERM/SIGINT: stop accepting, close every connection with 1001.
     pub shutdown: CancellationToken,
     /// WebSocket connection tasks, so shutdown can wait for their close frames to go out.
@@ -27,14 +30,16 @@ pub struct Hub {
 
 impl Hub {
     pub fn new(config: Config, database: Database, auth: Option<Authenticator>) -> Hub {
-        let metrics = Arc::new(Metrics::default());
+        let metrics = Arc::new(Metrics::new());
+        let budget_bytes = config.outbound_budget_mib.saturating_mul(1024 * 1024);
         Hub {
             config,
-            registry: Arc::new(Registry::new(metrics.clone())),
+            registry: Arc::new(Registry::new(metrics.clone(), budget_bytes)),
             listener: Arc::new(ListenerState::new()),
             metrics,
             database,
             auth,
+            users: UserDirectory::default(),
             shutdown: CancellationToken::new(),
             connections: TaskTracker::new(),
             open_connections: AtomicUsize::new(0),
@@ -61,6 +66,8 @@ impl Hub {
             channels: self.registry.channel_count(),
             listening_channels: self.listener.listening_count(),
             listener_up: self.listener.is_up(),
+            pool: self.database.pool_status(),
+            outbound_bytes: self.registry.budget.used(),
         }
     }
 }

@@ -6,6 +6,7 @@
 //! - [`config`]: flags and environment
 //! - [`channel`]: channel names, quoting, glob patterns
 //! - [`auth`]: optional HS256 JWT authentication
+//! - [`users`]: whether a token's user exists (cached)
 //! - [`protocol`]: request parsing and the frames the hub sends
 //! - [`registry`]: connections, subscriptions and fan-out with bounded queues
 //! - [`listener`]: the dedicated LISTEN connection, reconciliation and reconnects
@@ -28,3 +29,17 @@ pub mod protocol;
 pub mod registry;
 pub mod role;
 pub mod server;
+pub mod users;
+
+/// An error with its causes, for logs: tokio-postgres' Display says only "db error" and keeps
+/// PostgreSQL's message (e.g. why a connection was refused) in its source.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -161,7 +161,7 @@ impl Listener {
         let (client, mut connection) = match connected {
             Ok(pair) => pair,
             Err(error) => {
-                tracing::warn!(%error, "cannot open the LISTEN connection");
+                tracing::warn!(error = %crate::error_chain(&error), "cannot open the LISTEN connection");
                 return SessionEnd::Lost { was_established: false };
             }
         };
@@ -177,14 +177,14 @@ impl Listener {
                     Some(Ok(AsyncMessage::Notification(note))) => {
                         Metrics::inc(&metrics.notifications_total);
                         let frame = protocol::delivery_frame(note.channel(), note.payload());
-                        registry.publish(note.channel(), &frame);
+                        registry.publish(note.channel(), &frame, protocol::event_time(note.payload()));
                     }
                     Some(Ok(AsyncMessage::Notice(notice))) => {
                         tracing::debug!(message = notice.message(), "notice on the LISTEN connection");
                     }
                     Some(Ok(_)) => {}
                     Some(Err(error)) => {
-                        tracing::warn!(%error, "LISTEN connection failed");
+                        tracing::warn!(error = %crate::error_chain(&error), "LISTEN connection failed");
                         break;
                     }
                     None => {
@@ -202,12 +202,12 @@ impl Listener {
             // recorded by the check: the hub is stopping
             Err(RoleError::Refused(_)) => return SessionEnd::Shutdown,
             Err(RoleError::Query(error)) => {
-                tracing::warn!(%error, "checking the database role failed");
+                tracing::warn!(error = %crate::error_chain(&error), "checking the database role failed");
                 return SessionEnd::Lost { was_established: false };
             }
         }
         if let Err(error) = self.reconcile(&client).await {
-            tracing::warn!(%error, "re-LISTEN after connecting failed");
+            tracing::warn!(error = %crate::error_chain(&error), "re-LISTEN after connecting failed");
             return SessionEnd::Lost { was_established: false };
         }
         self.state.up.store(true, Ordering::Release);
@@ -230,7 +230,7 @@ impl Listener {
                 _ = &mut lost_rx => return SessionEnd::Lost { was_established: true },
                 _ = self.registry.channels_changed.notified() => {
                     if let Err(error) = self.reconcile(&client).await {
-                        tracing::warn!(%error, "LISTEN/UNLISTEN failed");
+                        tracing::warn!(error = %crate::error_chain(&error), "LISTEN/UNLISTEN failed");
                         return SessionEnd::Lost { was_established: true };
                     }
                 }

@@ -16,10 +16,12 @@
 //!
 //! Hub → client:
 //!   {"channel":"...","payload":...}                   a message on a subscribed channel
+//!   {"event":"subscribed","channels":[...]}           first frame with ?c=...: those channels are live
 //!   {"event":"reconnected"}                           the LISTEN connection was re-established
 //!   {"method":"sub","id":...,"result":{...}}          a reply; "action" instead of "method" for actions
 //!   {"method":"pub","id":...,"error":{"code":"...","message":"..."}}
 
+use crate::channel::ChannelName;
 use axum::extract::ws::Utf8Bytes;
 use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
@@ -41,6 +43,12 @@ pub mod code {
     pub const INVALID_ARGUMENT: &str = "invalid_argument";
     pub const DATABASE_ERROR: &str = "database_error";
     pub const UNAVAILABLE: &str = "unavailable";
+    /// Not now: the session has --max-actions-per-session actions running, its row is locked by
+    /// another transaction (--lock-timeout), or no database connection came free in time. The
+    /// error carries "session_id" when one session is the cause. Retry later.
+    pub const BUSY: &str = "busy";
+    /// The statement ran longer than --statement-timeout and was cancelled.
+    pub const TIMEOUT: &str = "timeout";
 }
 
 /// Which request a reply answers: `"method": name` or `"action": name`.
@@ -76,6 +84,18 @@ pub enum Action {
     CreateSession { title: String, metadata: Option<Value> },
     ForkSession { session_id: Uuid, title: String, metadata: Option<Value>, parent_message_id: Option<Uuid> },
     ListSessions { limit: i64 },
+}
+
+impl Action {
+    /// The session an action works on, if any: the unit of --max-actions-per-session.
+    pub fn session(&self) -> Option<&Uuid> {
+        match self {
+            Action::SendMessage { session_id, .. }
+            | Action::GetTranscript { session_id, .. }
+            | Action::ForkSession { session_id, .. } => Some(session_id),
+            Action::CreateSession { .. } | Action::ListSessions { .. } => None,
+        }
+    }
 }
 
 pub const DEFAULT_TRANSCRIPT_LIMIT: i64 = 500;
@@ -141,14 +161,20 @@ fn parse(text: &str) -> Result<Envelope, ProtocolError> {
         let name = RequestName::Method(crate::channel::truncate(method, 64));
         let params = Fields::new(&object, true);
         let request = match method {
-            "sub" | "subscribe" => Request::Subscribe { channels: params.channels().map_err(|m| fail(&name, code::BAD_REQUEST, m))? },
-            "unsub" | "unsubscribe" => Request::Unsubscribe { channels: params.channels().map_err(|m| fail(&name, code::BAD_REQUEST, m))? },
+            "sub" | "subscribe" => {
+                Request::Subscribe { channels: params.channels().map_err(|m| fail(&name, code::BAD_REQUEST, m))? }
+            }
+            "unsub" | "unsubscribe" => {
+                Request::Unsubscribe { channels: params.channels().map_err(|m| fail(&name, code::BAD_REQUEST, m))? }
+            }
             "pub" | "publish" => Request::Publish {
                 channel: params.required_string("channel").map_err(|m| fail(&name, code::BAD_REQUEST, m))?,
                 content: params.get("content").cloned().unwrap_or(Value::Null),
                 metadata: params.optional_object("metadata").map_err(|m| fail(&name, code::BAD_REQUEST, m))?,
             },
-            "auth" => Request::Authenticate { token: params.required_string("token").map_err(|m| fail(&name, code::BAD_REQUEST, m))? },
+            "auth" => {
+                Request::Authenticate { token: params.required_string("token").map_err(|m| fail(&name, code::BAD_REQUEST, m))? }
+            }
             "ping" => Request::Ping,
             _ => {
                 return Err(fail(
@@ -339,6 +365,50 @@ pub fn delivery_frame(channel: &str, payload: &str) -> Utf8Bytes {
     Utf8Bytes::from(frame)
 }
 
+/// When an event was written, for the commit-to-send histogram: the `created_at` of the
+/// extension's chat events (`2026-12-02T13:11:17.937222+00:00`, in the writer's time zone). None
+/// for payloads without one. Costs a scan for the key, and a parse only when it is there.
+pub fn event_time(payload: &str) -> Option<std::time::SystemTime> {
+    if !payload.starts_with('{') || !payload.contains("\"created_at\"") {
+        return None;
+    }
+    #[derive(serde::Deserialize)]
+    struct Stamped<'a> {
+        #[serde(borrow)]
+        created_at: Option<&'a str>,
+    }
+    let text = serde_json::from_str::<Stamped>(payload).ok()?.created_at?;
+    // humantime reads the local part as UTC; the offset (+HH:MM, or Z) is applied here
+    let split = text.rfind(['+', '-', 'Z']).filter(|&at| at > 10)?;
+    let (local, offset) = text.split_at(split);
+    let at = humantime::parse_rfc3339_weak(local).ok()?;
+    let offset_secs = match offset.as_bytes() {
+        [b'Z'] => 0,
+        [sign @ (b'+' | b'-'), ..] => {
+            let (hours, minutes) = offset[1..].split_once(':').unwrap_or((&offset[1..], "0"));
+            let secs = hours.parse::<u64>().ok()? * 3600 + minutes.parse::<u64>().ok()? * 60;
+            if *sign == b'+' {
+                return at.checked_sub(std::time::Duration::from_secs(secs));
+            }
+            secs
+        }
+        _ => return None,
+    };
+    at.checked_add(std::time::Duration::from_secs(offset_secs))
+}
+
+/// `{"event":"subscribed","channels":[...]}`: the channels named in the connection's URL are
+/// live (PostgreSQL listens), so an event written from now on reaches the client. Channels whose
+/// LISTEN is not confirmed yet (the database is unreachable) are listed in `"pending"` as well.
+pub fn subscribed_frame(channels: &[ChannelName], pending: &[ChannelName]) -> Utf8Bytes {
+    let names = |list: &[ChannelName]| list.iter().map(|c| Value::String(c.as_str().into())).collect::<Vec<_>>();
+    let mut frame = json!({ "event": "subscribed", "channels": names(channels) });
+    if !pending.is_empty() {
+        frame["pending"] = Value::Array(names(pending));
+    }
+    Utf8Bytes::from(frame.to_string())
+}
+
 /// `{"event": name}`, e.g. reconnected.
 pub fn event_frame(name: &str) -> Utf8Bytes {
     Utf8Bytes::from(json!({ "event": name }).to_string())
@@ -415,8 +485,27 @@ mod tests {
         assert!(err.message.contains("session_id"));
         assert_eq!(parse_request("[1,2]").unwrap_err().code, code::BAD_REQUEST);
         assert_eq!(parse_request(r#"{"method":"pub","params":{"content":1}}"#).unwrap_err().code, code::BAD_REQUEST);
-        assert_eq!(parse_request(r#"{"action":"get_transcript","session_id":"0190abcd-0000-7000-8000-000000000001","limit":0}"#).unwrap_err().code, code::BAD_REQUEST);
+        assert_eq!(
+            parse_request(r#"{"action":"get_transcript","session_id":"0190abcd-0000-7000-8000-000000000001","limit":0}"#)
+                .unwrap_err()
+                .code,
+            code::BAD_REQUEST
+        );
         assert_eq!(parse_request(r#"{"hello":1}"#).unwrap_err().code, code::BAD_REQUEST);
+    }
+
+    #[test]
+    fn event_times() {
+        use std::time::{Duration, UNIX_EPOCH};
+        let at = |payload: &str| event_time(payload).map(|t| t.duration_since(UNIX_EPOCH).unwrap());
+        let noon = Duration::from_secs(1_767_268_800); // 2026-01-01T12:00:00Z
+        assert_eq!(at(r#"{"op":"INSERT","created_at":"2026-01-01T12:00:00+00:00"}"#), Some(noon));
+        assert_eq!(at(r#"{"created_at" : "2026-01-01T14:00:00.5+02:00"}"#), Some(noon + Duration::from_millis(500)));
+        assert_eq!(at(r#"{"created_at":"2026-01-01T07:30:00-04:30"}"#), Some(noon));
+        assert_eq!(at(r#"{"created_at":"2026-01-01T12:00:00Z"}"#), Some(noon));
+        assert_eq!(at(r#"{"created_at":null}"#), None);
+        assert_eq!(at(r#"{"content":"no time"}"#), None);
+        assert_eq!(at("created_at"), None);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use crate::auth::Authenticator;
 use crate::config::Config;
-use crate::database::Database;
+use crate::database::{Database, Limits};
 use crate::http;
 use crate::hub::Hub;
 use crate::listener::Listener;
@@ -23,10 +23,15 @@ use tower_service::Service;
 pub async fn run(config: Config) -> Result<(), String> {
     let secret = config.jwt_secret_bytes()?;
     config.validate(secret.is_some())?;
-    let pg_config: tokio_postgres::Config =
-        config.database_url.parse().map_err(|e| format!("invalid --database-url: {e}"))?;
+    let pg_config: tokio_postgres::Config = config.database_url.parse().map_err(|e| format!("invalid --database-url: {e}"))?;
     let role = RoleCheck::new(secret.is_some(), config.allow_anonymous_superuser);
-    let database = Database::new(&pg_config, config.db_pool_size, config.statement_timeout, role.clone())?;
+    let limits = Limits {
+        pool_size: config.db_pool_size,
+        statement_timeout: config.statement_timeout,
+        lock_timeout: config.lock_timeout,
+        actions_per_session: config.max_actions_per_session,
+    };
+    let database = Database::new(&pg_config, &limits, role.clone())?;
     database.check_role().await?;
     if secret.is_none() && !config.host.is_loopback() && config.allowed_hosts.iter().all(|h| h.trim().is_empty()) {
         tracing::warn!(
@@ -57,6 +62,17 @@ pub async fn run(config: Config) -> Result<(), String> {
         "memoriesdb-hub listening: ws://{listen_addr}/ws?c=<channel>, demo page http://{listen_addr}/"
     );
     let accept_task = tokio::spawn(accept_loop(tcp, hub.clone()));
+    let upkeep_hub = hub.clone();
+    // histogram samples wait in a list until folded into buckets: keep that list short
+    let upkeep_task = tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                _ = upkeep_hub.shutdown.cancelled() => return,
+                _ = every.tick() => upkeep_hub.metrics.upkeep(),
+            }
+        }
+    });
 
     tokio::select! {
         _ = wait_for_signal() => {}
@@ -70,6 +86,7 @@ pub async fn run(config: Config) -> Result<(), String> {
         tracing::warn!(remaining = hub.registry.connection_count(), "shutdown grace period over; dropping connections");
     }
     let _ = accept_task.await;
+    let _ = upkeep_task.await;
     listener_shutdown.cancel();
     let _ = listener_task.await;
     tracing::info!("stopped");

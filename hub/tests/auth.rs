@@ -36,7 +36,9 @@ async fn authenticated_hub(db: &TestDb) -> HubProcess {
 async fn upgrade_requires_a_valid_token() {
     let db = TestDb::new().await;
     let hub = authenticated_hub(&db).await;
-    let user = "01a21f10-a1fa-729b-9207-651564608c0c";
+    // a user that exists: tokens naming no user are refused (see tokens_for_users_that_do_not_exist_are_refused)
+    let user: String = db.client().await.query_one("SELECT memoriesdb.create_user('u')::text", &[]).await.unwrap().get(0);
+    let user = user.as_str();
     let good = token(user, 60, &["updates"], &[]);
     assert_eq!(upgrade_status(&hub, "", &[]).await, 401, "no token");
     assert_eq!(upgrade_status(&hub, "?token=garbage", &[]).await, 401);
@@ -127,7 +129,9 @@ async fn every_request_is_checked_against_the_tokens_channels() {
 async fn connections_close_when_the_token_expires_unless_refreshed() {
     let db = TestDb::new().await;
     let hub = authenticated_hub(&db).await;
-    let user = "01a21f10-a1fa-729b-9207-651564608c0c";
+    // a user that exists: tokens naming no user are refused (see tokens_for_users_that_do_not_exist_are_refused)
+    let user: String = db.client().await.query_one("SELECT memoriesdb.create_user('u')::text", &[]).await.unwrap().get(0);
+    let user = user.as_str();
 
     let started = Instant::now();
     let mut short = WsClient::connect(&hub.ws_url(&format!("?c=updates&token={}", token(user, 2, &["*"], &[])))).await;
@@ -166,11 +170,67 @@ async fn origin_allow_list() {
 
 #[tokio::test]
 async fn anonymous_hub_on_a_public_address_refuses_to_start() {
-    let output = std::process::Command::new(HUB_BIN)
-        .args(["--host", "0.0.0.0", "--port", &free_port().to_string()])
-        .output()
-        .unwrap();
+    let output =
+        std::process::Command::new(HUB_BIN).args(["--host", "0.0.0.0", "--port", &free_port().to_string()]).output().unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("without authentication"), "{stderr}");
+}
+
+/// Issue 14, defect 5: a token naming a user that does not exist is refused at the upgrade (401),
+/// and a user that disappears later never makes a client see a raw constraint error.
+#[tokio::test]
+async fn tokens_for_users_that_do_not_exist_are_refused() {
+    let db = TestDb::new().await;
+    let hub = authenticated_hub(&db).await;
+    let sql = db.client().await;
+    let ghost = "01a21f10-a1fa-729b-9207-651564608c0c";
+    assert_eq!(upgrade_status(&hub, &format!("?token={}", token(ghost, 60, &["*"], &["*"])), &[]).await, 401);
+    match WsClient::try_connect(&hub.ws_url(&format!("?token={}", token(ghost, 60, &["*"], &["*"])))).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 401);
+            let body = String::from_utf8_lossy(response.body().as_deref().unwrap_or_default()).to_string();
+            assert!(body.contains("user"), "{body}");
+        }
+        other => panic!("expected 401, got {:?}", other.map(|_| ())),
+    }
+    // a real user gets in; so does the same user again (from the hub's cache or not)
+    let real: String = sql.query_one("SELECT memoriesdb.create_user('real')::text", &[]).await.unwrap().get(0);
+    let good = token(&real, 600, &["*"], &["*"]);
+    assert_eq!(upgrade_status(&hub, &format!("?token={good}"), &[]).await, 101);
+    let mut client = WsClient::connect(&hub.ws_url(&format!("?token={good}"))).await;
+
+    // the user is deleted while connected: the next write fails without naming the schema
+    sql.batch_execute(&format!("DELETE FROM memoriesdb.users WHERE id = '{real}'")).await.unwrap();
+    let reply = client.request(json!({"action": "create_session", "title": "orphan"})).await;
+    let error = &reply["error"];
+    assert!(error.is_object(), "{reply}");
+    let message = error["message"].as_str().unwrap();
+    assert_eq!(error["code"], "invalid_argument", "{reply}");
+    for secret in ["constraint \"", "fkey", "memories", "users", "foreign key", "violates"] {
+        assert!(!message.contains(secret), "{secret:?} in {reply}");
+    }
+}
+
+/// Issue 14, defect 7: the README's example token grants one user their own sessions only, never
+/// every session's channel.
+#[test]
+fn the_readmes_example_token_is_scoped_to_the_users_own_sessions() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let section = readme.split("### Authentication and production use").nth(1).expect("the authentication section");
+    let start = section.find("```json\n").expect("an example token") + "```json\n".len();
+    let example = &section[start..start + section[start..].find("```").unwrap()];
+    let claims: Value = serde_json::from_str(example).unwrap_or_else(|e| panic!("the example is JSON: {e}\n{example}"));
+    let someone_elses = "chat_updates_0190ffff000070008000000000000099";
+    for kind in ["read", "write"] {
+        let patterns = claims["channels"][kind].as_array().unwrap_or_else(|| panic!("channels.{kind} in {example}"));
+        assert!(!patterns.is_empty(), "{example}");
+        for pattern in patterns {
+            let pattern = pattern.as_str().unwrap();
+            assert!(
+                !memoriesdb_hub::channel::glob_matches(pattern, someone_elses),
+                "the example token's {kind} pattern {pattern:?} matches every session's channel"
+            );
+        }
+    }
 }

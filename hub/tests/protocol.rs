@@ -116,10 +116,26 @@ async fn bad_requests_get_error_replies_naming_the_request() {
         (r#"{"method":"sub","id":4}"#, Some(("method", "sub")), "bad_request"),
         (r#"{"method":"sub","params":{"channels":[1]},"id":5}"#, Some(("method", "sub")), "bad_request"),
         (r#"{"method":"pub","params":{"content":"no channel"},"id":6}"#, Some(("method", "pub")), "bad_request"),
-        (r#"{"method":"pub","params":{"channel":"c","metadata":"not an object"},"id":7}"#, Some(("method", "pub")), "bad_request"),
-        (r#"{"action":"send_message","session_id":"not-a-uuid","content":"x","id":8}"#, Some(("action", "send_message")), "bad_request"),
-        (r#"{"action":"send_message","session_id":"01a21f10-a1fa-729b-9207-651564608c0c","id":9}"#, Some(("action", "send_message")), "bad_request"),
-        (r#"{"action":"get_transcript","session_id":"01a21f10-a1fa-729b-9207-651564608c0c","limit":-1,"id":10}"#, Some(("action", "get_transcript")), "bad_request"),
+        (
+            r#"{"method":"pub","params":{"channel":"c","metadata":"not an object"},"id":7}"#,
+            Some(("method", "pub")),
+            "bad_request",
+        ),
+        (
+            r#"{"action":"send_message","session_id":"not-a-uuid","content":"x","id":8}"#,
+            Some(("action", "send_message")),
+            "bad_request",
+        ),
+        (
+            r#"{"action":"send_message","session_id":"01a21f10-a1fa-729b-9207-651564608c0c","id":9}"#,
+            Some(("action", "send_message")),
+            "bad_request",
+        ),
+        (
+            r#"{"action":"get_transcript","session_id":"01a21f10-a1fa-729b-9207-651564608c0c","limit":-1,"id":10}"#,
+            Some(("action", "get_transcript")),
+            "bad_request",
+        ),
         (r#"{"method":42}"#, None, "bad_request"),
         (r#"{"method":"auth","params":{"token":"x"},"id":11}"#, Some(("method", "auth")), "bad_request"),
     ];
@@ -171,7 +187,8 @@ async fn oversized_pub_gets_an_error_and_the_limit_is_exact() {
 #[tokio::test]
 async fn frame_size_and_channel_caps() {
     let db = TestDb::new().await;
-    let hub = HubProcess::start(&db.hub_url().await, &["--max-message-bytes", "4096", "--max-channels-per-connection", "3"]).await;
+    let hub =
+        HubProcess::start(&db.hub_url().await, &["--max-message-bytes", "4096", "--max-channels-per-connection", "3"]).await;
 
     let mut client = WsClient::connect(&hub.ws_url("?c=a&c=b")).await;
     let reply = client.request(json!({"method": "sub", "params": {"channels": ["c", "d"]}})).await;
@@ -256,7 +273,8 @@ async fn chat_actions_send_message_reaches_every_subscriber_of_the_session() {
     assert_eq!(alice.delivery(&branch_channel).await["position"], 2);
     bob.no_delivery(&branch_channel, Duration::from_millis(200)).await;
     let branch_transcript = alice.ok(json!({"action": "get_transcript", "session_id": branch})).await;
-    let contents: Vec<&str> = branch_transcript["messages"].as_array().unwrap().iter().map(|m| m["content"].as_str().unwrap()).collect();
+    let contents: Vec<&str> =
+        branch_transcript["messages"].as_array().unwrap().iter().map(|m| m["content"].as_str().unwrap()).collect();
     assert_eq!(contents, ["I think we should focus on mobile", "only in the branch"]);
     assert_eq!(branch_transcript["session"]["parent_id"], session.as_str());
 
@@ -297,8 +315,43 @@ async fn endpoints_health_ready_metrics_and_demo_page() {
     assert_eq!(ready["listener"], "up");
     let (status, body) = http_get(hub.port, "/metrics").await.unwrap();
     assert_eq!(status, 200);
-    for name in ["connections", "subscriptions", "messages_in_total", "messages_out_total", "dropped_messages_total", "listener_reconnects_total", "listener_up"] {
-        assert!(body.contains(&format!("\nmemoriesdb_hub_{name} ")) || body.starts_with(&format!("# HELP memoriesdb_hub_{name} ")), "{name} in\n{body}");
+    for name in [
+        "connections",
+        "subscriptions",
+        "messages_in_total",
+        "messages_out_total",
+        "dropped_messages_total",
+        "listener_reconnects_total",
+        "listener_up",
+    ] {
+        assert!(
+            body.contains(&format!("\nmemoriesdb_hub_{name} ")) || body.starts_with(&format!("# HELP memoriesdb_hub_{name} ")),
+            "{name} in\n{body}"
+        );
+    }
+    // issue 14, defect 6: latency histograms, the process and the build. A chat message while
+    // subscribed to its session gives every histogram a sample: the action's duration, the
+    // event's time from commit (its created_at) to the socket, and its time in the queue.
+    let mut client = WsClient::connect(&hub.ws_url("")).await;
+    let session = client.ok(json!({"action": "create_session", "title": "metrics"})).await;
+    client.subscribe(&[session["channel"].as_str().unwrap()]).await;
+    client.ok(json!({"action": "send_message", "session_id": session["session_id"], "content": "timed"})).await;
+    client.delivery(session["channel"].as_str().unwrap()).await;
+    let (_, body) = http_get(hub.port, "/metrics").await.unwrap();
+    for series in [
+        "memoriesdb_hub_action_duration_seconds_bucket{action=\"send_message\",le=",
+        "memoriesdb_hub_action_duration_seconds_count{action=\"send_message\"} ",
+        "memoriesdb_hub_commit_to_send_seconds_bucket{le=",
+        "memoriesdb_hub_queue_wait_seconds_bucket{le=",
+        "memoriesdb_hub_db_pool_connections_max ",
+        "memoriesdb_hub_db_pool_waiting ",
+        "memoriesdb_hub_build_info{version=\"",
+        "process_resident_memory_bytes ",
+        "process_cpu_seconds_total ",
+        "process_open_fds ",
+        "process_start_time_seconds ",
+    ] {
+        assert!(body.contains(series), "{series} in\n{body}");
     }
     let (status, body) = http_get(hub.port, "/").await.unwrap();
     assert_eq!(status, 200);
@@ -307,4 +360,59 @@ async fn endpoints_health_ready_metrics_and_demo_page() {
     // plain GET /ws is not an upgrade
     let (status, _) = http_get(hub.port, "/ws").await.unwrap();
     assert_eq!(status, 426);
+}
+
+/// Issue 14, defect 1: a client that subscribes in the URL and then has someone write must get
+/// the write's event. The hub LISTENs before it completes the upgrade and says so in its first
+/// frame, `{"event":"subscribed","channels":[...]}`.
+#[tokio::test]
+async fn url_subscriptions_are_live_when_the_upgrade_completes() {
+    let db = TestDb::new().await;
+    let hub = HubProcess::start(&db.hub_url().await, &[]).await;
+    let sql = db.client().await;
+    // keeps "marker" listened, so that a `sub` to it is live as soon as it is acknowledged
+    let _keeper = WsClient::connect(&hub.ws_url("?c=marker")).await;
+
+    let (mut lost, mut unacknowledged) = (Vec::new(), Vec::new());
+    for i in 0..100 {
+        let channel = format!("fresh_{i}");
+        let mut client = WsClient::connect(&hub.ws_url(&format!("?c={channel}"))).await;
+        // "subscribe, then write": another session writes right after the 101
+        sql.execute("SELECT pg_notify($1, $2)", &[&channel, &i.to_string()]).await.unwrap();
+        // PostgreSQL delivers notifications in commit order, and the hub queues them in order:
+        // once the marker (committed later) has arrived, so has the first one, or it is lost
+        client.subscribe(&["marker"]).await;
+        sql.execute("SELECT pg_notify('marker', $1)", &[&i.to_string()]).await.unwrap();
+        client.expect("the marker", move |v| v["channel"] == "marker" && v["payload"] == i).await;
+        let first = channel.clone();
+        if client.try_expect(Duration::ZERO, &move |v: &Value| v["channel"] == first.as_str()).await.is_none() {
+            lost.push(i);
+        }
+        // and the client was told that its subscription is live (before the marker)
+        let ack = json!({"event": "subscribed", "channels": [channel]});
+        if client.try_expect(Duration::ZERO, &move |v: &Value| *v == ack).await.is_none() {
+            unacknowledged.push(i);
+        }
+    }
+    assert!(lost.is_empty(), "events lost right after subscribing in the URL: {} of 100 ({lost:?})", lost.len());
+    assert!(unacknowledged.is_empty(), "no {{\"event\":\"subscribed\"}} for {} of 100", unacknowledged.len());
+}
+
+/// Issue 14, defect 4: RFC 6455 §8.1: a text frame that is not UTF-8 closes with 1007.
+#[tokio::test]
+async fn invalid_utf8_in_a_text_frame_closes_with_1007() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::tungstenite::Message;
+    let db = TestDb::new().await;
+    let hub = HubProcess::start(&db.hub_url().await, &[]).await;
+    let mut client = WsClient::connect(&hub.ws_url("")).await;
+    let frame = Frame::message(vec![b'{', 0xff, 0xfe, b'}'], OpCode::Data(Data::Text), true);
+    client.socket.send(Message::Frame(frame)).await.unwrap();
+    let close = client.close_frame(WAIT).await;
+    assert_eq!(close.as_ref().map(|(code, _)| *code), Some(1007), "{close:?}");
+    // the hub is fine
+    let mut other = WsClient::connect(&hub.ws_url("")).await;
+    assert_eq!(other.ok(json!({"method": "ping"})).await, json!("pong"));
 }

@@ -195,16 +195,20 @@ async fn a_client_that_stops_reading_is_disconnected_and_slows_no_one() {
         assert!(reason.contains("dropped"), "{reason}");
     }
     hub.wait_metric("connections", WAIT, |n| n == 1).await;
+    // issue 14, defect 6: an operator sees who was cut off, and why, at the default log level
+    let log = hub.log_text();
+    assert!(
+        log.lines().any(|l| l.contains(" INFO ") && l.contains("slow client disconnected") && l.contains("dropped=")),
+        "no info line about the slow client in:\n{log}"
+    );
 }
 
 #[tokio::test]
 async fn silent_clients_fail_the_heartbeat_and_idle_ones_time_out() {
     let db = TestDb::new().await;
-    let hub = HubProcess::start(
-        &db.hub_url().await,
-        &["--ping-interval", "200ms", "--pong-timeout", "300ms", "--idle-timeout", "1s"],
-    )
-    .await;
+    let hub =
+        HubProcess::start(&db.hub_url().await, &["--ping-interval", "200ms", "--pong-timeout", "300ms", "--idle-timeout", "1s"])
+            .await;
     // never polled, so it never answers pings
     let (mut silent, _) = tokio_tungstenite::connect_async(hub.ws_url("?c=x")).await.unwrap();
     // answers pings (it reads) and is subscribed: stays
@@ -213,10 +217,8 @@ async fn silent_clients_fail_the_heartbeat_and_idle_ones_time_out() {
     let mut idle = WsClient::connect(&hub.ws_url("")).await;
 
     // both readers answer pings while they read; the silent one is dropped meanwhile
-    let (nothing, close) = tokio::join!(
-        lively.try_expect(Duration::from_millis(2000), &|_: &Value| false),
-        idle.close_frame(WAIT)
-    );
+    let (nothing, close) =
+        tokio::join!(lively.try_expect(Duration::from_millis(2000), &|_: &Value| false), idle.close_frame(WAIT));
     assert!(nothing.is_none());
     assert_eq!(close.as_ref().map(|(code, _)| *code), Some(1000), "{close:?}");
     assert!(close.unwrap().1.contains("idle"));
@@ -257,7 +259,9 @@ async fn connection_cap_refuses_extra_clients_with_503() {
         clients.push(WsClient::connect(&hub.ws_url("")).await);
     }
     match WsClient::try_connect(&hub.ws_url("")).await {
-        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => assert_eq!(response.status(), 503),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 503)
+        }
         Err(other) => panic!("expected 503, got {other}"),
         Ok(_) => panic!("a fourth connection was accepted"),
     }
@@ -358,4 +362,233 @@ async fn sigterm_closes_every_connection_with_1001_and_exits() {
         assert_eq!(close.as_ref().map(|(code, _)| *code), Some(1001), "{close:?}");
     }
     assert_eq!(hub.wait_exit(Duration::from_secs(10)), Some(0), "log:\n{}", hub.log_text());
+}
+
+/// Issue 14, defect 6: a failing LISTEN connection is logged with PostgreSQL's reason, not just
+/// "db error".
+#[tokio::test]
+async fn listen_connection_failures_are_logged_with_their_cause() {
+    let db = TestDb::new().await;
+    let hub_url = db.hub_url().await;
+    let hub = HubProcess::start(&hub_url, &["--reconnect-max-backoff", "200ms"]).await;
+    let role = url_value(&hub_url, "user").unwrap();
+    db.client().await.batch_execute(&format!("ALTER ROLE {role} NOLOGIN")).await.unwrap();
+    assert_eq!(terminate_listener(&db).await, 1);
+    let deadline = Instant::now() + WAIT;
+    while !hub.log_text().contains("is not permitted to log in") {
+        assert!(Instant::now() < deadline, "the cause is not in the log:\n{}", hub.log_text());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    db.client().await.batch_execute(&format!("ALTER ROLE {role} LOGIN")).await.unwrap();
+    hub.wait_ready(WAIT).await;
+}
+
+/// Hub backends (pooled connections) waiting for a lock.
+async fn hub_backends_waiting_on_locks(sql: &tokio_postgres::Client) -> i64 {
+    sql.query_one(
+        "SELECT count(*) FROM pg_stat_activity
+          WHERE application_name = 'memoriesdb-hub' AND datname = current_database() AND wait_event_type = 'Lock'",
+        &[],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+/// Issue 14, defect 2: a session whose row is locked by someone else (a psql transaction left
+/// open) ties up at most a few pooled connections, for at most --lock-timeout; every other
+/// client's `pub` and chat actions keep working, and the stuck requests get a `busy` error that
+/// names the session.
+#[tokio::test]
+async fn a_locked_session_cannot_take_the_whole_pool() {
+    let db = TestDb::new().await;
+    let hub_url = db.hub_url().await;
+    let hub = HubProcess::start(&hub_url, &["--db-pool-size", "4", "--statement-timeout", "30s"]).await;
+    let mut bystander = WsClient::connect(&hub.ws_url("?c=calm")).await;
+    let stuck = bystander.ok(json!({"action": "create_session", "title": "stuck"})).await;
+    let other = bystander.ok(json!({"action": "create_session", "title": "other"})).await;
+    let stuck_id = stuck["session_id"].as_str().unwrap().to_string();
+
+    // psql left a transaction open holding the session's row
+    let locker = db.client().await;
+    locker.batch_execute("BEGIN").await.unwrap();
+    locker.execute("SELECT 1 FROM memoriesdb.memory_sessions WHERE id = $1::text::uuid FOR UPDATE", &[&stuck_id]).await.unwrap();
+
+    // eight clients write to the stuck session at once
+    const STUCK: usize = 8;
+    let replies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for i in 0..STUCK {
+        let mut client = WsClient::connect(&hub.ws_url("")).await;
+        let (replies, session) = (replies.clone(), stuck_id.clone());
+        tasks.push(tokio::spawn(async move {
+            let request = json!({"action": "send_message", "session_id": session, "content": format!("stuck {i}")});
+            let reply = tokio::time::timeout(Duration::from_secs(60), client.request(request)).await.expect("a reply");
+            replies.lock().unwrap().push(reply);
+        }));
+    }
+    // until every one of them is either answered or waiting for the lock, or the pool is all
+    // taken by waiters
+    let sql = db.client().await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let waiting = hub_backends_waiting_on_locks(&sql).await;
+        let answered = replies.lock().unwrap().len() as i64;
+        if waiting == 4 || waiting + answered == STUCK as i64 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{waiting} waiting, {answered} answered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // everyone else is served
+    let reply = bystander.request(json!({"method": "pub", "params": {"channel": "calm", "content": "still here"}})).await;
+    assert!(reply.get("error").is_none(), "pub failed while one session is locked: {reply}");
+    bystander.delivery("calm").await;
+    bystander.ok(json!({"action": "send_message", "session_id": other["session_id"], "content": "unaffected"})).await;
+
+    // the stuck requests were refused, naming the session, never "database unavailable"
+    for task in tasks {
+        task.await.unwrap();
+    }
+    for reply in replies.lock().unwrap().iter() {
+        assert_eq!(reply["error"]["code"], "busy", "{reply}");
+        assert_eq!(reply["error"]["session_id"], stuck_id.as_str(), "{reply}");
+        assert!(reply["error"]["message"].as_str().unwrap().contains(&stuck_id), "{reply}");
+    }
+    assert!(hub.metric("busy_replies_total").await >= STUCK as u64);
+    // and once the lock is gone the session takes messages again
+    locker.batch_execute("ROLLBACK").await.unwrap();
+    bystander.ok(json!({"action": "send_message", "session_id": stuck_id, "content": "unstuck"})).await;
+    drop(hub);
+
+    // When the pool is all taken anyway (here: a pool of 2, both stuck on the lock), readiness
+    // says so while a request waits for a connection.
+    let hub = HubProcess::start(&hub_url, &["--db-pool-size", "2", "--lock-timeout", "3s"]).await;
+    locker.batch_execute("BEGIN").await.unwrap();
+    locker.execute("SELECT 1 FROM memoriesdb.memory_sessions WHERE id = $1::text::uuid FOR UPDATE", &[&stuck_id]).await.unwrap();
+    let mut holders = Vec::new();
+    for _ in 0..2 {
+        let mut client = WsClient::connect(&hub.ws_url("")).await;
+        client.send(json!({"action": "send_message", "session_id": stuck_id, "content": "holds a connection", "id": 1})).await;
+        holders.push(client);
+    }
+    let deadline = Instant::now() + WAIT;
+    while hub_backends_waiting_on_locks(&sql).await < 2 {
+        assert!(Instant::now() < deadline, "the two requests did not reach the lock");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut third = WsClient::connect(&hub.ws_url("")).await;
+    third.send(json!({"method": "pub", "params": {"channel": "calm", "content": "no connection"}, "id": 1})).await;
+    let deadline = Instant::now() + WAIT;
+    let body = loop {
+        let (status, body) = http_get(hub.port, "/readyz").await.unwrap();
+        if status == 503 {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "readyz stayed 200 with the pool saturated: {body}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let ready: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(ready["db_pool"]["saturated"], true, "{body}");
+    assert_eq!(ready["db_pool"]["max"], 2, "{body}");
+    assert!(hub.metric("db_pool_waiting").await >= 1);
+    // the holders give up their lock waits (and connections) after --lock-timeout, before the
+    // pub, which came later, has waited as long for a connection: it is served, or told busy
+    let reply = third.expect("the pub's reply", |v| v["id"] == 1).await;
+    assert!(reply.get("error").is_none() || reply["error"]["code"] == "busy", "{reply}");
+    for mut client in holders {
+        let reply = client.expect("the reply", |v| v["id"] == 1).await;
+        assert_eq!(reply["error"]["code"], "busy", "lock_timeout: {reply}");
+    }
+    locker.batch_execute("ROLLBACK").await.unwrap();
+    hub.wait_ready(WAIT).await;
+}
+
+/// Peak and current resident memory of a process (KiB), from /proc.
+fn memory_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap()
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}
+
+/// Issue 14, defect 3: outbound queues are bounded in total, not only per client. A flood of
+/// stalled clients, each with a backlog it is allowed on its own, keeps the hub's peak RSS
+/// within --outbound-budget-mib (plus the process's own baseline), the largest backlogs are
+/// shed, and a client that reads gets every message.
+#[tokio::test]
+async fn stalled_clients_stay_within_the_global_memory_budget() {
+    const BUDGET_MIB: u64 = 8;
+    // each stalled socket also parks up to 4 MiB in the kernel (tcp_wmem), which is not RSS
+    const STALLED: usize = 16;
+    const PER_CHANNEL: usize = 1000;
+    const PAYLOAD: usize = 7000;
+    let db = TestDb::new().await;
+    let budget = BUDGET_MIB.to_string();
+    let hub = HubProcess::start(&db.hub_url().await, &["--outbound-budget-mib", &budget, "--write-timeout", "60s"]).await;
+    let mut reader = WsClient::connect(&hub.ws_url("?c=stall_0")).await;
+    let mut stalled = Vec::new();
+    for k in 0..STALLED {
+        // a tiny receive buffer and never read: each holds up to PER_CHANNEL messages of its own
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let stream = socket.connect(([127, 0, 0, 1], hub.port).into()).await.unwrap();
+        let (client, _) = tokio_tungstenite::client_async(hub.ws_url(&format!("?c=stall_{k}")), stream).await.unwrap();
+        stalled.push(client);
+    }
+    let (_, baseline_kib) = memory_kib(hub.pid());
+
+    let sql = db.client().await;
+    for k in 0..STALLED {
+        sql.batch_execute(&format!(
+            "SELECT pg_notify('stall_{k}', i || ':' || repeat('x', {PAYLOAD})) FROM generate_series(1, {PER_CHANNEL}) i"
+        ))
+        .await
+        .unwrap();
+    }
+    for i in 1..=PER_CHANNEL {
+        let payload = reader.delivery("stall_0").await;
+        assert!(payload.as_str().unwrap().starts_with(&format!("{i}:")), "message {i} in order");
+    }
+    hub.wait_metric("notifications_total", Duration::from_secs(60), |n| n == (STALLED * PER_CHANNEL) as u64).await;
+    let (peak_kib, _) = memory_kib(hub.pid());
+    let growth_mib = peak_kib.saturating_sub(baseline_kib) / 1024;
+    let offered_mib = (STALLED * PER_CHANNEL * PAYLOAD / (1024 * 1024)) as u64;
+    eprintln!(
+        "peak RSS growth {growth_mib} MiB with {STALLED} stalled clients offered {offered_mib} MiB; budget {BUDGET_MIB} MiB"
+    );
+    // generous: the budget twice over, plus 16 MiB for the allocator and frames in flight
+    assert!(growth_mib <= 2 * BUDGET_MIB + 16, "peak RSS grew {growth_mib} MiB; budget {BUDGET_MIB} MiB");
+    assert!(hub.metric("memory_budget_sheds_total").await >= 1);
+    // the reader was never the one shed
+    assert_eq!(reader.ok(json!({"method": "ping"})).await, json!("pong"));
+    drop(stalled);
+}
+
+/// Issue 14, defect 1, while the database is away: the upgrade is not held up, the greeting lists
+/// the URL's channels as pending, and `reconnected` follows once they are live.
+#[tokio::test]
+async fn url_subscriptions_while_the_database_is_away_are_acknowledged_as_pending() {
+    let db = TestDb::new().await;
+    let proxy = PgProxy::start(db.pg_port()).await;
+    let hub = HubProcess::start(&via_port(&db.hub_url().await, proxy.port), &["--reconnect-max-backoff", "300ms"]).await;
+    proxy.sever();
+    let deadline = Instant::now() + WAIT;
+    while http_get(hub.port, "/readyz").await.unwrap().0 != 503 {
+        assert!(Instant::now() < deadline, "readyz still 200 after the database went away");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut client = WsClient::connect(&hub.ws_url("?c=later&c=news")).await;
+    let ack = client.expect("the greeting", |v| v["event"] == "subscribed").await;
+    assert_eq!(ack, json!({"event": "subscribed", "channels": ["later", "news"], "pending": ["later", "news"]}));
+    proxy.restore().await;
+    client.expect("the reconnected event", |v| v["event"] == "reconnected").await;
+    db.client().await.batch_execute("NOTIFY later, 'live'").await.unwrap();
+    assert_eq!(client.delivery("later").await, json!("live"));
 }

@@ -52,7 +52,8 @@ async fn authenticated_hub_refuses_a_role_that_bypasses_row_security() {
     // an ordinary role, trusted to assert its tokens' users, is what works
     let hub_role = db.role_url("hub", &["memoriesdb_trusted"]).await;
     let hub = HubProcess::start(&hub_role, &["--jwt-secret", SECRET]).await;
-    let user = "01a21f10-a1fa-729b-9207-651564608c0c";
+    let user: String = db.client().await.query_one("SELECT memoriesdb.create_user('u')::text", &[]).await.unwrap().get(0);
+    let user = user.as_str();
     let mut client = WsClient::connect(&hub.ws_url(&format!("?token={}", token(user, &["*"], &[])))).await;
     assert_eq!(client.ok(json!({"method": "ping"})).await, json!("pong"));
 }
@@ -76,7 +77,8 @@ async fn a_role_first_seen_after_a_database_outage_is_checked_then() {
     let proxy = PgProxy::start(db.pg_port()).await;
     proxy.sever();
     // the hub starts while the database is unreachable (it cannot see its role yet) ...
-    let mut hub = HubProcess::spawn(&via_port(&db.url(), proxy.port), &["--jwt-secret", SECRET, "--reconnect-max-backoff", "200ms"]);
+    let mut hub =
+        HubProcess::spawn(&via_port(&db.url(), proxy.port), &["--jwt-secret", SECRET, "--reconnect-max-backoff", "200ms"]);
     let deadline = Instant::now() + WAIT;
     while http_get(hub.port, "/healthz").await.is_err() {
         assert!(Instant::now() < deadline, "hub did not start; log:\n{}", hub.log_text());
@@ -123,7 +125,10 @@ async fn an_anonymous_hub_acts_as_the_user_its_role_maps_to() {
         assert_eq!(reply["error"]["code"], "not_found", "{request}: {reply}");
     }
     let owner: String = sql
-        .query_one("SELECT created_by::text FROM memoriesdb.memories WHERE id = $1::text::uuid", &[&own["session_id"].as_str().unwrap()])
+        .query_one(
+            "SELECT created_by::text FROM memoriesdb.memories WHERE id = $1::text::uuid",
+            &[&own["session_id"].as_str().unwrap()],
+        )
         .await
         .unwrap()
         .get(0);
@@ -256,7 +261,8 @@ async fn an_anonymous_hub_answers_only_to_loopback_names() {
     let trusted = db.role_url("trusted", &["memoriesdb_trusted"]).await;
     let authenticated = HubProcess::start(&trusted, &["--jwt-secret", SECRET, "--allowed-hosts", "hub.test"]).await;
     let port = authenticated.port;
-    let query = format!("?token={}", token("01a21f10-a1fa-729b-9207-651564608c0c", &["*"], &[]));
+    let user: String = db.client().await.query_one("SELECT memoriesdb.create_user('u')::text", &[]).await.unwrap().get(0);
+    let query = format!("?token={}", token(&user, &["*"], &[]));
     assert_eq!(upgrade_status(port, &format!("hub.test:{port}"), &query, &[]).await, 101);
     assert_eq!(upgrade_status(port, &format!("rebind.test:{port}"), &query, &[]).await, 403);
 }
@@ -276,7 +282,8 @@ async fn constraint_violations_do_not_show_the_schema() {
     let hub = HubProcess::start(&db.hub_url().await, &[]).await;
     let mut client = WsClient::connect(&hub.ws_url("")).await;
     let session = client.ok(json!({"action": "create_session", "title": "rules"})).await;
-    let reply = client.request(json!({"action": "send_message", "session_id": session["session_id"], "content": "forbidden"})).await;
+    let reply =
+        client.request(json!({"action": "send_message", "session_id": session["session_id"], "content": "forbidden"})).await;
     assert_eq!(reply["error"]["code"], "invalid_argument", "{reply}");
     assert_eq!(reply["error"]["sqlstate"], "23514", "{reply}");
     let message = reply["error"]["message"].as_str().unwrap();

@@ -35,7 +35,16 @@ struct Args {
 fn parse_args() -> Result<Args> {
     let mut args = std::env::args().skip(1);
     let command = args.next().ok_or("usage: memoriesdb-hub-bench latency|fanout-one|fanout-many|idle --hub ws://HOST:PORT --db CONNINFO [--clients N] [--messages N] [--interval-ms N] [--hub-pid PID]")?;
-    let mut parsed = Args { command, hub: String::new(), db: String::new(), clients: 1000, messages: 200, interval_ms: 20, hub_pid: 0, subscribers: usize::MAX };
+    let mut parsed = Args {
+        command,
+        hub: String::new(),
+        db: String::new(),
+        clients: 1000,
+        messages: 200,
+        interval_ms: 20,
+        hub_pid: 0,
+        subscribers: usize::MAX,
+    };
     while let Some(flag) = args.next() {
         let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
@@ -86,8 +95,7 @@ async fn connect_many(hub: &str, queries: Vec<String>) -> Result<Vec<Socket>> {
         tasks.push(tokio::spawn(async move {
             // small eagerly allocated read buffers (the default is 128 KiB per connection), no Nagle
             let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(4096);
-            let result =
-                tokio_tungstenite::connect_async_with_config(url, Some(config), true).await.map(|(socket, _)| socket);
+            let result = tokio_tungstenite::connect_async_with_config(url, Some(config), true).await.map(|(socket, _)| socket);
             drop(permit);
             result
         }));
@@ -144,9 +152,8 @@ async fn latency(args: &Args) -> Result<serde_json::Value> {
     };
 
     let subscribers = args.subscribers.min(args.clients);
-    let queries = (0..args.clients)
-        .map(|i| if i < subscribers { format!("?c={channel}") } else { format!("?c=bystander_{i}") })
-        .collect();
+    let queries =
+        (0..args.clients).map(|i| if i < subscribers { format!("?c={channel}") } else { format!("?c=bystander_{i}") }).collect();
     let sockets = connect_many(&args.hub, queries).await?;
     let hub_received: Arc<Mutex<Vec<(String, Instant)>>> = Arc::new(Mutex::new(Vec::new()));
     let expected = subscribers * args.messages;
@@ -329,7 +336,11 @@ async fn fanout(args: &Args, many_channels: bool) -> Result<serde_json::Value> {
     // back to back on one pipelined connection: a producer publishing as fast as it can.
     // fanout-one: a round is 1 message to the channel; fanout-many: 1 message to each channel.
     let statement = if many_channels {
-        db.prepare(&format!("SELECT pg_catalog.pg_notify('fan_' || c, $1) FROM pg_catalog.generate_series(0, {}) c", args.clients - 1)).await?
+        db.prepare(&format!(
+            "SELECT pg_catalog.pg_notify('fan_' || c, $1) FROM pg_catalog.generate_series(0, {}) c",
+            args.clients - 1
+        ))
+        .await?
     } else {
         db.prepare("SELECT pg_catalog.pg_notify('fan', $1)").await?
     };

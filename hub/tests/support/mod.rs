@@ -411,7 +411,9 @@ impl WsClient {
             let message = tokio::time::timeout_at(deadline, self.socket.next()).await.ok()??;
             match message {
                 Ok(Message::Text(text)) => {
-                    return Some(serde_json::from_str(text.as_str()).unwrap_or_else(|e| panic!("hub sent invalid JSON {text}: {e}")))
+                    return Some(
+                        serde_json::from_str(text.as_str()).unwrap_or_else(|e| panic!("hub sent invalid JSON {text}: {e}")),
+                    )
                 }
                 Ok(Message::Close(_)) | Err(_) => return None,
                 Ok(_) => continue,
@@ -421,7 +423,9 @@ impl WsClient {
 
     /// The first message (backlog first) satisfying `matches`; others are kept for later.
     pub async fn expect(&mut self, what: &str, matches: impl Fn(&Value) -> bool) -> Value {
-        self.try_expect(WAIT, &matches).await.unwrap_or_else(|| panic!("did not receive {what} within {WAIT:?}; backlog: {:?}", self.backlog))
+        self.try_expect(WAIT, &matches)
+            .await
+            .unwrap_or_else(|| panic!("did not receive {what} within {WAIT:?}; backlog: {:?}", self.backlog))
     }
 
     pub async fn try_expect(&mut self, limit: Duration, matches: &impl Fn(&Value) -> bool) -> Option<Value> {
