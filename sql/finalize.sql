@@ -45,6 +45,7 @@ REVOKE ALL ON ALL FUNCTIONS IN SCHEMA @extschema@ FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION
     @extschema@.create_session, @extschema@.add_message_to_session, @extschema@.add_messages_to_session,
     @extschema@.fork_session, @extschema@.get_formatted_conversation, @extschema@.get_conversation_text,
+    @extschema@.get_conversation_page, @extschema@.get_session, @extschema@.list_sessions, @extschema@.session_channel,
     @extschema@.session_lineage,
     @extschema@.search_memories, @extschema@.vector_search, @extschema@.hybrid_search,
     @extschema@.add_edge, @extschema@.remove_edge, @extschema@.traverse_memory_graph,

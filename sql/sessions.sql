@@ -233,6 +233,70 @@ BEGIN
 END
 $$;
 
+-- The caller's sessions (their own and those shared with them), newest first, for a session
+-- picker: its title, when it was made, the session it forks (with the fork point) and its last
+-- position (the number of messages its branch shows, deleted ones included), and the channel
+-- its events go to. Runs as the caller, under row-level security.
+CREATE FUNCTION @extschema@.list_sessions(lim integer DEFAULT 50)
+RETURNS TABLE (session_id uuid, title text, created_at timestamptz, parent_id uuid, fork_position bigint,
+               last_position bigint, channel text)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT m.id, m.content, m._created_at, s.parent_id, s.fork_position, s.last_position,
+           @extschema@.session_channel(m.id)
+      FROM (SELECT x.id, x.content, x._created_at FROM @extschema@.memories x
+             WHERE x.kind = 'session' ORDER BY x._created_at DESC, x.id DESC
+             LIMIT @extschema@.search_limit(lim)) m
+      JOIN @extschema@.memory_sessions s ON s.id = m.id
+     ORDER BY m._created_at DESC, m.id DESC
+$$;
+
+-- One session's title and branch structure, for a client showing its transcript; P0002 for a
+-- session the caller cannot see. Runs as the caller, under row-level security.
+CREATE FUNCTION @extschema@.get_session(session_id uuid)
+RETURNS TABLE (title text, created_at timestamptz, parent_id uuid, fork_message_id uuid, fork_position bigint,
+               last_position bigint, channel text)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+BEGIN
+    PERFORM @extschema@.require_session(get_session.session_id);
+    RETURN QUERY
+    SELECT m.content, m._created_at, s.parent_id, s.fork_message_id, s.fork_position, s.last_position,
+           @extschema@.session_channel(m.id)
+      FROM @extschema@.memory_sessions s JOIN @extschema@.memories m ON m.id = s.id
+     WHERE s.id = get_session.session_id;
+END
+$$;
+
+-- A page of the transcript a branch sees: the messages after position after_position, at most
+-- lim of them (NULL: all), as get_formatted_conversation() returns them. Each lineage segment
+-- is read from the first position after the page start, so a late page of a long transcript
+-- does not read the pages before it. Ask for lim + 1 rows to learn whether more follow.
+CREATE FUNCTION @extschema@.get_conversation_page(session_id uuid, after_position bigint DEFAULT 0,
+                                                  lim integer DEFAULT 100, include_metadata boolean DEFAULT false)
+RETURNS TABLE ("position" bigint, role text, content text, message_id uuid, origin_session_id uuid,
+               created_at timestamptz, metadata jsonb)
+LANGUAGE plpgsql STABLE SET jit = off SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    after bigint := coalesce(after_position, 0);
+BEGIN
+    PERFORM @extschema@.require_session(get_conversation_page.session_id);
+    IF lim IS NOT NULL AND (lim < 1 OR lim > 10000) THEN
+        RAISE EXCEPTION 'lim must be between 1 and 10000, got %', lim USING ERRCODE = '22023';
+    END IF;
+    RETURN QUERY
+    SELECT m.position, m.role, m.content, m.id, m.session_id, m._created_at,
+           CASE WHEN get_conversation_page.include_metadata THEN m._metadata END
+      FROM @extschema@.session_lineage(get_conversation_page.session_id) l
+     CROSS JOIN LATERAL (
+           SELECT * FROM @extschema@.memories mm
+            WHERE mm.session_id = l.lineage_session_id AND mm.position > after AND mm.position <= l.visible_upto
+            ORDER BY mm.position LIMIT lim) m
+     ORDER BY m.position
+     LIMIT lim;
+END
+$$;
+
 -- The transcript a branch sees, in order: inherited messages first, then its own.
 -- origin_session_id names the session (this one or an ancestor) each message was written in.
 -- One query over all segments of the lineage, so that row-level security sets up its checks

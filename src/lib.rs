@@ -60,7 +60,7 @@ extension_sql_file!(
         identity::acting_role_bypasses_rls
     ]
 );
-extension_sql_file!("../sql/sessions.sql", name = "sessions", requires = ["identity"]);
+extension_sql_file!("../sql/sessions.sql", name = "sessions", requires = ["identity", sessions::session_channel]);
 extension_sql_file!("../sql/sharing.sql", name = "sharing", requires = ["sessions"]);
 extension_sql_file!(
     "../sql/graph.sql",

@@ -553,6 +553,14 @@ fn raise_no_data(message: String, hint: Option<&str>) -> ! {
     raise(PgSqlErrorCode::ERRCODE_NO_DATA_FOUND, message, hint)
 }
 
+/// session_channel(session_id uuid) RETURNS text: the channel a session's change events are
+/// sent on (`LISTEN` it, or subscribe to it through the hub). The one definition of the name:
+/// the events themselves are sent on what this returns.
+#[pg_extern(immutable, strict, parallel_safe)]
+fn session_channel(session_id: pgrx::Uuid) -> String {
+    crate::write_path::chat_channel(&session_id)
+}
+
 #[cfg(test)]
 mod unit {
     use super::role_certainly_valid;

@@ -356,7 +356,8 @@ impl JsonObject {
     }
 }
 
-fn chat_channel(session: &pgrx::Uuid) -> String {
+/// The channel a session's change events go to: chat_updates_<session id without dashes>.
+pub fn chat_channel(session: &pgrx::Uuid) -> String {
     let mut channel = String::from("chat_updates_");
     for byte in session.as_bytes() {
         channel.push_str(&format!("{byte:02x}"));

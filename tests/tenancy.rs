@@ -247,6 +247,7 @@ fn bob_reads_none_of_alices_rows_through_any_table_view_or_function() {
         "SELECT count(*) FROM vector_search('[1,0,0]', -1, 100, kind_filter => 'message')",
         "SELECT count(*) FROM hybrid_search('secret', '[1,0,0]')",
         "SELECT count(*) FROM hybrid_search('charlie', '[0,1,0]', 100)",
+        "SELECT count(*) FROM list_sessions(10000)",
     ] {
         let n = count(&mut alice, sql, &[]);
         assert!(n > 0, "precondition: alice finds her rows with {sql}");
@@ -295,6 +296,10 @@ fn bob_reads_none_of_alices_rows_through_any_table_view_or_function() {
         ("SELECT store_embedding($1, '[1,0,0]', 'bob-model', 'x')", w.free),
         ("SELECT fail_embedding($1, 'bob says it failed')", w.free),
         ("SELECT require_session($1)", w.session),
+        ("SELECT * FROM get_session($1)", w.session),
+        ("SELECT * FROM get_session($1)", w.fork),
+        ("SELECT * FROM get_conversation_page($1)", w.session),
+        ("SELECT * FROM get_conversation_page($1, 1, 1, true)", w.fork),
     ];
     for (sql, alices) in cases {
         let run = |c: &mut Client, id: Uuid| -> Result<u64, postgres::Error> {

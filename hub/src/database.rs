@@ -263,18 +263,18 @@ impl Database {
                 })
             }
             Action::GetTranscript { session_id, include_metadata, after_position, limit } => {
+                // one row more than the page, to tell whether more follow
                 let row = transaction
                     .query_one(
-                        "SELECT coalesce(pg_catalog.jsonb_agg(pg_catalog.to_jsonb(t) - 'rn'
-                                             - CASE WHEN $2::pg_catalog.bool THEN '' ELSE 'metadata' END
-                                             ORDER BY t.position) FILTER (WHERE t.rn <= $4::pg_catalog.int8),
+                        "SELECT coalesce(pg_catalog.jsonb_agg(pg_catalog.to_jsonb(t) OPERATOR(pg_catalog.-) 'rn'
+                                             OPERATOR(pg_catalog.-) CASE WHEN $2::pg_catalog.bool THEN '' ELSE 'metadata' END
+                                             ORDER BY t.position) FILTER (WHERE t.rn OPERATOR(pg_catalog.<=) $4::pg_catalog.int8),
                                          '[]'::pg_catalog.jsonb),
-                                pg_catalog.count(*) > $4::pg_catalog.int8
+                                pg_catalog.count(*) OPERATOR(pg_catalog.>) $4::pg_catalog.int8
                            FROM (SELECT c.*, pg_catalog.row_number() OVER (ORDER BY c.position) AS rn
-                                   FROM memoriesdb.get_formatted_conversation($1::pg_catalog.uuid, $2::pg_catalog.bool) c
-                                  WHERE c.position > $3::pg_catalog.int8
-                                  ORDER BY c.position
-                                  LIMIT $4::pg_catalog.int8 + 1) t",
+                                   FROM memoriesdb.get_conversation_page($1::pg_catalog.uuid, $3::pg_catalog.int8,
+                                                                         ($4::pg_catalog.int8 OPERATOR(pg_catalog.+) 1)::pg_catalog.int4,
+                                                                         $2::pg_catalog.bool) c) t",
                         &[session_id, include_metadata, after_position, limit],
                     )
                     .await?;
@@ -312,12 +312,10 @@ impl Database {
                 let row = transaction
                     .query_one(
                         "SELECT coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
-                                    'session_id', m.id, 'title', m.content, 'created_at', m._created_at,
-                                    'parent_id', s.parent_id, 'message_count', s.last_position)
-                                    ORDER BY m._created_at DESC, m.id DESC), '[]'::pg_catalog.jsonb)
-                           FROM (SELECT id, content, _created_at FROM memoriesdb.memories
-                                  WHERE kind = 'session' ORDER BY _created_at DESC, id DESC LIMIT $1) m
-                           JOIN memoriesdb.memory_sessions s ON s.id = m.id",
+                                    'session_id', l.session_id, 'title', l.title, 'created_at', l.created_at,
+                                    'parent_id', l.parent_id, 'message_count', l.last_position)
+                                    ORDER BY l.created_at DESC, l.session_id DESC), '[]'::pg_catalog.jsonb)
+                           FROM memoriesdb.list_sessions($1::pg_catalog.int8::pg_catalog.int4) l",
                         &[limit],
                     )
                     .await?;
@@ -333,9 +331,9 @@ impl Database {
 async fn session_summary(transaction: &deadpool_postgres::Transaction<'_>, session_id: &Uuid) -> Result<Value, DbFailure> {
     let row = transaction
         .query_opt(
-            "SELECT pg_catalog.jsonb_build_object('title', m.content, 'parent_id', s.parent_id,
-                                                  'fork_message_id', s.fork_message_id, 'fork_position', s.fork_position)
-               FROM memoriesdb.memories m JOIN memoriesdb.memory_sessions s ON s.id = m.id WHERE m.id = $1",
+            "SELECT pg_catalog.jsonb_build_object('title', g.title, 'parent_id', g.parent_id,
+                                                  'fork_message_id', g.fork_message_id, 'fork_position', g.fork_position)
+               FROM memoriesdb.get_session($1) g",
             &[session_id],
         )
         .await?;

@@ -416,3 +416,18 @@ async fn invalid_utf8_in_a_text_frame_closes_with_1007() {
     let mut other = WsClient::connect(&hub.ws_url("")).await;
     assert_eq!(other.ok(json!({"method": "ping"})).await, json!("pong"));
 }
+
+/// The hub names a session's channel (to authorize actions before they reach the database, and
+/// in replies) exactly as the extension does, whose events go to memoriesdb.session_channel():
+/// one naming rule, checked against the extension's own definition.
+#[tokio::test]
+async fn the_hub_names_session_channels_as_the_extension_does() {
+    let db = support::TestDb::new().await;
+    let client = db.client().await;
+    for _ in 0..50 {
+        let session = uuid::Uuid::from_u128(fastrand::u128(..));
+        let extension: String =
+            client.query_one("SELECT memoriesdb.session_channel($1)", &[&session]).await.unwrap().get(0);
+        assert_eq!(memoriesdb_hub::channel::ChannelName::for_session(&session).as_str(), extension);
+    }
+}
