@@ -73,7 +73,7 @@ TO memoriesdb_worker;
 GRANT EXECUTE ON FUNCTION @extschema@.verify_audit_chain TO memoriesdb_auditor;
 GRANT EXECUTE ON FUNCTION @extschema@.seal_audit_log TO memoriesdb_auditor, memoriesdb_worker;
 -- Application servers and poolers that assert identities.
-GRANT EXECUTE ON FUNCTION @extschema@.create_user TO memoriesdb_trusted;
+GRANT EXECUTE ON FUNCTION @extschema@.create_user, @extschema@.user_exists TO memoriesdb_trusted;
 
 -- ---------------------------------------------------------------------------------------------
 -- Tables. Row-level security (policies.sql) decides which rows each user reaches.

@@ -58,6 +58,13 @@ CREATE TRIGGER users_forget_cached_identity
     AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON @extschema@.users
     FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.forget_cached_identity();
 
+-- Does this user exist? For the roles trusted to assert identities (the hub refuses a token for
+-- a user that does not exist). Runs as the caller: row-level security on users decides.
+CREATE FUNCTION @extschema@.user_exists(user_id uuid) RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT EXISTS (SELECT FROM @extschema@.users u WHERE u.id = user_exists.user_id)
+$$;
+
 -- Create a user; optionally map a database role to it so that role acts as the user by default.
 CREATE FUNCTION @extschema@.create_user(name text, db_role name DEFAULT NULL, metadata jsonb DEFAULT '{}')
 RETURNS uuid LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$

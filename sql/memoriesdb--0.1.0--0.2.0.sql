@@ -169,3 +169,12 @@ REVOKE ALL ON FUNCTION @extschema@.session_channel(uuid), @extschema@.list_sessi
     @extschema@.get_session(uuid), @extschema@.get_conversation_page(uuid, bigint, integer, boolean) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION @extschema@.session_channel(uuid), @extschema@.list_sessions(integer),
     @extschema@.get_session(uuid), @extschema@.get_conversation_page(uuid, bigint, integer, boolean) TO memoriesdb_user;
+
+-- Does this user exist? For the roles trusted to assert identities (the hub refuses a token for
+-- a user that does not exist). Runs as the caller: row-level security on users decides.
+CREATE FUNCTION @extschema@.user_exists(user_id uuid) RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT EXISTS (SELECT FROM @extschema@.users u WHERE u.id = user_exists.user_id)
+$$;
+REVOKE ALL ON FUNCTION @extschema@.user_exists(uuid) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.user_exists(uuid) TO memoriesdb_trusted;

@@ -88,7 +88,7 @@ const ROLE_FUNCTIONS: &[(&str, &[&str])] = &[
         ],
     ),
     ("memoriesdb_auditor", &["seal_audit_log", "verify_audit_chain"]),
-    ("memoriesdb_trusted", &["create_user"]),
+    ("memoriesdb_trusted", &["create_user", "user_exists"]),
 ];
 
 fn names(c: &mut Client, sql: impl AsRef<str>) -> BTreeSet<String> {

@@ -217,7 +217,7 @@ impl Database {
     /// Whether a MemoriesDB user exists (the hub's role is trusted, so it sees every user).
     pub async fn user_exists(&self, user: Uuid) -> Result<bool, DbFailure> {
         let client = self.pool.get().await?;
-        let statement = client.prepare_cached("SELECT EXISTS (SELECT FROM memoriesdb.users WHERE id = $1)").await?;
+        let statement = client.prepare_cached("SELECT memoriesdb.user_exists($1)").await?;
         Ok(client.query_one(&statement, &[&user]).await?.get(0))
     }
 
