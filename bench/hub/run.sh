@@ -90,7 +90,9 @@ for name in ["latency", "latency-all"]:
     lines.append(
         f"latency ({lat['clients']} clients, {lat['subscribers']} on the session, {lat['messages']} messages): "
         f"hub p50 {lat['hub']['p50_ms']:.2f} ms, p99 {lat['hub']['p99_ms']:.2f} ms ({lat['hub']['samples']}/{lat['expected_deliveries']} deliveries); "
-        f"raw libpq p50 {lat['raw_libpq']['p50_ms']:.2f} ms, p99 {lat['raw_libpq']['p99_ms']:.2f} ms")
+        f"raw libpq p50 {lat['raw_libpq']['p50_ms']:.2f} ms, p99 {lat['raw_libpq']['p99_ms']:.2f} ms; "
+        f"the bench process (receivers, raw client, writer) kept {lat['bench_process_cores_busy']:.2f} cores busy "
+        f"({lat['bench_process_cpu_seconds']:.2f} s CPU in {lat['phase_seconds']:.2f} s)")
 lines += [
     f"fan-out 1 channel x {r['fanout-one']['subscribers']}: {r['fanout-one']['deliveries_per_second']:,.0f} deliveries/s (complete: {r['fanout-one']['complete']})",
     f"fan-out {r['fanout-many']['channels']} channels x 1: {r['fanout-many']['deliveries_per_second']:,.0f} deliveries/s (complete: {r['fanout-many']['complete']})",

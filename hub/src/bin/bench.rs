@@ -195,6 +195,7 @@ async fn latency(args: &Args) -> Result<serde_json::Value> {
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // the writer: one transaction per message; the clock starts when COMMIT is sent
+    let (cpu_before, phase_started) = (process_cpu_seconds(), Instant::now());
     let mut committed_at: HashMap<String, Instant> = HashMap::new();
     let mut writer = sql(&args.db).await?;
     for i in 0..args.messages {
@@ -210,6 +211,9 @@ async fn latency(args: &Args) -> Result<serde_json::Value> {
     }
     let _ = tokio::time::timeout(Duration::from_secs(30), done.notified()).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
+    // what this process (the receivers, the raw client and the writer) cost while the messages
+    // were delivered: the load generator shares the cores with the hub and PostgreSQL
+    let (bench_cpu, phase) = (process_cpu_seconds() - cpu_before, phase_started.elapsed().as_secs_f64());
     raw_stop.store(true, Ordering::Release);
     raw_thread.join().map_err(|_| "raw listener thread panicked")??;
 
@@ -235,7 +239,22 @@ async fn latency(args: &Args) -> Result<serde_json::Value> {
         "expected_deliveries": expected,
         "hub": summary(hub),
         "raw_libpq": summary(raw),
+        "bench_process_cpu_seconds": bench_cpu,
+        "phase_seconds": phase,
+        "bench_process_cores_busy": bench_cpu / phase,
     }))
+}
+
+/// CPU time (user + system) this process has used so far, in seconds.
+fn process_cpu_seconds() -> f64 {
+    // SAFETY: getrusage fills the struct it is given.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
 }
 
 /// A plain libpq client: LISTEN, then poll(2) on its socket and drain PQnotifies.
