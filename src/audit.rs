@@ -10,10 +10,10 @@
 //! audit_row_text()'s, byte for byte, so chains sealed by earlier versions verify.
 
 use crate::catalog::SCHEMA;
+use crate::fmgr::raw_arg;
 use crate::spi::{self, arg, Connection, Effect, KeptPlan};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
-use sha2::{Digest, Sha256};
 
 thread_local! {
     static TAKE_CHAIN_LOCK: KeptPlan = const { KeptPlan::new() };
@@ -29,21 +29,7 @@ const BATCH: i64 = 1000;
 
 /// The next link of the chain: hex SHA-256 of the previous link followed by the row's text.
 fn chain_link(previous: &str, row_text: &[u8]) -> String {
-    let digest = Sha256::new().chain_update(previous.as_bytes()).chain_update(row_text).finalize();
-    let mut hex = String::with_capacity(64);
-    for byte in digest {
-        use std::fmt::Write;
-        let _ = write!(hex, "{byte:02x}");
-    }
-    hex
-}
-
-/// An argument as PostgreSQL passed it, or None for SQL NULL.
-unsafe fn raw_arg(fcinfo: pg_sys::FunctionCallInfo, n: usize) -> Option<pg_sys::Datum> {
-    // SAFETY: the caller passes the fcinfo of a call with at least n + 1 arguments.
-    unsafe {
-        (!pgrx::fcinfo::pg_arg_is_null(fcinfo, n)).then(|| pgrx::fcinfo::pg_getarg_datum_raw(fcinfo, n))
-    }
+    crate::hashing::sha256_hex_of(&[previous.as_bytes(), row_text])
 }
 
 /// The last sealed link: (its chain position, its hash), (0, '') for an empty chain.

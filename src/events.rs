@@ -85,10 +85,7 @@ pub fn emit(channels: Vec<Option<String>>, payloads: Vec<Option<String>>) {
 unsafe fn emit_events(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
     // SAFETY: declared in SQL with two text[] arguments.
     let array = |n: usize| unsafe {
-        (!pgrx::fcinfo::pg_arg_is_null(fcinfo, n))
-            .then(|| Vec::<Option<String>>::from_datum(pgrx::fcinfo::pg_getarg_datum_raw(fcinfo, n), false))
-            .flatten()
-            .unwrap_or_default()
+        crate::fmgr::raw_arg(fcinfo, n).and_then(|d| Vec::<Option<String>>::from_datum(d, false)).unwrap_or_default()
     };
     let channels = array(0);
     let mut payloads = array(1);

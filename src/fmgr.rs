@@ -64,3 +64,13 @@ pub fn refuse_unless_called_as_trigger(fcinfo: pgrx::pg_sys::FunctionCallInfo, n
         );
     }
 }
+
+/// Argument `n` as PostgreSQL passed it (possibly toasted), or None for SQL NULL: what the
+/// entry points' bodies read their arguments with.
+///
+/// # Safety
+/// `fcinfo` is the fcinfo of a call with at least n + 1 arguments.
+pub unsafe fn raw_arg(fcinfo: pgrx::pg_sys::FunctionCallInfo, n: usize) -> Option<pgrx::pg_sys::Datum> {
+    // SAFETY: as the caller promises.
+    unsafe { (!pgrx::fcinfo::pg_arg_is_null(fcinfo, n)).then(|| pgrx::fcinfo::pg_getarg_datum_raw(fcinfo, n)) }
+}

@@ -6,7 +6,17 @@ use sha2::{Digest, Sha256};
 
 /// Lowercase hex SHA-256 of a UTF-8 string's bytes (the same text `sha256sum` prints).
 pub fn sha256_hex(content: impl AsRef<[u8]>) -> String {
-    let digest = Sha256::digest(content.as_ref());
+    sha256_hex_of(&[content.as_ref()])
+}
+
+/// Lowercase hex SHA-256 of `parts` one after the other, without joining them first (the audit
+/// chain hashes the previous link followed by a row's text).
+pub fn sha256_hex_of(parts: &[&[u8]]) -> String {
+    let mut hasher = Sha256::new();
+    for part in parts {
+        hasher.update(part);
+    }
+    let digest = hasher.finalize();
     let mut hex = String::with_capacity(64);
     for byte in digest {
         use std::fmt::Write;

@@ -22,9 +22,9 @@
 
 use crate::catalog::SCHEMA;
 use crate::errors::raise;
+use crate::fmgr::raw_arg;
 use crate::identity;
 use crate::spi::{self, arg, Arg, Connection, Effect, KeptPlan};
-use pgrx::fcinfo::{pg_arg_is_null, pg_getarg_datum_raw};
 use pgrx::pg_sys;
 use pgrx::pg_sys::{BOOLOID as BOOL, INT4OID as INT4, INT8OID as INT8, JSONBOID as JSONB, TEXTOID as TEXT, UUIDOID as UUID};
 use pgrx::prelude::*;
@@ -38,12 +38,6 @@ thread_local! {
     static LATEST_VISIBLE_MESSAGE: KeptPlan = const { KeptPlan::new() };
     static FORK_MESSAGE: KeptPlan = const { KeptPlan::new() };
     static INSERT_MESSAGES: KeptPlan = const { KeptPlan::new() };
-}
-
-/// An argument as PostgreSQL passed it (possibly toasted), or None for SQL NULL.
-unsafe fn raw_arg(fcinfo: pg_sys::FunctionCallInfo, n: usize) -> Option<pg_sys::Datum> {
-    // SAFETY: the caller passes the fcinfo of a call with at least n + 1 arguments.
-    unsafe { (!pg_arg_is_null(fcinfo, n)).then(|| pg_getarg_datum_raw(fcinfo, n)) }
 }
 
 /// Take the next `how_many` positions of `session` for new messages if the acting user may add
@@ -432,7 +426,8 @@ unsafe fn fork_session(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
                             pg_catalog.jsonb_typeof($3 OPERATOR(pg_catalog.->) 'parent_message_id'),
                             ($3 OPERATOR(pg_catalog.->) 'parent_message_id')::pg_catalog.text,
                             $3 OPERATOR(pg_catalog.->>) 'parent_message_id',
-                            {SCHEMA}.session_listed_for($2, s.id),
+                            -- (the owner's own session needs neither lookup)
+                            s.owner_id OPERATOR(pg_catalog.=) $2 OR {SCHEMA}.session_listed_for($2, s.id),
                             s.owner_id OPERATOR(pg_catalog.=) $2 OR {SCHEMA}.session_visible_to($2, s.id)
                        FROM {SCHEMA}.memory_sessions s
                       WHERE s.id OPERATOR(pg_catalog.=) $1"
