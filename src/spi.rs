@@ -125,8 +125,7 @@ impl Connection {
         effect: Effect,
     ) -> Rows<'_> {
         let plan = kept_plan(kept, sql, types);
-        assert_eq!(args.len(), types.len(), "one argument per parameter");
-        let (mut values, nulls) = datums(args);
+        let (mut values, nulls) = datums(args, types);
         // SAFETY: a kept plan with args.len() parameters of the types it was prepared with.
         let code = unsafe {
             catching(|| raw::execute_plan(plan, values.as_mut_ptr(), nulls.as_ptr(), effect == Effect::Reads, 0))
@@ -151,9 +150,8 @@ impl Connection {
         mut each: impl FnMut(&Rows<'_>) -> bool,
     ) {
         let plan = kept_plan(kept, sql, types);
-        assert_eq!(args.len(), types.len(), "one argument per parameter");
-        let (mut values, nulls) = datums(args);
-        // SAFETY: a kept read-only plan with its parameters; the portal lives until closed
+        let (mut values, nulls) = datums(args, types);
+        // SAFETY: a kept plan with its parameters; the portal lives until closed
         // below (or until the (sub)transaction's abort, on an error).
         let portal = unsafe {
             catching(|| raw::cursor_open(std::ptr::null(), plan, values.as_mut_ptr(), nulls.as_ptr(), effect == Effect::Reads))
@@ -175,10 +173,9 @@ impl Connection {
 
     /// Run a statement once (not kept: for rare paths, such as wording an error).
     pub fn execute(&self, sql: &str, types: &[pg_sys::Oid], args: &[Arg], effect: Effect) -> Rows<'_> {
-        assert_eq!(args.len(), types.len(), "one argument per parameter");
         let text = statement_text(sql);
         let mut types = types.to_vec();
-        let (mut values, nulls) = datums(args);
+        let (mut values, nulls) = datums(args, &types);
         // SAFETY: a NUL-terminated statement, its parameter types and as many values.
         let code = unsafe {
             catching(|| {
@@ -269,7 +266,10 @@ fn statement_text(sql: &str) -> CString {
     CString::new(sql).expect("statement text has no NUL")
 }
 
-fn datums(args: &[Arg]) -> (Vec<pg_sys::Datum>, Vec<c_char>) {
+/// A statement's arguments as SPI takes them: values, and 'n' (NULL) or ' ' per value; one per
+/// parameter type.
+fn datums(args: &[Arg], types: &[pg_sys::Oid]) -> (Vec<pg_sys::Datum>, Vec<c_char>) {
+    assert_eq!(args.len(), types.len(), "one argument per parameter");
     args.iter()
         .map(|a| (a.unwrap_or(pg_sys::Datum::from(0usize)), if a.is_some() { b' ' as c_char } else { b'n' as c_char }))
         .unzip()
