@@ -144,27 +144,7 @@ CREATE FUNCTION @extschema@.get_conversation_page(session_id uuid, after_positio
                                                   lim integer DEFAULT 100, include_metadata boolean DEFAULT false)
 RETURNS TABLE ("position" bigint, role text, content text, message_id uuid, origin_session_id uuid,
                created_at timestamptz, metadata jsonb)
-LANGUAGE plpgsql STABLE SET jit = off SET search_path = pg_catalog, pg_temp AS $$
-#variable_conflict use_column
-DECLARE
-    after bigint := coalesce(after_position, 0);
-BEGIN
-    PERFORM @extschema@.require_session(get_conversation_page.session_id);
-    IF lim IS NOT NULL AND (lim < 1 OR lim > 10000) THEN
-        RAISE EXCEPTION 'lim must be between 1 and 10000, got %', lim USING ERRCODE = '22023';
-    END IF;
-    RETURN QUERY
-    SELECT m.position, m.role, m.content, m.id, m.session_id, m._created_at,
-           CASE WHEN get_conversation_page.include_metadata THEN m._metadata END
-      FROM @extschema@.session_lineage(get_conversation_page.session_id) l
-     CROSS JOIN LATERAL (
-           SELECT * FROM @extschema@.memories mm
-            WHERE mm.session_id = l.lineage_session_id AND mm.position > after AND mm.position <= l.visible_upto
-            ORDER BY mm.position LIMIT lim) m
-     ORDER BY m.position
-     LIMIT lim;
-END
-$$;
+LANGUAGE c STABLE SET jit = off AS 'MODULE_PATHNAME', 'get_conversation_page_native';
 REVOKE ALL ON FUNCTION @extschema@.session_channel(uuid), @extschema@.list_sessions(integer),
     @extschema@.get_session(uuid), @extschema@.get_conversation_page(uuid, bigint, integer, boolean) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION @extschema@.session_channel(uuid), @extschema@.list_sessions(integer),
@@ -178,3 +158,68 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
 $$;
 REVOKE ALL ON FUNCTION @extschema@.user_exists(uuid) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION @extschema@.user_exists(uuid) TO memoriesdb_trusted;
+
+-- Transcripts in Rust (src/transcripts.rs), as their caller under row-level security.
+CREATE OR REPLACE FUNCTION @extschema@.get_formatted_conversation(session_id uuid, include_metadata boolean DEFAULT false)
+RETURNS TABLE ("position" bigint, role text, content text, message_id uuid, origin_session_id uuid,
+               created_at timestamptz, metadata jsonb)
+LANGUAGE c STABLE SET jit = off AS 'MODULE_PATHNAME', 'get_formatted_conversation_native';
+CREATE OR REPLACE FUNCTION @extschema@.get_conversation_text(session_id uuid)
+RETURNS text LANGUAGE c STABLE SET jit = off AS 'MODULE_PATHNAME', 'get_conversation_text_native';
+
+-- Search in Rust (src/search.rs): one statement per search (vector: per dimension, from one
+-- text), the memories read rule from its one definition, rows straight into the result.
+CREATE OR REPLACE FUNCTION @extschema@.search_limit(lim integer) RETURNS integer
+    IMMUTABLE PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'search_limit_wrapper';
+CREATE OR REPLACE FUNCTION @extschema@.search_memories(
+    query text, session_id uuid DEFAULT NULL, kind_filter text DEFAULT NULL, metadata_filter jsonb DEFAULT NULL,
+    lim integer DEFAULT 10, config regconfig DEFAULT NULL)
+RETURNS TABLE (id uuid, content text, kind text, role text, origin_session_id uuid, "position" bigint,
+               rank real, snippet text)
+LANGUAGE c STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET jit = off
+AS 'MODULE_PATHNAME', 'search_memories_native';
+CREATE OR REPLACE FUNCTION @extschema@.vector_search(
+    embedding vector, threshold double precision DEFAULT 0.7, lim integer DEFAULT 10, session_id uuid DEFAULT NULL,
+    kind_filter text DEFAULT NULL, metadata_filter jsonb DEFAULT NULL)
+RETURNS TABLE (id uuid, content text, kind text, role text, origin_session_id uuid, "position" bigint,
+               similarity double precision)
+LANGUAGE c STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp SET jit = off SET hnsw.iterative_scan = 'relaxed_order' SET hnsw.ef_search = 200
+AS 'MODULE_PATHNAME', 'vector_search_native';
+CREATE OR REPLACE FUNCTION @extschema@.hybrid_search(
+    query text, embedding vector, lim integer DEFAULT 10, session_id uuid DEFAULT NULL, kind_filter text DEFAULT NULL,
+    metadata_filter jsonb DEFAULT NULL, text_weight double precision DEFAULT 1.0, vector_weight double precision DEFAULT 1.0,
+    rrf_k integer DEFAULT 60, candidates integer DEFAULT NULL, config regconfig DEFAULT NULL)
+RETURNS TABLE (id uuid, content text, kind text, role text, origin_session_id uuid, "position" bigint,
+               score double precision, text_rank bigint, text_score real,
+               vector_rank bigint, vector_similarity double precision)
+LANGUAGE c STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp SET jit = off SET hnsw.iterative_scan = 'relaxed_order' SET hnsw.ef_search = 200
+AS 'MODULE_PATHNAME', 'hybrid_search_native';
+
+-- The memories read rule has one definition (src/policies.rs): the memories_read policy and
+-- memory_visible_to() are re-created from its text, as a fresh install creates them.
+CREATE FUNCTION @extschema@.memories_read_rule_sql(id text, created_by text, session_id text, "position" text, me text, worker text)
+RETURNS text IMMUTABLE STRICT PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'memories_read_rule_sql_wrapper';
+REVOKE ALL ON FUNCTION @extschema@.memories_read_rule_sql(text, text, text, text, text, text) FROM PUBLIC;
+DROP FUNCTION @extschema@.memory_visible_to(uuid, uuid, uuid, bigint, uuid);
+DROP POLICY memories_read ON @extschema@.memories;
+DO $$
+BEGIN
+    EXECUTE pg_catalog.format(
+        'CREATE FUNCTION @extschema@.memory_visible_to(me uuid, owner uuid, session uuid, message_position bigint, memory uuid)
+         RETURNS boolean LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS %L',
+        'SELECT me IS NOT NULL AND '
+            OPERATOR(pg_catalog.||) @extschema@.memories_read_rule_sql('memory', 'owner', 'session', 'message_position', 'me', 'false'));
+END
+$$;
+DO $$
+BEGIN
+    EXECUTE pg_catalog.format(
+        'CREATE POLICY memories_read ON @extschema@.memories FOR SELECT USING %s',
+        @extschema@.memories_read_rule_sql(
+            'memories.id', 'memories.created_by', 'memories.session_id', 'memories.position',
+            '(SELECT @extschema@.current_memory_user())', '(SELECT @extschema@.acting_role_is(''memoriesdb_worker''))'));
+END
+$$;
+REVOKE ALL ON FUNCTION @extschema@.memory_visible_to(uuid, uuid, uuid, bigint, uuid) FROM PUBLIC;

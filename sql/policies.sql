@@ -6,19 +6,17 @@
 -- evaluates once per query, and every condition is an index probe.
 
 
--- Can user `me` see this memory? The rule of the memories_read policy, for code that runs as the
--- extension owner (SECURITY DEFINER) and must decide for its caller. The search functions
--- (search.sql) inline the same rule in their queries; change them together.
-CREATE FUNCTION @extschema@.memory_visible_to(me uuid, owner uuid, session uuid, message_position bigint, memory uuid)
-RETURNS boolean LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT me IS NOT NULL AND (
-           owner = me
-        OR (session IS NOT NULL AND EXISTS (
-                SELECT 1 FROM @extschema@.memory_sessions s WHERE s.id = session AND s.owner_id = me))
-        OR (session IS NOT NULL AND EXISTS (
-                SELECT 1 FROM @extschema@.memory_share_segments g
-                 WHERE g.grantee = me AND g.session_id = session AND message_position <= g.visible_upto))
-        OR EXISTS (SELECT 1 FROM @extschema@.memory_shares g WHERE g.memory_id = memory AND g.grantee = me))
+-- Can user `me` see this memory? The memories read rule (its one definition is in Rust,
+-- src/policies.rs), for SQL code that runs as the extension owner (SECURITY DEFINER) and must
+-- decide for its caller. Created from the rule's text, as the memories_read policy below is.
+DO $$
+BEGIN
+    EXECUTE pg_catalog.format(
+        'CREATE FUNCTION @extschema@.memory_visible_to(me uuid, owner uuid, session uuid, message_position bigint, memory uuid)
+         RETURNS boolean LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS %L',
+        'SELECT me IS NOT NULL AND '
+            OPERATOR(pg_catalog.||) @extschema@.memories_read_rule_sql('memory', 'owner', 'session', 'message_position', 'me', 'false'));
+END
 $$;
 
 -- Does user `me` see (some of) this session's messages: is it theirs, or part of what a share
@@ -90,21 +88,17 @@ CREATE POLICY users_manage ON @extschema@.users FOR ALL
     WITH CHECK ((SELECT @extschema@.acting_role_is('memoriesdb_trusted')));
 
 -- memories: own, shared directly, or a message inside what a shared session shows; workers read
--- all. search_memories() and vector_search() (search.sql) apply this same rule
--- themselves; change them together.
-CREATE POLICY memories_read ON @extschema@.memories FOR SELECT
-    USING ((SELECT @extschema@.acting_role_is('memoriesdb_worker'))
-           OR created_by = (SELECT @extschema@.current_memory_user())
-           OR (session_id IS NOT NULL AND EXISTS (
-                   SELECT 1 FROM @extschema@.memory_sessions s
-                    WHERE s.id = memories.session_id AND s.owner_id = (SELECT @extschema@.current_memory_user())))
-           OR (session_id IS NOT NULL AND EXISTS (
-                   SELECT 1 FROM @extschema@.memory_share_segments g
-                    WHERE g.grantee = (SELECT @extschema@.current_memory_user())
-                      AND g.session_id = memories.session_id AND memories.position <= g.visible_upto))
-           OR EXISTS (SELECT 1 FROM @extschema@.memory_shares g
-                       WHERE g.memory_id = memories.id
-                         AND g.grantee = (SELECT @extschema@.current_memory_user())));
+-- all. The policy is created from the rule's one definition (src/policies.rs), which the search
+-- functions put into their statements too.
+DO $$
+BEGIN
+    EXECUTE pg_catalog.format(
+        'CREATE POLICY memories_read ON @extschema@.memories FOR SELECT USING %s',
+        @extschema@.memories_read_rule_sql(
+            'memories.id', 'memories.created_by', 'memories.session_id', 'memories.position',
+            '(SELECT @extschema@.current_memory_user())', '(SELECT @extschema@.acting_role_is(''memoriesdb_worker''))'));
+END
+$$;
 -- writing directly: free memories, as yourself. Sessions and messages are written through the
 -- conversation API (create_session, add_message(s)_to_session, fork_session), which runs as the
 -- extension owner and takes positions in order: a message inserted directly could take a

@@ -267,7 +267,8 @@ BEGIN
 END
 $$;
 
--- A page of the transcript a branch sees: the messages after position after_position, at most
+-- Transcripts (Rust, src/transcripts.rs; they run as the caller, under row-level security).
+-- get_conversation_page: the messages of a session's transcript after after_position, at most
 -- lim of them (NULL: all), as get_formatted_conversation() returns them. Each lineage segment
 -- is read from the first position after the page start, so a late page of a long transcript
 -- does not read the pages before it. Ask for lim + 1 rows to learn whether more follow.
@@ -275,58 +276,20 @@ CREATE FUNCTION @extschema@.get_conversation_page(session_id uuid, after_positio
                                                   lim integer DEFAULT 100, include_metadata boolean DEFAULT false)
 RETURNS TABLE ("position" bigint, role text, content text, message_id uuid, origin_session_id uuid,
                created_at timestamptz, metadata jsonb)
-LANGUAGE plpgsql STABLE SET jit = off SET search_path = pg_catalog, pg_temp AS $$
-#variable_conflict use_column
-DECLARE
-    after bigint := coalesce(after_position, 0);
-BEGIN
-    PERFORM @extschema@.require_session(get_conversation_page.session_id);
-    IF lim IS NOT NULL AND (lim < 1 OR lim > 10000) THEN
-        RAISE EXCEPTION 'lim must be between 1 and 10000, got %', lim USING ERRCODE = '22023';
-    END IF;
-    RETURN QUERY
-    SELECT m.position, m.role, m.content, m.id, m.session_id, m._created_at,
-           CASE WHEN get_conversation_page.include_metadata THEN m._metadata END
-      FROM @extschema@.session_lineage(get_conversation_page.session_id) l
-     CROSS JOIN LATERAL (
-           SELECT * FROM @extschema@.memories mm
-            WHERE mm.session_id = l.lineage_session_id AND mm.position > after AND mm.position <= l.visible_upto
-            ORDER BY mm.position LIMIT lim) m
-     ORDER BY m.position
-     LIMIT lim;
-END
-$$;
+LANGUAGE c STABLE SET jit = off AS 'MODULE_PATHNAME', 'get_conversation_page_native';
 
 -- The transcript a branch sees, in order: inherited messages first, then its own.
 -- origin_session_id names the session (this one or an ancestor) each message was written in.
--- One query over all segments of the lineage, so that row-level security sets up its checks
--- once rather than once per fork. JIT compilation costs far more than it saves here (row-level
--- security inflates plan cost estimates past jit_above_cost), so it is off for this function.
+-- One statement over all segments of the lineage. JIT compilation costs far more than it saves
+-- here (row-level security inflates plan cost estimates past jit_above_cost), so it is off.
 CREATE FUNCTION @extschema@.get_formatted_conversation(session_id uuid, include_metadata boolean DEFAULT false)
 RETURNS TABLE ("position" bigint, role text, content text, message_id uuid, origin_session_id uuid,
                created_at timestamptz, metadata jsonb)
-LANGUAGE plpgsql STABLE SET jit = off SET search_path = pg_catalog, pg_temp AS $$
-#variable_conflict use_column
-BEGIN
-    PERFORM @extschema@.require_session(get_formatted_conversation.session_id);
-    RETURN QUERY
-    SELECT m.position, m.role, m.content, m.id, m.session_id, m._created_at,
-           CASE WHEN get_formatted_conversation.include_metadata THEN m._metadata END
-      FROM @extschema@.session_lineage(get_formatted_conversation.session_id) l
-     CROSS JOIN LATERAL (
-           SELECT * FROM @extschema@.memories mm
-            WHERE mm.session_id = l.lineage_session_id AND mm.position <= l.visible_upto
-            ORDER BY mm.position) m
-     ORDER BY m.position;
-END
-$$;
+LANGUAGE c STABLE SET jit = off AS 'MODULE_PATHNAME', 'get_formatted_conversation_native';
 
 -- The same transcript as plain text, one "role: content" line per message.
 CREATE FUNCTION @extschema@.get_conversation_text(session_id uuid)
-RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT coalesce(pg_catalog.string_agg(c.role || ': ' || c.content, E'\n' ORDER BY c.position), '')
-      FROM @extschema@.get_formatted_conversation($1) c
-$$;
+RETURNS text LANGUAGE c STABLE SET jit = off AS 'MODULE_PATHNAME', 'get_conversation_text_native';
 
 -- ---------------------------------------------------------------------------------------------
 -- Session rows are written only by the conversation functions, through these two (SECURITY

@@ -67,6 +67,67 @@ mod raw {
 /// `call` must be a call into PostgreSQL and nothing else: PostgreSQL leaves it by longjmp,
 /// which runs no destructors, so it must own none (capture only pointers and plain values).
 pub unsafe fn catching<T>(call: impl FnOnce() -> T) -> T {
+    // SAFETY: as the caller promises.
+    match unsafe { attempt(call) } {
+        Ok(value) => value,
+        Err(error) => error.raise(),
+    }
+}
+
+/// An ERROR PostgreSQL raised inside `attempt()`, copied out of its error state (which is
+/// clean again): look at it, then raise it (unchanged) or raise another one instead.
+pub struct CaughtError(*mut pg_sys::ErrorData);
+
+impl CaughtError {
+    pub fn sqlstate(&self) -> PgSqlErrorCode {
+        // SAFETY: an ErrorData copied by attempt().
+        PgSqlErrorCode::from(unsafe { (*self.0).sqlerrcode })
+    }
+
+    pub fn message(&self) -> String {
+        // SAFETY: an ErrorData copied by attempt(); message is NULL or a C string.
+        unsafe { text((*self.0).message).unwrap_or_default() }
+    }
+
+    /// Raise the error as PostgreSQL raised it: every field under run_entry(), else through the
+    /// pgrx guard that is the nearest boundary (which keeps SQLSTATE, message, detail and hint).
+    pub fn raise(self) -> ! {
+        let error = self.0;
+        if UNDER_RUN_ENTRY.get() {
+            std::panic::panic_any(PgErrorInFlight(error));
+        }
+        // SAFETY: an ErrorData copied by attempt(), freed here before the report leaves.
+        unsafe {
+            let mut report = ErrorReport::new(
+                PgSqlErrorCode::from((*error).sqlerrcode),
+                text((*error).message).unwrap_or_default(),
+                "memoriesdb",
+            );
+            if let Some(detail) = text((*error).detail) {
+                report = report.set_detail(detail);
+            }
+            if let Some(hint) = text((*error).hint) {
+                report = report.set_hint(hint);
+            }
+            pg_sys::FreeErrorData(error);
+            report.report(PgLogLevel::ERROR);
+        }
+        unreachable!("ERROR does not return")
+    }
+}
+
+/// A C string PostgreSQL holds, as Rust text.
+unsafe fn text(p: *const std::ffi::c_char) -> Option<String> {
+    // SAFETY: NULL or a NUL-terminated string, as the caller promises.
+    (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
+}
+
+/// Call `call` like `catching()`, but hand an ERROR it raises back as a value, for the caller
+/// to look at (e.g. to word a user's mistake that PostgreSQL reports as an internal error).
+///
+/// # Safety
+/// As for `catching()`.
+pub unsafe fn attempt<T>(call: impl FnOnce() -> T) -> Result<T, CaughtError> {
     // SAFETY: the backend's one thread; the save-and-restore of PostgreSQL's error state that
     // PG_TRY/PG_CATCH does, around a sigsetjmp made by cee_scape for a Rust closure.
     unsafe {
@@ -84,31 +145,14 @@ pub unsafe fn catching<T>(call: impl FnOnce() -> T) -> T {
         pg_sys::error_context_stack = context_stack;
         UNDER_RUN_ENTRY.set(under_run_entry);
         if jumped == 0 {
-            return result.assume_init();
+            return Ok(result.assume_init());
         }
         // PostgreSQL raised an ERROR: copy it out of ErrorContext and clear the error state, as
         // PG_CATCH blocks that re-throw later do
         pg_sys::CurrentMemoryContext = caller_context;
         let error = pg_sys::CopyErrorData();
         pg_sys::FlushErrorState();
-        if under_run_entry {
-            std::panic::panic_any(PgErrorInFlight(error));
-        }
-        let text = |p: *const std::ffi::c_char| (!p.is_null()).then(|| CStr::from_ptr(p).to_string_lossy().into_owned());
-        let mut report = ErrorReport::new(
-            PgSqlErrorCode::from((*error).sqlerrcode),
-            text((*error).message).unwrap_or_default(),
-            "memoriesdb",
-        );
-        if let Some(detail) = text((*error).detail) {
-            report = report.set_detail(detail);
-        }
-        if let Some(hint) = text((*error).hint) {
-            report = report.set_hint(hint);
-        }
-        pg_sys::FreeErrorData(error);
-        report.report(PgLogLevel::ERROR);
-        unreachable!("ERROR does not return")
+        Err(CaughtError(error))
     }
 }
 

@@ -5,10 +5,12 @@
 //! path every write to memories and edges takes (write_path.rs: derived fields, audit rows, the
 //! embedding queue and change events), the audit hash chain (audit.rs), SHA-256 content hashing,
 //! the cycle check and the breadth-first traversal of the memory graph, time-ordered ids, the
-//! acting user (resolved once per statement) and the event relay worker. They run SQL through
-//! spi.rs (kept plans, errors with every field).
-//! Tables, policies, views, grants and the functions still written in SQL (transcripts, search,
-//! sharing, queues) live in `sql/<feature>.sql`, pulled in below in dependency order.
+//! acting user (resolved once per statement), the event relay worker, transcripts
+//! (transcripts.rs), search (search.rs) and the one definition of the memories read rule
+//! (policies.rs). They run SQL through spi.rs (kept plans, errors with every field, rows
+//! returned straight into a function's result). Tables, policies, views, grants and the
+//! functions still written in SQL (sharing, queues) live in `sql/<feature>.sql`, pulled in
+//! below in dependency order.
 
 use pgrx::prelude::*;
 
@@ -23,10 +25,12 @@ mod graph;
 mod hashing;
 mod identity;
 mod ids;
+mod policies;
 mod search;
 mod sessions;
 mod spi;
 mod traversal;
+mod transcripts;
 mod tuples;
 mod write_path;
 
@@ -60,7 +64,11 @@ extension_sql_file!(
         identity::acting_role_bypasses_rls
     ]
 );
-extension_sql_file!("../sql/sessions.sql", name = "sessions", requires = ["identity", sessions::session_channel]);
+extension_sql_file!(
+    "../sql/sessions.sql",
+    name = "sessions",
+    requires = ["identity", sessions::session_channel, search::search_limit]
+);
 extension_sql_file!("../sql/sharing.sql", name = "sharing", requires = ["sessions"]);
 extension_sql_file!(
     "../sql/graph.sql",
@@ -78,7 +86,7 @@ extension_sql_file!("../sql/events.sql", name = "events", requires = ["embedding
 extension_sql_file!(
     "../sql/policies.sql",
     name = "policies",
-    requires = ["sharing", "graph", "audit", "events"]
+    requires = ["sharing", "graph", "audit", "events", policies::memories_read_rule_sql]
 );
 extension_sql_file!("../sql/finalize.sql", name = "finalize", requires = ["policies"], finalize);
 

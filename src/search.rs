@@ -1,8 +1,34 @@
-//! Full-text search: what every stored memory's search configuration must satisfy.
+//! Search: full-text (`search_memories`), vector (`vector_search`) and hybrid (`hybrid_search`),
+//! each branch-aware when restricted to a session; and what a memory's search configuration and
+//! indexed text must satisfy.
+//!
+//! The search functions run as the extension owner (SECURITY DEFINER, declared in
+//! sql/search.sql): under row-level security the planner could not let the GIN or HNSW index
+//! drive a search (their operators are not leakproof, so they may not run before the policy),
+//! and every search would scan all tenants' rows. So each statement applies the memories read
+//! rule itself — the one definition in policies.rs, as ordinary conditions after the index
+//! match — for its caller, whose role and identity it still sees: it returns only rows the
+//! caller may see. Statements are fixed text in this library, kept per backend (vector search:
+//! one per embedding dimension, whose number the statement must name for the dimension's
+//! partial HNSW index to match), and their rows go straight into the function's result.
+//!
+//! Common optional filters, with the same names everywhere: session_id (only what that
+//! session's branch sees: its messages and the inherited prefix of its ancestors), kind_filter,
+//! metadata_filter (`_metadata @>`), lim (1 .. 10000, default 10).
 
-use crate::errors::raise;
+use crate::catalog::SCHEMA;
+use crate::errors::{attempt, raise};
+use crate::fmgr::raw_arg;
+use crate::identity;
+use crate::policies::{memories_read_rule, MemoryColumns};
+use crate::spi::{self, arg, Arg, Effect, KeptPlan, KeptPlans, ResultSet};
 use pgrx::pg_sys;
+use pgrx::pg_sys::{
+    BOOLOID as BOOL, FLOAT8OID as FLOAT8, INT4OID as INT4, JSONBOID as JSONB, REGCONFIGOID as REGCONFIG, TEXTOID as TEXT,
+    TSQUERYOID as TSQUERY, UUIDOID as UUID,
+};
 use pgrx::prelude::*;
+use std::cell::RefCell;
 use std::ffi::CStr;
 
 /// pg_ts_config's columns, for SysCacheGetAttr (pgrx has no binding of its row struct).
@@ -72,6 +98,528 @@ fn searchable_text(content: &str) -> &str {
         end -= 1;
     }
     &content[..end]
+}
+
+
+// ---------------------------------------------------------------------------------------------
+// The search functions
+// ---------------------------------------------------------------------------------------------
+
+thread_local! {
+    static TEXT_SEARCH: KeptPlan = const { KeptPlan::new() };
+    static TEXT_SEARCH_IN_SESSION: KeptPlan = const { KeptPlan::new() };
+    static SESSION_LISTED: KeptPlan = const { KeptPlan::new() };
+    static SEARCH_CONFIG_EXISTS: KeptPlan = const { KeptPlan::new() };
+    /// vector and hybrid statements, by text (dimension, pgvector's schema) and parameter types
+    static VECTOR_PLANS: KeptPlans = KeptPlans::new();
+    /// (pgvector's vector type, the schema it lives in as SQL names it), learnt once per backend
+    static VECTOR_SCHEMA: RefCell<Option<(pg_sys::Oid, String)>> = const { RefCell::new(None) };
+}
+
+/// Every search statement takes these parameters, so that the full-text and the vector ranking
+/// can be put together in one hybrid statement. $9 is pgvector's `vector` (its type oid is the
+/// database's own).
+const ME: &str = "$1";
+const WORKER: &str = "$2";
+const PARAMETER_TYPES: [pg_sys::Oid; 8] = [UUID, BOOL, UUID, TEXT, JSONB, INT4, TSQUERY, REGCONFIG];
+//  $3 session, $4 kind_filter, $5 metadata_filter, $6 lim, $7 the parsed query, $8 its configuration,
+//  $9 embedding, $10 min_similarity, $11 candidates per ranking, $12 text_weight, $13 vector_weight, $14 rrf_k
+
+fn all_parameter_types(vector: pg_sys::Oid) -> Vec<pg_sys::Oid> {
+    let mut types = PARAMETER_TYPES.to_vec();
+    types.extend([vector, FLOAT8, INT4, FLOAT8, FLOAT8, INT4]);
+    types
+}
+
+/// The rule, the filters and (for a session) the lineage, for memories `m`.
+fn visible_and_filtered() -> String {
+    let rule = memories_read_rule(&MemoryColumns::of_row("m"), ME, WORKER);
+    format!(
+        "{rule}
+         AND ($4 IS NULL OR m.kind OPERATOR(pg_catalog.=) $4)
+         AND ($5 IS NULL OR m._metadata OPERATOR(pg_catalog.@>) $5)"
+    )
+}
+
+/// The memories a search looks at: all, or those the branch of session $3 sees (its own
+/// messages and each ancestor's up to the fork point below it: one B-tree range per segment).
+fn searched_memories(in_session: bool) -> String {
+    if in_session {
+        format!(
+            "{SCHEMA}.session_lineage($3) l
+             JOIN {SCHEMA}.memories m
+               ON m.session_id OPERATOR(pg_catalog.=) l.lineage_session_id
+              AND m.position OPERATOR(pg_catalog.<=) l.visible_upto"
+        )
+    } else {
+        format!("{SCHEMA}.memories m")
+    }
+}
+
+/// The full-text ranking: (id, r) of the best `limit` matches of the parsed query $7, ranked by
+/// ts_rank_cd (which looks only at each row and its query: no corpus-wide statistics that could
+/// leak one tenant's vocabulary to another). Only (id, rank) pairs are ranked: carrying the
+/// content through the ranking of thousands of matches cost 10%.
+fn text_ranking(in_session: bool, limit: &str) -> String {
+    format!(
+        "SELECT m.id, pg_catalog.ts_rank_cd(m.search_tsv, $7) AS r
+           FROM {from}
+          WHERE m.search_tsv OPERATOR(pg_catalog.@@) $7
+            AND {visible}
+          ORDER BY r DESC, m.id
+          LIMIT {limit}",
+        from = searched_memories(in_session),
+        visible = visible_and_filtered()
+    )
+}
+
+/// The vector ranking: `columns` and `sim` (1 - cosine distance to $9) of the `limit` memories
+/// nearest to the query embedding among those with its dimension. Without a session, ordered by
+/// the expression of the dimension's HNSW index (create_vector_index), which drives the scan
+/// (pgvector's iterative scan, set on the functions, keeps it going past rows the rule or the
+/// filters refuse); in a session, an exact scan of the branch.
+fn vector_ranking(vector_schema: &str, dimensions: Option<i32>, columns: &str, limit: &str) -> String {
+    let visible = visible_and_filtered();
+    match dimensions {
+        Some(d) => {
+            let distance = format!(
+                "m.content_embedding::{vector_schema}.vector({d}) OPERATOR({vector_schema}.<=>) $9::{vector_schema}.vector({d})"
+            );
+            format!(
+                "SELECT {columns}, 1::pg_catalog.float8 OPERATOR(pg_catalog.-) ({distance}) AS sim
+                   FROM {SCHEMA}.memories m
+                  WHERE {vector_schema}.vector_dims(m.content_embedding) OPERATOR(pg_catalog.=) {d}
+                    AND {visible}
+                  ORDER BY {distance}
+                  LIMIT {limit}"
+            )
+        }
+        None => format!(
+            "SELECT {columns},
+                    1::pg_catalog.float8 OPERATOR(pg_catalog.-) (m.content_embedding OPERATOR({vector_schema}.<=>) $9) AS sim
+               FROM {from}
+              WHERE {vector_schema}.vector_dims(m.content_embedding) OPERATOR(pg_catalog.=) {vector_schema}.vector_dims($9)
+                AND {visible}
+              ORDER BY sim DESC, m.id
+              LIMIT {limit}",
+            from = searched_memories(true)
+        ),
+    }
+}
+
+/// The caller, as the search statements decide for them: the acting user, and whether their
+/// role reads everything (bypasses row-level security, or a worker).
+struct Caller {
+    me: Arg,
+    reads_all: bool,
+}
+
+impl Caller {
+    fn current() -> Caller {
+        Caller {
+            me: arg(identity::current_memory_user()),
+            reads_all: identity::acting_role_bypasses_rls() || identity::acting_role_is("memoriesdb_worker"),
+        }
+    }
+
+    /// A session to search in must be listed for the caller (theirs or shared with them; any
+    /// for roles that read everything): P0002 otherwise, as for a session that does not exist.
+    fn require_listed(&self, spi: &spi::Connection, session: Option<pg_sys::Datum>) {
+        let Some(session) = session else { return };
+        if self.reads_all {
+            return;
+        }
+        let listed = spi.execute_kept(
+            &SESSION_LISTED,
+            || format!("SELECT {SCHEMA}.session_listed_for($1, $2)"),
+            &[UUID, UUID],
+            &[self.me, Some(session)],
+            Effect::Reads,
+        );
+        if listed.get::<bool>(0, 1) != Some(true) {
+            // SAFETY: a uuid datum.
+            let id = unsafe { pgrx::Uuid::from_datum(session, false) }.expect("not NULL");
+            raise(
+                PgSqlErrorCode::ERRCODE_NO_DATA_FOUND,
+                format!("session {id} does not exist"),
+                Some("create one with create_session(title)"),
+            )
+        }
+    }
+}
+
+/// The limit rule of the search and listing functions (search_limit(lim) in SQL): NULL means
+/// 10, else 1 .. 10000 (22023).
+#[pg_extern(immutable, parallel_safe)]
+pub fn search_limit(lim: Option<i32>) -> i32 {
+    checked_limit(lim.unwrap_or(10), "lim")
+}
+
+/// A limit of at most 10000 rows (and at least 1), or 22023 naming `argument`.
+pub fn checked_limit(n: i32, argument: &str) -> i32 {
+    if !(1..=10000).contains(&n) {
+        raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, format!("{argument} must be between 1 and 10000, got {n}"), None)
+    }
+    n
+}
+
+/// A float8 as PostgreSQL prints it in a message (NaN, Infinity).
+fn float8_text(value: f64) -> String {
+    match value {
+        v if v.is_nan() => "NaN".into(),
+        v if v == f64::INFINITY => "Infinity".into(),
+        v if v == f64::NEG_INFINITY => "-Infinity".into(),
+        v => v.to_string(),
+    }
+}
+
+/// A search's text query, checked before anything else: not NULL, at most 10,000 characters
+/// (parsing a huge query costs seconds and can exhaust the stack; nobody types that much).
+/// Returns the query and its bytes.
+fn checked_query<'a>(query: Option<pg_sys::Datum>) -> (pg_sys::Datum, &'a [u8]) {
+    let Some(query) = query else {
+        raise(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, "query must not be NULL".into(), None)
+    };
+    // SAFETY: a text datum.
+    let text = unsafe { crate::tuples::text_bytes(query) };
+    if text.len() > 10000 {
+        let characters = String::from_utf8_lossy(text).chars().count();
+        if characters > 10000 {
+            raise(
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                format!("query is {characters} characters long; at most 10000 are allowed"),
+                None,
+            )
+        }
+    }
+    (query, text)
+}
+
+/// A checked query (`checked_query()`), parsed with websearch_to_tsquery semantics (quoted
+/// phrases, -exclusion, "or") in configuration `config` (NULL: memoriesdb.text_search_config,
+/// else 'english'). Any text a user types is accepted; None when it has no searchable words
+/// (empty, only stop words or punctuation): such a query matches nothing. Returns (query, config).
+fn parse_text_query(
+    spi: &spi::Connection,
+    (query, text): (pg_sys::Datum, &[u8]),
+    config: Option<pg_sys::Datum>,
+) -> (Option<pg_sys::Datum>, pg_sys::Oid) {
+    let config = match config {
+        Some(config) => {
+            let config = pg_sys::Oid::from(config.value() as u32);
+            let exists = spi.execute_kept(
+                &SEARCH_CONFIG_EXISTS,
+                || "SELECT 1 FROM pg_catalog.pg_ts_config c WHERE c.oid OPERATOR(pg_catalog.=) $1".into(),
+                &[pg_sys::OIDOID],
+                &[arg(config)],
+                Effect::Reads,
+            );
+            if exists.count() == 0 {
+                raise(
+                    PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                    format!("text search configuration {} does not exist", config.to_u32()),
+                    None,
+                )
+            }
+            config
+        }
+        None => default_search_config(),
+    };
+    // SAFETY: PostgreSQL's websearch_to_tsquery(regconfig, text), called directly; it allocates
+    // its result in the current memory context and owns nothing else.
+    let parsed = unsafe {
+        attempt(|| raw::direct_call2(Some(raw::websearch_to_tsquery_byid), pg_sys::InvalidOid, pg_sys::Datum::from(config), query))
+    };
+    let parsed = match parsed {
+        Ok(parsed) => parsed,
+        // PostgreSQL's parser gives up on more than 32 operators in a row ("tsquery stack too
+        // small", XX000); that is the query's fault, not the server's
+        Err(error) if error.sqlstate() == PgSqlErrorCode::ERRCODE_INTERNAL_ERROR && error.message() == "tsquery stack too small" => {
+            let shown: String = String::from_utf8_lossy(text).chars().take(80).collect();
+            raise(
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                format!("query has too many operators in a row (e.g. \"-\" signs) to search: {shown}"),
+                Some("at most 32 operators may follow each other"),
+            )
+        }
+        Err(error) => error.raise(),
+    };
+    // SAFETY: a tsquery just made (not toasted): a varlena header, then its number of nodes.
+    let nodes = unsafe { std::ptr::read_unaligned(parsed.cast_mut_ptr::<u8>().add(pg_sys::VARHDRSZ).cast::<i32>()) };
+    ((nodes > 0).then_some(parsed), config)
+}
+
+/// memoriesdb.text_search_config, else 'english', as a configuration (the name resolved as the
+/// regconfig type resolves it).
+fn default_search_config() -> pg_sys::Oid {
+    // SAFETY: reading a setting (NULL when not set) and resolving a configuration name, which
+    // raises 42704 naming it when there is no such configuration.
+    unsafe {
+        let setting = pg_sys::GetConfigOption(c"memoriesdb.text_search_config".as_ptr(), true, false);
+        let name = if setting.is_null() || *setting == 0 { c"english".as_ptr() } else { setting };
+        pg_sys::get_ts_config_oid(pg_sys::stringToQualifiedNameList(name), false)
+    }
+}
+
+/// pgvector's schema as SQL names it, from the type of the embedding argument `argument` of the
+/// function being called (CREATE EXTENSION bound it to pgvector's own `vector`).
+fn vector_schema(fcinfo: pg_sys::FunctionCallInfo, argument: usize) -> (pg_sys::Oid, String) {
+    // SAFETY: the fcinfo of the current call; its function's signature is in the catalog.
+    let vector = unsafe {
+        let mut types: *mut pg_sys::Oid = std::ptr::null_mut();
+        let mut count = 0;
+        pg_sys::get_func_signature((*(*fcinfo).flinfo).fn_oid, &mut types, &mut count);
+        *types.add(argument)
+    };
+    VECTOR_SCHEMA.with(|known| {
+        if let Some((oid, schema)) = known.borrow().as_ref() {
+            if *oid == vector {
+                return (vector, schema.clone());
+            }
+        }
+        // SAFETY: syscache lookups of an existing type and its schema.
+        let schema = unsafe {
+            let cache = pg_sys::SysCacheIdentifier::TYPEOID as i32;
+            let tuple = pg_sys::SearchSysCache1(cache, pg_sys::Datum::from(vector));
+            if tuple.is_null() {
+                raise(PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT, format!("type {} does not exist", vector.to_u32()), None);
+            }
+            let mut is_null = false;
+            let namespace = pg_sys::SysCacheGetAttr(cache, tuple, 3 /* typnamespace */, &mut is_null);
+            pg_sys::ReleaseSysCache(tuple);
+            let name = pg_sys::get_namespace_name(pg_sys::Oid::from(namespace.value() as u32));
+            CStr::from_ptr(pg_sys::quote_identifier(name)).to_string_lossy().into_owned()
+        };
+        *known.borrow_mut() = Some((vector, schema.clone()));
+        (vector, schema)
+    })
+}
+
+/// A query embedding: its dimension, after checking it is usable (require_usable_embedding()
+/// in SQL words the refusal: NULL, or (nearly) the zero vector, for which cosine similarity is
+/// undefined).
+fn usable_embedding(spi: &spi::Connection, embedding: Option<pg_sys::Datum>, vector: pg_sys::Oid, vector_schema: &str) -> i32 {
+    if let Some(embedding) = embedding {
+        // SAFETY: a pgvector `vector`: a varlena header, int16 dim, int16 unused, dim float4s.
+        let (dimensions, norm) = unsafe {
+            let v = pg_sys::pg_detoast_datum(embedding.cast_mut_ptr::<pg_sys::varlena>()).cast::<u8>();
+            let dimensions = std::ptr::read_unaligned(v.add(pg_sys::VARHDRSZ).cast::<i16>());
+            let values = std::slice::from_raw_parts(v.add(pg_sys::VARHDRSZ + 4).cast::<f32>(), dimensions.max(0) as usize);
+            // as pgvector's vector_norm computes it
+            (dimensions as i32, values.iter().map(|x| f64::from(*x) * f64::from(*x)).sum::<f64>().sqrt())
+        };
+        if norm >= 1e-10 && norm.is_finite() {
+            return dimensions;
+        }
+    }
+    spi.execute(
+        &format!("SELECT {SCHEMA}.require_usable_embedding($1::{vector_schema}.vector)"),
+        &[vector],
+        &[embedding],
+        Effect::Reads,
+    );
+    raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "require_usable_embedding() accepted an unusable embedding".into(), None)
+}
+
+/// search_memories(query text, session_id uuid, kind_filter text, metadata_filter jsonb,
+/// lim integer, config regconfig) RETURNS TABLE (id, content, kind, role, origin_session_id,
+/// position, rank real, snippet text): full-text search, best first; snippet highlights the
+/// matches with <b>...</b>.
+unsafe fn search_memories(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    // SAFETY: declared in SQL with these six arguments.
+    let (query, session, kind, metadata, lim, config) = unsafe {
+        (raw_arg(fcinfo, 0), raw_arg(fcinfo, 1), raw_arg(fcinfo, 2), raw_arg(fcinfo, 3), raw_arg(fcinfo, 4), raw_arg(fcinfo, 5))
+    };
+    let n = search_limit(lim.map(|d| d.value() as i32));
+    let caller = Caller::current();
+    // SAFETY: a set-returning function with a row type.
+    let result = unsafe { ResultSet::materialize(fcinfo) };
+    spi::connect(|spi| {
+        let query = checked_query(query);
+        caller.require_listed(spi, session);
+        let (parsed, config) = parse_text_query(spi, query, config);
+        let Some(parsed) = parsed else { return };
+        let in_session = session.is_some();
+        let plan = spi::kept(
+            if in_session { &TEXT_SEARCH_IN_SESSION } else { &TEXT_SEARCH },
+            || {
+                format!(
+                    "WITH hits AS ({ranking})
+                     SELECT h.id, m.content, m.kind, m.role, m.session_id, m.position, h.r,
+                            pg_catalog.ts_headline($8, {SCHEMA}.searchable_text(m.content), $7,
+                                                   'MaxFragments=2, MaxWords=20, MinWords=5')
+                       FROM hits h JOIN {SCHEMA}.memories m ON m.id OPERATOR(pg_catalog.=) h.id
+                      ORDER BY h.r DESC, h.id",
+                    ranking = text_ranking(in_session, "$6")
+                )
+            },
+            &PARAMETER_TYPES,
+        );
+        spi.return_rows(
+            plan,
+            &[caller.me, arg(caller.reads_all), session, kind, metadata, arg(n), Some(parsed), arg(config)],
+            &result,
+        );
+    });
+    pg_sys::Datum::from(0)
+}
+
+crate::fmgr::sql_function_entry!(pg_finfo_search_memories_native, search_memories_native, search_memories);
+
+/// vector_search(embedding vector, threshold float8, lim integer, session_id uuid, kind_filter
+/// text, metadata_filter jsonb) RETURNS TABLE (id, content, kind, role, origin_session_id,
+/// position, similarity float8): similarity = 1 - cosine distance, highest first, at most lim
+/// rows with similarity >= threshold, among memories whose embedding has the query's dimension.
+unsafe fn vector_search(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    // SAFETY: declared in SQL with these six arguments.
+    let (embedding, threshold, lim, session, kind, metadata) = unsafe {
+        (raw_arg(fcinfo, 0), raw_arg(fcinfo, 1), raw_arg(fcinfo, 2), raw_arg(fcinfo, 3), raw_arg(fcinfo, 4), raw_arg(fcinfo, 5))
+    };
+    let (vector, vector_schema) = vector_schema(fcinfo, 0);
+    let caller = Caller::current();
+    // SAFETY: a set-returning function with a row type.
+    let result = unsafe { ResultSet::materialize(fcinfo) };
+    spi::connect(|spi| {
+        let dimensions = usable_embedding(spi, embedding, vector, &vector_schema);
+        let n = search_limit(lim.map(|d| d.value() as i32));
+        // SAFETY: a float8 datum (by value).
+        let min_similarity = threshold.map_or(-1.0, |d| unsafe { f64::from_datum(d, false) }.expect("not NULL"));
+        if !(-1.0..=1.0).contains(&min_similarity) {
+            raise(
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                format!("threshold must be between -1 and 1 (cosine similarity), got {}", float8_text(min_similarity)),
+                None,
+            )
+        }
+        caller.require_listed(spi, session);
+        let types = all_parameter_types(vector);
+        // ordering by distance and then cutting at the threshold returns exactly the top rows
+        // above it, because similarity falls monotonically along that order; NaN similarities
+        // (stored embeddings written directly can give them) are left out
+        let sql = format!(
+            "SELECT * FROM ({ranking}) hits
+              WHERE hits.sim OPERATOR(pg_catalog.>=) $10 AND hits.sim OPERATOR(pg_catalog.<>) 'NaN'::pg_catalog.float8
+              ORDER BY hits.sim DESC, hits.id",
+            ranking = vector_ranking(
+                &vector_schema,
+                session.is_none().then_some(dimensions),
+                "m.id, m.content, m.kind, m.role, m.session_id, m.position",
+                "$6"
+            )
+        );
+        let plan = spi::kept_for_text(&VECTOR_PLANS, sql, &types);
+        spi.return_rows(
+            plan,
+            &[caller.me, arg(caller.reads_all), session, kind, metadata, arg(n), None, None, embedding, arg(min_similarity), None, None, None, None],
+            &result,
+        );
+    });
+    pg_sys::Datum::from(0)
+}
+
+crate::fmgr::sql_function_entry!(pg_finfo_vector_search_native, vector_search_native, vector_search);
+
+/// hybrid_search(query text, embedding vector, lim, session_id, kind_filter, metadata_filter,
+/// text_weight float8, vector_weight float8, rrf_k integer, candidates integer, config regconfig)
+/// RETURNS TABLE (id, content, kind, role, origin_session_id, position, score float8, text_rank
+/// bigint, text_score real, vector_rank bigint, vector_similarity float8): reciprocal-rank fusion
+/// of the full-text and the vector ranking,
+///   score = text_weight / (rrf_k + text_rank) + vector_weight / (rrf_k + vector_rank),
+/// where a ranking a row is missing from contributes 0, so a row found by only one method still
+/// appears. Each ranking contributes its top `candidates` rows (default 5 x lim). One statement.
+unsafe fn hybrid_search(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    // SAFETY: declared in SQL with these eleven arguments.
+    let [query, embedding, lim, session, kind, metadata, text_weight, vector_weight, rrf_k, candidates, config] =
+        std::array::from_fn(|i| unsafe { raw_arg(fcinfo, i) });
+    let n = search_limit(lim.map(|d| d.value() as i32));
+    let pool = checked_limit(candidates.map_or((n * 5).min(10000), |d| d.value() as i32), "candidates");
+    // SAFETY: float8 datums (by value).
+    let weight = |d: Option<pg_sys::Datum>| d.map(|d| unsafe { f64::from_datum(d, false) }.expect("not NULL"));
+    let (text_weight, vector_weight) = (weight(text_weight), weight(vector_weight));
+    if !matches!((text_weight, vector_weight), (Some(t), Some(v)) if t >= 0.0 && v >= 0.0 && t.is_finite() && v.is_finite()) {
+        let shown = |w: Option<f64>| w.map_or("<NULL>".into(), float8_text);
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("text_weight and vector_weight must be finite and >= 0, got {} and {}", shown(text_weight), shown(vector_weight)),
+            None,
+        )
+    }
+    let rrf_k = rrf_k.map(|d| d.value() as i32);
+    if !rrf_k.is_some_and(|k| k >= 1) {
+        let shown = rrf_k.map_or("<NULL>".into(), |k| k.to_string());
+        raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, format!("rrf_k must be a positive integer, got {shown}"), None)
+    }
+    let (vector, vector_schema) = vector_schema(fcinfo, 1);
+    let caller = Caller::current();
+    // SAFETY: a set-returning function with a row type.
+    let result = unsafe { ResultSet::materialize(fcinfo) };
+    spi::connect(|spi| {
+        let query = checked_query(query);
+        caller.require_listed(spi, session);
+        let (parsed, _) = parse_text_query(spi, query, config);
+        let dimensions = usable_embedding(spi, embedding, vector, &vector_schema);
+        let in_session = session.is_some();
+        let types = all_parameter_types(vector);
+        // (a query without searchable words is passed as NULL: it matches nothing, at no cost)
+        let sql = format!(
+            "WITH text_hits AS ({text_ranking}),
+                  text_ranked AS (
+                    SELECT t.id, t.r, pg_catalog.row_number() OVER (ORDER BY t.r DESC, t.id) AS text_rank FROM text_hits t),
+                  vector_hits AS ({vector_ranking}),
+                  vector_ranked AS (
+                    SELECT v.id, v.sim, pg_catalog.row_number() OVER (ORDER BY v.sim DESC, v.id) AS vector_rank
+                      FROM vector_hits v WHERE v.sim OPERATOR(pg_catalog.<>) 'NaN'::pg_catalog.float8),
+                  fused AS (
+                    SELECT coalesce(t.id, v.id) AS id,
+                           coalesce($12 OPERATOR(pg_catalog./) ($14 OPERATOR(pg_catalog.+) t.text_rank)::pg_catalog.float8, 0)
+                             OPERATOR(pg_catalog.+)
+                           coalesce($13 OPERATOR(pg_catalog./) ($14 OPERATOR(pg_catalog.+) v.vector_rank)::pg_catalog.float8, 0) AS score,
+                           t.text_rank, t.r, v.vector_rank, v.sim
+                      FROM text_ranked t FULL OUTER JOIN vector_ranked v ON v.id OPERATOR(pg_catalog.=) t.id
+                     ORDER BY score DESC, id
+                     LIMIT $6)
+             SELECT f.id, m.content, m.kind, m.role, m.session_id, m.position, f.score, f.text_rank, f.r, f.vector_rank, f.sim
+               FROM fused f JOIN {SCHEMA}.memories m ON m.id OPERATOR(pg_catalog.=) f.id
+              ORDER BY f.score DESC, f.id",
+            text_ranking = text_ranking(in_session, "$11"),
+            vector_ranking = vector_ranking(&vector_schema, (!in_session).then_some(dimensions), "m.id", "$11"),
+        );
+        let plan = spi::kept_for_text(&VECTOR_PLANS, sql, &types);
+        spi.return_rows(
+            plan,
+            &[
+                caller.me,
+                arg(caller.reads_all),
+                session,
+                kind,
+                metadata,
+                arg(n),
+                parsed,
+                None,
+                embedding,
+                None,
+                arg(pool),
+                arg(text_weight),
+                arg(vector_weight),
+                arg(rrf_k),
+            ],
+            &result,
+        );
+    });
+    pg_sys::Datum::from(0)
+}
+
+crate::fmgr::sql_function_entry!(pg_finfo_hybrid_search_native, hybrid_search_native, hybrid_search);
+
+/// PostgreSQL functions called directly, inside `attempt()`.
+mod raw {
+    use pgrx::pg_sys::{Datum, FunctionCallInfo, Oid, PGFunction};
+    unsafe extern "C-unwind" {
+        #[link_name = "DirectFunctionCall2Coll"]
+        pub fn direct_call2(function: PGFunction, collation: Oid, first: Datum, second: Datum) -> Datum;
+        #[link_name = "websearch_to_tsquery_byid"]
+        pub fn websearch_to_tsquery_byid(fcinfo: FunctionCallInfo) -> Datum;
+    }
 }
 
 #[cfg(test)]

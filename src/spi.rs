@@ -21,7 +21,8 @@
 use crate::errors::{catching, raise};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::ffi::{c_char, c_int, CString};
 use std::marker::PhantomData;
 use std::thread::LocalKey;
@@ -46,6 +47,19 @@ mod raw {
         pub fn cursor_fetch(portal: Portal, forward: bool, count: c_long);
         #[link_name = "SPI_cursor_close"]
         pub fn cursor_close(portal: Portal);
+        #[link_name = "SPI_execute_plan_extended"]
+        pub fn execute_plan_extended(plan: SPIPlanPtr, options: *const pgrx::pg_sys::SPIExecuteOptions) -> c_int;
+        #[link_name = "SetSingleFuncCall"]
+        pub fn set_single_func_call(fcinfo: pgrx::pg_sys::FunctionCallInfo, flags: u32);
+        #[link_name = "SetTuplestoreDestReceiverParams"]
+        pub fn set_tuplestore_dest_receiver_params(
+            receiver: *mut pgrx::pg_sys::DestReceiver,
+            store: *mut pgrx::pg_sys::Tuplestorestate,
+            context: pgrx::pg_sys::MemoryContext,
+            detoast: bool,
+            target: pgrx::pg_sys::TupleDesc,
+            map_failure_message: *const c_char,
+        );
         #[link_name = "SPI_execute_with_args"]
         pub fn execute_with_args(
             src: *const c_char,
@@ -73,6 +87,71 @@ impl KeptPlan {
         if !plan.is_null() {
             // SAFETY: a plan this cell kept; nobody else holds it.
             unsafe { pg_sys::SPI_freeplan(plan) };
+        }
+    }
+}
+
+/// Where a backend keeps plans of statements whose text is made per call from a few variants
+/// (e.g. one per embedding dimension, which the statement must name for its index to match):
+/// `thread_local! { static X: KeptPlans = KeptPlans::new(); }`. Each text is prepared once.
+pub struct KeptPlans(RefCell<HashMap<(String, Vec<pg_sys::Oid>), pg_sys::SPIPlanPtr>>);
+
+impl KeptPlans {
+    pub fn new() -> Self {
+        KeptPlans(RefCell::new(HashMap::new()))
+    }
+}
+
+/// A prepared plan kept for the backend's life (by a KeptPlan or KeptPlans), with the parameter
+/// types it was prepared with.
+#[derive(Clone, Copy)]
+pub struct Plan<'t> {
+    plan: pg_sys::SPIPlanPtr,
+    types: &'t [pg_sys::Oid],
+}
+
+/// The plan kept in `kept`, prepared from `sql` (parameters of `types`) on its first use in this
+/// backend.
+pub fn kept<'t>(kept: &'static LocalKey<KeptPlan>, sql: impl FnOnce() -> String, types: &'t [pg_sys::Oid]) -> Plan<'t> {
+    Plan { plan: kept_plan(kept, sql, types), types }
+}
+
+/// The plan of `sql` (parameters of `types`) kept in `plans`, prepared on its first use.
+pub fn kept_for_text<'t>(plans: &'static LocalKey<KeptPlans>, sql: String, types: &'t [pg_sys::Oid]) -> Plan<'t> {
+    let plan = plans.with(|plans| {
+        let key = (sql, types.to_vec());
+        if let Some(plan) = plans.0.borrow().get(&key) {
+            return *plan;
+        }
+        let plan = prepare_and_keep(&key.0, types);
+        plans.0.borrow_mut().insert(key, plan);
+        plan
+    });
+    Plan { plan, types }
+}
+
+/// The rows of a set-returning function that returns them all at once (materialize mode): a
+/// tuplestore in the memory of the calling query, filled by statements run with
+/// `Connection::return_rows()`, straight from the executor (no copy of a row in between).
+pub struct ResultSet {
+    store: *mut pg_sys::Tuplestorestate,
+    desc: pg_sys::TupleDesc,
+    context: pg_sys::MemoryContext,
+}
+
+impl ResultSet {
+    /// Set up the call in `fcinfo` to return its rows in a tuplestore, of the function's
+    /// declared result type (0A000 where the caller cannot take a set).
+    ///
+    /// # Safety
+    /// `fcinfo` is the fcinfo of a call to a set-returning function declared with a row type.
+    pub unsafe fn materialize(fcinfo: pg_sys::FunctionCallInfo) -> ResultSet {
+        // SAFETY: as the caller promises; SetSingleFuncCall checks that the caller takes a
+        // materialized set and fills resultinfo's tuplestore and descriptor.
+        unsafe {
+            catching(|| raw::set_single_func_call(fcinfo, 0));
+            let info = (*fcinfo).resultinfo.cast::<pg_sys::ReturnSetInfo>();
+            ResultSet { store: (*info).setResult, desc: (*info).setDesc, context: (*(*info).econtext).ecxt_per_query_memory }
         }
     }
 }
@@ -124,13 +203,7 @@ impl Connection {
         args: &[Arg],
         effect: Effect,
     ) -> Rows<'_> {
-        let plan = kept_plan(kept, sql, types);
-        let (mut values, nulls) = datums(args, types);
-        // SAFETY: a kept plan with args.len() parameters of the types it was prepared with.
-        let code = unsafe {
-            catching(|| raw::execute_plan(plan, values.as_mut_ptr(), nulls.as_ptr(), effect == Effect::Reads, 0))
-        };
-        self.rows(code)
+        self.execute_plan(self::kept(kept, sql, types), args, effect)
     }
 
     /// Read the rows of the kept query in `kept` (as execute_kept() prepares it) through a
@@ -169,6 +242,61 @@ impl Connection {
         }
         // SAFETY: the portal opened above.
         unsafe { catching(|| raw::cursor_close(portal)) };
+    }
+
+    /// Run the query `plan` and add the rows it returns to `result` (the function's result
+    /// set); returns how many it added. Its columns must be those the function returns.
+    pub fn return_rows(&self, plan: Plan<'_>, args: &[Arg], result: &ResultSet) -> u64 {
+        let (values, nulls) = datums(args, plan.types);
+        // SAFETY: a parameter list of the plan's types (PARAM_FLAG_CONST: the values are fixed
+        // for the statement), a tuplestore receiver writing into the function's result in its
+        // memory context, and the plan with both, read-only with the caller's snapshot.
+        unsafe {
+            let params = pg_sys::makeParamList(values.len() as c_int);
+            let slots = (*params).params.as_mut_slice(values.len());
+            for (i, slot) in slots.iter_mut().enumerate() {
+                slot.value = values[i];
+                slot.isnull = nulls[i] == b'n' as c_char;
+                slot.pflags = pg_sys::PARAM_FLAG_CONST as u16;
+                slot.ptype = plan.types[i];
+            }
+            let receiver = pg_sys::CreateDestReceiver(pg_sys::CommandDest::DestTuplestore);
+            catching(|| {
+                raw::set_tuplestore_dest_receiver_params(
+                    receiver,
+                    result.store,
+                    result.context,
+                    false,
+                    result.desc,
+                    c"the query's columns do not match the function's result".as_ptr(),
+                )
+            });
+            let options = pg_sys::SPIExecuteOptions {
+                params,
+                read_only: true,
+                allow_nonatomic: false,
+                must_return_tuples: false,
+                tcount: 0,
+                dest: receiver,
+                owner: std::ptr::null_mut(),
+            };
+            let code = catching(|| raw::execute_plan_extended(plan.plan, &options));
+            if code < 0 {
+                raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("SPI failed to run a statement ({code})"), None);
+            }
+            ((*receiver).rDestroy.expect("a receiver can be destroyed"))(receiver);
+            pg_sys::SPI_processed
+        }
+    }
+
+    /// Run the query `plan` and return its rows.
+    pub fn execute_plan(&self, plan: Plan<'_>, args: &[Arg], effect: Effect) -> Rows<'_> {
+        let (mut values, nulls) = datums(args, plan.types);
+        // SAFETY: a kept plan with args.len() parameters of the types it was prepared with.
+        let code = unsafe {
+            catching(|| raw::execute_plan(plan.plan, values.as_mut_ptr(), nulls.as_ptr(), effect == Effect::Reads, 0))
+        };
+        self.rows(code)
     }
 
     /// Run a statement once (not kept: for rare paths, such as wording an error).
@@ -247,19 +375,24 @@ impl Rows<'_> {
 fn kept_plan(kept: &'static LocalKey<KeptPlan>, sql: impl FnOnce() -> String, types: &[pg_sys::Oid]) -> pg_sys::SPIPlanPtr {
     kept.with(|cell| {
         if cell.0.get().is_null() {
-            let text = statement_text(&sql());
-            let mut types = types.to_vec();
-            // SAFETY: a NUL-terminated statement and its parameter types.
-            let plan = unsafe { catching(|| raw::prepare(text.as_ptr(), types.len() as c_int, types.as_mut_ptr())) };
-            if plan.is_null() {
-                raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "SPI_prepare failed".into(), None);
-            }
-            // SAFETY: a plan just prepared; keeping it moves it out of this connection's memory.
-            unsafe { pg_sys::SPI_keepplan(plan) };
-            cell.0.set(plan);
+            cell.0.set(prepare_and_keep(&sql(), types));
         }
         cell.0.get()
     })
+}
+
+/// Prepare `sql` (parameters of `types`) and keep the plan for the backend's life.
+fn prepare_and_keep(sql: &str, types: &[pg_sys::Oid]) -> pg_sys::SPIPlanPtr {
+    let text = statement_text(sql);
+    let mut types = types.to_vec();
+    // SAFETY: a NUL-terminated statement and its parameter types.
+    let plan = unsafe { catching(|| raw::prepare(text.as_ptr(), types.len() as c_int, types.as_mut_ptr())) };
+    if plan.is_null() {
+        raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "SPI_prepare failed".into(), None);
+    }
+    // SAFETY: a plan just prepared; keeping it moves it out of this connection's memory.
+    unsafe { pg_sys::SPI_keepplan(plan) };
+    plan
 }
 
 fn statement_text(sql: &str) -> CString {
