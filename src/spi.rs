@@ -94,7 +94,12 @@ impl KeptPlan {
 /// Where a backend keeps plans of statements whose text is made per call from a few variants
 /// (e.g. one per embedding dimension, which the statement must name for its index to match):
 /// `thread_local! { static X: KeptPlans = KeptPlans::new(); }`. Each text is prepared once.
+/// At most KEPT_VARIANTS are kept: a caller cycling through thousands of variants (every
+/// dimension pgvector allows) must not grow the backend's memory without bound, so a full set
+/// is emptied and the plans in use are prepared again.
 pub struct KeptPlans(RefCell<HashMap<(String, Vec<pg_sys::Oid>), pg_sys::SPIPlanPtr>>);
+
+const KEPT_VARIANTS: usize = 64;
 
 impl KeptPlans {
     pub fn new() -> Self {
@@ -124,7 +129,14 @@ pub fn kept_for_text<'t>(plans: &'static LocalKey<KeptPlans>, sql: String, types
             return *plan;
         }
         let plan = prepare_and_keep(&key.0, types);
-        plans.0.borrow_mut().insert(key, plan);
+        let mut kept = plans.0.borrow_mut();
+        if kept.len() >= KEPT_VARIANTS {
+            for (_, old) in kept.drain() {
+                // SAFETY: a plan this set kept; it is not running (plans run after this returns).
+                unsafe { pg_sys::SPI_freeplan(old) };
+            }
+        }
+        kept.insert(key, plan);
         plan
     });
     Plan { plan, types }

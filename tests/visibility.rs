@@ -128,3 +128,99 @@ fn the_read_rule_is_inlined_and_the_indexes_drive_search_transcript_and_policy_p
     }
     assert!(problems.is_empty(), "{} problem(s):\n{}", problems.len(), problems.join("\n\n"));
 }
+
+/// The ids `sql` returns (its first column), as a set.
+fn ids(client: &mut Client, sql: &str) -> std::collections::BTreeSet<Uuid> {
+    client.query(sql, &[]).unwrap().iter().map(|r| r.get::<_, Uuid>(0)).collect()
+}
+
+#[test]
+fn every_search_shows_each_user_exactly_what_the_read_policy_shows() {
+    // alice: a session (6 messages) and a fork of it at message 3 (2 more), shared with bob; a
+    // free memory shared with carol. bob: a fork of the shared fork (2 messages). carol: a free
+    // memory of her own. A worker reads everything; dave, nothing.
+    let db = TestDb::new();
+    let mut alice = db.connect();
+    let (bob_role, bob) = db.extra_role("bob");
+    let (carol_role, carol) = db.extra_role("carol");
+    let (worker_role, _) = db.extra_role("worker");
+    db.grant("memoriesdb_worker", &worker_role);
+    let (dave_role, _) = db.extra_role("dave");
+    let session: Uuid = alice.query_one("SELECT create_session('harbour plans')", &[]).unwrap().get(0);
+    let mut third = None;
+    for i in 1..=6 {
+        let id: Uuid = alice
+            .query_one("SELECT add_message_to_session($1, 'user', 'harbour note ' || $2::int)", &[&session, &i])
+            .unwrap()
+            .get(0);
+        if i == 3 {
+            third = Some(id);
+        }
+    }
+    let fork: Uuid = alice
+        .query_one("SELECT fork_session($1, 'harbour fork', '{}', $2)", &[&session, &third.unwrap()])
+        .unwrap()
+        .get(0);
+    for i in 1..=2 {
+        alice.query_one("SELECT add_message_to_session($1, 'user', 'harbour fork note ' || $2::int)", &[&fork, &i]).unwrap();
+    }
+    alice.execute("SELECT share_memory($1, $2)", &[&fork, &bob]).unwrap();
+    let free: Uuid = alice.query_one("INSERT INTO memories (content) VALUES ('harbour free memory') RETURNING id", &[]).unwrap().get(0);
+    alice.execute("SELECT share_memory($1, $2)", &[&free, &carol]).unwrap();
+    let mut bob_client = db.connect_as(&bob_role);
+    let bobs_fork: Uuid = bob_client.query_one("SELECT fork_session($1, 'harbour bob fork')", &[&fork]).unwrap().get(0);
+    for i in 1..=2 {
+        bob_client
+            .query_one("SELECT add_message_to_session($1, 'user', 'harbour bob note ' || $2::int)", &[&bobs_fork, &i])
+            .unwrap();
+    }
+    let mut carol_client = db.connect_as(&carol_role);
+    carol_client.execute("INSERT INTO memories (content) VALUES ('harbour carol memory')", &[]).unwrap();
+    // every memory gets an embedding of 3 dimensions
+    db.admin()
+        .batch_execute(
+            "UPDATE memoriesdb.memories
+                SET content_embedding = ARRAY[1 + sin(length(content)), cos(length(content)), 0.5]::vector,
+                    embedding_model = 'test'",
+        )
+        .unwrap();
+
+    let query_vector = "'[1, 0.2, 0.5]'::vector";
+    let mut expected_counts = Vec::new();
+    let mut problems = Vec::new();
+    for (who, mut client) in [
+        ("alice", db.connect()),
+        ("bob", db.connect_as(&bob_role)),
+        ("carol", db.connect_as(&carol_role)),
+        ("a worker", db.connect_as(&worker_role)),
+        ("dave", db.connect_as(&dave_role)),
+    ] {
+        // what the memories_read policy lets the user read directly
+        let by_policy = ids(&mut client, "SELECT id FROM memories WHERE search_tsv @@ websearch_to_tsquery('english', 'harbour')");
+        let with_embedding = ids(&mut client, "SELECT id FROM memories WHERE content_embedding IS NOT NULL");
+        let text = ids(&mut client, "SELECT id FROM search_memories('harbour', lim => 10000)");
+        let vector = ids(&mut client, &format!("SELECT id FROM vector_search({query_vector}, -1, 10000)"));
+        let hybrid = ids(&mut client, &format!("SELECT id FROM hybrid_search('harbour', {query_vector}, lim => 10000, candidates => 10000)"));
+        if text != by_policy {
+            problems.push(format!("{who}: search_memories found {} memories, the policy shows {}", text.len(), by_policy.len()));
+        }
+        if vector != with_embedding {
+            problems.push(format!("{who}: vector_search found {}, the policy shows {}", vector.len(), with_embedding.len()));
+        }
+        if hybrid != by_policy.union(&with_embedding).cloned().collect() {
+            problems.push(format!("{who}: hybrid_search found {}", hybrid.len()));
+        }
+        expected_counts.push((who, by_policy.len()));
+    }
+    // bob, in the branch he was shared: search and transcript agree with the policy too
+    let transcript = ids(&mut bob_client, &format!("SELECT message_id FROM get_formatted_conversation('{fork}')"));
+    let in_branch = ids(&mut bob_client, &format!("SELECT id FROM search_memories('harbour note', '{fork}', lim => 10000)"));
+    if transcript.len() != 5 || !in_branch.is_subset(&transcript) || in_branch.len() != 5 {
+        problems.push(format!("bob in the shared fork: transcript {}, search {} (both should be 5)", transcript.len(), in_branch.len()));
+    }
+    // and the rule decides something: dave sees nothing, a worker everything, the others less
+    assert_eq!(expected_counts[4], ("dave", 0), "{expected_counts:?}");
+    let counts: std::collections::BTreeMap<_, _> = expected_counts.into_iter().collect();
+    assert!(counts["a worker"] > counts["alice"] && counts["alice"] > counts["bob"] && counts["bob"] > counts["carol"], "{counts:?}");
+    assert!(problems.is_empty(), "{} problem(s):\n{}", problems.len(), problems.join("\n"));
+}
