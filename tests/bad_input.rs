@@ -203,6 +203,21 @@ fn cases() -> Vec<Case> {
         fails("UPDATE memories SET content_embedding = '[1,NaN,3]' WHERE id = '{a}'", &["22000"]),
         accepted("SELECT * FROM vector_search('[1,2]', -1)", "SELECT count(*) = 0 FROM vector_search('[1,2]', -1)"),
         accepted("SELECT * FROM hybrid_search('node', '[1,2,3,4]')", "SELECT count(*) = 3 AND bool_and(vector_rank IS NULL) FROM hybrid_search('node', '[1,2,3,4]')"),
+        // ---- text queries and configurations
+        fails("SELECT * FROM search_memories(repeat('-', 40) || 'x')", &["22023"]),
+        fails("SELECT * FROM hybrid_search(repeat('-', 40) || 'x', '[1,2,3]')", &["22023"]),
+        fails("SELECT * FROM search_memories(repeat('x', 10001))", &["22023"]),
+        fails("SELECT * FROM search_memories('x', config => 0)", &["22023"]),
+        fails("SELECT * FROM search_memories(NULL)", &["22004"]),
+        accepted("SELECT * FROM search_memories(repeat('é', 10000))", "SELECT count(*) = 0 FROM search_memories(repeat('é', 10000))"),
+        // a set-returning function called in the select list
+        accepted("SELECT search_memories('node')", "SELECT count(*) = 3 FROM (SELECT search_memories('node')) x"),
+        // a statement per embedding dimension is kept, at most 64 of them: 100 dimensions in
+        // one session empty the set and prepare again, with the same answers
+        accepted(
+            "SELECT count(*) FROM (SELECT vector_search(array_fill(1::real, ARRAY[d])::vector, -1) FROM generate_series(1, 100) d) x",
+            "SELECT count(*) = 1 FROM (SELECT vector_search(array_fill(1::real, ARRAY[d])::vector, -1) FROM generate_series(1, 100) d) x",
+        ),
         // ---- thresholds
         fails("SELECT * FROM vector_search('[1,2,3]', 1.5)", &["22023"]),
         fails("SELECT * FROM vector_search('[1,2,3]', -1.5)", &["22023"]),
