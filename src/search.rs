@@ -21,7 +21,7 @@ use crate::errors::{attempt, raise};
 use crate::fmgr::raw_arg;
 use crate::identity;
 use crate::policies::{memories_read_rule, MemoryColumns};
-use crate::spi::{self, arg, Arg, Effect, KeptPlan, KeptPlans, ResultSet};
+use crate::spi::{self, arg, Arg, Effect, KeptPlan, KeptPlans, PlanChoice, ResultSet};
 use pgrx::pg_sys;
 use pgrx::pg_sys::{
     BOOLOID as BOOL, FLOAT8OID as FLOAT8, INT4OID as INT4, JSONBOID as JSONB, REGCONFIGOID as REGCONFIG, TEXTOID as TEXT,
@@ -106,12 +106,19 @@ fn searchable_text(content: &str) -> &str {
 // ---------------------------------------------------------------------------------------------
 
 thread_local! {
-    static TEXT_SEARCH: KeptPlan = const { KeptPlan::new() };
+    // Searches of everything: generic plans, which the GIN or HNSW index drives whatever the
+    // values (for a role that reads everything, a plan for the values folds the read rule away,
+    // so PostgreSQL would plan the statement anew on every call: see PlanChoice::Generic).
+    // Searches in a session: plans for the values, so that the planner can weigh reading the
+    // branch's B-tree ranges against the GIN index for the actual query.
+    static TEXT_SEARCH: KeptPlan = const { KeptPlan::generic() };
     static TEXT_SEARCH_IN_SESSION: KeptPlan = const { KeptPlan::new() };
     static SESSION_LISTED: KeptPlan = const { KeptPlan::new() };
     static SEARCH_CONFIG_EXISTS: KeptPlan = const { KeptPlan::new() };
-    /// vector and hybrid statements, by text (dimension, pgvector's schema) and parameter types
-    static VECTOR_PLANS: KeptPlans = KeptPlans::new();
+    /// vector and hybrid statements, by text (dimension, pgvector's schema) and parameter types:
+    /// of everything, and in a session
+    static VECTOR_PLANS: KeptPlans = KeptPlans::new(PlanChoice::Generic);
+    static VECTOR_PLANS_IN_SESSION: KeptPlans = KeptPlans::new(PlanChoice::Adaptive);
     /// (pgvector's vector type, the schema it lives in as SQL names it), learnt once per backend
     static VECTOR_SCHEMA: RefCell<Option<(pg_sys::Oid, String)>> = const { RefCell::new(None) };
 }
@@ -507,7 +514,7 @@ unsafe fn vector_search(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
                 "$6"
             )
         );
-        let plan = spi::kept_for_text(&VECTOR_PLANS, sql, &types);
+        let plan = spi::kept_for_text(if session.is_some() { &VECTOR_PLANS_IN_SESSION } else { &VECTOR_PLANS }, sql, &types);
         spi.return_rows(
             plan,
             &[caller.me, arg(caller.reads_all), session, kind, metadata, arg(n), None, None, embedding, arg(min_similarity), None, None, None, None],
@@ -584,7 +591,7 @@ unsafe fn hybrid_search(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
             text_ranking = text_ranking(in_session, "$11"),
             vector_ranking = vector_ranking(&vector_schema, (!in_session).then_some(dimensions), "m.id", "$11"),
         );
-        let plan = spi::kept_for_text(&VECTOR_PLANS, sql, &types);
+        let plan = spi::kept_for_text(if session.is_some() { &VECTOR_PLANS_IN_SESSION } else { &VECTOR_PLANS }, sql, &types);
         spi.return_rows(
             plan,
             &[

@@ -5,7 +5,7 @@
 //! function calling four others (argument checks and the position taker), each a SQL-level call
 //! with a pinned search_path, so that half of an append was function-call overhead (see
 //! BENCHMARKS.md). Here the arguments are checked in Rust, the position is taken and the message
-//! inserted through two plans kept per backend (spi.rs), and the text and jsonb arguments are
+//! inserted in one statement kept per backend (spi.rs), and the text and jsonb arguments are
 //! handed to the INSERT as PostgreSQL passed them: nothing is converted to Rust values and back.
 //!
 //! It runs as the extension owner (SECURITY DEFINER), like the other conversation writers, and
@@ -31,7 +31,7 @@ use pgrx::prelude::*;
 
 thread_local! {
     static TAKE_POSITIONS: KeptPlan = const { KeptPlan::new() };
-    static INSERT_MESSAGE: KeptPlan = const { KeptPlan::new() };
+    static APPEND_MESSAGE: KeptPlan = const { KeptPlan::new() };
     static INSERT_SESSION: KeptPlan = const { KeptPlan::new() };
     static REGISTER_SESSION: KeptPlan = const { KeptPlan::new() };
     static FORK_PARENT: KeptPlan = const { KeptPlan::new() };
@@ -40,26 +40,31 @@ thread_local! {
     static INSERT_MESSAGES: KeptPlan = const { KeptPlan::new() };
 }
 
-/// Take the next `how_many` positions of `session` for new messages if the acting user may add
-/// to it (owner, or a share with can_write; roles that bypass row-level security always may).
-/// Returns the last of them, or None when the caller may not (or there is no such session).
-/// The row lock this takes orders concurrent appends to one session.
+/// The UPDATE that takes the next `$2` positions of session `$1` for new messages if the acting
+/// user `$4` may add to it (owner, or a share with can_write; `$3`: roles that bypass row-level
+/// security always may), returning the last of them; nothing when the caller may not (or there
+/// is no such session). The row lock it takes orders concurrent appends to one session; the
+/// write rule is in the same statement, so check and lock are one.
+fn take_positions_sql() -> String {
+    format!(
+        "UPDATE {SCHEMA}.memory_sessions s SET last_position = s.last_position OPERATOR(pg_catalog.+) $2
+          WHERE s.id OPERATOR(pg_catalog.=) $1
+            AND ($3 OR s.owner_id OPERATOR(pg_catalog.=) $4
+                 OR EXISTS (SELECT 1 FROM {SCHEMA}.memory_shares g
+                             WHERE g.memory_id OPERATOR(pg_catalog.=) s.id
+                               AND g.grantee OPERATOR(pg_catalog.=) $4 AND g.can_write))
+         RETURNING s.last_position"
+    )
+}
+
+/// Take the next `how_many` positions of `session` (take_positions_sql()); returns the last of
+/// them, or None when the caller may not add to it.
 fn take_positions(spi: &Connection, session: Arg, how_many: i64) -> Option<i64> {
     let me = identity::current_memory_user();
     let unrestricted = identity::acting_role_bypasses_rls();
     let taken = spi.execute_kept(
         &TAKE_POSITIONS,
-        || {
-            format!(
-                "UPDATE {SCHEMA}.memory_sessions s SET last_position = s.last_position OPERATOR(pg_catalog.+) $2
-                  WHERE s.id OPERATOR(pg_catalog.=) $1
-                    AND ($3 OR s.owner_id OPERATOR(pg_catalog.=) $4
-                         OR EXISTS (SELECT 1 FROM {SCHEMA}.memory_shares g
-                                     WHERE g.memory_id OPERATOR(pg_catalog.=) s.id
-                                       AND g.grantee OPERATOR(pg_catalog.=) $4 AND g.can_write))
-                 RETURNING s.last_position"
-            )
-        },
+        take_positions_sql,
         &[UUID, INT8, BOOL, UUID],
         &[session, arg(how_many), arg(unrestricted), arg(me)],
         Effect::Writes,
@@ -149,22 +154,30 @@ unsafe fn add_message_to_session(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Da
         raise(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, "content must not be NULL".into(), None)
     }
     let id = crate::ids::new_v7();
+    let me = identity::current_memory_user();
+    let unrestricted = identity::acting_role_bypasses_rls();
     spi::connect(|spi| {
-        let Some(position) = take_positions(spi, Some(session), 1) else { refuse_session_write(spi, Some(session)) };
-        // the id is made here rather than by RETURNING, which would also check the new row
-        // against the memories read policy
-        spi.execute_kept(
-            &INSERT_MESSAGE,
+        // the position taken and the message inserted in one statement (one executor run, not
+        // two); no row inserted means the caller may not add to the session. The id is made here
+        // rather than by RETURNING, which would also check the new row against the read policy.
+        let inserted = spi.execute_kept(
+            &APPEND_MESSAGE,
             || {
                 format!(
-                    "INSERT INTO {SCHEMA}.memories (id, kind, content, _metadata, session_id, position, role)
-                     VALUES ($1, 'message', $2, COALESCE($3, '{{}}'::pg_catalog.jsonb), $4, $5, $6)"
+                    "WITH taken AS ({take_positions})
+                     INSERT INTO {SCHEMA}.memories (id, kind, content, _metadata, session_id, position, role)
+                     SELECT $5, 'message', $6, COALESCE($7, '{{}}'::pg_catalog.jsonb), $1, taken.last_position, $8
+                       FROM taken",
+                    take_positions = take_positions_sql()
                 )
             },
-            &[UUID, TEXT, JSONB, UUID, INT8, TEXT],
-            &[arg(id), content, metadata, Some(session), arg(position), role],
+            &[UUID, INT8, BOOL, UUID, UUID, TEXT, JSONB, TEXT],
+            &[Some(session), arg(1i64), arg(unrestricted), arg(me), arg(id), content, metadata, role],
             Effect::Writes,
         );
+        if inserted.count() == 0 {
+            refuse_session_write(spi, Some(session))
+        }
     });
     id.into_datum().expect("a uuid is never NULL")
 }

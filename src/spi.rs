@@ -37,8 +37,8 @@ mod raw {
         pub fn connect() -> c_int;
         #[link_name = "SPI_finish"]
         pub fn finish() -> c_int;
-        #[link_name = "SPI_prepare"]
-        pub fn prepare(src: *const c_char, nargs: c_int, argtypes: *mut Oid) -> SPIPlanPtr;
+        #[link_name = "SPI_prepare_cursor"]
+        pub fn prepare(src: *const c_char, nargs: c_int, argtypes: *mut Oid, options: c_int) -> SPIPlanPtr;
         #[link_name = "SPI_execute_plan"]
         pub fn execute_plan(plan: SPIPlanPtr, values: *mut Datum, nulls: *const c_char, read_only: bool, tcount: c_long) -> c_int;
         #[link_name = "SPI_cursor_open"]
@@ -74,11 +74,29 @@ mod raw {
 }
 
 /// Where a backend keeps one plan: `thread_local! { static X: KeptPlan = const { KeptPlan::new() }; }`
-pub struct KeptPlan(Cell<pg_sys::SPIPlanPtr>);
+pub struct KeptPlan(Cell<pg_sys::SPIPlanPtr>, PlanChoice);
+
+/// How PostgreSQL plans a kept statement for its parameters.
+#[derive(Clone, Copy)]
+pub enum PlanChoice {
+    /// PostgreSQL's own choice: a plan for each call's values at first, then one generic plan if
+    /// that is not estimated to cost more.
+    Adaptive,
+    /// One generic plan, always. For statements whose parameters let a plan for the values fold
+    /// away most of the statement for some callers (e.g. the read rule for a role that reads
+    /// everything): PostgreSQL would then never stop planning the statement anew for each call,
+    /// which costs more than running it.
+    Generic,
+}
 
 impl KeptPlan {
     pub const fn new() -> Self {
-        KeptPlan(Cell::new(std::ptr::null_mut()))
+        KeptPlan(Cell::new(std::ptr::null_mut()), PlanChoice::Adaptive)
+    }
+
+    /// A kept plan that is always the generic one (`PlanChoice::Generic`).
+    pub const fn generic() -> Self {
+        KeptPlan(Cell::new(std::ptr::null_mut()), PlanChoice::Generic)
     }
 
     /// Drop the plan (e.g. its parameter types no longer exist); the next use prepares it again.
@@ -97,13 +115,13 @@ impl KeptPlan {
 /// At most KEPT_VARIANTS are kept: a caller cycling through thousands of variants (every
 /// dimension pgvector allows) must not grow the backend's memory without bound, so a full set
 /// is emptied and the plans in use are prepared again.
-pub struct KeptPlans(RefCell<HashMap<(String, Vec<pg_sys::Oid>), pg_sys::SPIPlanPtr>>);
+pub struct KeptPlans(RefCell<HashMap<(String, Vec<pg_sys::Oid>), pg_sys::SPIPlanPtr>>, PlanChoice);
 
 const KEPT_VARIANTS: usize = 64;
 
 impl KeptPlans {
-    pub fn new() -> Self {
-        KeptPlans(RefCell::new(HashMap::new()))
+    pub fn new(choice: PlanChoice) -> Self {
+        KeptPlans(RefCell::new(HashMap::new()), choice)
     }
 }
 
@@ -128,7 +146,7 @@ pub fn kept_for_text<'t>(plans: &'static LocalKey<KeptPlans>, sql: String, types
         if let Some(plan) = plans.0.borrow().get(&key) {
             return *plan;
         }
-        let plan = prepare_and_keep(&key.0, types);
+        let plan = prepare_and_keep(&key.0, types, plans.1);
         let mut kept = plans.0.borrow_mut();
         if kept.len() >= KEPT_VARIANTS {
             for (_, old) in kept.drain() {
@@ -387,18 +405,22 @@ impl Rows<'_> {
 fn kept_plan(kept: &'static LocalKey<KeptPlan>, sql: impl FnOnce() -> String, types: &[pg_sys::Oid]) -> pg_sys::SPIPlanPtr {
     kept.with(|cell| {
         if cell.0.get().is_null() {
-            cell.0.set(prepare_and_keep(&sql(), types));
+            cell.0.set(prepare_and_keep(&sql(), types, cell.1));
         }
         cell.0.get()
     })
 }
 
 /// Prepare `sql` (parameters of `types`) and keep the plan for the backend's life.
-fn prepare_and_keep(sql: &str, types: &[pg_sys::Oid]) -> pg_sys::SPIPlanPtr {
+fn prepare_and_keep(sql: &str, types: &[pg_sys::Oid], choice: PlanChoice) -> pg_sys::SPIPlanPtr {
     let text = statement_text(sql);
     let mut types = types.to_vec();
+    let options = match choice {
+        PlanChoice::Adaptive => 0,
+        PlanChoice::Generic => pg_sys::CURSOR_OPT_GENERIC_PLAN as c_int,
+    };
     // SAFETY: a NUL-terminated statement and its parameter types.
-    let plan = unsafe { catching(|| raw::prepare(text.as_ptr(), types.len() as c_int, types.as_mut_ptr())) };
+    let plan = unsafe { catching(|| raw::prepare(text.as_ptr(), types.len() as c_int, types.as_mut_ptr(), options)) };
     if plan.is_null() {
         raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "SPI_prepare failed".into(), None);
     }
