@@ -503,18 +503,22 @@ unsafe fn vector_search(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
         // ordering by distance and then cutting at the threshold returns exactly the top rows
         // above it, because similarity falls monotonically along that order; NaN similarities
         // (stored embeddings written directly can give them) are left out
-        let sql = format!(
-            "SELECT * FROM ({ranking}) hits
-              WHERE hits.sim OPERATOR(pg_catalog.>=) $10 AND hits.sim OPERATOR(pg_catalog.<>) 'NaN'::pg_catalog.float8
-              ORDER BY hits.sim DESC, hits.id",
-            ranking = vector_ranking(
-                &vector_schema,
-                session.is_none().then_some(dimensions),
-                "m.id, m.content, m.kind, m.role, m.session_id, m.position",
-                "$6"
+        let sql = || {
+            format!(
+                "SELECT * FROM ({ranking}) hits
+                  WHERE hits.sim OPERATOR(pg_catalog.>=) $10 AND hits.sim OPERATOR(pg_catalog.<>) 'NaN'::pg_catalog.float8
+                  ORDER BY hits.sim DESC, hits.id",
+                ranking = vector_ranking(
+                    &vector_schema,
+                    session.is_none().then_some(dimensions),
+                    "m.id, m.content, m.kind, m.role, m.session_id, m.position",
+                    "$6"
+                )
             )
-        );
-        let plan = spi::kept_for_text(if session.is_some() { &VECTOR_PLANS_IN_SESSION } else { &VECTOR_PLANS }, sql, &types);
+        };
+        let variant = format!("vector_search {} {vector_schema}", session.map_or(dimensions, |_| 0));
+        let plans = if session.is_some() { &VECTOR_PLANS_IN_SESSION } else { &VECTOR_PLANS };
+        let plan = spi::kept_variant(plans, variant, sql, &types);
         spi.return_rows(
             plan,
             &[caller.me, arg(caller.reads_all), session, kind, metadata, arg(n), None, None, embedding, arg(min_similarity), None, None, None, None],
@@ -568,30 +572,34 @@ unsafe fn hybrid_search(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
         let in_session = session.is_some();
         let types = all_parameter_types(vector);
         // (a query without searchable words is passed as NULL: it matches nothing, at no cost)
-        let sql = format!(
-            "WITH text_hits AS ({text_ranking}),
-                  text_ranked AS (
-                    SELECT t.id, t.r, pg_catalog.row_number() OVER (ORDER BY t.r DESC, t.id) AS text_rank FROM text_hits t),
-                  vector_hits AS ({vector_ranking}),
-                  vector_ranked AS (
-                    SELECT v.id, v.sim, pg_catalog.row_number() OVER (ORDER BY v.sim DESC, v.id) AS vector_rank
-                      FROM vector_hits v WHERE v.sim OPERATOR(pg_catalog.<>) 'NaN'::pg_catalog.float8),
-                  fused AS (
-                    SELECT coalesce(t.id, v.id) AS id,
-                           coalesce($12 OPERATOR(pg_catalog./) ($14 OPERATOR(pg_catalog.+) t.text_rank)::pg_catalog.float8, 0)
-                             OPERATOR(pg_catalog.+)
-                           coalesce($13 OPERATOR(pg_catalog./) ($14 OPERATOR(pg_catalog.+) v.vector_rank)::pg_catalog.float8, 0) AS score,
-                           t.text_rank, t.r, v.vector_rank, v.sim
-                      FROM text_ranked t FULL OUTER JOIN vector_ranked v ON v.id OPERATOR(pg_catalog.=) t.id
-                     ORDER BY score DESC, id
-                     LIMIT $6)
-             SELECT f.id, m.content, m.kind, m.role, m.session_id, m.position, f.score, f.text_rank, f.r, f.vector_rank, f.sim
-               FROM fused f JOIN {SCHEMA}.memories m ON m.id OPERATOR(pg_catalog.=) f.id
-              ORDER BY f.score DESC, f.id",
-            text_ranking = text_ranking(in_session, "$11"),
-            vector_ranking = vector_ranking(&vector_schema, (!in_session).then_some(dimensions), "m.id", "$11"),
-        );
-        let plan = spi::kept_for_text(if session.is_some() { &VECTOR_PLANS_IN_SESSION } else { &VECTOR_PLANS }, sql, &types);
+        let sql = || {
+            format!(
+                "WITH text_hits AS ({text_ranking}),
+                      text_ranked AS (
+                        SELECT t.id, t.r, pg_catalog.row_number() OVER (ORDER BY t.r DESC, t.id) AS text_rank FROM text_hits t),
+                      vector_hits AS ({vector_ranking}),
+                      vector_ranked AS (
+                        SELECT v.id, v.sim, pg_catalog.row_number() OVER (ORDER BY v.sim DESC, v.id) AS vector_rank
+                          FROM vector_hits v WHERE v.sim OPERATOR(pg_catalog.<>) 'NaN'::pg_catalog.float8),
+                      fused AS (
+                        SELECT coalesce(t.id, v.id) AS id,
+                               coalesce($12 OPERATOR(pg_catalog./) ($14 OPERATOR(pg_catalog.+) t.text_rank)::pg_catalog.float8, 0)
+                                 OPERATOR(pg_catalog.+)
+                               coalesce($13 OPERATOR(pg_catalog./) ($14 OPERATOR(pg_catalog.+) v.vector_rank)::pg_catalog.float8, 0) AS score,
+                               t.text_rank, t.r, v.vector_rank, v.sim
+                          FROM text_ranked t FULL OUTER JOIN vector_ranked v ON v.id OPERATOR(pg_catalog.=) t.id
+                         ORDER BY score DESC, id
+                         LIMIT $6)
+                 SELECT f.id, m.content, m.kind, m.role, m.session_id, m.position, f.score, f.text_rank, f.r, f.vector_rank, f.sim
+                   FROM fused f JOIN {SCHEMA}.memories m ON m.id OPERATOR(pg_catalog.=) f.id
+                  ORDER BY f.score DESC, f.id",
+                text_ranking = text_ranking(in_session, "$11"),
+                vector_ranking = vector_ranking(&vector_schema, (!in_session).then_some(dimensions), "m.id", "$11"),
+            )
+        };
+        let variant = format!("hybrid_search {} {vector_schema}", session.map_or(dimensions, |_| 0));
+        let plans = if session.is_some() { &VECTOR_PLANS_IN_SESSION } else { &VECTOR_PLANS };
+        let plan = spi::kept_variant(plans, variant, sql, &types);
         spi.return_rows(
             plan,
             &[

@@ -109,8 +109,8 @@ impl KeptPlan {
     }
 }
 
-/// Where a backend keeps plans of statements whose text is made per call from a few variants
-/// (e.g. one per embedding dimension, which the statement must name for its index to match):
+/// Where a backend keeps plans of statements made in a few variants (e.g. one per embedding
+/// dimension, which the statement must name for its index to match), by variant:
 /// `thread_local! { static X: KeptPlans = KeptPlans::new(); }`. Each text is prepared once.
 /// At most KEPT_VARIANTS are kept: a caller cycling through thousands of variants (every
 /// dimension pgvector allows) must not grow the backend's memory without bound, so a full set
@@ -139,14 +139,21 @@ pub fn kept<'t>(kept: &'static LocalKey<KeptPlan>, sql: impl FnOnce() -> String,
     Plan { plan: kept_plan(kept, sql, types), types }
 }
 
-/// The plan of `sql` (parameters of `types`) kept in `plans`, prepared on its first use.
-pub fn kept_for_text<'t>(plans: &'static LocalKey<KeptPlans>, sql: String, types: &'t [pg_sys::Oid]) -> Plan<'t> {
+/// The plan of the statement variant `variant` (its text made by `sql` on first use, parameters
+/// of `types`) kept in `plans`. `variant` names everything the text depends on, e.g.
+/// "vector_search 384 public": shorter to build and hash on every call than the text.
+pub fn kept_variant<'t>(
+    plans: &'static LocalKey<KeptPlans>,
+    variant: String,
+    sql: impl FnOnce() -> String,
+    types: &'t [pg_sys::Oid],
+) -> Plan<'t> {
     let plan = plans.with(|plans| {
-        let key = (sql, types.to_vec());
+        let key = (variant, types.to_vec());
         if let Some(plan) = plans.0.borrow().get(&key) {
             return *plan;
         }
-        let plan = prepare_and_keep(&key.0, types, plans.1);
+        let plan = prepare_and_keep(&sql(), types, plans.1);
         let mut kept = plans.0.borrow_mut();
         if kept.len() >= KEPT_VARIANTS {
             for (_, old) in kept.drain() {
