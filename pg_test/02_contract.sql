@@ -127,11 +127,12 @@ SELECT set_eq(
         FROM information_schema.triggers
        WHERE event_object_schema = (SELECT extnamespace::regnamespace::text FROM pg_extension WHERE extname = 'memoriesdb')
          AND event_object_table IN ('memories', 'memory_edges', 'audit_log')
-         AND trigger_name IN ('memories_10_derive_fields', 'memories_50_audit', 'memory_edges_10_prevent_cycles',
+         AND trigger_name IN ('memories_10_derive_fields', 'memories_50_audit', 'memories_70_inserted',
+                              'memory_edges_10_prevent_cycles',
                               'memory_edges_50_audit', 'audit_log_append_only')$$,
     $$VALUES ('memories', 'memories_10_derive_fields', 'BEFORE', 'INSERT', 'ROW'),
              ('memories', 'memories_10_derive_fields', 'BEFORE', 'UPDATE', 'ROW'),
-             ('memories', 'memories_50_audit', 'AFTER', 'INSERT', 'ROW'),
+             ('memories', 'memories_70_inserted', 'AFTER', 'INSERT', 'STATEMENT'),
              ('memories', 'memories_50_audit', 'AFTER', 'UPDATE', 'ROW'),
              ('memories', 'memories_50_audit', 'AFTER', 'DELETE', 'ROW'),
              ('memory_edges', 'memory_edges_10_prevent_cycles', 'BEFORE', 'INSERT', 'ROW'),
@@ -141,7 +142,8 @@ SELECT set_eq(
              ('memory_edges', 'memory_edges_50_audit', 'AFTER', 'DELETE', 'ROW'),
              ('audit_log', 'audit_log_append_only', 'BEFORE', 'UPDATE', 'STATEMENT'),
              ('audit_log', 'audit_log_append_only', 'BEFORE', 'DELETE', 'STATEMENT')$$,
-    'hash and cycle checks run BEFORE each row write, the audit AFTER each insert/update/delete');
+    'hash and cycle checks run BEFORE each row write, the audit AFTER each insert (for memories: once per '
+    'statement, over its new rows), update and delete');
 SELECT ok((SELECT tgtype & 32 <> 0 FROM pg_trigger WHERE tgrelid = 'audit_log'::regclass AND tgname = 'audit_log_append_only'),
           'audit_log_append_only also fires on TRUNCATE');
 SELECT is_definer('log_memory_change', ARRAY[]::name[],

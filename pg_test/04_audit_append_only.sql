@@ -3,7 +3,8 @@
 --
 -- Two layers keep audit_log append-only:
 --   1. privileges: memoriesdb_user gets SELECT only; rows are written solely by the SECURITY DEFINER trigger
---      function log_memory_change(), so nobody needs (or gets) INSERT, UPDATE, DELETE or TRUNCATE;
+--      functions log_memory_change() and memories_inserted() (new memories), so nobody needs (or gets)
+--      INSERT, UPDATE, DELETE or TRUNCATE;
 --   2. the audit_log_append_only triggers, which refuse UPDATE, DELETE and TRUNCATE even to a role
 --      that was granted those privileges (or owns the table).
 -- Superusers pass the triggers on purpose: that is the intended trust boundary. A superuser can

@@ -55,7 +55,9 @@ BEGIN
 END
 $$;
 
-CREATE TRIGGER memories_50_audit AFTER INSERT OR UPDATE OR DELETE ON @extschema@.memories
+-- (a new memory's audit row is written by memories_inserted(), once per INSERT statement, with
+-- its queue rows: see sql/events.sql)
+CREATE TRIGGER memories_50_audit AFTER UPDATE OR DELETE ON @extschema@.memories
     FOR EACH ROW EXECUTE FUNCTION @extschema@.log_memory_change();
 CREATE TRIGGER memory_edges_50_audit AFTER INSERT OR UPDATE OR DELETE ON @extschema@.memory_edges
     FOR EACH ROW EXECUTE FUNCTION @extschema@.log_memory_change();

@@ -223,3 +223,10 @@ BEGIN
 END
 $$;
 REVOKE ALL ON FUNCTION @extschema@.memory_visible_to(uuid, uuid, uuid, bigint, uuid) FROM PUBLIC;
+
+-- A new memory's audit row is written with its queue rows by memories_inserted(), once per
+-- INSERT statement (one statement instead of one per row); the row trigger keeps UPDATE and
+-- DELETE.
+DROP TRIGGER memories_50_audit ON @extschema@.memories;
+CREATE TRIGGER memories_50_audit AFTER UPDATE OR DELETE ON @extschema@.memories
+    FOR EACH ROW EXECUTE FUNCTION @extschema@.log_memory_change();

@@ -14,7 +14,8 @@
 //! This replaced three triggers (a Rust hash trigger and two PL/pgSQL ones with pinned
 //! search_paths): one call per row, one tuple copy for all changed fields, no SQL.
 //!
-//! `log_memory_change()` (AFTER INSERT OR UPDATE OR DELETE, per row) writes the audit row: the
+//! `log_memory_change()` (AFTER UPDATE OR DELETE on memories, AFTER INSERT OR UPDATE OR DELETE
+//! on memory_edges, per row) writes the audit row: the
 //! row's state before and after as jsonb (without the derived search_tsv), the acting user (as
 //! derive_row_fields() stamped it into the row), the user the change concerns (the row's
 //! owner), the role and the transaction. It runs as the extension owner (SECURITY DEFINER):
@@ -22,8 +23,10 @@
 //! plan kept per backend; its jsonb is made by PostgreSQL's to_jsonb(), as before.
 //!
 //! `memories_inserted()` (AFTER INSERT, once per statement, over the statement's new rows)
-//! queues the new memories with content for embedding and sends the change events, in one pass
-//! over the transition table: no query over it, one INSERT of the queue rows, one outbox row.
+//! writes the new memories' audit rows (the same rows log_memory_change() would write, in the
+//! order the memories were inserted), queues those with content for embedding and sends the
+//! change events, in one pass over the transition table: no query over it, one statement for
+//! the audit and queue rows, one outbox row.
 //!   events: each message gets one on its session's channel chat_updates_<session id without
 //!   dashes> and one on memoriesdb_events; new sessions are announced on memoriesdb_events; a
 //!   statement inserting more than 100 messages sends one summary per session instead; embedding
@@ -260,8 +263,12 @@ crate::fmgr::guarded_trigger_entry!(
 );
 
 thread_local! {
-    static QUEUE_NEW_MEMORIES: KeptPlan = const { KeptPlan::new() };
+    static AUDIT_AND_QUEUE_NEW_MEMORIES: KeptPlan = const { KeptPlan::new() };
+    static NEW_MEMORIES_ROWTYPE: Cell<pg_sys::Oid> = const { Cell::new(pg_sys::InvalidOid) };
 }
+
+/// Audit rows written by one statement of memories_inserted().
+const AUDIT_ROWS_PER_STATEMENT: usize = 1000;
 
 /// A statement with more than this many messages sends one summary per session.
 const EVENTS_PER_MESSAGE_UP_TO: usize = 100;
@@ -376,7 +383,7 @@ fn global_events() -> bool {
 
 unsafe fn memories_inserted(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
     // SAFETY: the guarded entry point checked that PostgreSQL called this as a trigger.
-    let (memories, queue_ids, queue_hashes) = unsafe {
+    let (memories, rows, rowtype, queue) = unsafe {
         let trigger = (*fcinfo).context.cast::<pg_sys::TriggerData>();
         let event = (*trigger).tg_event;
         let store = (*trigger).tg_newtable;
@@ -391,9 +398,13 @@ unsafe fn memories_inserted(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
             );
         }
         let desc = (*(*trigger).tg_relation).rd_att;
+        let rowtype = (*(*(*trigger).tg_relation).rd_rel).reltype;
         let slot = pg_sys::MakeSingleTupleTableSlot(desc, &pg_sys::TTSOpsMinimalTuple);
         let mut memories = Vec::new();
-        let (mut queue_ids, mut queue_hashes) = (Vec::new(), Vec::new());
+        // each new row whole, as a composite datum, for its audit row
+        let mut rows = Vec::new();
+        // (row number, id, content hash) of the new memories with content, to embed
+        let mut queue: Vec<(usize, pgrx::Uuid, Option<String>)> = Vec::new();
         pg_sys::tuplestore_rescan(store);
         while pg_sys::tuplestore_gettupleslot(store, true, false, slot) {
             let mut should_free = false;
@@ -402,9 +413,9 @@ unsafe fn memories_inserted(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
             let text = |name: &CStr| value(name).map(|d| String::from_utf8_lossy(text_bytes(d)).into_owned());
             let id = uuid_value(value(c"id")).expect("memories.id is NOT NULL");
             if value(c"content").is_some_and(|d| !text_bytes(d).is_empty()) {
-                queue_ids.push(id);
-                queue_hashes.push(text(c"content_hash"));
+                queue.push((rows.len(), id, text(c"content_hash")));
             }
+            rows.push(pg_sys::heap_copy_tuple_as_datum(tuple, desc));
             memories.push(NewMemory {
                 id,
                 kind: text(c"kind").unwrap_or_default(),
@@ -418,27 +429,66 @@ unsafe fn memories_inserted(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
             }
         }
         pg_sys::ExecDropSingleTupleTableSlot(slot);
-        (memories, queue_ids, queue_hashes)
+        (memories, rows, rowtype, queue)
     };
 
-    let queued = !queue_ids.is_empty();
-    if queued {
-        spi::connect(|spi| {
+    // The audit rows of the new memories (in the order they were inserted) and their queue rows,
+    // one statement per 1,000 rows (so that no array of rows grows without bound): the same audit
+    // row log_memory_change() writes for an UPDATE or DELETE, its jsonb made by to_jsonb() from
+    // the row as it was stored.
+    // a table re-created (DROP and CREATE EXTENSION in this backend) has a new row type
+    if NEW_MEMORIES_ROWTYPE.get() != rowtype {
+        AUDIT_AND_QUEUE_NEW_MEMORIES.with(KeptPlan::forget);
+        NEW_MEMORIES_ROWTYPE.set(rowtype);
+    }
+    // SAFETY: a catalog lookup of the row type's array type.
+    let row_array_type = unsafe { pg_sys::get_array_type(rowtype) };
+    let queued = !queue.is_empty();
+    spi::connect(|spi| {
+        let mut rows = rows;
+        let mut queue = queue.as_slice();
+        let mut first = 0;
+        for chunk in rows.chunks_mut(AUDIT_ROWS_PER_STATEMENT) {
+            let end = first + chunk.len();
+            let in_chunk = queue.iter().take_while(|(row, ..)| *row < end).count();
+            let (ids, hashes): (Vec<_>, Vec<_>) = queue[..in_chunk].iter().map(|(_, id, hash)| (*id, hash.clone())).unzip();
+            queue = &queue[in_chunk..];
+            first = end;
+            // SAFETY: composite datums of `rowtype` (varlena, aligned as double).
+            let row_array = unsafe {
+                pg_sys::Datum::from(pg_sys::construct_array(
+                    chunk.as_mut_ptr(),
+                    chunk.len() as i32,
+                    rowtype,
+                    -1,
+                    false,
+                    pg_sys::TYPALIGN_DOUBLE as _,
+                ))
+            };
             spi.execute_kept(
-                &QUEUE_NEW_MEMORIES,
+                &AUDIT_AND_QUEUE_NEW_MEMORIES,
                 || {
                     format!(
-                        "INSERT INTO {SCHEMA}.embedding_schedule (memory_id, content_hash)
-                         SELECT q.id, q.hash
-                           FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) AS q(id, hash)"
+                        "WITH queued AS (
+                            INSERT INTO {SCHEMA}.embedding_schedule (memory_id, content_hash)
+                            SELECT q.id, q.hash
+                              FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) AS q(id, hash))
+                         INSERT INTO {SCHEMA}.audit_log (table_name, operation, row_id, old_row, new_row, acting_user,
+                                                         subject_user, db_role, txid)
+                         SELECT 'memories', 'INSERT', (n.r).id, NULL,
+                                pg_catalog.to_jsonb(n.r) OPERATOR(pg_catalog.-) 'search_tsv'::pg_catalog.text,
+                                (n.r).created_by, (n.r).created_by, {SCHEMA}.acting_db_role(), pg_catalog.txid_current()
+                           FROM pg_catalog.generate_subscripts($3, 1) AS i
+                          CROSS JOIN LATERAL (SELECT ($3)[i] AS r) n
+                          ORDER BY i"
                     )
                 },
-                &[pg_sys::UUIDARRAYOID, pg_sys::TEXTARRAYOID],
-                &[arg(queue_ids), arg(queue_hashes)],
+                &[pg_sys::UUIDARRAYOID, pg_sys::TEXTARRAYOID, row_array_type],
+                &[arg(ids), arg(hashes), Some(row_array)],
                 Effect::Writes,
             );
-        });
-    }
+        }
+    });
 
     let global = global_events();
     let mut events: Vec<(Option<String>, Option<String>)> = Vec::new();

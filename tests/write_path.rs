@@ -271,3 +271,54 @@ fn errors_raised_inside_the_rust_write_path_keep_every_field() {
         .collect();
     assert_eq!(positions, vec![1], "failed appends took no position");
 }
+
+/// A new memory's audit row is written once per INSERT statement (with its queue row), in
+/// batches of 1,000: a statement of 2,500 rows gets every audit and queue row, in the order the
+/// rows were inserted, each equal to what the row itself says, and the sealed chain verifies.
+#[test]
+fn a_large_insert_audits_and_queues_every_row_in_order() {
+    let db = TestDb::new();
+    let mut app = db.connect();
+    let me: Uuid = app.query_one("SELECT current_memory_user()", &[]).unwrap().get(0);
+    app.execute(
+        "INSERT INTO memories (content, _metadata)
+         SELECT 'bulk ' || i, jsonb_build_object('i', i) FROM generate_series(1, 2500) i",
+        &[],
+    )
+    .unwrap();
+    let mut admin = db.admin();
+    let row = admin
+        .query_one(
+            "SELECT count(*),
+                    -- audit rows in insertion order: ids ascend with the rows' numbers
+                    bool_and(prev_i IS NULL OR prev_i < i),
+                    -- each audit row is the stored row, without search_tsv
+                    bool_and(a.new_row = to_jsonb(m) - 'search_tsv'),
+                    bool_and(a.acting_user = $1 AND a.subject_user = $1 AND a.operation = 'INSERT' AND a.old_row IS NULL),
+                    count(DISTINCT a.txid)
+               FROM (SELECT x.*, (x.new_row->'_metadata'->>'i')::int AS i,
+                            lag((x.new_row->'_metadata'->>'i')::int) OVER (ORDER BY x.id) AS prev_i
+                       FROM memoriesdb.audit_log x
+                      WHERE x.table_name = 'memories' AND x.new_row->>'content' LIKE 'bulk %') a
+               JOIN memoriesdb.memories m ON m.id = a.row_id",
+            &[&me],
+        )
+        .unwrap();
+    assert_eq!(row.get::<_, i64>(0), 2500, "one audit row per inserted row");
+    assert!(row.get::<_, bool>(1), "audit rows follow the insertion order");
+    assert!(row.get::<_, bool>(2), "each audit row holds the row as stored");
+    assert!(row.get::<_, bool>(3), "acting and subject user, operation");
+    assert_eq!(row.get::<_, i64>(4), 1, "all in the writer's transaction");
+    let queued: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM memoriesdb.embedding_schedule q JOIN memoriesdb.memories m ON m.id = q.memory_id
+              WHERE m.content LIKE 'bulk %' AND q.content_hash = m.content_hash",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(queued, 2500, "every row queued for embedding, with its hash");
+    admin.query_one("SELECT memoriesdb.seal_audit_log()", &[]).unwrap();
+    let intact: bool = admin.query_one("SELECT intact FROM memoriesdb.verify_audit_chain()", &[]).unwrap().get(0);
+    assert!(intact);
+}
