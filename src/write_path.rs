@@ -263,6 +263,7 @@ crate::fmgr::guarded_trigger_entry!(
 );
 
 thread_local! {
+    static AUDIT_AND_QUEUE_NEW_MEMORY: KeptPlan = const { KeptPlan::new() };
     static AUDIT_AND_QUEUE_NEW_MEMORIES: KeptPlan = const { KeptPlan::new() };
     static NEW_MEMORIES_ROWTYPE: Cell<pg_sys::Oid> = const { Cell::new(pg_sys::InvalidOid) };
 }
@@ -432,19 +433,43 @@ unsafe fn memories_inserted(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
         (memories, rows, rowtype, queue)
     };
 
-    // The audit rows of the new memories (in the order they were inserted) and their queue rows,
-    // one statement per 1,000 rows (so that no array of rows grows without bound): the same audit
-    // row log_memory_change() writes for an UPDATE or DELETE, its jsonb made by to_jsonb() from
-    // the row as it was stored.
-    // a table re-created (DROP and CREATE EXTENSION in this backend) has a new row type
+    // The audit rows of the new memories (in the order they were inserted) and their queue rows:
+    // one statement for one row, else one per 1,000 rows (so that no array of rows grows without
+    // bound). The same audit row log_memory_change() writes for an UPDATE or DELETE, its jsonb
+    // made by to_jsonb() from the row as it was stored.
+    // (a table re-created by DROP and CREATE EXTENSION in this backend has a new row type)
     if NEW_MEMORIES_ROWTYPE.get() != rowtype {
         AUDIT_AND_QUEUE_NEW_MEMORIES.with(KeptPlan::forget);
+        AUDIT_AND_QUEUE_NEW_MEMORY.with(KeptPlan::forget);
         NEW_MEMORIES_ROWTYPE.set(rowtype);
     }
     // SAFETY: a catalog lookup of the row type's array type.
     let row_array_type = unsafe { pg_sys::get_array_type(rowtype) };
     let queued = !queue.is_empty();
     spi::connect(|spi| {
+        // the usual statement (an append): one row, one lean statement
+        if let ([row], queue) = (rows.as_slice(), queue.as_slice()) {
+            let (id, hash) = queue.first().map_or((None, None), |(_, id, hash)| (Some(*id), hash.clone()));
+            spi.execute_kept(
+                &AUDIT_AND_QUEUE_NEW_MEMORY,
+                || {
+                    format!(
+                        "WITH queued AS (
+                            INSERT INTO {SCHEMA}.embedding_schedule (memory_id, content_hash)
+                            SELECT $1, $2 WHERE $1 IS NOT NULL)
+                         INSERT INTO {SCHEMA}.audit_log (table_name, operation, row_id, old_row, new_row, acting_user,
+                                                         subject_user, db_role, txid)
+                         VALUES ('memories', 'INSERT', ($3).id, NULL,
+                                 pg_catalog.to_jsonb($3) OPERATOR(pg_catalog.-) 'search_tsv'::pg_catalog.text,
+                                 ($3).created_by, ($3).created_by, {SCHEMA}.acting_db_role(), pg_catalog.txid_current())"
+                    )
+                },
+                &[pg_sys::UUIDOID, pg_sys::TEXTOID, rowtype],
+                &[arg(id), arg(hash), Some(*row)],
+                Effect::Writes,
+            );
+            return;
+        }
         let mut rows = rows;
         let mut queue = queue.as_slice();
         let mut first = 0;
