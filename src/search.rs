@@ -28,7 +28,6 @@ use pgrx::pg_sys::{
     TSQUERYOID as TSQUERY, UUIDOID as UUID,
 };
 use pgrx::prelude::*;
-use std::cell::RefCell;
 use std::ffi::CStr;
 
 /// pg_ts_config's columns, for SysCacheGetAttr (pgrx has no binding of its row struct).
@@ -119,8 +118,6 @@ thread_local! {
     /// of everything, and in a session
     static VECTOR_PLANS: KeptPlans = KeptPlans::new(PlanChoice::Generic);
     static VECTOR_PLANS_IN_SESSION: KeptPlans = KeptPlans::new(PlanChoice::Adaptive);
-    /// (pgvector's vector type, the schema it lives in as SQL names it), learnt once per backend
-    static VECTOR_SCHEMA: RefCell<Option<(pg_sys::Oid, String)>> = const { RefCell::new(None) };
 }
 
 /// Every search statement takes these parameters, so that the full-text and the vector ranking
@@ -378,28 +375,22 @@ fn vector_schema(fcinfo: pg_sys::FunctionCallInfo, argument: usize) -> (pg_sys::
         pg_sys::get_func_signature((*(*fcinfo).flinfo).fn_oid, &mut types, &mut count);
         *types.add(argument)
     };
-    VECTOR_SCHEMA.with(|known| {
-        if let Some((oid, schema)) = known.borrow().as_ref() {
-            if *oid == vector {
-                return (vector, schema.clone());
-            }
+    // looked up on every call (two syscache hits), never cached: a name remembered across calls
+    // would outlive a change of pgvector's schema
+    // SAFETY: syscache lookups of an existing type and its schema.
+    let schema = unsafe {
+        let cache = pg_sys::SysCacheIdentifier::TYPEOID as i32;
+        let tuple = pg_sys::SearchSysCache1(cache, pg_sys::Datum::from(vector));
+        if tuple.is_null() {
+            raise(PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT, format!("type {} does not exist", vector.to_u32()), None);
         }
-        // SAFETY: syscache lookups of an existing type and its schema.
-        let schema = unsafe {
-            let cache = pg_sys::SysCacheIdentifier::TYPEOID as i32;
-            let tuple = pg_sys::SearchSysCache1(cache, pg_sys::Datum::from(vector));
-            if tuple.is_null() {
-                raise(PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT, format!("type {} does not exist", vector.to_u32()), None);
-            }
-            let mut is_null = false;
-            let namespace = pg_sys::SysCacheGetAttr(cache, tuple, 3 /* typnamespace */, &mut is_null);
-            pg_sys::ReleaseSysCache(tuple);
-            let name = pg_sys::get_namespace_name(pg_sys::Oid::from(namespace.value() as u32));
-            CStr::from_ptr(pg_sys::quote_identifier(name)).to_string_lossy().into_owned()
-        };
-        *known.borrow_mut() = Some((vector, schema.clone()));
-        (vector, schema)
-    })
+        let mut is_null = false;
+        let namespace = pg_sys::SysCacheGetAttr(cache, tuple, 3 /* typnamespace */, &mut is_null);
+        pg_sys::ReleaseSysCache(tuple);
+        let name = pg_sys::get_namespace_name(pg_sys::Oid::from(namespace.value() as u32));
+        CStr::from_ptr(pg_sys::quote_identifier(name)).to_string_lossy().into_owned()
+    };
+    (vector, schema)
 }
 
 /// A query embedding: its dimension, after checking it is usable (require_usable_embedding()

@@ -268,8 +268,10 @@ thread_local! {
     static NEW_MEMORIES_ROWTYPE: Cell<pg_sys::Oid> = const { Cell::new(pg_sys::InvalidOid) };
 }
 
-/// Audit rows written by one statement of memories_inserted().
+/// Audit rows written by one statement of memories_inserted(): at most this many rows, and the
+/// batch ends once its rows add up to this many bytes.
 const AUDIT_ROWS_PER_STATEMENT: usize = 1000;
+const AUDIT_BYTES_PER_STATEMENT: usize = 64 << 20;
 
 /// A statement with more than this many messages sends one summary per session.
 const EVENTS_PER_MESSAGE_UP_TO: usize = 100;
@@ -382,9 +384,66 @@ fn global_events() -> bool {
     }
 }
 
+/// Write the audit rows of `rows` (new memories, composite datums of `rowtype`, in the order
+/// they were inserted) and the queue rows `queue` (row number, id, content hash) among them.
+fn audit_and_queue(spi: &spi::Connection, rowtype: pg_sys::Oid, rows: &mut [pg_sys::Datum], queue: &[(usize, pgrx::Uuid, Option<String>)]) {
+    if let [row] = rows {
+        // an append: one row, one lean statement
+        let (id, hash) = queue.first().map_or((None, None), |(_, id, hash)| (Some(*id), hash.clone()));
+        spi.execute_kept(
+            &AUDIT_AND_QUEUE_NEW_MEMORY,
+            || {
+                format!(
+                    "WITH queued AS (
+                        INSERT INTO {SCHEMA}.embedding_schedule (memory_id, content_hash)
+                        SELECT $1, $2 WHERE $1 IS NOT NULL)
+                     INSERT INTO {SCHEMA}.audit_log (table_name, operation, row_id, old_row, new_row, acting_user,
+                                                     subject_user, db_role, txid)
+                     VALUES ('memories', 'INSERT', ($3).id, NULL,
+                             pg_catalog.to_jsonb($3) OPERATOR(pg_catalog.-) 'search_tsv'::pg_catalog.text,
+                             ($3).created_by, ($3).created_by, {SCHEMA}.acting_db_role(), pg_catalog.txid_current())"
+                )
+            },
+            &[pg_sys::UUIDOID, pg_sys::TEXTOID, rowtype],
+            &[arg(id), arg(hash), Some(*row)],
+            Effect::Writes,
+        );
+        return;
+    }
+    let (ids, hashes): (Vec<_>, Vec<_>) = queue.iter().map(|(_, id, hash)| (*id, hash.clone())).unzip();
+    // SAFETY: a catalog lookup of the row type's array type; an array of composite datums of
+    // `rowtype` (varlena, aligned as double).
+    let (row_array_type, row_array) = unsafe {
+        let array = pg_sys::construct_array(rows.as_mut_ptr(), rows.len() as i32, rowtype, -1, false, pg_sys::TYPALIGN_DOUBLE as _);
+        (pg_sys::get_array_type(rowtype), pg_sys::Datum::from(array))
+    };
+    spi.execute_kept(
+        &AUDIT_AND_QUEUE_NEW_MEMORIES,
+        || {
+            format!(
+                "WITH queued AS (
+                    INSERT INTO {SCHEMA}.embedding_schedule (memory_id, content_hash)
+                    SELECT q.id, q.hash
+                      FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) AS q(id, hash))
+                 INSERT INTO {SCHEMA}.audit_log (table_name, operation, row_id, old_row, new_row, acting_user,
+                                                 subject_user, db_role, txid)
+                 SELECT 'memories', 'INSERT', (n.r).id, NULL,
+                        pg_catalog.to_jsonb(n.r) OPERATOR(pg_catalog.-) 'search_tsv'::pg_catalog.text,
+                        (n.r).created_by, (n.r).created_by, {SCHEMA}.acting_db_role(), pg_catalog.txid_current()
+                   FROM pg_catalog.generate_subscripts($3, 1) AS i
+                  CROSS JOIN LATERAL (SELECT ($3)[i] AS r) n
+                  ORDER BY i"
+            )
+        },
+        &[pg_sys::UUIDARRAYOID, pg_sys::TEXTARRAYOID, row_array_type],
+        &[arg(ids), arg(hashes), Some(row_array)],
+        Effect::Writes,
+    );
+}
+
 unsafe fn memories_inserted(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
     // SAFETY: the guarded entry point checked that PostgreSQL called this as a trigger.
-    let (memories, rows, rowtype, queue) = unsafe {
+    let (memories, rowtype, desc, store, queue) = unsafe {
         let trigger = (*fcinfo).context.cast::<pg_sys::TriggerData>();
         let event = (*trigger).tg_event;
         let store = (*trigger).tg_newtable;
@@ -402,8 +461,6 @@ unsafe fn memories_inserted(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
         let rowtype = (*(*(*trigger).tg_relation).rd_rel).reltype;
         let slot = pg_sys::MakeSingleTupleTableSlot(desc, &pg_sys::TTSOpsMinimalTuple);
         let mut memories = Vec::new();
-        // each new row whole, as a composite datum, for its audit row
-        let mut rows = Vec::new();
         // (row number, id, content hash) of the new memories with content, to embed
         let mut queue: Vec<(usize, pgrx::Uuid, Option<String>)> = Vec::new();
         pg_sys::tuplestore_rescan(store);
@@ -413,10 +470,10 @@ unsafe fn memories_inserted(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
             let value = |name: &CStr| attribute(tuple, desc, name).and_then(|a| a.value);
             let text = |name: &CStr| value(name).map(|d| String::from_utf8_lossy(text_bytes(d)).into_owned());
             let id = uuid_value(value(c"id")).expect("memories.id is NOT NULL");
-            if value(c"content").is_some_and(|d| !text_bytes(d).is_empty()) {
-                queue.push((rows.len(), id, text(c"content_hash")));
+            // (the size without detoasting: a large content is not read here)
+            if value(c"content").is_some_and(|d| pg_sys::toast_raw_datum_size(d) > pg_sys::VARHDRSZ) {
+                queue.push((memories.len(), id, text(c"content_hash")));
             }
-            rows.push(pg_sys::heap_copy_tuple_as_datum(tuple, desc));
             memories.push(NewMemory {
                 id,
                 kind: text(c"kind").unwrap_or_default(),
@@ -430,88 +487,67 @@ unsafe fn memories_inserted(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
             }
         }
         pg_sys::ExecDropSingleTupleTableSlot(slot);
-        (memories, rows, rowtype, queue)
+        (memories, rowtype, desc, store, queue)
     };
 
-    // The audit rows of the new memories (in the order they were inserted) and their queue rows:
-    // one statement for one row, else one per 1,000 rows (so that no array of rows grows without
-    // bound). The same audit row log_memory_change() writes for an UPDATE or DELETE, its jsonb
-    // made by to_jsonb() from the row as it was stored.
+    // The audit rows of the new memories (in the order they were inserted) and their queue rows,
+    // the same audit row log_memory_change() writes for an UPDATE or DELETE, its jsonb made by
+    // to_jsonb() from the row as it was stored: one lean statement for a one-row INSERT (an
+    // append), else one per batch of at most 1,000 rows and about 64 MiB, the rows copied into
+    // a memory context emptied after each batch (memory stays bounded whatever the statement
+    // inserted; the transition table itself spills to disk).
     // (a table re-created by DROP and CREATE EXTENSION in this backend has a new row type)
     if NEW_MEMORIES_ROWTYPE.get() != rowtype {
         AUDIT_AND_QUEUE_NEW_MEMORIES.with(KeptPlan::forget);
         AUDIT_AND_QUEUE_NEW_MEMORY.with(KeptPlan::forget);
         NEW_MEMORIES_ROWTYPE.set(rowtype);
     }
-    // SAFETY: a catalog lookup of the row type's array type.
-    let row_array_type = unsafe { pg_sys::get_array_type(rowtype) };
     let queued = !queue.is_empty();
     spi::connect(|spi| {
-        // the usual statement (an append): one row, one lean statement
-        if let ([row], queue) = (rows.as_slice(), queue.as_slice()) {
-            let (id, hash) = queue.first().map_or((None, None), |(_, id, hash)| (Some(*id), hash.clone()));
-            spi.execute_kept(
-                &AUDIT_AND_QUEUE_NEW_MEMORY,
-                || {
-                    format!(
-                        "WITH queued AS (
-                            INSERT INTO {SCHEMA}.embedding_schedule (memory_id, content_hash)
-                            SELECT $1, $2 WHERE $1 IS NOT NULL)
-                         INSERT INTO {SCHEMA}.audit_log (table_name, operation, row_id, old_row, new_row, acting_user,
-                                                         subject_user, db_role, txid)
-                         VALUES ('memories', 'INSERT', ($3).id, NULL,
-                                 pg_catalog.to_jsonb($3) OPERATOR(pg_catalog.-) 'search_tsv'::pg_catalog.text,
-                                 ($3).created_by, ($3).created_by, {SCHEMA}.acting_db_role(), pg_catalog.txid_current())"
-                    )
-                },
-                &[pg_sys::UUIDOID, pg_sys::TEXTOID, rowtype],
-                &[arg(id), arg(hash), Some(*row)],
-                Effect::Writes,
+        // SAFETY: the trigger's transition table, read again from the start, each row copied as a
+        // composite datum of `rowtype` into a context of our own that is reset after its batch
+        // has been written (nothing of a batch is used after that).
+        unsafe {
+            let batch_context = pg_sys::AllocSetContextCreateExtended(
+                pg_sys::CurrentMemoryContext,
+                c"memories_inserted() audit rows".as_ptr(),
+                pg_sys::ALLOCSET_DEFAULT_MINSIZE as usize,
+                pg_sys::ALLOCSET_DEFAULT_INITSIZE as usize,
+                pg_sys::ALLOCSET_DEFAULT_MAXSIZE as usize,
             );
-            return;
-        }
-        let mut rows = rows;
-        let mut queue = queue.as_slice();
-        let mut first = 0;
-        for chunk in rows.chunks_mut(AUDIT_ROWS_PER_STATEMENT) {
-            let end = first + chunk.len();
-            let in_chunk = queue.iter().take_while(|(row, ..)| *row < end).count();
-            let (ids, hashes): (Vec<_>, Vec<_>) = queue[..in_chunk].iter().map(|(_, id, hash)| (*id, hash.clone())).unzip();
-            queue = &queue[in_chunk..];
-            first = end;
-            // SAFETY: composite datums of `rowtype` (varlena, aligned as double).
-            let row_array = unsafe {
-                pg_sys::Datum::from(pg_sys::construct_array(
-                    chunk.as_mut_ptr(),
-                    chunk.len() as i32,
-                    rowtype,
-                    -1,
-                    false,
-                    pg_sys::TYPALIGN_DOUBLE as _,
-                ))
-            };
-            spi.execute_kept(
-                &AUDIT_AND_QUEUE_NEW_MEMORIES,
-                || {
-                    format!(
-                        "WITH queued AS (
-                            INSERT INTO {SCHEMA}.embedding_schedule (memory_id, content_hash)
-                            SELECT q.id, q.hash
-                              FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) AS q(id, hash))
-                         INSERT INTO {SCHEMA}.audit_log (table_name, operation, row_id, old_row, new_row, acting_user,
-                                                         subject_user, db_role, txid)
-                         SELECT 'memories', 'INSERT', (n.r).id, NULL,
-                                pg_catalog.to_jsonb(n.r) OPERATOR(pg_catalog.-) 'search_tsv'::pg_catalog.text,
-                                (n.r).created_by, (n.r).created_by, {SCHEMA}.acting_db_role(), pg_catalog.txid_current()
-                           FROM pg_catalog.generate_subscripts($3, 1) AS i
-                          CROSS JOIN LATERAL (SELECT ($3)[i] AS r) n
-                          ORDER BY i"
-                    )
-                },
-                &[pg_sys::UUIDARRAYOID, pg_sys::TEXTARRAYOID, row_array_type],
-                &[arg(ids), arg(hashes), Some(row_array)],
-                Effect::Writes,
-            );
+            let slot = pg_sys::MakeSingleTupleTableSlot(desc, &pg_sys::TTSOpsMinimalTuple);
+            let mut batch: Vec<pg_sys::Datum> = Vec::new();
+            let (mut bytes, mut first) = (0usize, 0usize);
+            let mut queue = queue.as_slice();
+            pg_sys::tuplestore_rescan(store);
+            loop {
+                let more = pg_sys::tuplestore_gettupleslot(store, true, false, slot);
+                if more {
+                    let caller_context = pg_sys::MemoryContextSwitchTo(batch_context);
+                    let mut should_free = false;
+                    let tuple = pg_sys::ExecFetchSlotHeapTuple(slot, false, &mut should_free);
+                    let row = pg_sys::heap_copy_tuple_as_datum(tuple, desc);
+                    pg_sys::MemoryContextSwitchTo(caller_context);
+                    bytes += pgrx::varlena::varsize_any(row.cast_mut_ptr());
+                    batch.push(row);
+                }
+                let full = batch.len() >= AUDIT_ROWS_PER_STATEMENT || bytes >= AUDIT_BYTES_PER_STATEMENT;
+                if !batch.is_empty() && (full || !more) {
+                    let end = first + batch.len();
+                    let in_batch = queue.iter().take_while(|(row, ..)| *row < end).count();
+                    audit_and_queue(spi, rowtype, &mut batch, &queue[..in_batch]);
+                    queue = &queue[in_batch..];
+                    first = end;
+                    batch.clear();
+                    bytes = 0;
+                    pg_sys::MemoryContextReset(batch_context);
+                }
+                if !more {
+                    break;
+                }
+            }
+            pg_sys::ExecDropSingleTupleTableSlot(slot);
+            pg_sys::MemoryContextDelete(batch_context);
         }
     });
 

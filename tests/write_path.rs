@@ -273,8 +273,9 @@ fn errors_raised_inside_the_rust_write_path_keep_every_field() {
 }
 
 /// A new memory's audit row is written once per INSERT statement (with its queue row), in
-/// batches of 1,000: a statement of 2,500 rows gets every audit and queue row, in the order the
-/// rows were inserted, each equal to what the row itself says, and the sealed chain verifies.
+/// batches of at most 1,000 rows and 64 MiB: statements of 2,500 rows and of 150 rows of 1 MB get
+/// every audit and queue row, in the order the rows were inserted, each equal to what the row
+/// itself says, and the sealed chain verifies.
 #[test]
 fn a_large_insert_audits_and_queues_every_row_in_order() {
     let db = TestDb::new();
@@ -318,6 +319,29 @@ fn a_large_insert_audits_and_queues_every_row_in_order() {
         .unwrap()
         .get(0);
     assert_eq!(queued, 2500, "every row queued for embedding, with its hash");
+    // large rows end a batch early (64 MiB): 150 memories of 1 MB each that hardly compress (hex
+    // digits: about 0.5 MB stored), so more than one batch
+    app.execute(
+        "INSERT INTO memories (content, _metadata)
+         SELECT 'big ' || i || ' ' || (SELECT string_agg(md5(i || ':' || j), '') FROM generate_series(1, 31250) j),
+                jsonb_build_object('i', i)
+           FROM generate_series(1, 150) i",
+        &[],
+    )
+    .unwrap();
+    let big = admin
+        .query_one(
+            "SELECT count(*), bool_and(a.length > 1000000), bool_and(a.prev_i IS NULL OR a.prev_i < a.i)
+               FROM (SELECT length(x.new_row->>'content') AS length, (x.new_row->'_metadata'->>'i')::int AS i,
+                            lag((x.new_row->'_metadata'->>'i')::int) OVER (ORDER BY x.id) AS prev_i
+                       FROM memoriesdb.audit_log x
+                      WHERE x.table_name = 'memories' AND x.new_row->'_metadata' ? 'i'
+                        AND x.row_id IN (SELECT id FROM memoriesdb.memories WHERE content LIKE 'big %')) a",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(big.get::<_, i64>(0), 150, "every large row audited");
+    assert!(big.get::<_, bool>(1) && big.get::<_, bool>(2), "whole, and in insertion order");
     admin.query_one("SELECT memoriesdb.seal_audit_log()", &[]).unwrap();
     let intact: bool = admin.query_one("SELECT intact FROM memoriesdb.verify_audit_chain()", &[]).unwrap().get(0);
     assert!(intact);
