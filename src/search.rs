@@ -113,7 +113,7 @@ thread_local! {
     static TEXT_SEARCH: KeptPlan = const { KeptPlan::generic() };
     static TEXT_SEARCH_IN_SESSION: KeptPlan = const { KeptPlan::new() };
     static SESSION_LISTED: KeptPlan = const { KeptPlan::new() };
-    static SEARCH_CONFIG_EXISTS: KeptPlan = const { KeptPlan::new() };
+    static SEARCH_CONFIG: KeptPlan = const { KeptPlan::new() };
     /// vector and hybrid statements, by text (dimension, pgvector's schema) and parameter types:
     /// of everything, and in a session
     static VECTOR_PLANS: KeptPlans = KeptPlans::new(PlanChoice::Generic);
@@ -308,26 +308,23 @@ fn parse_text_query(
     (query, text): (pg_sys::Datum, &[u8]),
     config: Option<pg_sys::Datum>,
 ) -> (Option<pg_sys::Datum>, pg_sys::Oid) {
-    let config = match config {
-        Some(config) => {
-            let config = pg_sys::Oid::from(config.value() as u32);
-            let exists = spi.execute_kept(
-                &SEARCH_CONFIG_EXISTS,
-                || "SELECT 1 FROM pg_catalog.pg_ts_config c WHERE c.oid OPERATOR(pg_catalog.=) $1".into(),
-                &[pg_sys::OIDOID],
-                &[arg(config)],
-                Effect::Reads,
-            );
-            if exists.count() == 0 {
-                raise(
-                    PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-                    format!("text search configuration {} does not exist", config.to_u32()),
-                    None,
-                )
-            }
-            config
-        }
-        None => default_search_config(),
+    // the configuration asked for, or default_search_config() (the rule the memories' column
+    // default follows: memoriesdb.text_search_config, else 'english'), if it exists
+    let found = spi.execute_kept(
+        &SEARCH_CONFIG,
+        || {
+            format!(
+                "SELECT c.oid FROM pg_catalog.pg_ts_config c
+                  WHERE c.oid OPERATOR(pg_catalog.=) coalesce($1, {SCHEMA}.default_search_config())::pg_catalog.oid"
+            )
+        },
+        &[REGCONFIG],
+        &[config],
+        Effect::Reads,
+    );
+    let Some(config) = found.get::<pg_sys::Oid>(0, 1) else {
+        let asked = config.map_or(0, |d| d.value() as u32);
+        raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, format!("text search configuration {asked} does not exist"), None)
     };
     // SAFETY: PostgreSQL's websearch_to_tsquery(regconfig, text), called directly; it allocates
     // its result in the current memory context and owns nothing else.
@@ -351,18 +348,6 @@ fn parse_text_query(
     // SAFETY: a tsquery just made (not toasted): a varlena header, then its number of nodes.
     let nodes = unsafe { std::ptr::read_unaligned(parsed.cast_mut_ptr::<u8>().add(pg_sys::VARHDRSZ).cast::<i32>()) };
     ((nodes > 0).then_some(parsed), config)
-}
-
-/// memoriesdb.text_search_config, else 'english', as a configuration (the name resolved as the
-/// regconfig type resolves it).
-fn default_search_config() -> pg_sys::Oid {
-    // SAFETY: reading a setting (NULL when not set) and resolving a configuration name, which
-    // raises 42704 naming it when there is no such configuration.
-    unsafe {
-        let setting = pg_sys::GetConfigOption(c"memoriesdb.text_search_config".as_ptr(), true, false);
-        let name = if setting.is_null() || *setting == 0 { c"english".as_ptr() } else { setting };
-        pg_sys::get_ts_config_oid(pg_sys::stringToQualifiedNameList(name), false)
-    }
 }
 
 /// pgvector's schema as SQL names it, from the type of the embedding argument `argument` of the

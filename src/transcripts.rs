@@ -9,15 +9,13 @@
 //! plan's cost estimates past jit_above_cost), so the SQL declarations turn it off.
 
 use crate::catalog::SCHEMA;
-use crate::errors::raise;
 use crate::fmgr::raw_arg;
 use crate::spi::{self, arg, Connection, Effect, KeptPlan, ResultSet};
 use pgrx::pg_sys;
 use pgrx::pg_sys::{BOOLOID as BOOL, INT4OID as INT4, INT8OID as INT8, UUIDOID as UUID};
-use pgrx::prelude::*;
 
 thread_local! {
-    static SESSION_SEEN: KeptPlan = const { KeptPlan::new() };
+    static REQUIRE_SESSION: KeptPlan = const { KeptPlan::new() };
     static TRANSCRIPT_PAGE: KeptPlan = const { KeptPlan::new() };
     static TRANSCRIPT_TEXT: KeptPlan = const { KeptPlan::new() };
 }
@@ -44,25 +42,12 @@ fn transcript_sql() -> String {
     )
 }
 
-/// The session whose transcript is asked for: not NULL (22004), and visible to the caller
-/// (P0002, as for a session that does not exist).
+/// The session whose transcript is asked for, checked by require_session() (the rule every
+/// session reader uses): not NULL (22004) and visible to the caller (P0002, as for a session
+/// that does not exist).
 fn require_session(spi: &Connection, session: Option<pg_sys::Datum>) -> pg_sys::Datum {
-    let Some(session) = session else {
-        raise(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, "session_id must not be NULL".into(), None)
-    };
-    let seen = spi.execute_kept(
-        &SESSION_SEEN,
-        || format!("SELECT 1 FROM {SCHEMA}.memory_sessions s WHERE s.id OPERATOR(pg_catalog.=) $1"),
-        &[UUID],
-        &[Some(session)],
-        Effect::Reads,
-    );
-    if seen.count() == 0 {
-        // SAFETY: a uuid datum.
-        let id = unsafe { pgrx::Uuid::from_datum(session, false) }.expect("not NULL");
-        raise(PgSqlErrorCode::ERRCODE_NO_DATA_FOUND, format!("session {id} does not exist"), Some("create one with create_session(title)"))
-    }
-    session
+    spi.execute_kept(&REQUIRE_SESSION, || format!("SELECT 1 FROM {SCHEMA}.require_session($1)"), &[UUID], &[session], Effect::Reads);
+    session.expect("require_session() refuses NULL")
 }
 
 /// get_conversation_page(session_id uuid, after_position bigint DEFAULT 0, lim integer DEFAULT
