@@ -4,6 +4,8 @@
 # Scripts that must not touch it (scripts/test.sh) set PG_BIN to a private tree's bin directory.
 PG_SYSTEM_BIN=/usr/lib/postgresql/15/bin
 PG_BIN=${PG_BIN:-$PG_SYSTEM_BIN}
+# Where scripts/setup.sh installs the embedder's local model (all-MiniLM-L6-v2).
+DEFAULT_MODEL_DIR=/var/lib/memoriesdb/models/all-MiniLM-L6-v2
 
 log() { printf '[memoriesdb] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }

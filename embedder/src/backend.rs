@@ -1,0 +1,105 @@
+//! Where embeddings come from: the local model or an OpenAI-compatible API. The queue worker
+//! and the HTTP endpoint both call `Backend::embed`, so stored embeddings and query embeddings
+//! come from the same model.
+
+use crate::config::{BackendKind, Config};
+use crate::model::LocalModel;
+use crate::remote::RemoteApi;
+use std::sync::Arc;
+use tokio::sync::Semaphore;
+
+/// Why a batch could not be embedded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EmbedError {
+    /// The service is overloaded, down or timed out: try again later.
+    Unavailable(String),
+    /// The input itself was refused (e.g. too long for the API): retrying the same text fails again.
+    Rejected(String),
+}
+
+impl std::fmt::Display for EmbedError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EmbedError::Unavailable(message) => write!(f, "embedding service unavailable: {message}"),
+            EmbedError::Rejected(message) => write!(f, "input rejected: {message}"),
+        }
+    }
+}
+
+pub enum Backend {
+    Local { model: Arc<LocalModel>, inference: Semaphore },
+    Remote(RemoteApi),
+}
+
+impl Backend {
+    pub fn from_config(config: &Config) -> anyhow::Result<Self> {
+        Ok(match config.backend {
+            BackendKind::Local => Backend::Local {
+                model: Arc::new(LocalModel::load(&config.model_dir, config.model_name.clone(), config.model_batch)?),
+                inference: Semaphore::new(1),
+            },
+            BackendKind::Openai => Backend::Remote(RemoteApi::from_config(config)?),
+        })
+    }
+
+    /// The name stored with each embedding and reported by /v1/embeddings.
+    pub fn model_name(&self) -> &str {
+        match self {
+            Backend::Local { model, .. } => &model.name,
+            Backend::Remote(api) => &api.model_name,
+        }
+    }
+
+    /// The dimension of the vectors, when known before the first call.
+    pub fn dimensions(&self) -> Option<usize> {
+        match self {
+            Backend::Local { model, .. } => Some(model.dimensions),
+            Backend::Remote(api) => api.dimensions,
+        }
+    }
+
+    /// Texts per call that use the backend well (the worker's unit of work).
+    pub fn batch_size(&self) -> usize {
+        match self {
+            Backend::Local { model, .. } => model.batch_size,
+            Backend::Remote(api) => api.batch_size,
+        }
+    }
+
+    /// Embed `texts`, in order, one vector per text.
+    pub async fn embed(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, EmbedError> {
+        let started = std::time::Instant::now();
+        let count = texts.len();
+        let result = match self {
+            Backend::Local { model, inference } => {
+                // One forward pass at a time: candle already uses every core for one. The
+                // semaphore is first come, first served, and the worker takes it one model
+                // batch at a time, so a query from /v1/embeddings waits for one batch at most.
+                let mut vectors = Vec::with_capacity(count);
+                for chunk in texts.chunks(model.batch_size) {
+                    let _permit = inference.acquire().await.map_err(|_| EmbedError::Unavailable("shutting down".into()))?;
+                    let model = Arc::clone(model);
+                    let chunk = chunk.to_vec();
+                    let embedded = tokio::task::spawn_blocking(move || {
+                        let texts: Vec<&str> = chunk.iter().map(String::as_str).collect();
+                        model.embed(&texts)
+                    })
+                    .await
+                    .map_err(|error| EmbedError::Unavailable(format!("inference task failed: {error}")))?
+                    .map_err(|error| EmbedError::Rejected(format!("{error:#}")))?;
+                    vectors.extend(embedded);
+                }
+                Ok(vectors)
+            }
+            Backend::Remote(api) => api.embed(texts).await,
+        };
+        match &result {
+            Ok(_) => {
+                metrics::counter!("memoriesdb_embedder_texts_embedded_total").increment(count as u64);
+                metrics::histogram!("memoriesdb_embedder_inference_seconds").record(started.elapsed().as_secs_f64());
+            }
+            Err(_) => metrics::counter!("memoriesdb_embedder_inference_failures_total").increment(1),
+        }
+        result
+    }
+}

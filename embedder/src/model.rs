@@ -1,0 +1,120 @@
+//! The local model: a BERT sentence encoder (all-MiniLM-L6-v2 by default) run on the CPU by
+//! `bert.rs`, computing exactly what sentence-transformers computes for it: WordPiece tokens
+//! truncated to the model's `max_seq_length`, the transformer, the mean of the token vectors
+//! weighted by the attention mask, and L2 normalisation.
+//!
+//! The model directory is the sentence-transformers layout: `config.json`, `model.safetensors`,
+//! `tokenizer.json`, and optionally `sentence_bert_config.json` (max_seq_length) and
+//! `1_Pooling/config.json` (only mean pooling is supported; anything else is refused at load
+//! rather than silently computing a different embedding).
+
+use crate::bert::{mean_pool_normalised, Bert};
+use anyhow::{anyhow, bail, Context, Result};
+use serde::Deserialize;
+use std::path::Path;
+use tokenizers::{Tokenizer, TruncationParams};
+
+pub struct LocalModel {
+    model: Bert,
+    tokenizer: Tokenizer,
+    /// The name recorded with every embedding (`memories.embedding_model`).
+    pub name: String,
+    pub dimensions: usize,
+    /// Tokens the model reads (sentence-transformers' max_seq_length); longer texts are truncated.
+    pub max_tokens: usize,
+    /// Texts per forward pass: larger batches pad more, smaller ones use the cores less well.
+    pub batch_size: usize,
+}
+
+#[derive(Deserialize)]
+struct SentenceBertConfig {
+    max_seq_length: Option<usize>,
+}
+
+#[derive(Deserialize)]
+struct PoolingConfig {
+    #[serde(default)]
+    pooling_mode_mean_tokens: bool,
+    #[serde(default)]
+    pooling_mode_cls_token: bool,
+    #[serde(default)]
+    pooling_mode_max_tokens: bool,
+    #[serde(default)]
+    pooling_mode_mean_sqrt_len_tokens: bool,
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON for this model", path.display()))
+}
+
+impl LocalModel {
+    /// Load the model in `dir`. `name` defaults to the directory's name.
+    pub fn load(dir: &Path, name: Option<String>, batch_size: usize) -> Result<Self> {
+        let model = Bert::load(dir)?;
+        let config = &model.config;
+        let max_tokens = match dir.join("sentence_bert_config.json") {
+            path if path.exists() => read_json::<SentenceBertConfig>(&path)?.max_seq_length,
+            _ => None,
+        }
+        .unwrap_or(config.max_position_embeddings)
+        .min(config.max_position_embeddings);
+        let pooling_path = dir.join("1_Pooling").join("config.json");
+        if pooling_path.exists() {
+            let pooling: PoolingConfig = read_json(&pooling_path)?;
+            if !pooling.pooling_mode_mean_tokens
+                || pooling.pooling_mode_cls_token
+                || pooling.pooling_mode_max_tokens
+                || pooling.pooling_mode_mean_sqrt_len_tokens
+            {
+                bail!("{}: only mean pooling is supported", pooling_path.display());
+            }
+        }
+
+        let mut tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))
+            .map_err(|error| anyhow!("cannot load {}: {error}", dir.join("tokenizer.json").display()))?;
+        tokenizer
+            .with_truncation(Some(TruncationParams { max_length: max_tokens, ..Default::default() }))
+            .map_err(|error| anyhow!("tokenizer truncation: {error}"))?;
+        // no padding: the forward pass packs texts end to end
+        tokenizer.with_padding(None);
+        let dimensions = config.hidden_size;
+        let name = match name {
+            Some(name) => name,
+            None => dir
+                .file_name()
+                .and_then(|name| name.to_str())
+                .map(str::to_owned)
+                .ok_or_else(|| anyhow!("cannot name the model after {}; pass --model-name", dir.display()))?,
+        };
+        Ok(Self { model, tokenizer, name, dimensions, max_tokens, batch_size: batch_size.max(1) })
+    }
+
+    /// Embed `texts`, in order. Texts are sorted by length and run in batches of similar
+    /// lengths (as sentence-transformers does), so short texts are not padded to long ones.
+    pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        let mut order: Vec<usize> = (0..texts.len()).collect();
+        order.sort_by_key(|&index| std::cmp::Reverse(texts[index].len()));
+        let mut embeddings = vec![Vec::new(); texts.len()];
+        for batch in order.chunks(self.batch_size) {
+            let inputs: Vec<&str> = batch.iter().map(|&index| texts[index]).collect();
+            for (index, embedding) in batch.iter().zip(self.embed_batch(&inputs)?) {
+                embeddings[*index] = embedding;
+            }
+        }
+        Ok(embeddings)
+    }
+
+    /// How many tokens the model would read of `text` before truncation (without [CLS]/[SEP]).
+    pub fn count_tokens(&self, text: &str) -> Result<usize> {
+        let encoding = self.tokenizer.encode(text, false).map_err(|error| anyhow!("tokenizer: {error}"))?;
+        Ok(encoding.get_ids().len() + encoding.get_overflowing().iter().map(|o| o.get_ids().len()).sum::<usize>())
+    }
+
+    fn embed_batch(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        let encodings = self.tokenizer.encode_batch(texts.to_vec(), true).map_err(|error| anyhow!("tokenizer: {error}"))?;
+        let inputs: Vec<(&[u32], &[u32])> = encodings.iter().map(|encoding| (encoding.get_ids(), encoding.get_type_ids())).collect();
+        let (hidden_states, ranges) = self.model.forward(&inputs)?;
+        Ok(mean_pool_normalised(&hidden_states, self.dimensions, &ranges))
+    }
+}

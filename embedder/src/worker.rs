@@ -1,0 +1,274 @@
+//! The queue worker: drains `memoriesdb.embedding_schedule` with the extension's own functions
+//! (claim_embedding_batch, store_embedding, fail_embedding, process_vindexing).
+//!
+//! Woken by the queue's NOTIFY (memoriesdb_embedding_queue) and by a poll interval (retries come
+//! due without a notification). Any number of embedders may run against one database: claims
+//! use SKIP LOCKED leases, so two workers never hold the same item, and an item whose worker
+//! died is claimed again when its lease runs out. An embedding is stored only for the content
+//! hash it was computed from, so a memory edited meanwhile is simply redone, and a memory
+//! deleted meanwhile is skipped.
+
+use crate::backend::{Backend, EmbedError};
+use crate::config::Config;
+use crate::error_chain;
+use futures_util::StreamExt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// The channel the extension notifies when work is queued.
+const QUEUE_CHANNEL: &str = "memoriesdb_embedding_queue";
+
+pub struct Worker {
+    config: Config,
+    backend: Arc<Backend>,
+    /// Connected to the database and listening (for /readyz).
+    pub connected: AtomicBool,
+}
+
+struct Claimed {
+    memory_id: Uuid,
+    content: String,
+    content_hash: String,
+}
+
+impl Worker {
+    pub fn new(config: Config, backend: Arc<Backend>) -> Self {
+        Self { config, backend, connected: AtomicBool::new(false) }
+    }
+
+    /// Work the queue until `shutdown`; reconnects (with backoff) whenever the database goes away.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut backoff = Duration::from_millis(100);
+        while !shutdown.is_cancelled() {
+            match self.session(&shutdown).await {
+                Ok(()) => return,
+                Err(error) => {
+                    self.connected.store(false, Ordering::Relaxed);
+                    tracing::warn!(retry_in_ms = backoff.as_millis() as u64, "queue worker: {error:#}");
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// One database connection's life: LISTEN, then claim and embed until the queue is empty,
+    /// wait for a notification or the poll interval, repeat.
+    async fn session(&self, shutdown: &CancellationToken) -> anyhow::Result<()> {
+        let (client, mut connection) = tokio_postgres::connect(&self.config.database_url, NoTls).await?;
+        let wake = Arc::new(Notify::new());
+        let lost = CancellationToken::new();
+        let driver = {
+            let wake = Arc::clone(&wake);
+            let lost = lost.clone();
+            let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+            tokio::spawn(async move {
+                while let Some(message) = messages.next().await {
+                    match message {
+                        Ok(AsyncMessage::Notification(_)) => wake.notify_one(),
+                        Ok(_) => {}
+                        Err(error) => {
+                            tracing::warn!("queue connection: {}", error_chain(&error));
+                            break;
+                        }
+                    }
+                }
+                lost.cancel();
+            })
+        };
+        let result = self.work(&client, &wake, &lost, shutdown).await;
+        driver.abort();
+        result
+    }
+
+    async fn work(&self, client: &Client, wake: &Notify, lost: &CancellationToken, shutdown: &CancellationToken) -> anyhow::Result<()> {
+        client
+            .batch_execute(&format!(
+                "SET application_name = 'memoriesdb-embedder'; SET search_path = pg_catalog, pg_temp; LISTEN {QUEUE_CHANNEL}"
+            ))
+            .await?;
+        let claim = client
+            .prepare(
+                "SELECT memory_id, content, content_hash FROM memoriesdb.claim_embedding_batch($1::pg_catalog.int4, $2::pg_catalog.interval)",
+            )
+            .await?;
+        // One round trip stores the whole batch. store_embedding() returns false for a memory
+        // whose content changed since the claim (the queue holds the new content) and raises
+        // no_data_found for one deleted since: such rows are left out here, and if one is
+        // deleted between this check and the store, the batch falls back to row by row.
+        let vector = vector_type(client).await?;
+        let store = client
+            .prepare(&format!(
+                "SELECT memoriesdb.store_embedding(t.id, t.embedding::{vector}, $3, t.content_hash)
+                   FROM pg_catalog.unnest($1::pg_catalog.uuid[], $2::pg_catalog.text[], $4::pg_catalog.text[])
+                        AS t(id, embedding, content_hash)
+                  WHERE EXISTS (SELECT FROM memoriesdb.memories m WHERE m.id OPERATOR(pg_catalog.=) t.id)"
+            ))
+            .await?;
+        let store_one = client.prepare(&format!("SELECT memoriesdb.store_embedding($1, $2::{vector}, $3, $4)")).await?;
+        let fail = client.prepare("SELECT memoriesdb.fail_embedding($1, $2, $3::pg_catalog.int4)").await?;
+        let depth = client
+            .prepare("SELECT pg_catalog.count(*) FROM memoriesdb.embedding_schedule WHERE status IN ('pending', 'failed', 'processing')")
+            .await?;
+        self.connected.store(true, Ordering::Relaxed);
+        tracing::info!(model = self.backend.model_name(), "queue worker listening on {QUEUE_CHANNEL}");
+
+        let lease = format!("{} milliseconds", self.config.lease.as_millis().max(1000));
+        let claim_batch = self.config.claim_batch.clamp(1, 1000) as i32;
+        let mut last_depth = Instant::now() - Duration::from_secs(3600);
+        loop {
+            if last_depth.elapsed() >= Duration::from_secs(1) {
+                let waiting: i64 = client.query_one(&depth, &[]).await?.get(0);
+                metrics::gauge!("memoriesdb_embedder_queue_depth").set(waiting as f64);
+                last_depth = Instant::now();
+            }
+            let rows = client.query(&claim, &[&claim_batch, &lease]).await?;
+            if rows.is_empty() {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = lost.cancelled() => anyhow::bail!("the database connection was lost"),
+                    _ = wake.notified() => {}
+                    _ = tokio::time::sleep(self.config.poll_interval) => {}
+                }
+                continue;
+            }
+            let claimed: Vec<Claimed> = rows
+                .iter()
+                .map(|row| Claimed { memory_id: row.get(0), content: row.get(1), content_hash: row.get(2) })
+                .collect();
+            metrics::counter!("memoriesdb_embedder_claimed_total").increment(claimed.len() as u64);
+            self.embed_and_store(client, &claimed, &store, &store_one, &fail).await?;
+            // new dimensions get their HNSW index (a no-op query when nothing is queued)
+            client.execute("SELECT memoriesdb.process_vindexing()", &[]).await?;
+            if shutdown.is_cancelled() {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn embed_and_store(
+        &self,
+        client: &Client,
+        claimed: &[Claimed],
+        store: &tokio_postgres::Statement,
+        store_one: &tokio_postgres::Statement,
+        fail: &tokio_postgres::Statement,
+    ) -> Result<(), tokio_postgres::Error> {
+        let texts: Vec<String> = claimed.iter().map(|item| item.content.clone()).collect();
+        match self.backend.embed(texts).await {
+            Ok(vectors) => self.store(client, claimed, &vectors, store, store_one).await,
+            // one bad text must not fail the others: find it by embedding one at a time
+            Err(EmbedError::Rejected(_)) if claimed.len() > 1 => {
+                for item in claimed {
+                    match self.backend.embed(vec![item.content.clone()]).await {
+                        Ok(vectors) => self.store(client, std::slice::from_ref(item), &vectors, store, store_one).await?,
+                        Err(error) => self.fail(client, item, &error, fail).await?,
+                    }
+                }
+                Ok(())
+            }
+            Err(error) => {
+                for item in claimed {
+                    self.fail(client, item, &error, fail).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn store(
+        &self,
+        client: &Client,
+        claimed: &[Claimed],
+        vectors: &[Vec<f32>],
+        store: &tokio_postgres::Statement,
+        store_one: &tokio_postgres::Statement,
+    ) -> Result<(), tokio_postgres::Error> {
+        let ids: Vec<Uuid> = claimed.iter().map(|item| item.memory_id).collect();
+        let hashes: Vec<&str> = claimed.iter().map(|item| item.content_hash.as_str()).collect();
+        let literals: Vec<String> = vectors.iter().map(|vector| vector_literal(vector)).collect();
+        let model = self.backend.model_name();
+        match client.query(store, &[&ids, &literals, &model, &hashes]).await {
+            Ok(rows) => {
+                let stored = rows.iter().filter(|row| row.get::<_, bool>(0)).count();
+                self.count_stores(stored, rows.len() - stored, claimed.len() - rows.len());
+                Ok(())
+            }
+            Err(error) if error.code().is_some() => {
+                // a memory deleted in the middle of the statement, or one bad vector: row by row
+                tracing::debug!("batch store failed, storing one by one: {}", error_chain(&error));
+                for ((id, hash), literal) in ids.iter().zip(&hashes).zip(&literals) {
+                    match client.query_one(store_one, &[id, literal, &model, hash]).await {
+                        Ok(row) => {
+                            let stored: bool = row.get(0);
+                            self.count_stores(stored as usize, !stored as usize, 0);
+                        }
+                        Err(error) if error.code() == Some(&tokio_postgres::error::SqlState::NO_DATA_FOUND) => {
+                            self.count_stores(0, 0, 1)
+                        }
+                        Err(error) => return Err(error),
+                    }
+                }
+                Ok(())
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    fn count_stores(&self, stored: usize, stale: usize, deleted: usize) {
+        metrics::counter!("memoriesdb_embedder_stored_total").increment(stored as u64);
+        metrics::counter!("memoriesdb_embedder_stale_total").increment(stale as u64);
+        metrics::counter!("memoriesdb_embedder_deleted_total").increment(deleted as u64);
+    }
+
+    async fn fail(&self, client: &Client, item: &Claimed, error: &EmbedError, fail: &tokio_postgres::Statement) -> Result<(), tokio_postgres::Error> {
+        let message = error.to_string();
+        let max_attempts = self.config.max_attempts.max(1) as i32;
+        match client.query_one(fail, &[&item.memory_id, &message, &max_attempts]).await {
+            Ok(row) => {
+                let status: String = row.get(0);
+                metrics::counter!("memoriesdb_embedder_failed_total", "status" => status.clone()).increment(1);
+                tracing::warn!(memory_id = %item.memory_id, status, "embedding failed: {message}");
+                Ok(())
+            }
+            // deleted meanwhile: its queue row went with it
+            Err(error) if error.code() == Some(&tokio_postgres::error::SqlState::NO_DATA_FOUND) => Ok(()),
+            Err(error) => Err(error),
+        }
+    }
+}
+
+/// The schema-qualified name of pgvector's type, wherever pgvector is installed.
+async fn vector_type(client: &Client) -> Result<String, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "SELECT pg_catalog.quote_ident(n.nspname) OPERATOR(pg_catalog.||) '.vector'
+               FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) e.extnamespace
+              WHERE e.extname OPERATOR(pg_catalog.=) 'vector'",
+            &[],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+/// pgvector's text form, '[x,y,...]'; f32's Display is the shortest text that reads back exactly.
+pub fn vector_literal(vector: &[f32]) -> String {
+    let mut text = String::with_capacity(vector.len() * 12 + 2);
+    text.push('[');
+    for (index, value) in vector.iter().enumerate() {
+        if index > 0 {
+            text.push(',');
+        }
+        text.push_str(&value.to_string());
+    }
+    text.push(']');
+    text
+}
