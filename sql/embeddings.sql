@@ -7,6 +7,16 @@
 --   SELECT process_vindexing();                          -- build the indexes new embeddings need
 --
 -- A leased item whose worker died becomes claimable again when its lease runs out.
+-- memoriesdb-embedder (embedder/) is such a worker.
+
+-- The embedding of a text, from the endpoint an administrator configured
+-- (memoriesdb.embedding_url, normally memoriesdb-embedder's /v1/embeddings), with the model that
+-- embeds the stored memories: ORDER BY content_embedding <=> embed_text('...') compares like
+-- with like. STABLE, so that a query calls it once, not once per row. Errors: 55000 no endpoint
+-- configured, 08001 endpoint unreachable, 57014 no answer within memoriesdb.embedding_timeout,
+-- 58000 an answer that is an error or not an embedding.
+CREATE FUNCTION @extschema@.embed_text(input text) RETURNS vector
+LANGUAGE c STABLE STRICT AS 'MODULE_PATHNAME', 'embed_text_native';
 
 CREATE FUNCTION @extschema@.claim_embedding_batch(batch_size integer DEFAULT 10, lease interval DEFAULT '5 minutes')
 RETURNS TABLE (memory_id uuid, content text, content_hash text, attempts integer)

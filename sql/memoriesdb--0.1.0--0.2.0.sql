@@ -178,24 +178,52 @@ RETURNS TABLE (id uuid, content text, kind text, role text, origin_session_id uu
                rank real, snippet text)
 LANGUAGE c STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET jit = off
 AS 'MODULE_PATHNAME', 'search_memories_native';
-CREATE OR REPLACE FUNCTION @extschema@.vector_search(
+-- vector_search and hybrid_search gain `model` (compare only with that model's embeddings), and
+-- hybrid_search's embedding becomes optional (NULL: embedded by the configured endpoint).
+DROP FUNCTION @extschema@.vector_search(vector, double precision, integer, uuid, text, jsonb);
+CREATE FUNCTION @extschema@.vector_search(
     embedding vector, threshold double precision DEFAULT 0.7, lim integer DEFAULT 10, session_id uuid DEFAULT NULL,
-    kind_filter text DEFAULT NULL, metadata_filter jsonb DEFAULT NULL)
+    kind_filter text DEFAULT NULL, metadata_filter jsonb DEFAULT NULL, model text DEFAULT NULL)
 RETURNS TABLE (id uuid, content text, kind text, role text, origin_session_id uuid, "position" bigint,
                similarity double precision)
 LANGUAGE c STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp SET jit = off SET hnsw.iterative_scan = 'relaxed_order' SET hnsw.ef_search = 200
 AS 'MODULE_PATHNAME', 'vector_search_native';
-CREATE OR REPLACE FUNCTION @extschema@.hybrid_search(
-    query text, embedding vector, lim integer DEFAULT 10, session_id uuid DEFAULT NULL, kind_filter text DEFAULT NULL,
-    metadata_filter jsonb DEFAULT NULL, text_weight double precision DEFAULT 1.0, vector_weight double precision DEFAULT 1.0,
-    rrf_k integer DEFAULT 60, candidates integer DEFAULT NULL, config regconfig DEFAULT NULL)
+DROP FUNCTION @extschema@.hybrid_search(text, vector, integer, uuid, text, jsonb, double precision, double precision,
+                                        integer, integer, regconfig);
+CREATE FUNCTION @extschema@.hybrid_search(
+    query text, embedding vector DEFAULT NULL, lim integer DEFAULT 10, session_id uuid DEFAULT NULL,
+    kind_filter text DEFAULT NULL, metadata_filter jsonb DEFAULT NULL, text_weight double precision DEFAULT 1.0,
+    vector_weight double precision DEFAULT 1.0, rrf_k integer DEFAULT 60, candidates integer DEFAULT NULL,
+    config regconfig DEFAULT NULL, model text DEFAULT NULL)
 RETURNS TABLE (id uuid, content text, kind text, role text, origin_session_id uuid, "position" bigint,
                score double precision, text_rank bigint, text_score real,
                vector_rank bigint, vector_similarity double precision)
 LANGUAGE c STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp SET jit = off SET hnsw.iterative_scan = 'relaxed_order' SET hnsw.ef_search = 200
 AS 'MODULE_PATHNAME', 'hybrid_search_native';
+
+-- Query embeddings from SQL (src/embeddings.rs): embed_text() and semantic_search().
+CREATE FUNCTION @extschema@.semantic_search(
+    query text, threshold double precision DEFAULT 0.3, lim integer DEFAULT 10, session_id uuid DEFAULT NULL,
+    kind_filter text DEFAULT NULL, metadata_filter jsonb DEFAULT NULL)
+RETURNS TABLE (id uuid, content text, kind text, role text, origin_session_id uuid, "position" bigint,
+               similarity double precision)
+LANGUAGE c STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp SET jit = off SET hnsw.iterative_scan = 'relaxed_order' SET hnsw.ef_search = 200
+AS 'MODULE_PATHNAME', 'semantic_search_native';
+CREATE FUNCTION @extschema@.embed_text(input text) RETURNS vector
+LANGUAGE c STABLE STRICT AS 'MODULE_PATHNAME', 'embed_text_native';
+REVOKE ALL ON FUNCTION @extschema@.vector_search(vector, double precision, integer, uuid, text, jsonb, text),
+    @extschema@.hybrid_search(text, vector, integer, uuid, text, jsonb, double precision, double precision, integer, integer, regconfig, text),
+    @extschema@.semantic_search(text, double precision, integer, uuid, text, jsonb),
+    @extschema@.embed_text(text)
+    FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.vector_search(vector, double precision, integer, uuid, text, jsonb, text),
+    @extschema@.hybrid_search(text, vector, integer, uuid, text, jsonb, double precision, double precision, integer, integer, regconfig, text),
+    @extschema@.semantic_search(text, double precision, integer, uuid, text, jsonb),
+    @extschema@.embed_text(text)
+    TO memoriesdb_user;
 
 -- The memories read rule has one definition (src/policies.rs): the memories_read policy and
 -- memory_visible_to() are re-created from its text, as a fresh install creates them.

@@ -105,7 +105,8 @@ CREATE FUNCTION @extschema@.vector_search(
     lim integer DEFAULT 10,
     session_id uuid DEFAULT NULL,
     kind_filter text DEFAULT NULL,
-    metadata_filter jsonb DEFAULT NULL)
+    metadata_filter jsonb DEFAULT NULL,
+    model text DEFAULT NULL)
 RETURNS TABLE (id uuid, content text, kind text, role text, origin_session_id uuid, "position" bigint,
                similarity double precision)
 LANGUAGE c STABLE SECURITY DEFINER
@@ -115,14 +116,37 @@ SET hnsw.iterative_scan = 'relaxed_order'
 SET hnsw.ef_search = 200
 AS 'MODULE_PATHNAME', 'vector_search_native';
 
+-- Search by meaning in plain words: vector_search() with the embedding of `query` from the
+-- configured embedding endpoint (memoriesdb.embedding_url; embed_text()), among memories
+-- embedded by the same model. A separate name rather than a text overload of vector_search:
+-- vector_search('[0.1, 0.2]') must keep meaning a vector, not a text to embed.
+CREATE FUNCTION @extschema@.semantic_search(
+    query text,
+    threshold double precision DEFAULT 0.3,
+    lim integer DEFAULT 10,
+    session_id uuid DEFAULT NULL,
+    kind_filter text DEFAULT NULL,
+    metadata_filter jsonb DEFAULT NULL)
+RETURNS TABLE (id uuid, content text, kind text, role text, origin_session_id uuid, "position" bigint,
+               similarity double precision)
+LANGUAGE c STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET jit = off
+SET hnsw.iterative_scan = 'relaxed_order'
+SET hnsw.ef_search = 200
+AS 'MODULE_PATHNAME', 'semantic_search_native';
+
 -- Hybrid search: reciprocal-rank fusion of the full-text and the vector ranking.
 --   score = text_weight / (rrf_k + text_rank) + vector_weight / (rrf_k + vector_rank)
 -- where a ranking a row is missing from contributes 0, so a row found by only one method still
 -- appears. Each component's rank and score is returned beside the fused score. Each ranking
 -- contributes its top `candidates` rows (default 5 x lim). One statement.
+-- Without an embedding (hybrid_search('what did alice say about the design')), the query text's
+-- embedding comes from the configured endpoint, as in semantic_search().
+-- model: compare only with embeddings computed by this model (vector_search too).
 CREATE FUNCTION @extschema@.hybrid_search(
     query text,
-    embedding vector,
+    embedding vector DEFAULT NULL,
     lim integer DEFAULT 10,
     session_id uuid DEFAULT NULL,
     kind_filter text DEFAULT NULL,
@@ -131,7 +155,8 @@ CREATE FUNCTION @extschema@.hybrid_search(
     vector_weight double precision DEFAULT 1.0,
     rrf_k integer DEFAULT 60,
     candidates integer DEFAULT NULL,
-    config regconfig DEFAULT NULL)
+    config regconfig DEFAULT NULL,
+    model text DEFAULT NULL)
 RETURNS TABLE (id uuid, content text, kind text, role text, origin_session_id uuid, "position" bigint,
                score double precision, text_rank bigint, text_score real,
                vector_rank bigint, vector_similarity double precision)

@@ -18,6 +18,7 @@ use pgrx::prelude::*;
 
 mod audit;
 mod catalog;
+mod embeddings;
 mod errors;
 mod events;
 mod fmgr;
@@ -44,6 +45,7 @@ pub extern "C-unwind" fn _PG_init() {
     // SAFETY: a backend is single-threaded; nothing reads the environment concurrently.
     unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "0") };
     identity::register_settings();
+    embeddings::register_settings();
 }
 
 // The SQL of each feature, in sql/ at the top of the tree, in dependency order. (pgrx writes them

@@ -17,6 +17,7 @@
 //! metadata_filter (`_metadata @>`), lim (1 .. 10000, default 10).
 
 use crate::catalog::SCHEMA;
+use crate::embeddings;
 use crate::errors::{attempt, raise};
 use crate::fmgr::raw_arg;
 use crate::identity;
@@ -114,6 +115,7 @@ thread_local! {
     static TEXT_SEARCH_IN_SESSION: KeptPlan = const { KeptPlan::new() };
     static SESSION_LISTED: KeptPlan = const { KeptPlan::new() };
     static SEARCH_CONFIG: KeptPlan = const { KeptPlan::new() };
+    static PGVECTOR_TYPE: KeptPlan = const { KeptPlan::new() };
     /// vector and hybrid statements, by text (dimension, pgvector's schema) and parameter types:
     /// of everything, and in a session
     static VECTOR_PLANS: KeptPlans = KeptPlans::new(PlanChoice::Generic);
@@ -127,11 +129,12 @@ const ME: &str = "$1";
 const WORKER: &str = "$2";
 const PARAMETER_TYPES: [pg_sys::Oid; 8] = [UUID, BOOL, UUID, TEXT, JSONB, INT4, TSQUERY, REGCONFIG];
 //  $3 session, $4 kind_filter, $5 metadata_filter, $6 lim, $7 the parsed query, $8 its configuration,
-//  $9 embedding, $10 min_similarity, $11 candidates per ranking, $12 text_weight, $13 vector_weight, $14 rrf_k
+//  $9 embedding, $10 min_similarity, $11 candidates per ranking, $12 text_weight, $13 vector_weight, $14 rrf_k,
+//  $15 the model the query embedding is from (NULL: any)
 
 fn all_parameter_types(vector: pg_sys::Oid) -> Vec<pg_sys::Oid> {
     let mut types = PARAMETER_TYPES.to_vec();
-    types.extend([vector, FLOAT8, INT4, FLOAT8, FLOAT8, INT4]);
+    types.extend([vector, FLOAT8, INT4, FLOAT8, FLOAT8, INT4, TEXT]);
     types
 }
 
@@ -178,12 +181,17 @@ fn text_ranking(in_session: bool, limit: &str) -> String {
 }
 
 /// The vector ranking: `columns` and `sim` (1 - cosine distance to $9) of the `limit` memories
-/// nearest to the query embedding among those with its dimension. Without a session, ordered by
+/// nearest to the query embedding among those with its dimension (and, when $15 names the
+/// query's model, with embeddings of that model: vectors of two models are never compared). Without a session, ordered by
 /// the expression of the dimension's HNSW index (create_vector_index), which drives the scan
 /// (pgvector's iterative scan, set on the functions, keeps it going past rows the rule or the
 /// filters refuse); in a session, an exact scan of the branch.
 fn vector_ranking(vector_schema: &str, dimensions: Option<i32>, columns: &str, limit: &str) -> String {
-    let visible = visible_and_filtered();
+    let visible = format!(
+        "{rule}
+         AND ($15 IS NULL OR m.embedding_model OPERATOR(pg_catalog.=) $15)",
+        rule = visible_and_filtered()
+    );
     match dimensions {
         Some(d) => {
             let distance = format!(
@@ -450,20 +458,69 @@ unsafe fn search_memories(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
 crate::fmgr::sql_function_entry!(pg_finfo_search_memories_native, search_memories_native, search_memories);
 
 /// vector_search(embedding vector, threshold float8, lim integer, session_id uuid, kind_filter
-/// text, metadata_filter jsonb) RETURNS TABLE (id, content, kind, role, origin_session_id,
-/// position, similarity float8): similarity = 1 - cosine distance, highest first, at most lim
-/// rows with similarity >= threshold, among memories whose embedding has the query's dimension.
+/// text, metadata_filter jsonb, model text) RETURNS TABLE (id, content, kind, role,
+/// origin_session_id, position, similarity float8): similarity = 1 - cosine distance, highest
+/// first, at most lim rows with similarity >= threshold, among memories whose embedding has the
+/// query's dimension (and, with `model`, was computed by that model).
 unsafe fn vector_search(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
-    // SAFETY: declared in SQL with these six arguments.
-    let (embedding, threshold, lim, session, kind, metadata) = unsafe {
-        (raw_arg(fcinfo, 0), raw_arg(fcinfo, 1), raw_arg(fcinfo, 2), raw_arg(fcinfo, 3), raw_arg(fcinfo, 4), raw_arg(fcinfo, 5))
-    };
+    // SAFETY: declared in SQL with these seven arguments.
+    let [embedding, threshold, lim, session, kind, metadata, model] = std::array::from_fn(|i| unsafe { raw_arg(fcinfo, i) });
     let (vector, vector_schema) = vector_schema(fcinfo, 0);
-    let caller = Caller::current();
+    let search = VectorSearch::checked(threshold, lim, session, kind, metadata);
     // SAFETY: a set-returning function with a row type.
     let result = unsafe { ResultSet::materialize(fcinfo) };
     spi::connect(|spi| {
         let dimensions = usable_embedding(spi, embedding, vector, &vector_schema);
+        search.caller.require_listed(spi, session);
+        search.run(spi, embedding, dimensions, model, vector, &vector_schema, &result);
+    });
+    pg_sys::Datum::from(0)
+}
+
+crate::fmgr::sql_function_entry!(pg_finfo_vector_search_native, vector_search_native, vector_search);
+
+/// semantic_search(query text, threshold float8, lim integer, session_id uuid, kind_filter
+/// text, metadata_filter jsonb) RETURNS TABLE (id, content, kind, role, origin_session_id,
+/// position, similarity float8): vector_search() with the embedding of `query` from the
+/// configured endpoint (embeddings.rs), among memories embedded by the same model.
+unsafe fn semantic_search(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    // SAFETY: declared in SQL with these six arguments.
+    let [query, threshold, lim, session, kind, metadata] = std::array::from_fn(|i| unsafe { raw_arg(fcinfo, i) });
+    let search = VectorSearch::checked(threshold, lim, session, kind, metadata);
+    // SAFETY: a set-returning function with a row type.
+    let result = unsafe { ResultSet::materialize(fcinfo) };
+    spi::connect(|spi| {
+        let (_, text) = checked_query(query);
+        search.caller.require_listed(spi, session);
+        let (vector, vector_schema) = pgvector_type(spi);
+        let embedded = embeddings::embed_query(text);
+        let embedding = embeddings::vector_datum(&embedded.values);
+        let model = embedded.model.as_str().into_datum();
+        search.run(spi, Some(embedding), embedded.values.len() as i32, model, vector, &vector_schema, &result);
+    });
+    pg_sys::Datum::from(0)
+}
+
+crate::fmgr::sql_function_entry!(pg_finfo_semantic_search_native, semantic_search_native, semantic_search);
+
+/// A vector search's checked arguments, shared by vector_search() and semantic_search().
+struct VectorSearch {
+    caller: Caller,
+    min_similarity: f64,
+    n: i32,
+    session: Option<pg_sys::Datum>,
+    kind: Option<pg_sys::Datum>,
+    metadata: Option<pg_sys::Datum>,
+}
+
+impl VectorSearch {
+    fn checked(
+        threshold: Option<pg_sys::Datum>,
+        lim: Option<pg_sys::Datum>,
+        session: Option<pg_sys::Datum>,
+        kind: Option<pg_sys::Datum>,
+        metadata: Option<pg_sys::Datum>,
+    ) -> VectorSearch {
         let n = search_limit(lim.map(|d| d.value() as i32));
         // SAFETY: a float8 datum (by value).
         let min_similarity = threshold.map_or(-1.0, |d| unsafe { f64::from_datum(d, false) }.expect("not NULL"));
@@ -474,8 +531,23 @@ unsafe fn vector_search(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
                 None,
             )
         }
-        caller.require_listed(spi, session);
+        VectorSearch { caller: Caller::current(), min_similarity, n, session, kind, metadata }
+    }
+
+    /// Return the rows of the search for `embedding` (usable, of `dimensions`) into `result`.
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        &self,
+        spi: &spi::Connection,
+        embedding: Option<pg_sys::Datum>,
+        dimensions: i32,
+        model: Option<pg_sys::Datum>,
+        vector: pg_sys::Oid,
+        vector_schema: &str,
+        result: &ResultSet,
+    ) {
         let types = all_parameter_types(vector);
+        let session = self.session;
         // ordering by distance and then cutting at the threshold returns exactly the top rows
         // above it, because similarity falls monotonically along that order; NaN similarities
         // (stored embeddings written directly can give them) are left out
@@ -485,7 +557,7 @@ unsafe fn vector_search(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
                   WHERE hits.sim OPERATOR(pg_catalog.>=) $10 AND hits.sim OPERATOR(pg_catalog.<>) 'NaN'::pg_catalog.float8
                   ORDER BY hits.sim DESC, hits.id",
                 ranking = vector_ranking(
-                    &vector_schema,
+                    vector_schema,
                     session.is_none().then_some(dimensions),
                     "m.id, m.content, m.kind, m.role, m.session_id, m.position",
                     "$6"
@@ -497,26 +569,67 @@ unsafe fn vector_search(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
         let plan = spi::kept_variant(plans, variant, sql, &types);
         spi.return_rows(
             plan,
-            &[caller.me, arg(caller.reads_all), session, kind, metadata, arg(n), None, None, embedding, arg(min_similarity), None, None, None, None],
-            &result,
+            &[
+                self.caller.me,
+                arg(self.caller.reads_all),
+                session,
+                self.kind,
+                self.metadata,
+                arg(self.n),
+                None,
+                None,
+                embedding,
+                arg(self.min_similarity),
+                None,
+                None,
+                None,
+                None,
+                model,
+            ],
+            result,
         );
-    });
-    pg_sys::Datum::from(0)
+    }
 }
 
-crate::fmgr::sql_function_entry!(pg_finfo_vector_search_native, vector_search_native, vector_search);
+/// pgvector's `vector` type and its schema as SQL names it, for a search that has no vector
+/// argument to read them from (semantic_search).
+fn pgvector_type(spi: &spi::Connection) -> (pg_sys::Oid, String) {
+    let found = spi.execute_kept(
+        &PGVECTOR_TYPE,
+        || {
+            "SELECT t.oid, pg_catalog.quote_ident(n.nspname)
+               FROM pg_catalog.pg_extension e
+               JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) e.extnamespace
+               JOIN pg_catalog.pg_type t ON t.typnamespace OPERATOR(pg_catalog.=) n.oid
+                                        AND t.typname OPERATOR(pg_catalog.=) 'vector'
+              WHERE e.extname OPERATOR(pg_catalog.=) 'vector'"
+                .into()
+        },
+        &[],
+        &[],
+        Effect::Reads,
+    );
+    match (found.get::<pg_sys::Oid>(0, 1), found.get::<String>(0, 2)) {
+        (Some(vector), Some(schema)) => (vector, schema),
+        _ => raise(PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT, "pgvector's type vector does not exist".into(), None),
+    }
+}
+
 
 /// hybrid_search(query text, embedding vector, lim, session_id, kind_filter, metadata_filter,
-/// text_weight float8, vector_weight float8, rrf_k integer, candidates integer, config regconfig)
-/// RETURNS TABLE (id, content, kind, role, origin_session_id, position, score float8, text_rank
-/// bigint, text_score real, vector_rank bigint, vector_similarity float8): reciprocal-rank fusion
-/// of the full-text and the vector ranking,
+/// text_weight float8, vector_weight float8, rrf_k integer, candidates integer, config regconfig,
+/// model text) RETURNS TABLE (id, content, kind, role, origin_session_id, position, score
+/// float8, text_rank bigint, text_score real, vector_rank bigint, vector_similarity float8):
+/// reciprocal-rank fusion of the full-text and the vector ranking,
 ///   score = text_weight / (rrf_k + text_rank) + vector_weight / (rrf_k + vector_rank),
 /// where a ranking a row is missing from contributes 0, so a row found by only one method still
 /// appears. Each ranking contributes its top `candidates` rows (default 5 x lim). One statement.
+/// Without an embedding (NULL, the default), the query text's embedding comes from the
+/// configured endpoint (embeddings.rs), and only memories embedded by its model are compared;
+/// `model` restricts the vector ranking to embeddings of that model.
 unsafe fn hybrid_search(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
-    // SAFETY: declared in SQL with these eleven arguments.
-    let [query, embedding, lim, session, kind, metadata, text_weight, vector_weight, rrf_k, candidates, config] =
+    // SAFETY: declared in SQL with these twelve arguments.
+    let [query, embedding, lim, session, kind, metadata, text_weight, vector_weight, rrf_k, candidates, config, model] =
         std::array::from_fn(|i| unsafe { raw_arg(fcinfo, i) });
     let n = search_limit(lim.map(|d| d.value() as i32));
     let pool = checked_limit(candidates.map_or((n * 5).min(10000), |d| d.value() as i32), "candidates");
@@ -544,6 +657,24 @@ unsafe fn hybrid_search(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
         let query = checked_query(query);
         caller.require_listed(spi, session);
         let (parsed, _) = parse_text_query(spi, query, config);
+        let (embedding, model) = match embedding {
+            Some(embedding) => (Some(embedding), model),
+            None => {
+                let embedded = embeddings::embed_query(query.1);
+                if let Some(asked) = model {
+                    // SAFETY: a text datum.
+                    let asked = String::from_utf8_lossy(unsafe { crate::tuples::text_bytes(asked) }).into_owned();
+                    if asked != embedded.model {
+                        raise(
+                            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                            format!("the embedding endpoint computes embeddings with model \"{}\", not \"{asked}\"", embedded.model),
+                            Some("pass the query's embedding yourself, or leave model out"),
+                        )
+                    }
+                }
+                (Some(embeddings::vector_datum(&embedded.values)), embedded.model.as_str().into_datum())
+            }
+        };
         let dimensions = usable_embedding(spi, embedding, vector, &vector_schema);
         let in_session = session.is_some();
         let types = all_parameter_types(vector);
@@ -593,6 +724,7 @@ unsafe fn hybrid_search(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
                 arg(text_weight),
                 arg(vector_weight),
                 arg(rrf_k),
+                model,
             ],
             &result,
         );

@@ -16,6 +16,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use base64::Engine;
 use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Serialize;
 use serde_json::{json, Value};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -135,28 +136,57 @@ async fn embeddings_response(state: &AppState, body: Body) -> Response {
             return error(StatusCode::SERVICE_UNAVAILABLE, "server_error", None, message);
         }
     };
-    let data: Vec<Value> = vectors
-        .iter()
+    let data: Vec<EmbeddingItem> = vectors
+        .into_iter()
         .enumerate()
-        .map(|(index, vector)| {
-            let embedding = if base64 {
+        .map(|(index, vector)| EmbeddingItem {
+            object: "embedding",
+            index,
+            embedding: if base64 {
                 let bytes: Vec<u8> = vector.iter().flat_map(|x| x.to_le_bytes()).collect();
-                Value::String(base64::engine::general_purpose::STANDARD.encode(bytes))
+                EmbeddingValue::Base64(base64::engine::general_purpose::STANDARD.encode(bytes))
             } else {
-                json!(vector)
-            };
-            json!({ "object": "embedding", "index": index, "embedding": embedding })
+                EmbeddingValue::Float(vector)
+            },
         })
         .collect();
     // usage in bytes/4, the usual estimate, rather than a second tokenisation of every input
     let tokens = characters.div_ceil(4);
-    let body = json!({
-        "object": "list",
-        "data": data,
-        "model": served,
-        "usage": { "prompt_tokens": tokens, "total_tokens": tokens },
-    });
-    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+    let body = EmbeddingsResponse { object: "list", data, model: served, usage: Usage { prompt_tokens: tokens, total_tokens: tokens } };
+    match serde_json::to_string(&body) {
+        Ok(text) => (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], text).into_response(),
+        Err(failure) => error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", None, failure.to_string()),
+    }
+}
+
+// Serialised from f32 directly (serde_json writes the shortest text that reads back as the same
+// f32), not through serde_json::Value, which would widen to f64 and print 17 digits.
+#[derive(Serialize)]
+struct EmbeddingsResponse<'a> {
+    object: &'static str,
+    data: Vec<EmbeddingItem>,
+    model: &'a str,
+    usage: Usage,
+}
+
+#[derive(Serialize)]
+struct EmbeddingItem {
+    object: &'static str,
+    index: usize,
+    embedding: EmbeddingValue,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum EmbeddingValue {
+    Float(Vec<f32>),
+    Base64(String),
+}
+
+#[derive(Serialize)]
+struct Usage {
+    prompt_tokens: usize,
+    total_tokens: usize,
 }
 
 async fn models(State(state): State<Arc<AppState>>) -> Response {

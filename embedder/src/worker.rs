@@ -97,7 +97,7 @@ impl Worker {
             .await?;
         let claim = client
             .prepare(
-                "SELECT memory_id, content, content_hash FROM memoriesdb.claim_embedding_batch($1::pg_catalog.int4, $2::pg_catalog.interval)",
+                "SELECT memory_id, content, content_hash FROM memoriesdb.claim_embedding_batch($1::pg_catalog.int4, $2::pg_catalog.text::pg_catalog.interval)",
             )
             .await?;
         // One round trip stores the whole batch. store_embedding() returns false for a memory
@@ -108,8 +108,8 @@ impl Worker {
         let store = client
             .prepare(&format!(
                 "SELECT memoriesdb.store_embedding(t.id, t.embedding::{vector}, $3, t.content_hash)
-                   FROM pg_catalog.unnest($1::pg_catalog.uuid[], $2::pg_catalog.text[], $4::pg_catalog.text[])
-                        AS t(id, embedding, content_hash)
+                   FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.uuid[]), pg_catalog.unnest($2::pg_catalog.text[]),
+                                   pg_catalog.unnest($4::pg_catalog.text[])) AS t(id, embedding, content_hash)
                   WHERE EXISTS (SELECT FROM memoriesdb.memories m WHERE m.id OPERATOR(pg_catalog.=) t.id)"
             ))
             .await?;
