@@ -134,3 +134,32 @@ system_extension_fingerprint() {
     find /usr/lib/postgresql/15/lib /usr/share/postgresql/15/extension -maxdepth 1 -name 'memoriesdb*' -type f \
         -exec sha256sum {} + 2>/dev/null | sort
 }
+
+# (Re)start one of the project's binaries (target/release/NAME) in the background, detached,
+# with pid and log files NAME.pid / NAME.log in DIR, and wait until READY_URL answers 200.
+# A running instance recorded in the pid file is stopped first (SIGTERM, then up to 10 s).
+restart_service() {
+    local name=$1 dir=$2 ready_url=$3
+    shift 3
+    local pid_file=$dir/$name.pid log_file=$dir/$name.log
+    if [ -f "$pid_file" ]; then
+        local old_pid
+        old_pid=$(cat "$pid_file")
+        if kill -0 "$old_pid" 2>/dev/null && grep -q "$name" "/proc/$old_pid/cmdline" 2>/dev/null; then
+            log "stopping the running $name (pid $old_pid)"
+            kill -TERM "$old_pid"
+            for _ in $(seq 100); do kill -0 "$old_pid" 2>/dev/null || break; sleep 0.1; done
+        fi
+        rm -f "$pid_file"
+    fi
+    log "starting $name (log: $log_file)"
+    setsid nohup "target/release/$name" "$@" >>"$log_file" 2>&1 < /dev/null &
+    echo $! > "$pid_file"
+    for _ in $(seq 300); do
+        curl -sf "$ready_url" >/dev/null && return 0
+        kill -0 "$(cat "$pid_file")" 2>/dev/null || { tail -20 "$log_file" >&2; die "$name exited (log: $log_file)"; }
+        sleep 0.1
+    done
+    tail -20 "$log_file" >&2
+    die "$name is not ready after 30 s (log: $log_file)"
+}

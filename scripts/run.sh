@@ -5,7 +5,9 @@
 # Idempotent: a second run reuses the installed tools, the cluster and the demo data.
 #
 # Environment: MEMORIESDB_PORT (default 5433), MEMORIESDB_DATA (default /var/lib/memoriesdb/pgdata),
-#              MEMORIESDB_DB (default memoriesdb), MEMORIESDB_HUB_PORT (default 5002)
+#              MEMORIESDB_DB (default memoriesdb), MEMORIESDB_HUB_PORT (default 5002),
+#              MEMORIESDB_EMBEDDER_PORT (default 5003), MEMORIESDB_MODEL_DIR (default: the all-MiniLM-L6-v2
+#              setup.sh installs; any sentence-transformers BERT model directory)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -57,34 +59,45 @@ GRANT memoriesdb_user TO $HUB_ROLE;
 SQL
 cluster_psql "$DATA" "$PORT" -d "$DB" -c "SET ROLE $HUB_ROLE" -f scripts/demo.sql
 
-# The hub: WebSocket pub/sub and live chat on top of the database, with its demo page.
-# (Re)started on every run so that it is the binary just built; pid and log beside the data.
+# The hub (WebSocket pub/sub and live chat, with its demo page) and the embedder (fills the
+# memories' embeddings, serves query embeddings): (re)started on every run so that each is the
+# binary just built; pids and logs beside the data.
+SERVICE_DIR=$(dirname "$DATA")
 HUB_PORT=${MEMORIESDB_HUB_PORT:-5002}
-HUB_DIR=$(dirname "$DATA")
-HUB_PID=$HUB_DIR/hub.pid
-HUB_LOG=$HUB_DIR/hub.log
-log "building the hub (cargo build --release -p memoriesdb-hub)"
-cargo build --release --quiet -p memoriesdb-hub
-if [ -f "$HUB_PID" ]; then
-    old_pid=$(cat "$HUB_PID")
-    if kill -0 "$old_pid" 2>/dev/null && grep -q memoriesdb-hub "/proc/$old_pid/cmdline" 2>/dev/null; then
-        log "stopping the running hub (pid $old_pid)"
-        kill -TERM "$old_pid"
-        for _ in $(seq 100); do kill -0 "$old_pid" 2>/dev/null || break; sleep 0.1; done
-    fi
-    rm -f "$HUB_PID"
-fi
-log "starting the hub on port $HUB_PORT (log: $HUB_LOG)"
-ulimit -n "$(ulimit -Hn)"   # one descriptor per client
-setsid nohup target/release/memoriesdb-hub --port "$HUB_PORT" \
-    --database-url "host=localhost port=$PORT user=$HUB_ROLE dbname=$DB" >>"$HUB_LOG" 2>&1 < /dev/null &
-echo $! > "$HUB_PID"
+EMBEDDER_PORT=${MEMORIESDB_EMBEDDER_PORT:-5003}
+MODEL_DIR=${MEMORIESDB_MODEL_DIR:-$DEFAULT_MODEL_DIR}
+log "building the hub and the embedder (cargo build --release -p memoriesdb-hub -p memoriesdb-embedder)"
+cargo build --release --quiet -p memoriesdb-hub -p memoriesdb-embedder
+
+# (before 0.2 the hub's files were hub.pid and hub.log)
+if [ -f "$SERVICE_DIR/hub.pid" ]; then mv "$SERVICE_DIR/hub.pid" "$SERVICE_DIR/memoriesdb-hub.pid"; fi
+ulimit -n "$(ulimit -Hn)"   # the hub: one descriptor per client
+restart_service memoriesdb-hub "$SERVICE_DIR" "http://127.0.0.1:$HUB_PORT/readyz" \
+    --port "$HUB_PORT" --database-url "host=localhost port=$PORT user=$HUB_ROLE dbname=$DB"
+
+# The embedder's role: a worker (reads all content, works the queue), never a superuser.
+EMBEDDER_ROLE=memoriesdb_embedder
+cluster_psql "$DATA" "$PORT" -d "$DB" <<SQL
+DO \$\$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = '$EMBEDDER_ROLE') THEN
+        CREATE ROLE $EMBEDDER_ROLE LOGIN NOSUPERUSER NOBYPASSRLS;
+    END IF;
+END
+\$\$;
+GRANT memoriesdb_worker TO $EMBEDDER_ROLE;
+-- where embed_text(), semantic_search() and hybrid_search('plain words') get query embeddings
+ALTER DATABASE "$DB" SET memoriesdb.embedding_url = 'http://127.0.0.1:$EMBEDDER_PORT/v1/embeddings';
+SQL
+restart_service memoriesdb-embedder "$SERVICE_DIR" "http://127.0.0.1:$EMBEDDER_PORT/readyz" \
+    --port "$EMBEDDER_PORT" --model-dir "$MODEL_DIR" \
+    --database-url "host=localhost port=$PORT user=$EMBEDDER_ROLE dbname=$DB"
+# the demo's messages are embedded within a second or two; wait so that the first search finds them
 for _ in $(seq 100); do
-    curl -sf "http://127.0.0.1:$HUB_PORT/readyz" >/dev/null && break
-    kill -0 "$(cat "$HUB_PID")" 2>/dev/null || { tail -20 "$HUB_LOG" >&2; die "the hub exited (log: $HUB_LOG)"; }
+    [ "$(cluster_psql "$DATA" "$PORT" -d "$DB" -tAc "SELECT pending + processing + failed FROM memoriesdb.embedding_queue_status")" = 0 ] && break
     sleep 0.1
 done
-curl -sf "http://127.0.0.1:$HUB_PORT/readyz" >/dev/null || { tail -20 "$HUB_LOG" >&2; die "the hub is not ready (log: $HUB_LOG)"; }
+log "embeddings: $(cluster_psql "$DATA" "$PORT" -d "$DB" -tAc "SELECT format('%s done, %s waiting, %s dead', done, pending + processing + failed, dead) FROM memoriesdb.embedding_queue_status")"
 
 cat <<MSG
 
@@ -93,7 +106,10 @@ MemoriesDB is running.
   try:       SELECT get_conversation_text(id) FROM memories WHERE kind = 'session' AND content = 'Product Brainstorm';
   data:      $DATA   (log: $DATA/server.log)
   stop:      runuser -u postgres -- $PG_BIN/pg_ctl -D $DATA stop
+  search:    SELECT content, score FROM hybrid_search('what did we say about phones?');
   hub:       http://127.0.0.1:$HUB_PORT/  (live chat demo page)
-             ws://127.0.0.1:$HUB_PORT/ws?c=<channel>   (pid $(cat "$HUB_PID"), log: $HUB_LOG)
-  stop hub:  kill \$(cat $HUB_PID)
+             ws://127.0.0.1:$HUB_PORT/ws?c=<channel>   (pid $(cat "$SERVICE_DIR/memoriesdb-hub.pid"), log: $SERVICE_DIR/memoriesdb-hub.log)
+  embedder:  http://127.0.0.1:$EMBEDDER_PORT/v1/embeddings, /metrics  (model: $MODEL_DIR)
+             (pid $(cat "$SERVICE_DIR/memoriesdb-embedder.pid"), log: $SERVICE_DIR/memoriesdb-embedder.log)
+  stop:      kill \$(cat $SERVICE_DIR/memoriesdb-hub.pid $SERVICE_DIR/memoriesdb-embedder.pid)
 MSG

@@ -8,7 +8,8 @@
 #   3. tests/attack.rs  the attack suite: one test per way the trust boundary was once broken (same cluster)
 #   4. tests/       real clients, non-superuser roles, several connections (same cluster)
 #   5. hub/         the WebSocket hub with real clients: Rust, Python, psql, Chromium (same cluster)
-#   6. tests/upgrade.rs  the last release (sql/releases), built from its commit, upgraded to this one
+#   6. embedder/    memoriesdb-embedder: parity with sentence-transformers, /v1/embeddings, the queue (same cluster)
+#   7. tests/upgrade.rs  the last release (sql/releases), built from its commit, upgraded to this one
 #
 # Everything is installed into a private PostgreSQL tree (/tmp/memoriesdb-test-pg-*), never over
 # the system's files; the run fails if the system's MemoriesDB files changed.
@@ -70,7 +71,10 @@ log "tier 5: hub (memoriesdb-hub against the same cluster: protocol, robustness,
 # specification's Python example runs in a private network namespace on its fixed port 5002.
 cargo test -p memoriesdb-hub --release -- --test-threads=2
 
-log "tier 6: upgrade from the last release in sql/releases (tests/upgrade.rs)"
+log "tier 6: embedder (memoriesdb-embedder: parity with sentence-transformers, /v1/embeddings, the queue on the same cluster)"
+cargo test -p memoriesdb-embedder --release -- --test-threads=1
+
+log "tier 7: upgrade from the last release in sql/releases (tests/upgrade.rs)"
 read -r PREV_VERSION PREV_COMMIT < <(grep -v '^#' sql/releases | tail -1)
 PREV_STAGE=$(build_release "$PREV_VERSION" "$PREV_COMMIT")
 private_pg_tree "$OLD_TREE"

@@ -1,0 +1,417 @@
+//! The embedder against a real cluster (the one scripts/test.sh starts): it fills the queue,
+//! searches in plain words find the right messages, edits are re-embedded, deletions mid-flight
+//! are skipped, an OpenAI-compatible service that fails in every way loses nothing and stores
+//! nothing twice, and two embedders — one killed with SIGKILL in the middle of a batch — leave
+//! every memory with exactly one current embedding.
+
+mod support;
+
+use memoriesdb_integration_tests::postgres::Client;
+use memoriesdb_integration_tests::TestDb;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+use support::{model_dir, Embedder};
+
+/// A test database and a worker role (memoriesdb_worker) for the embedder to log in as.
+fn database() -> (TestDb, String) {
+    let db = TestDb::new();
+    let worker = format!("{}_embedder", db.role);
+    db.admin().batch_execute(&format!("DROP ROLE IF EXISTS {worker}; CREATE ROLE {worker} LOGIN NOSUPERUSER")).unwrap();
+    db.grant("memoriesdb_worker", &worker);
+    let url = db.url_for_db(&worker, &db.name, "");
+    (db, url)
+}
+
+/// (waiting, done, dead) of the embedding queue.
+fn queue(admin: &mut Client) -> (i64, i64, i64) {
+    let row = admin
+        .query_one("SELECT pending + processing + failed, done, dead FROM memoriesdb.embedding_queue_status", &[])
+        .unwrap();
+    (row.get(0), row.get(1), row.get(2))
+}
+
+/// Wait until nothing waits in the queue and `done` items are done.
+fn wait_for_queue(admin: &mut Client, done: i64, embedders: &[&Embedder], timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (waiting, finished, dead) = queue(admin);
+        if waiting == 0 && finished >= done {
+            return;
+        }
+        if Instant::now() > deadline {
+            let logs: Vec<String> = embedders.iter().map(|e| e.log_text()).collect();
+            panic!("queue not drained: {waiting} waiting, {finished} done, {dead} dead\n{}", logs.join("\n---\n"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn local_embedder(database_url: &str, extra: &[&str]) -> Embedder {
+    let dir = model_dir();
+    let mut args = vec!["--model-dir", dir.to_str().unwrap(), "--database-url", database_url, "--poll-interval", "200ms"];
+    args.extend_from_slice(extra);
+    Embedder::start(&args)
+}
+
+/// Messages about distinct things, and for each, a question that means the same in other words.
+const LABELLED: [(&str, &str); 32] = [
+    ("The mobile app needs larger tap targets for the send button.", "how should we change the phone interface?"),
+    ("I am allergic to peanuts and shellfish.", "which foods make me sick?"),
+    ("My daughter Maya turns seven next month.", "how old is my kid going to be?"),
+    ("Our flight to Lisbon departs at 6:40 in the morning on Friday.", "when does the plane to Portugal leave?"),
+    ("The database migration failed because of a duplicate key.", "why did the schema upgrade break?"),
+    ("I prefer dark mode in every application I use.", "what colour theme do I like for software?"),
+    ("Bob will review the security section by Thursday.", "who is checking the safety part of the document?"),
+    ("Quarterly revenue grew twelve percent year over year.", "how did sales do this quarter?"),
+    ("The cat knocked a glass of water off the kitchen table.", "which animal spilled a drink in the kitchen?"),
+    ("Remind me to call my mother tomorrow at noon.", "when should I phone mom?"),
+    ("We chose PostgreSQL to store everything, including the job queue.", "which database did we pick?"),
+    ("The office coffee machine has been broken since Monday.", "is the espresso maker at work fixed?"),
+    ("I run five kilometres every morning before work.", "what exercise do I do daily?"),
+    ("The wedding is in June at a vineyard near Florence.", "where and when is the marriage ceremony?"),
+    ("Our team writes the storage engine in Rust.", "what language is our storage layer coded in?"),
+    ("The heating bill doubled this winter.", "how much more are we paying to keep the house warm?"),
+    ("Alice wants the onboarding flow for new users cut down to three steps.", "how many steps should new user onboarding have?"),
+    ("My passport expires in March, I need to renew it.", "when is my travel document no longer valid?"),
+    ("The garden tomatoes were ruined by a late frost.", "what happened to the vegetables outside?"),
+    ("I'm learning to play the cello, lessons are on Wednesdays.", "which musical instrument am I studying?"),
+    ("The server ran out of disk space during the backup.", "why did the backup job crash the machine?"),
+    ("We adopted a rescue dog named Biscuit.", "what is the name of our new puppy?"),
+    ("The landlord is raising the rent by two hundred euros.", "how much more will the apartment cost?"),
+    ("My favourite novel is One Hundred Years of Solitude.", "which book do I like best?"),
+    ("The meeting with the client moved from Tuesday to Wednesday afternoon.", "to which day was the client meeting rescheduled?"),
+    ("I take my coffee black with no sugar.", "how do I drink my morning brew?"),
+    ("The new laptop has thirty-two gigabytes of memory.", "how much RAM does the computer have?"),
+    ("Our hiking trip to the Alps was cancelled because of snow.", "why didn't we go to the mountains?"),
+    ("The kids' school starts at eight fifteen.", "what time do classes begin for the children?"),
+    ("I'm vegetarian but I eat eggs and cheese.", "what is my diet?"),
+    ("The invoice for the design agency is overdue by a month.", "which bill have we not paid yet?"),
+    ("The electric car charges to eighty percent in thirty minutes.", "how fast does the vehicle battery fill up?"),
+];
+
+#[test]
+fn messages_get_embeddings_and_plain_words_find_them() {
+    let (db, worker_url) = database();
+    let mut client = db.connect();
+    let session: uuid::Uuid = client.query_one("SELECT create_session('Things to remember')", &[]).unwrap().get(0);
+    let mut ids = Vec::new();
+    for (content, _) in LABELLED {
+        let id: uuid::Uuid =
+            client.query_one("SELECT add_message_to_session($1, 'user', $2)", &[&session, &content]).unwrap().get(0);
+        ids.push(id);
+    }
+    let embedder = local_embedder(&worker_url, &[]);
+    let mut admin = db.admin();
+    // the session's title is a memory too
+    wait_for_queue(&mut admin, LABELLED.len() as i64 + 1, &[&embedder], Duration::from_secs(120));
+    let unembedded: i64 = admin
+        .query_one("SELECT count(*) FROM memoriesdb.memories WHERE content_embedding IS NULL OR embedding_model <> 'all-MiniLM-L6-v2'", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(unembedded, 0);
+    assert!(embedder.get("/readyz").0 == 200, "the worker is connected");
+    let indexed: i64 = admin
+        .query_one("SELECT count(*) FROM pg_indexes WHERE indexname = 'memories_embedding_hnsw_384'", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(indexed, 1, "process_vindexing() built the HNSW index for 384 dimensions");
+
+    admin
+        .batch_execute(&format!("ALTER DATABASE {} SET memoriesdb.embedding_url = '{}/v1/embeddings'", db.name, embedder.url()))
+        .unwrap();
+    let mut client = db.connect();
+    let mut wrong = Vec::new();
+    for (content, question) in LABELLED {
+        let rows = client.query("SELECT content FROM hybrid_search($1, kind_filter => 'message', lim => 3)", &[&question]).unwrap();
+        let first: Option<String> = rows.first().map(|row| row.get(0));
+        if first.as_deref() != Some(content) {
+            wrong.push(format!("{question:?} found {first:?}, not {content:?}"));
+        }
+        let semantic: Option<String> =
+            client.query("SELECT content FROM semantic_search($1, threshold => 0)", &[&question]).unwrap().first().map(|r| r.get(0));
+        if semantic.as_deref() != Some(content) {
+            wrong.push(format!("semantic_search {question:?} found {semantic:?}, not {content:?}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{} of {} questions ranked another message first:\n{}", wrong.len(), LABELLED.len(), wrong.join("\n"));
+
+    // an edit is re-embedded: the old question no longer finds it, a new one does
+    client.execute("UPDATE memoriesdb.memories SET content = 'We bought a sailing boat and keep it in the harbour.' WHERE id = $1", &[&ids[0]]).unwrap();
+    wait_for_queue(&mut admin, LABELLED.len() as i64 + 1, &[&embedder], Duration::from_secs(60));
+    let first: uuid::Uuid = client
+        .query_one("SELECT id FROM semantic_search('where is our yacht moored?', threshold => 0) LIMIT 1", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(first, ids[0], "the edited message was not re-embedded:\n{}", embedder.log_text());
+    assert!(embedder.metric("memoriesdb_embedder_stored_total") >= LABELLED.len() as f64 + 2.0);
+    let depth = embedder.metric("memoriesdb_embedder_queue_depth");
+    assert!(depth >= 0.0);
+}
+
+/// An in-test HTTP server speaking OpenAI's /v1/embeddings, whose answer to the n-th request
+/// (counting from 0) is chosen by `answer`: Some(raw HTTP) or None (never answer).
+struct FlakyApi {
+    port: u16,
+    requests: Arc<AtomicUsize>,
+}
+
+type Answer = Arc<dyn Fn(usize, &serde_json::Value) -> Option<Vec<u8>> + Send + Sync>;
+
+impl FlakyApi {
+    fn start(answer: Answer) -> FlakyApi {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let requests = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&requests);
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let (answer, counter) = (Arc::clone(&answer), Arc::clone(&counter));
+                std::thread::spawn(move || handle(stream, &*answer, &counter));
+            }
+        });
+        FlakyApi { port, requests }
+    }
+
+    fn base_url(&self) -> String {
+        format!("http://127.0.0.1:{}/v1", self.port)
+    }
+}
+
+fn handle(mut stream: TcpStream, answer: &(dyn Fn(usize, &serde_json::Value) -> Option<Vec<u8>> + Send + Sync), counter: &AtomicUsize) {
+    loop {
+        let mut bytes = Vec::new();
+        let mut buffer = [0u8; 8192];
+        let body = loop {
+            match stream.read(&mut buffer) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => bytes.extend_from_slice(&buffer[..n]),
+            }
+            let Some(end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
+            let head = String::from_utf8_lossy(&bytes[..end]).to_lowercase();
+            let length: usize =
+                head.lines().find_map(|l| l.strip_prefix("content-length:")).map_or(0, |v| v.trim().parse().unwrap());
+            if bytes.len() >= end + 4 + length {
+                break serde_json::from_slice::<serde_json::Value>(&bytes[end + 4..end + 4 + length]).unwrap();
+            }
+        };
+        let n = counter.fetch_add(1, Ordering::SeqCst);
+        match answer(n, &body) {
+            Some(reply) => {
+                if stream.write_all(&reply).is_err() {
+                    return;
+                }
+            }
+            None => {
+                std::thread::sleep(Duration::from_secs(30));
+                return;
+            }
+        }
+    }
+}
+
+fn http(status: &str, extra_headers: &str, body: &str) -> Vec<u8> {
+    format!("HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra_headers}\r\n{body}", body.len())
+        .into_bytes()
+}
+
+/// A deterministic 8-dimensional embedding of a text (for checking what was stored).
+fn fake_embedding(text: &str) -> Vec<f32> {
+    let mut v = vec![0.1f32; 8];
+    for (i, b) in text.bytes().enumerate() {
+        v[i % 8] += f32::from(b) / 255.0;
+    }
+    v
+}
+
+fn ok_answer(request: &serde_json::Value) -> Vec<u8> {
+    let data: Vec<serde_json::Value> = request["input"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+        .map(|(i, text)| serde_json::json!({"object": "embedding", "index": i, "embedding": fake_embedding(text.as_str().unwrap())}))
+        .collect();
+    http("200 OK", "", &serde_json::json!({"object": "list", "data": data, "model": "fake-8"}).to_string())
+}
+
+#[test]
+fn an_openai_compatible_service_that_fails_every_way_loses_nothing_and_stores_nothing_twice() {
+    let (db, worker_url) = database();
+    let mut client = db.connect();
+    let session: uuid::Uuid = client.query_one("SELECT create_session('flaky')", &[]).unwrap().get(0);
+    let contents: Vec<String> = (0..20).map(|i| format!("message number {i} about topic {}", i * 7)).collect();
+    let batch = serde_json::Value::Array(contents.iter().map(|c| serde_json::json!({"role": "user", "content": c})).collect());
+    client.query("SELECT add_messages_to_session($1, $2)", &[&session, &batch]).unwrap();
+    let mut admin = db.admin();
+
+    // 429 with Retry-After, 500, silence past the timeout, malformed JSON, the wrong count, then good
+    let api = FlakyApi::start(Arc::new(|n, request| match n {
+        0 => Some(http("429 Too Many Requests", "Retry-After: 0\r\n", r#"{"error":{"message":"slow down"}}"#)),
+        1 => Some(http("500 Internal Server Error", "", r#"{"error":{"message":"boom"}}"#)),
+        2 => None,
+        3 => Some(http("200 OK", "", "{\"data\": [")),
+        4 => Some(http("200 OK", "", r#"{"data":[],"model":"fake-8"}"#)),
+        _ => Some(ok_answer(request)),
+    }));
+    let base = api.base_url();
+    let embedder = Embedder::start(&[
+        "--backend", "openai", "--api-url", &base, "--api-model", "fake-8", "--api-timeout", "1s", "--api-retries", "10",
+        "--database-url", &worker_url, "--poll-interval", "200ms",
+    ]);
+    wait_for_queue(&mut admin, contents.len() as i64 + 1, &[&embedder], Duration::from_secs(60));
+    assert!(api.requests.load(Ordering::SeqCst) >= 6, "every failure was met");
+    for content in &contents {
+        let stored: String = admin
+            .query_one("SELECT content_embedding::text FROM memoriesdb.memories WHERE content = $1 AND embedding_model = 'fake-8'", &[content])
+            .unwrap()
+            .get(0);
+        let expected: Vec<String> = fake_embedding(content).iter().map(|x| x.to_string()).collect();
+        assert_eq!(stored, format!("[{}]", expected.join(",")), "{content}");
+    }
+    // stored once each: one UPDATE in the audit log per memory
+    let updates: Vec<i64> = admin
+        .query(
+            "SELECT count(*) FILTER (WHERE a.operation = 'UPDATE') FROM memoriesdb.memories m
+               LEFT JOIN memoriesdb.audit_log a ON a.table_name = 'memories' AND a.row_id = m.id GROUP BY m.id",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(updates.iter().all(|&n| n == 1), "{updates:?}");
+    drop(embedder);
+
+    // a service that always fails: retried with backoff, then dead (retry_dead_embeddings() revives)
+    client.query_one("SELECT add_message_to_session($1, 'user', 'doomed')", &[&session]).unwrap();
+    let down = FlakyApi::start(Arc::new(|_, _| Some(http("503 Service Unavailable", "", "down"))));
+    let base = down.base_url();
+    let embedder = Embedder::start(&[
+        "--backend", "openai", "--api-url", &base, "--api-model", "fake-8", "--api-retries", "1", "--max-attempts", "2",
+        "--database-url", &worker_url, "--poll-interval", "200ms",
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (status, error): (String, String) = loop {
+        let row = admin
+            .query_one(
+                "SELECT q.status, coalesce(q.last_error, '') FROM memoriesdb.embedding_schedule q
+                   JOIN memoriesdb.memories m ON m.id = q.memory_id WHERE m.content = 'doomed'",
+                &[],
+            )
+            .unwrap();
+        let status: String = row.get(0);
+        if status == "dead" || Instant::now() > deadline {
+            break (status, row.get(1));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(status, "dead", "{}", embedder.log_text());
+    assert!(error.contains("503"), "{error}");
+    assert_eq!(down.requests.load(Ordering::SeqCst), 2, "one request per attempt, two attempts");
+}
+
+#[test]
+fn a_memory_deleted_while_its_embedding_is_computed_is_skipped() {
+    let (db, worker_url) = database();
+    let mut client = db.connect();
+    let session: uuid::Uuid = client.query_one("SELECT create_session('deleting')", &[]).unwrap().get(0);
+    let mut admin = db.admin();
+    let doomed: uuid::Uuid = client.query_one("SELECT add_message_to_session($1, 'user', 'delete me')", &[&session]).unwrap().get(0);
+
+    // the service holds its answer until the test has deleted the memory
+    let (asked, asked_rx) = mpsc::channel::<()>();
+    let (go, go_rx) = mpsc::channel::<()>();
+    let gate = Arc::new(Mutex::new((asked, go_rx)));
+    let api = FlakyApi::start(Arc::new(move |_, request| {
+        let gate = gate.lock().unwrap();
+        let _ = gate.0.send(());
+        let _ = gate.1.recv_timeout(Duration::from_secs(20));
+        Some(ok_answer(request))
+    }));
+    let base = api.base_url();
+    let embedder = Embedder::start(&[
+        "--backend", "openai", "--api-url", &base, "--api-model", "fake-8", "--database-url", &worker_url, "--poll-interval", "200ms",
+    ]);
+    asked_rx.recv_timeout(Duration::from_secs(20)).expect("the embedder asked for the embedding");
+    client.query_one("SELECT delete_memory($1)", &[&doomed]).unwrap();
+    go.send(()).unwrap();
+
+    // the next memory is embedded normally: the worker went on
+    let _ = asked_rx.try_recv();
+    let next: uuid::Uuid = client.query_one("SELECT add_message_to_session($1, 'user', 'keep me')", &[&session]).unwrap().get(0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let _ = asked_rx.try_recv();
+        let _ = go.send(());
+        let done: bool = admin
+            .query_one("SELECT content_embedding IS NOT NULL FROM memoriesdb.memories WHERE id = $1", &[&next])
+            .unwrap()
+            .get(0);
+        if done {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the worker stopped after the deletion:\n{}", embedder.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(embedder.metric("memoriesdb_embedder_deleted_total"), 1.0, "{}", embedder.log_text());
+    assert!(!embedder.log_text().contains("ERROR"), "{}", embedder.log_text());
+}
+
+#[test]
+fn two_embedders_and_a_sigkill_leave_every_memory_exactly_one_current_embedding() {
+    let (db, worker_url) = database();
+    let mut client = db.connect();
+    let session: uuid::Uuid = client.query_one("SELECT create_session('many')", &[]).unwrap().get(0);
+    let sentence = "the quick brown fox jumps over the lazy dog while the committee debates the budget ";
+    let messages: Vec<serde_json::Value> =
+        (0..300).map(|i| serde_json::json!({"role": "user", "content": format!("{i}: {}", sentence.repeat(3))})).collect();
+    client.query("SELECT add_messages_to_session($1, $2)", &[&session, &serde_json::Value::Array(messages)]).unwrap();
+    let mut admin = db.admin();
+
+    let lease = ["--lease", "2s", "--claim-batch", "32"];
+    let mut doomed = local_embedder(&worker_url, &lease);
+    let survivor = local_embedder(&worker_url, &lease);
+    // kill one in the middle of a batch: it has claimed, and stored part of the work at most
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while doomed.metric("memoriesdb_embedder_claimed_total") < 1.0 {
+        assert!(Instant::now() < deadline, "the first embedder claimed nothing:\n{}", doomed.log_text());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    kill_9(&mut doomed);
+    let (waiting, _, _) = queue(&mut admin);
+    assert!(waiting > 0, "the kill came too late to test anything");
+
+    wait_for_queue(&mut admin, 301, &[&survivor], Duration::from_secs(180));
+    let row = admin
+        .query_one(
+            "SELECT count(*), count(*) FILTER (WHERE m.content_embedding IS NOT NULL AND m.embedding_model = 'all-MiniLM-L6-v2'),
+                    count(*) FILTER (WHERE q.status = 'done' AND q.content_hash = m.content_hash)
+               FROM memoriesdb.memories m JOIN memoriesdb.embedding_schedule q ON q.memory_id = m.id",
+            &[],
+        )
+        .unwrap();
+    let (all, embedded, done): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    assert_eq!((all, embedded, done), (301, 301, 301));
+    // and each embedding is its content's (spot checks against the endpoint)
+    for n in [0, 150, 299] {
+        let content = format!("{n}: {}", sentence.repeat(3));
+        let (status, body) = survivor.post("/v1/embeddings", serde_json::json!({"input": content}).to_string().as_bytes());
+        assert_eq!(status, 200);
+        let value: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let expected: Vec<f64> = value["data"][0]["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+        let stored: String =
+            admin.query_one("SELECT content_embedding::text FROM memoriesdb.memories WHERE content = $1", &[&content]).unwrap().get(0);
+        let stored: Vec<f64> = serde_json::from_str(&stored).unwrap();
+        let max_difference = stored.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        assert!(max_difference < 1e-5, "message {n}: {max_difference}");
+    }
+}
+
+fn kill_9(embedder: &mut Embedder) {
+    // Child::kill sends SIGKILL on Unix
+    embedder.child.kill().unwrap();
+    embedder.child.wait().unwrap();
+}
