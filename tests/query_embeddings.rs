@@ -6,80 +6,11 @@
 //! never return the other model's memory. The endpoint setting is an administrator's: a tenant
 //! cannot point the database server elsewhere.
 
+use memoriesdb_integration_tests::embedding_endpoint::{http, Stub};
 use memoriesdb_integration_tests::{sqlstate, TestDb};
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::sync::{Arc, Mutex};
+use std::net::TcpListener;
+use std::sync::Arc;
 use std::time::Duration;
-
-/// What a stub endpoint does with one request (its body): the raw bytes of its answer, or None
-/// to hold the connection open without answering.
-type Behaviour = Arc<dyn Fn(&str) -> Option<Vec<u8>> + Send + Sync>;
-
-struct Stub {
-    port: u16,
-    /// the body of every request received
-    requests: Arc<Mutex<Vec<String>>>,
-}
-
-impl Stub {
-    fn start(behaviour: Behaviour) -> Stub {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let requests = Arc::new(Mutex::new(Vec::new()));
-        let seen = Arc::clone(&requests);
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(stream) = stream else { continue };
-                let (behaviour, seen) = (Arc::clone(&behaviour), Arc::clone(&seen));
-                std::thread::spawn(move || serve(stream, &*behaviour, &seen));
-            }
-        });
-        Stub { port, requests }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/v1/embeddings", self.port)
-    }
-
-    fn request_count(&self) -> usize {
-        self.requests.lock().unwrap().len()
-    }
-}
-
-fn serve(mut stream: TcpStream, behaviour: &(dyn Fn(&str) -> Option<Vec<u8>> + Send + Sync), seen: &Mutex<Vec<String>>) {
-    let mut bytes = Vec::new();
-    let mut buffer = [0u8; 4096];
-    let body = loop {
-        let Ok(n) = stream.read(&mut buffer) else { return };
-        if n == 0 {
-            return;
-        }
-        bytes.extend_from_slice(&buffer[..n]);
-        let Some(end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
-        let head = String::from_utf8_lossy(&bytes[..end]).to_lowercase();
-        let length: usize = head
-            .lines()
-            .find_map(|line| line.strip_prefix("content-length:"))
-            .map_or(0, |value| value.trim().parse().unwrap());
-        if bytes.len() >= end + 4 + length {
-            break String::from_utf8_lossy(&bytes[end + 4..end + 4 + length]).into_owned();
-        }
-    };
-    seen.lock().unwrap().push(body.clone());
-    match behaviour(&body) {
-        Some(answer) => {
-            let _ = stream.write_all(&answer);
-        }
-        // hold the connection until the client gives up
-        None => while stream.read(&mut buffer).is_ok_and(|n| n > 0) {},
-    }
-}
-
-fn http(status: &str, body: &str) -> Vec<u8> {
-    format!("HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
-        .into_bytes()
-}
 
 /// The embedding the well-behaved stub gives a text: a fixed direction per topic word, so that
 /// the test knows which memory is nearest.

@@ -7,6 +7,8 @@
 //! to set one up. psql variables (`\gset`) carry from block to block, as when pasting.
 
 use memoriesdb_integration_tests::admin_host_port;
+use memoriesdb_integration_tests::embedding_endpoint::{http, Stub};
+use std::sync::Arc;
 use postgres::{Client, NoTls};
 use std::process::Command;
 
@@ -63,6 +65,12 @@ fn every_sql_example_in_the_readme_runs_as_documented() {
     let blocks = sql_blocks(&readme);
     assert!(blocks.len() >= 10, "found only {} sql blocks in the README", blocks.len());
 
+    // the README's embedding endpoint (the embedder run.sh starts) is, here, an endpoint of the
+    // test's that answers like it, with the README's 3-dimensional vectors
+    let endpoint = Stub::start(Arc::new(|_: &str| {
+        Some(http("200 OK", r#"{"data":[{"embedding":[0.3,0.1,0.9],"index":0}],"model":"all-MiniLM-L6-v2"}"#))
+    }));
+
     let mut admin = admin();
     clean_up(&mut admin);
     let _clean_up = CleanUp;
@@ -87,7 +95,7 @@ fn every_sql_example_in_the_readme_runs_as_documented() {
         let switch = if as_admin { "RESET ROLE;\n".to_string() } else { format!("SET ROLE {README_ROLE};\n") };
         script.push_str(&switch);
         starts.push((script.lines().count() + 1, *readme_line, if as_admin { "the superuser" } else { README_ROLE }));
-        script.push_str(block);
+        script.push_str(&block.replace("http://127.0.0.1:5003", &format!("http://127.0.0.1:{}", endpoint.port)));
         script.push_str("RESET ROLE;\n");
         if block.contains("ALTER DATABASE") {
             script.push_str(&format!("\\connect {DATABASE}\n"));
@@ -130,4 +138,5 @@ fn every_sql_example_in_the_readme_runs_as_documented() {
         .unwrap()
         .get(0);
     assert_eq!(embedded, 1, "the embedding pipeline example stored its embedding");
+    assert!(endpoint.request_count() >= 3, "the plain-words examples asked the endpoint for query embeddings");
 }
