@@ -494,9 +494,11 @@ unsafe fn semantic_search(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
         search.caller.require_listed(spi, session);
         let (vector, vector_schema) = pgvector_type(spi);
         let embedded = embeddings::embed_query(text);
-        let embedding = embeddings::vector_datum(&embedded.values);
+        let embedding = Some(embeddings::vector_datum(&embedded.values));
+        // an endpoint can answer with the zero vector: refused as it is from a caller (22023)
+        let dimensions = usable_embedding(spi, embedding, vector, &vector_schema);
         let model = embedded.model.as_str().into_datum();
-        search.run(spi, Some(embedding), embedded.values.len() as i32, model, vector, &vector_schema, &result);
+        search.run(spi, embedding, dimensions, model, vector, &vector_schema, &result);
     });
     pg_sys::Datum::from(0)
 }

@@ -196,6 +196,14 @@ fn an_endpoint_that_answers_badly_is_a_clear_error() {
         assert!(format!("{err:?}").contains(expected), "{what}: expected {expected:?} in {err:?}");
     }
 
+    // the zero vector has no direction: refused as it is from a caller (22023), by every search
+    let zero = Stub::start(Arc::new(|_: &str| Some(http("200 OK", r#"{"data":[{"embedding":[0,0,0]}],"model":"m"}"#))));
+    admin.batch_execute(&format!("ALTER DATABASE {} SET memoriesdb.embedding_url = '{}'", db.name, zero.url())).unwrap();
+    for search in ["SELECT * FROM semantic_search('x')", "SELECT * FROM hybrid_search('x')"] {
+        let err = db.connect().query(search, &[]).unwrap_err();
+        assert_eq!(sqlstate(&err), "22023", "{search}: {err:?}");
+    }
+
     // a chunked answer is read whole
     let chunked = Stub::start(Arc::new(|_: &str| {
         let body = r#"{"data":[{"embedding":[0.5,0.5]}],"model":"m"}"#;
@@ -232,6 +240,13 @@ fn a_tenant_cannot_redirect_the_endpoint() {
     let err = client.query_one(&format!("SELECT set_config('memoriesdb.embedding_url', '{}', false)", attacker.url()), &[]).unwrap_err();
     assert_eq!(sqlstate(&err), "42501", "{err:?}");
     client.query("SELECT * FROM hybrid_search('phone')", &[]).unwrap();
+
+    // nor see where it points (an internal address)
+    let err = client.query_one("SHOW memoriesdb.embedding_url", &[]).unwrap_err();
+    assert_eq!(sqlstate(&err), "42501", "{err:?}");
+    let shown: Option<String> =
+        client.query_one("SELECT current_setting('memoriesdb.embedding_url', true)", &[]).map(|r| r.get(0)).unwrap_or(None);
+    assert_eq!(shown, None);
 
     assert_eq!(attacker.request_count(), 0, "the attacker's endpoint was called");
     assert!(configured.request_count() >= 2);

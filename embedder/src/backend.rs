@@ -58,6 +58,16 @@ impl Backend {
         }
     }
 
+    /// The most characters of a memory's content worth sending (the worker asks the database
+    /// for no more): the local model's window with room to spare; for an API, 32,768
+    /// characters (OpenAI's models read 8,191 tokens; longer inputs are refused by the API).
+    pub fn max_input_chars(&self) -> usize {
+        match self {
+            Backend::Local { model, .. } => model.max_input_bytes(),
+            Backend::Remote(_) => 32_768,
+        }
+    }
+
     /// Texts per call that use the backend well (the worker's unit of work).
     pub fn batch_size(&self) -> usize {
         match self {

@@ -100,6 +100,18 @@ pub struct Config {
     #[arg(long, env = "MEMORIESDB_EMBEDDER_MAX_INPUTS", default_value_t = 2048)]
     pub max_inputs: usize,
 
+    /// Connections served at once (more wait to be accepted).
+    #[arg(long, env = "MEMORIESDB_EMBEDDER_MAX_CONNECTIONS", default_value_t = 256)]
+    pub max_connections: usize,
+
+    /// /v1/embeddings requests handled at once; more are answered 503 (each holds its body).
+    #[arg(long, env = "MEMORIESDB_EMBEDDER_MAX_REQUESTS", default_value_t = 32)]
+    pub max_requests: usize,
+
+    /// Time a client has to send a request's head, and then its body (else 408).
+    #[arg(long, env = "MEMORIESDB_EMBEDDER_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+
     /// Log filter (tracing's EnvFilter syntax).
     #[arg(long, env = "MEMORIESDB_EMBEDDER_LOG", default_value = "info")]
     pub log: String,

@@ -29,6 +29,10 @@ pub struct AppState {
     pub process: metrics_process::Collector,
     pub max_body_bytes: usize,
     pub max_inputs: usize,
+    /// how long a client may take to send a body
+    pub body_timeout: std::time::Duration,
+    /// /v1/embeddings requests in progress (each holds a body of up to max_body_bytes)
+    pub requests: tokio::sync::Semaphore,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -84,14 +88,25 @@ async fn embeddings(State(state): State<Arc<AppState>>, body: Body) -> Response 
 }
 
 async fn embeddings_response(state: &AppState, body: Body) -> Response {
-    let bytes = match axum::body::to_bytes(body, state.max_body_bytes).await {
-        Ok(bytes) => bytes,
-        Err(_) => {
+    let Ok(_permit) = state.requests.try_acquire() else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "server_error", None, "too many requests in progress; try again shortly");
+    };
+    let bytes = match tokio::time::timeout(state.body_timeout, axum::body::to_bytes(body, state.max_body_bytes)).await {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(_)) => {
             return error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "invalid_request_error",
                 None,
                 format!("the request body is larger than {} bytes", state.max_body_bytes),
+            )
+        }
+        Err(_) => {
+            return error(
+                StatusCode::REQUEST_TIMEOUT,
+                "invalid_request_error",
+                None,
+                format!("the request body did not arrive within {} s", state.body_timeout.as_secs_f64()),
             )
         }
     };

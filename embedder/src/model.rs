@@ -93,6 +93,7 @@ impl LocalModel {
     /// Embed `texts`, in order. Texts are sorted by length and run in batches of similar
     /// lengths (as sentence-transformers does), so short texts are not padded to long ones.
     pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        let texts: Vec<&str> = texts.iter().map(|text| self.readable_part(text)).collect();
         let mut order: Vec<usize> = (0..texts.len()).collect();
         order.sort_by_key(|&index| std::cmp::Reverse(texts[index].len()));
         let mut embeddings = vec![Vec::new(); texts.len()];
@@ -103,6 +104,28 @@ impl LocalModel {
             }
         }
         Ok(embeddings)
+    }
+
+    /// The part of `text` worth tokenising: the model reads only its first max_tokens tokens,
+    /// and tokenising all of a long text costs about 250 bytes of memory per token (a 16 MB
+    /// message took gigabytes). A token of real text is a few bytes, so the first
+    /// max_tokens x 64 bytes (cut at a character boundary) hold the window with room to spare;
+    /// only a text of hundred-character words could lose part of it.
+    pub fn readable_part<'a>(&self, text: &'a str) -> &'a str {
+        let limit = self.max_input_bytes();
+        if text.len() <= limit {
+            return text;
+        }
+        let mut end = limit;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        &text[..end]
+    }
+
+    /// The most bytes of a text the model looks at (see readable_part).
+    pub fn max_input_bytes(&self) -> usize {
+        self.max_tokens * 64
     }
 
     /// How many tokens the model would read of `text` before truncation (without [CLS]/[SEP]).

@@ -7,9 +7,12 @@ use crate::http::{router, AppState};
 use crate::worker::Worker;
 use anyhow::Context;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+use tower_service::Service;
 
 /// Histogram buckets (seconds): 1 ms to 60 s.
 const BUCKETS: [f64; 14] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0];
@@ -55,14 +58,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             process,
             max_body_bytes: config.max_body_bytes,
             max_inputs: config.max_inputs.max(1),
+            body_timeout: config.request_timeout,
+            requests: tokio::sync::Semaphore::new(config.max_requests.max(1)),
         });
-        let stop = shutdown.clone();
-        tasks.spawn(async move {
-            let served = axum::serve(listener, router(state)).with_graceful_shutdown(stop.cancelled_owned()).await;
-            if let Err(error) = served {
-                tracing::error!("HTTP server: {error}");
-            }
-        });
+        tasks.spawn(accept_loop(listener, router(state), config.max_connections.max(1), config.request_timeout, shutdown.clone()));
     }
     if tasks.is_empty() {
         anyhow::bail!("nothing to do: give --database-url, a --port other than 0, or both");
@@ -80,5 +79,47 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = async { match terminate.as_mut() { Some(signal) => { signal.recv().await; } None => std::future::pending().await } } => {}
+    }
+}
+
+/// Serve HTTP/1.1 connections: at most `max_connections` at once (more wait in the kernel's
+/// backlog), each with `timeout` to send its request head (slow-loris defence; the handler
+/// bounds the body's time itself).
+async fn accept_loop(listener: tokio::net::TcpListener, router: axum::Router, max_connections: usize, timeout: Duration, shutdown: CancellationToken) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1.timer(TokioTimer::new()).header_read_timeout(timeout).keep_alive(true);
+    loop {
+        let slot = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            slot = Arc::clone(&slots).acquire_owned() => slot.expect("never closed"),
+        };
+        let (stream, _) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(error) => {
+                    // e.g. EMFILE: back off instead of spinning
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let (router, http1, shutdown) = (router.clone(), http1.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let _slot = slot;
+            let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| router.clone().call(request));
+            let connection = http1.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                _ = shutdown.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(1), connection).await;
+                }
+            }
+        });
     }
 }

@@ -97,7 +97,9 @@ impl Worker {
             .await?;
         let claim = client
             .prepare(
-                "SELECT memory_id, content, content_hash FROM memoriesdb.claim_embedding_batch($1::pg_catalog.int4, $2::pg_catalog.text::pg_catalog.interval)",
+                // only the part of the content the model reads leaves the database
+                "SELECT memory_id, pg_catalog.left(content, $3::pg_catalog.int4), content_hash, attempts
+                   FROM memoriesdb.claim_embedding_batch($1::pg_catalog.int4, $2::pg_catalog.text::pg_catalog.interval)",
             )
             .await?;
         // One round trip stores the whole batch. store_embedding() returns false for a memory
@@ -123,6 +125,8 @@ impl Worker {
 
         let lease = format!("{} milliseconds", self.config.lease.as_millis().max(1000));
         let claim_batch = self.config.claim_batch.clamp(1, 1000) as i32;
+        let max_chars = self.backend.max_input_chars().min(i32::MAX as usize) as i32;
+        let max_attempts = self.config.max_attempts.max(1) as i32;
         let mut last_depth = Instant::now() - Duration::from_secs(3600);
         loop {
             if last_depth.elapsed() >= Duration::from_secs(1) {
@@ -130,7 +134,7 @@ impl Worker {
                 metrics::gauge!("memoriesdb_embedder_queue_depth").set(waiting as f64);
                 last_depth = Instant::now();
             }
-            let rows = client.query(&claim, &[&claim_batch, &lease]).await?;
+            let rows = client.query(&claim, &[&claim_batch, &lease, &max_chars]).await?;
             if rows.is_empty() {
                 tokio::select! {
                     _ = shutdown.cancelled() => return Ok(()),
@@ -140,11 +144,24 @@ impl Worker {
                 }
                 continue;
             }
-            let claimed: Vec<Claimed> = rows
-                .iter()
-                .map(|row| Claimed { memory_id: row.get(0), content: row.get(1), content_hash: row.get(2) })
-                .collect();
-            metrics::counter!("memoriesdb_embedder_claimed_total").increment(claimed.len() as u64);
+            let mut claimed = Vec::with_capacity(rows.len());
+            for row in &rows {
+                let item = Claimed { memory_id: row.get(0), content: row.get(1), content_hash: row.get(2) };
+                let attempts: i32 = row.get(3);
+                // claimed more often than it may be tried: its earlier claims never ended (the
+                // embedder died or lost the database while holding it). It goes dead instead of
+                // taking down every embedder that picks it up.
+                if attempts > max_attempts {
+                    let reason = format!("claimed {attempts} times without finishing (an embedder died or lost the database while working on it)");
+                    self.fail(client, &item, &EmbedError::Rejected(reason), &fail).await?;
+                    continue;
+                }
+                claimed.push(item);
+            }
+            metrics::counter!("memoriesdb_embedder_claimed_total").increment(rows.len() as u64);
+            if claimed.is_empty() {
+                continue;
+            }
             self.embed_and_store(client, &claimed, &store, &store_one, &fail).await?;
             // new dimensions get their HNSW index (a no-op query when nothing is queued)
             client.execute("SELECT memoriesdb.process_vindexing()", &[]).await?;
@@ -164,12 +181,12 @@ impl Worker {
     ) -> Result<(), tokio_postgres::Error> {
         let texts: Vec<String> = claimed.iter().map(|item| item.content.clone()).collect();
         match self.backend.embed(texts).await {
-            Ok(vectors) => self.store(client, claimed, &vectors, store, store_one).await,
+            Ok(vectors) => self.store(client, claimed, &vectors, store, store_one, fail).await,
             // one bad text must not fail the others: find it by embedding one at a time
             Err(EmbedError::Rejected(_)) if claimed.len() > 1 => {
                 for item in claimed {
                     match self.backend.embed(vec![item.content.clone()]).await {
-                        Ok(vectors) => self.store(client, std::slice::from_ref(item), &vectors, store, store_one).await?,
+                        Ok(vectors) => self.store(client, std::slice::from_ref(item), &vectors, store, store_one, fail).await?,
                         Err(error) => self.fail(client, item, &error, fail).await?,
                     }
                 }
@@ -191,6 +208,7 @@ impl Worker {
         vectors: &[Vec<f32>],
         store: &tokio_postgres::Statement,
         store_one: &tokio_postgres::Statement,
+        fail: &tokio_postgres::Statement,
     ) -> Result<(), tokio_postgres::Error> {
         let ids: Vec<Uuid> = claimed.iter().map(|item| item.memory_id).collect();
         let hashes: Vec<&str> = claimed.iter().map(|item| item.content_hash.as_str()).collect();
@@ -213,6 +231,13 @@ impl Worker {
                         }
                         Err(error) if error.code() == Some(&tokio_postgres::error::SqlState::NO_DATA_FOUND) => {
                             self.count_stores(0, 0, 1)
+                        }
+                        // the database refused this vector (e.g. an API's zero vector): that
+                        // item fails, the others go on
+                        Err(error) if error.code().is_some() => {
+                            let item = claimed.iter().find(|item| &item.memory_id == id).expect("a claimed id");
+                            let reason = EmbedError::Rejected(format!("the database refused the embedding: {}", error_chain(&error)));
+                            self.fail(client, item, &reason, fail).await?;
                         }
                         Err(error) => return Err(error),
                     }

@@ -4,6 +4,7 @@
 mod support;
 
 use serde_json::{json, Value};
+use std::io::{Read, Write};
 use support::{model_dir, Embedder};
 
 fn embedder() -> Embedder {
@@ -130,4 +131,34 @@ fn bad_requests_get_clear_errors_and_bounded_memory() {
     let after = embedder.rss_kib();
     assert!(after < before + 200 * 1024, "RSS grew from {before} KiB to {after} KiB");
     assert_eq!(embedder.get("/healthz").0, 200, "the embedder survived");
+}
+
+#[test]
+fn slow_and_idle_clients_are_cut_off_and_requests_in_flight_are_bounded() {
+    let dir = model_dir();
+    let embedder = Embedder::start(&["--model-dir", dir.to_str().unwrap(), "--request-timeout", "1s", "--max-requests", "1"]);
+    // a client that sends a head promising a body, then stalls: 408 after the timeout
+    let mut slow = std::net::TcpStream::connect(("127.0.0.1", embedder.port)).unwrap();
+    slow.write_all(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{\"input\":").unwrap();
+    // meanwhile the one request slot is taken: another request is told to come back (503)
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let (status, body) = embedder.post("/v1/embeddings", br#"{"input": "x"}"#);
+    assert_eq!(status, 503, "{body}");
+    let started = std::time::Instant::now();
+    let mut answer = String::new();
+    slow.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    let _ = slow.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    // the slot is free again
+    assert_eq!(embedder.post("/v1/embeddings", br#"{"input": "x"}"#).0, 200);
+
+    // a connection that never sends its head is closed after the timeout
+    let mut idle = std::net::TcpStream::connect(("127.0.0.1", embedder.port)).unwrap();
+    idle.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    let started = std::time::Instant::now();
+    let mut buffer = [0u8; 64];
+    // (the read ends when the server closes; without that, it would time out after 10 s)
+    let _ = idle.read(&mut buffer);
+    assert!(started.elapsed() < std::time::Duration::from_secs(5), "not closed after {:?}", started.elapsed());
 }

@@ -415,3 +415,50 @@ fn kill_9(embedder: &mut Embedder) {
     embedder.child.kill().unwrap();
     embedder.child.wait().unwrap();
 }
+
+#[test]
+fn a_huge_message_and_a_poisoned_item_cannot_stop_the_worker() {
+    let (db, worker_url) = database();
+    let mut client = db.connect();
+    let session: uuid::Uuid = client.query_one("SELECT create_session('huge')", &[]).unwrap().get(0);
+    // 16 MB of short words: tokenised whole, this took the embedder's memory to gigabytes
+    let huge: uuid::Uuid =
+        client.query_one("SELECT add_message_to_session($1, 'user', repeat('a ', 8000000))", &[&session]).unwrap().get(0);
+    let normal: uuid::Uuid = client.query_one("SELECT add_message_to_session($1, 'user', 'a normal message')", &[&session]).unwrap().get(0);
+    // an item whose earlier claims never ended (as if embedders had died holding it)
+    let poisoned: uuid::Uuid = client.query_one("SELECT add_message_to_session($1, 'user', 'poisoned')", &[&session]).unwrap().get(0);
+    let mut admin = db.admin();
+    admin
+        .execute(
+            "UPDATE memoriesdb.embedding_schedule SET status = 'processing', attempts = 9, locked_until = now() - interval '1 second'
+              WHERE memory_id = $1",
+            &[&poisoned],
+        )
+        .unwrap();
+
+    let embedder = local_embedder(&worker_url, &["--max-attempts", "5"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let rows = admin
+            .query("SELECT memory_id, status, coalesce(last_error, '') FROM memoriesdb.embedding_schedule ORDER BY enqueued_at", &[])
+            .unwrap();
+        let status = |id: &uuid::Uuid| rows.iter().find(|r| r.get::<_, uuid::Uuid>(0) == *id).map(|r| r.get::<_, String>(1));
+        if status(&huge).as_deref() == Some("done") && status(&normal).as_deref() == Some("done") && status(&poisoned).as_deref() == Some("dead") {
+            let error: String = rows.iter().find(|r| r.get::<_, uuid::Uuid>(0) == poisoned).unwrap().get(2);
+            assert!(error.contains("without finishing"), "{error}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{rows:?}\n{}", embedder.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(embedder.rss_kib() < 1024 * 1024, "the embedder holds {} KiB", embedder.rss_kib());
+    // the huge message's embedding is that of its beginning, as sentence-transformers truncates
+    let (status, body) = embedder.post("/v1/embeddings", serde_json::json!({"input": "a ".repeat(300)}).to_string().as_bytes());
+    assert_eq!(status, 200);
+    let expected: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let stored: String = admin.query_one("SELECT content_embedding::text FROM memoriesdb.memories WHERE id = $1", &[&huge]).unwrap().get(0);
+    let stored: Vec<f64> = serde_json::from_str(&stored).unwrap();
+    let expected: Vec<f64> = expected["data"][0]["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+    let max_difference = stored.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+    assert!(max_difference < 1e-5, "{max_difference}");
+}

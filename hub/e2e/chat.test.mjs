@@ -91,6 +91,19 @@ test("a message sent in one tab appears live in the other; forks show the branch
   await transcriptItem(carol.page, "only in the branch").waitFor();
   assert.equal(await carol.page.locator("#transcript li").count(), 2);
 
+  // Bob searches (by words and meaning: the test's database has an embedding endpoint); a result
+  // opens its session with the message marked
+  await bob.page.locator(`#sessions button[data-session-id="${branchId}"]`).click();
+  await bob.page.locator("#session-title", { hasText: "Fork of " + title }).waitFor();
+  await bob.page.fill("#search", "Alice hello");
+  await bob.page.click("#search-button");
+  await bob.page.locator("#search-mode", { hasText: "meaning" }).waitFor();
+  const hit = bob.page.locator("#results button", { hasText: "hello from Alice" }).first();
+  await hit.click();
+  await bob.page.waitForURL((url) => url.hash === "#session=" + sessionId);
+  await bob.page.locator("#transcript li.found", { hasText: "hello from Alice" }).waitFor();
+  assert.equal(await bob.page.locator("#transcript li.found").count(), 1);
+
   for (const user of [alice, bob, carol]) {
     assert.deepEqual(user.errors, [], "no JavaScript errors");
     await user.context.close();

@@ -367,11 +367,17 @@ impl Connection {
         }
         match outcome {
             Ok(mut result) => {
-                if let (Action::ListSessions { .. }, Some(grant)) = (&action, &self.grant) {
-                    // show only sessions whose channel the token may read
-                    if let Some(Value::Array(sessions)) = result.get_mut("sessions") {
-                        sessions.retain(|s| {
-                            s.get("session_id")
+                if let Some(grant) = &self.grant {
+                    // show only sessions, and search results from sessions, whose channel the
+                    // token may read
+                    let listed = match action {
+                        Action::ListSessions { .. } => Some("sessions"),
+                        Action::Search { .. } => Some("results"),
+                        _ => None,
+                    };
+                    if let Some(Value::Array(rows)) = listed.and_then(|key| result.get_mut(key)) {
+                        rows.retain(|row| {
+                            row.get("session_id")
                                 .and_then(Value::as_str)
                                 .and_then(|id| uuid::Uuid::parse_str(id).ok())
                                 .is_some_and(|id| grant.can_read(ChannelName::for_session(&id).as_str()))
@@ -397,7 +403,9 @@ impl Connection {
                     Err(format!("the token does not allow writing to {channel}"))
                 }
             }
-            Action::GetTranscript { session_id, .. } | Action::ForkSession { session_id, .. } => {
+            Action::GetTranscript { session_id, .. }
+            | Action::ForkSession { session_id, .. }
+            | Action::Search { session_id: Some(session_id), .. } => {
                 let channel = ChannelName::for_session(session_id);
                 if grant.can_read(channel.as_str()) {
                     Ok(())
@@ -405,7 +413,7 @@ impl Connection {
                     Err(format!("the token does not allow reading {channel}"))
                 }
             }
-            Action::CreateSession { .. } | Action::ListSessions { .. } => Ok(()),
+            Action::CreateSession { .. } | Action::ListSessions { .. } | Action::Search { session_id: None, .. } => Ok(()),
         }
     }
 

@@ -321,6 +321,40 @@ impl Database {
                     .await?;
                 json!({ "sessions": row.get::<_, Value>(0) })
             }
+            Action::Search { query, session_id, limit } => {
+                // by words and meaning when the database has an embedding endpoint; by words
+                // otherwise (the reply says which). Each result names its session (a session's
+                // own memory names itself), so clients can open it.
+                let hybrid: bool = transaction
+                    .query_one(
+                        "SELECT pg_catalog.coalesce(pg_catalog.current_setting('memoriesdb.embedding_url', true), '')
+                                OPERATOR(pg_catalog.<>) ''",
+                        &[],
+                    )
+                    .await?
+                    .get(0);
+                let rows = if hybrid {
+                    "SELECT h.id, h.content, h.kind, h.role, h.origin_session_id, h.position, h.score,
+                            h.text_rank, h.vector_rank, h.vector_similarity AS similarity
+                       FROM memoriesdb.hybrid_search($1, lim => $2::pg_catalog.int8::pg_catalog.int4, session_id => $3) h"
+                } else {
+                    "SELECT s.id, s.content, s.kind, s.role, s.origin_session_id, s.position, s.rank AS score, s.snippet
+                       FROM memoriesdb.search_memories($1, session_id => $3, lim => $2::pg_catalog.int8::pg_catalog.int4) s"
+                };
+                let row = transaction
+                    .query_one(
+                        &format!(
+                            "SELECT coalesce(pg_catalog.jsonb_agg(pg_catalog.to_jsonb(r) OPERATOR(pg_catalog.-) 'origin_session_id'
+                                      OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object('session_id',
+                                          CASE WHEN r.kind OPERATOR(pg_catalog.=) 'session' THEN r.id ELSE r.origin_session_id END)),
+                                    '[]'::pg_catalog.jsonb)
+                               FROM ({rows}) r"
+                        ),
+                        &[query, limit, session_id],
+                    )
+                    .await?;
+                json!({ "mode": if hybrid { "hybrid" } else { "text" }, "results": row.get::<_, Value>(0) })
+            }
         };
         transaction.commit().await?;
         Ok(result)

@@ -14,7 +14,7 @@ const BUCKETS: [f64; 16] =
     [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 /// The chat actions, for the per-action duration histogram.
-const ACTIONS: [&str; 5] = ["send_message", "get_transcript", "create_session", "fork_session", "list_sessions"];
+const ACTIONS: [&str; 6] = ["send_message", "get_transcript", "create_session", "fork_session", "list_sessions", "search"];
 
 pub struct Metrics {
     recorder: PrometheusRecorder,

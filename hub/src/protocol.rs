@@ -12,6 +12,7 @@
 //!   {"action":"create_session","title":"...","metadata":{...}}
 //!   {"action":"fork_session","session_id":"...","title":"...","parent_message_id":"...","metadata":{...}}
 //!   {"action":"list_sessions","limit":50}
+//!   {"action":"search","query":"...","session_id":"...","limit":10}   (session_id optional)
 //! (action fields may also be given inside "params").
 //!
 //! Hub → client:
@@ -84,6 +85,9 @@ pub enum Action {
     CreateSession { title: String, metadata: Option<Value> },
     ForkSession { session_id: Uuid, title: String, metadata: Option<Value>, parent_message_id: Option<Uuid> },
     ListSessions { limit: i64 },
+    /// hybrid_search (words and meaning) when the database has an embedding endpoint, else
+    /// search_memories (words)
+    Search { query: String, session_id: Option<Uuid>, limit: i64 },
 }
 
 impl Action {
@@ -93,6 +97,7 @@ impl Action {
             Action::SendMessage { session_id, .. }
             | Action::GetTranscript { session_id, .. }
             | Action::ForkSession { session_id, .. } => Some(session_id),
+            Action::Search { session_id, .. } => session_id.as_ref(),
             Action::CreateSession { .. } | Action::ListSessions { .. } => None,
         }
     }
@@ -102,6 +107,8 @@ pub const DEFAULT_TRANSCRIPT_LIMIT: i64 = 500;
 pub const MAX_TRANSCRIPT_LIMIT: i64 = 5000;
 pub const DEFAULT_SESSION_LIST_LIMIT: i64 = 50;
 pub const MAX_SESSION_LIST_LIMIT: i64 = 500;
+pub const DEFAULT_SEARCH_LIMIT: i64 = 10;
+pub const MAX_SEARCH_LIMIT: i64 = 100;
 
 /// A parsed request with what is needed to reply to it.
 #[derive(Debug)]
@@ -200,7 +207,7 @@ fn parse(text: &str) -> Result<Envelope, ProtocolError> {
         name: None,
         code: code::BAD_REQUEST,
         message: "a request needs \"method\" (sub, unsub, pub, auth, ping) or \"action\" (send_message, \
-                  get_transcript, create_session, fork_session, list_sessions)"
+                  get_transcript, create_session, fork_session, list_sessions, search)"
             .into(),
     })
 }
@@ -239,11 +246,19 @@ fn parse_action(action: &str, fields: &Fields) -> Result<Action, (&'static str, 
         "list_sessions" => Action::ListSessions {
             limit: fields.optional_int("limit", 1, MAX_SESSION_LIST_LIMIT).map_err(bad)?.unwrap_or(DEFAULT_SESSION_LIST_LIMIT),
         },
+        "search" => Action::Search {
+            query: fields.required_string("query").map_err(bad)?,
+            session_id: match fields.get("session_id") {
+                None | Some(Value::Null) => None,
+                Some(_) => Some(fields.uuid("session_id").map_err(bad)?),
+            },
+            limit: fields.optional_int("limit", 1, MAX_SEARCH_LIMIT).map_err(bad)?.unwrap_or(DEFAULT_SEARCH_LIMIT),
+        },
         _ => {
             return Err((
                 code::UNKNOWN_ACTION,
                 format!(
-                    "unknown action {:?}; known: send_message, get_transcript, create_session, fork_session, list_sessions",
+                    "unknown action {:?}; known: send_message, get_transcript, create_session, fork_session, list_sessions, search",
                     crate::channel::truncate(action, 64)
                 ),
             ))

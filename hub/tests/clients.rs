@@ -114,6 +114,18 @@ async fn psql_notify_reaches_a_websocket_subscriber() {
 #[tokio::test]
 async fn demo_page_in_headless_chromium_two_tabs() {
     let db = TestDb::new().await;
+    // an embedding endpoint, so that the page's search box searches by words and meaning
+    let endpoint = memoriesdb_integration_tests::embedding_endpoint::Stub::start(std::sync::Arc::new(|_: &str| {
+        Some(memoriesdb_integration_tests::embedding_endpoint::http(
+            "200 OK",
+            r#"{"data":[{"embedding":[0.1,0.2,0.3]}],"model":"stub"}"#,
+        ))
+    }));
+    db.client()
+        .await
+        .batch_execute(&format!("ALTER DATABASE {} SET memoriesdb.embedding_url = '{}'", db.name, endpoint.url()))
+        .await
+        .unwrap();
     let hub = HubProcess::start(&db.hub_url().await, &[]).await;
     let e2e = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("e2e");
     assert!(

@@ -3,6 +3,7 @@
 
 mod support;
 
+use memoriesdb_integration_tests::embedding_endpoint::{http, Stub};
 use serde_json::{json, Value};
 use std::time::Duration;
 use support::*;
@@ -430,4 +431,49 @@ async fn the_hub_names_session_channels_as_the_extension_does() {
             client.query_one("SELECT memoriesdb.session_channel($1)", &[&session]).await.unwrap().get(0);
         assert_eq!(memoriesdb_hub::channel::ChannelName::for_session(&session).as_str(), extension);
     }
+}
+
+#[tokio::test]
+async fn search_finds_messages_by_words_and_by_meaning_when_the_database_can_embed() {
+    let db = TestDb::new().await;
+    let hub = HubProcess::start(&db.hub_url().await, &[]).await;
+    let mut client = WsClient::connect(&hub.ws_url("")).await;
+    let created = client.ok(json!({"action": "create_session", "title": "Design"})).await;
+    let session = created["session_id"].as_str().unwrap().to_string();
+    for content in ["the phone layout needs bigger buttons", "we drink green tea at the office"] {
+        client.ok(json!({"action": "send_message", "session_id": session, "content": content})).await;
+    }
+
+    // no embedding endpoint: by words
+    let found = client.ok(json!({"action": "search", "query": "bigger buttons"})).await;
+    assert_eq!(found["mode"], "text", "{found}");
+    let results = found["results"].as_array().unwrap();
+    assert_eq!(results.len(), 1, "{found}");
+    assert_eq!(results[0]["content"], "the phone layout needs bigger buttons");
+    assert_eq!(results[0]["session_id"], session.as_str());
+    assert_eq!(results[0]["position"], 1);
+    assert!(results[0]["snippet"].as_str().unwrap().contains("<b>"));
+
+    // with an endpoint (one of the test's, answering like OpenAI's): by words and meaning
+    let endpoint = Stub::start(std::sync::Arc::new(|_: &str| {
+        Some(http("200 OK", r#"{"data":[{"embedding":[0.1,0.2,0.3]}],"model":"stub"}"#))
+    }));
+    db.client().await.batch_execute(&format!("ALTER DATABASE {} SET memoriesdb.embedding_url = '{}'", db.name, endpoint.url())).await.unwrap();
+    let hub = HubProcess::start(&db.hub_url().await, &[]).await;
+    let mut client = WsClient::connect(&hub.ws_url("")).await;
+    let found = client.ok(json!({"action": "search", "query": "green tea", "session_id": session, "limit": 5})).await;
+    assert_eq!(found["mode"], "hybrid", "{found}");
+    assert_eq!(found["results"][0]["content"], "we drink green tea at the office", "{found}");
+    assert_eq!(found["results"][0]["text_rank"], 1);
+    assert!(endpoint.request_count() >= 1, "the query was embedded");
+
+    // bad requests
+    let missing = client.request(json!({"action": "search"})).await;
+    assert_eq!(missing["error"]["code"], "bad_request", "{missing}");
+    let too_many = client.request(json!({"action": "search", "query": "x", "limit": 101})).await;
+    assert_eq!(too_many["error"]["code"], "bad_request", "{too_many}");
+    let unknown = client
+        .request(json!({"action": "search", "query": "x", "session_id": "01a21f10-a1fa-729b-9207-651564608c0c"}))
+        .await;
+    assert_eq!(unknown["error"]["code"], "not_found", "{unknown}");
 }
