@@ -322,38 +322,38 @@ impl Database {
                 json!({ "sessions": row.get::<_, Value>(0) })
             }
             Action::Search { query, session_id, limit } => {
-                // by words and meaning when the database has an embedding endpoint; by words
-                // otherwise (the reply says which). Each result names its session (a session's
-                // own memory names itself), so clients can open it.
-                let hybrid: bool = transaction
-                    .query_one(
-                        "SELECT pg_catalog.coalesce(pg_catalog.current_setting('memoriesdb.embedding_url', true), '')
-                                OPERATOR(pg_catalog.<>) ''",
-                        &[],
+                // by words and meaning; by words alone when the database has no embedding
+                // endpoint (hybrid_search says so with 55000; the savepoint undoes the attempt).
+                // The reply says which. Each result names its session (a session's own memory
+                // names itself), so clients can open it.
+                let as_json = |rows: &str| {
+                    format!(
+                        "SELECT coalesce(pg_catalog.jsonb_agg(pg_catalog.to_jsonb(r) OPERATOR(pg_catalog.-) 'origin_session_id'
+                                  OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object('session_id',
+                                      CASE WHEN r.kind OPERATOR(pg_catalog.=) 'session' THEN r.id ELSE r.origin_session_id END)),
+                                '[]'::pg_catalog.jsonb)
+                           FROM ({rows}) r"
                     )
-                    .await?
-                    .get(0);
-                let rows = if hybrid {
+                };
+                let hybrid_rows = as_json(
                     "SELECT h.id, h.content, h.kind, h.role, h.origin_session_id, h.position, h.score,
                             h.text_rank, h.vector_rank, h.vector_similarity AS similarity
-                       FROM memoriesdb.hybrid_search($1, lim => $2::pg_catalog.int8::pg_catalog.int4, session_id => $3) h"
-                } else {
+                       FROM memoriesdb.hybrid_search($1, lim => $2::pg_catalog.int8::pg_catalog.int4, session_id => $3) h",
+                );
+                let text_rows = as_json(
                     "SELECT s.id, s.content, s.kind, s.role, s.origin_session_id, s.position, s.rank AS score, s.snippet
-                       FROM memoriesdb.search_memories($1, session_id => $3, lim => $2::pg_catalog.int8::pg_catalog.int4) s"
+                       FROM memoriesdb.search_memories($1, session_id => $3, lim => $2::pg_catalog.int8::pg_catalog.int4) s",
+                );
+                transaction.batch_execute("SAVEPOINT search").await?;
+                let (mode, row) = match transaction.query_one(&hybrid_rows, &[query, limit, session_id]).await {
+                    Ok(row) => ("hybrid", row),
+                    Err(error) if error.code().is_some_and(|code| code.code() == "55000") => {
+                        transaction.batch_execute("ROLLBACK TO SAVEPOINT search").await?;
+                        ("text", transaction.query_one(&text_rows, &[query, limit, session_id]).await?)
+                    }
+                    Err(error) => return Err(error.into()),
                 };
-                let row = transaction
-                    .query_one(
-                        &format!(
-                            "SELECT coalesce(pg_catalog.jsonb_agg(pg_catalog.to_jsonb(r) OPERATOR(pg_catalog.-) 'origin_session_id'
-                                      OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object('session_id',
-                                          CASE WHEN r.kind OPERATOR(pg_catalog.=) 'session' THEN r.id ELSE r.origin_session_id END)),
-                                    '[]'::pg_catalog.jsonb)
-                               FROM ({rows}) r"
-                        ),
-                        &[query, limit, session_id],
-                    )
-                    .await?;
-                json!({ "mode": if hybrid { "hybrid" } else { "text" }, "results": row.get::<_, Value>(0) })
+                json!({ "mode": mode, "results": row.get::<_, Value>(0) })
             }
         };
         transaction.commit().await?;

@@ -436,7 +436,8 @@ async fn the_hub_names_session_channels_as_the_extension_does() {
 #[tokio::test]
 async fn search_finds_messages_by_words_and_by_meaning_when_the_database_can_embed() {
     let db = TestDb::new().await;
-    let hub = HubProcess::start(&db.hub_url().await, &[]).await;
+    let hub_url = db.hub_url().await;
+    let hub = HubProcess::start(&hub_url, &[]).await;
     let mut client = WsClient::connect(&hub.ws_url("")).await;
     let created = client.ok(json!({"action": "create_session", "title": "Design"})).await;
     let session = created["session_id"].as_str().unwrap().to_string();
@@ -459,7 +460,7 @@ async fn search_finds_messages_by_words_and_by_meaning_when_the_database_can_emb
         Some(http("200 OK", r#"{"data":[{"embedding":[0.1,0.2,0.3]}],"model":"stub"}"#))
     }));
     db.client().await.batch_execute(&format!("ALTER DATABASE {} SET memoriesdb.embedding_url = '{}'", db.name, endpoint.url())).await.unwrap();
-    let hub = HubProcess::start(&db.hub_url().await, &[]).await;
+    let hub = HubProcess::start(&hub_url, &[]).await;
     let mut client = WsClient::connect(&hub.ws_url("")).await;
     let found = client.ok(json!({"action": "search", "query": "green tea", "session_id": session, "limit": 5})).await;
     assert_eq!(found["mode"], "hybrid", "{found}");
