@@ -11,6 +11,7 @@
 use crate::backend::{Backend, EmbedError};
 use crate::config::Config;
 use crate::error_chain;
+use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -28,6 +29,14 @@ pub struct Worker {
     backend: Arc<Backend>,
     /// Connected to the database and listening (for /readyz).
     pub connected: AtomicBool,
+}
+
+/// The statements a worker runs, prepared once per connection.
+struct Statements {
+    claim: tokio_postgres::Statement,
+    store: tokio_postgres::Statement,
+    store_one: tokio_postgres::Statement,
+    fail: tokio_postgres::Statement,
 }
 
 struct Claimed {
@@ -120,101 +129,134 @@ impl Worker {
         let depth = client
             .prepare("SELECT pg_catalog.count(*) FROM memoriesdb.embedding_schedule WHERE status IN ('pending', 'failed', 'processing')")
             .await?;
+        let statements = Statements { claim, store, store_one, fail };
         self.connected.store(true, Ordering::Relaxed);
         tracing::info!(model = self.backend.model_name(), "queue worker listening on {QUEUE_CHANNEL}");
 
-        let lease = format!("{} milliseconds", self.config.lease.as_millis().max(1000));
-        let claim_batch = self.config.claim_batch.clamp(1, 1000) as i32;
-        let max_chars = self.backend.max_input_chars().min(i32::MAX as usize) as i32;
-        let max_attempts = self.config.max_attempts.max(1) as i32;
+        // The model and the database work at the same time: while batch N is embedded, the
+        // database stores batch N-1 (updating the HNSW index costs about as much per row as the
+        // model) and leases batch N+1. Everything is still stored in claim order per worker.
         let mut last_depth = Instant::now() - Duration::from_secs(3600);
+        let mut storing: Option<BoxFuture<'_, Result<(), tokio_postgres::Error>>> = None;
+        let mut next = self.claim(client, &statements).await?;
         loop {
             if last_depth.elapsed() >= Duration::from_secs(1) {
                 let waiting: i64 = client.query_one(&depth, &[]).await?.get(0);
                 metrics::gauge!("memoriesdb_embedder_queue_depth").set(waiting as f64);
                 last_depth = Instant::now();
             }
-            let rows = client.query(&claim, &[&claim_batch, &lease, &max_chars]).await?;
-            if rows.is_empty() {
+            if next.is_empty() {
+                if let Some(store) = storing.take() {
+                    store.await?;
+                    // new dimensions get their HNSW index (a no-op query when nothing is queued)
+                    client.execute("SELECT memoriesdb.process_vindexing()", &[]).await?;
+                    if !shutdown.is_cancelled() {
+                        next = self.claim(client, &statements).await?;
+                    }
+                    continue;
+                }
+                if shutdown.is_cancelled() {
+                    return Ok(());
+                }
                 tokio::select! {
                     _ = shutdown.cancelled() => return Ok(()),
                     _ = lost.cancelled() => anyhow::bail!("the database connection was lost"),
                     _ = wake.notified() => {}
                     _ = tokio::time::sleep(self.config.poll_interval) => {}
                 }
+                next = self.claim(client, &statements).await?;
                 continue;
             }
-            let mut claimed = Vec::with_capacity(rows.len());
-            for row in &rows {
-                let item = Claimed { memory_id: row.get(0), content: row.get(1), content_hash: row.get(2) };
-                let attempts: i32 = row.get(3);
-                // claimed more often than it may be tried: its earlier claims never ended (the
-                // embedder died or lost the database while holding it). It goes dead instead of
-                // taking down every embedder that picks it up.
-                if attempts > max_attempts {
-                    let reason = format!("claimed {attempts} times without finishing (an embedder died or lost the database while working on it)");
-                    self.fail(client, &item, &EmbedError::Rejected(reason), &fail).await?;
-                    continue;
+            let current = std::mem::take(&mut next);
+            let previous = storing.take();
+            let database = async {
+                if let Some(store) = previous {
+                    store.await?;
                 }
-                claimed.push(item);
-            }
-            metrics::counter!("memoriesdb_embedder_claimed_total").increment(rows.len() as u64);
-            if claimed.is_empty() {
-                continue;
-            }
-            self.embed_and_store(client, &claimed, &store, &store_one, &fail).await?;
-            // new dimensions get their HNSW index (a no-op query when nothing is queued)
-            client.execute("SELECT memoriesdb.process_vindexing()", &[]).await?;
-            if shutdown.is_cancelled() {
-                return Ok(());
-            }
+                client.execute("SELECT memoriesdb.process_vindexing()", &[]).await?;
+                if shutdown.is_cancelled() {
+                    return Ok(Vec::new());
+                }
+                self.claim(client, &statements).await
+            };
+            let (embedded, claimed_next) = tokio::join!(self.embed_items(&current), database);
+            next = claimed_next?;
+            storing = Some(Box::pin(self.settle(client, current, embedded, &statements)));
         }
     }
 
-    async fn embed_and_store(
-        &self,
-        client: &Client,
-        claimed: &[Claimed],
-        store: &tokio_postgres::Statement,
-        store_one: &tokio_postgres::Statement,
-        fail: &tokio_postgres::Statement,
-    ) -> Result<(), tokio_postgres::Error> {
+    /// Lease the next batch. An item claimed more often than it may be tried (its earlier claims
+    /// never ended: an embedder died or lost the database holding it) goes dead instead of
+    /// taking down every embedder that picks it up.
+    async fn claim(&self, client: &Client, statements: &Statements) -> Result<Vec<Claimed>, tokio_postgres::Error> {
+        let lease = format!("{} milliseconds", self.config.lease.as_millis().max(1000));
+        let claim_batch = self.config.claim_batch.clamp(1, 1000) as i32;
+        let max_chars = self.backend.max_input_chars().min(i32::MAX as usize) as i32;
+        let max_attempts = self.config.max_attempts.max(1) as i32;
+        let rows = client.query(&statements.claim, &[&claim_batch, &lease, &max_chars]).await?;
+        metrics::counter!("memoriesdb_embedder_claimed_total").increment(rows.len() as u64);
+        let mut claimed = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let item = Claimed { memory_id: row.get(0), content: row.get(1), content_hash: row.get(2) };
+            let attempts: i32 = row.get(3);
+            if attempts > max_attempts {
+                let reason = format!("claimed {attempts} times without finishing (an embedder died or lost the database while working on it)");
+                self.fail(client, &item, &EmbedError::Rejected(reason), &statements.fail).await?;
+                continue;
+            }
+            claimed.push(item);
+        }
+        Ok(claimed)
+    }
+
+    /// Each claimed item's embedding, or the error it failed with. One bad text must not fail
+    /// the others: a batch the backend rejects is retried one text at a time.
+    async fn embed_items(&self, claimed: &[Claimed]) -> Vec<Result<Vec<f32>, EmbedError>> {
         let texts: Vec<String> = claimed.iter().map(|item| item.content.clone()).collect();
         match self.backend.embed(texts).await {
-            Ok(vectors) => self.store(client, claimed, &vectors, store, store_one, fail).await,
-            // one bad text must not fail the others: find it by embedding one at a time
+            Ok(vectors) => vectors.into_iter().map(Ok).collect(),
             Err(EmbedError::Rejected(_)) if claimed.len() > 1 => {
+                let mut results = Vec::with_capacity(claimed.len());
                 for item in claimed {
-                    match self.backend.embed(vec![item.content.clone()]).await {
-                        Ok(vectors) => self.store(client, std::slice::from_ref(item), &vectors, store, store_one, fail).await?,
-                        Err(error) => self.fail(client, item, &error, fail).await?,
-                    }
+                    results.push(self.backend.embed(vec![item.content.clone()]).await.map(|mut vectors| vectors.remove(0)));
                 }
-                Ok(())
+                results
             }
-            Err(error) => {
-                for item in claimed {
-                    self.fail(client, item, &error, fail).await?;
-                }
-                Ok(())
-            }
+            Err(error) => claimed.iter().map(|_| Err(error.clone())).collect(),
         }
     }
 
-    async fn store(
+    /// Store what was embedded and record what failed.
+    async fn settle(
         &self,
         client: &Client,
-        claimed: &[Claimed],
-        vectors: &[Vec<f32>],
-        store: &tokio_postgres::Statement,
-        store_one: &tokio_postgres::Statement,
-        fail: &tokio_postgres::Statement,
+        claimed: Vec<Claimed>,
+        embedded: Vec<Result<Vec<f32>, EmbedError>>,
+        statements: &Statements,
     ) -> Result<(), tokio_postgres::Error> {
+        let mut stored_items = Vec::with_capacity(claimed.len());
+        let mut vectors = Vec::with_capacity(claimed.len());
+        for (item, result) in claimed.into_iter().zip(embedded) {
+            match result {
+                Ok(vector) => {
+                    stored_items.push(item);
+                    vectors.push(vector);
+                }
+                Err(error) => self.fail(client, &item, &error, &statements.fail).await?,
+            }
+        }
+        if stored_items.is_empty() {
+            return Ok(());
+        }
+        self.store(client, &stored_items, &vectors, statements).await
+    }
+
+    async fn store(&self, client: &Client, claimed: &[Claimed], vectors: &[Vec<f32>], statements: &Statements) -> Result<(), tokio_postgres::Error> {
         let ids: Vec<Uuid> = claimed.iter().map(|item| item.memory_id).collect();
         let hashes: Vec<&str> = claimed.iter().map(|item| item.content_hash.as_str()).collect();
         let literals: Vec<String> = vectors.iter().map(|vector| vector_literal(vector)).collect();
         let model = self.backend.model_name();
-        match client.query(store, &[&ids, &literals, &model, &hashes]).await {
+        match client.query(&statements.store, &[&ids, &literals, &model, &hashes]).await {
             Ok(rows) => {
                 let stored = rows.iter().filter(|row| row.get::<_, bool>(0)).count();
                 self.count_stores(stored, rows.len() - stored, claimed.len() - rows.len());
@@ -223,8 +265,8 @@ impl Worker {
             Err(error) if error.code().is_some() => {
                 // a memory deleted in the middle of the statement, or one bad vector: row by row
                 tracing::debug!("batch store failed, storing one by one: {}", error_chain(&error));
-                for ((id, hash), literal) in ids.iter().zip(&hashes).zip(&literals) {
-                    match client.query_one(store_one, &[id, literal, &model, hash]).await {
+                for ((item, literal), hash) in claimed.iter().zip(&literals).zip(&hashes) {
+                    match client.query_one(&statements.store_one, &[&item.memory_id, literal, &model, hash]).await {
                         Ok(row) => {
                             let stored: bool = row.get(0);
                             self.count_stores(stored as usize, !stored as usize, 0);
@@ -235,9 +277,8 @@ impl Worker {
                         // the database refused this vector (e.g. an API's zero vector): that
                         // item fails, the others go on
                         Err(error) if error.code().is_some() => {
-                            let item = claimed.iter().find(|item| &item.memory_id == id).expect("a claimed id");
                             let reason = EmbedError::Rejected(format!("the database refused the embedding: {}", error_chain(&error)));
-                            self.fail(client, item, &reason, fail).await?;
+                            self.fail(client, item, &reason, &statements.fail).await?;
                         }
                         Err(error) => return Err(error),
                     }
