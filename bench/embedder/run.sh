@@ -13,7 +13,8 @@
 #
 # sentence-transformers comes from a venv (BENCH_ST_VENV, default /var/lib/memoriesdb/bench-venv,
 # created on first use: pip install sentence-transformers, which brings PyTorch — several GB).
-# Environment: BENCH_ROUNDS (5), BENCH_SECONDS (8), BENCH_TEXTS (2048), BENCH_QUEUE (10000)
+# Environment: BENCH_ROUNDS (5), BENCH_SECONDS (8), BENCH_TEXTS (2048), BENCH_QUEUE (10000),
+#              BENCH_SKIP_MODEL=1 (skip the side-by-side with sentence-transformers)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . scripts/lib.sh
@@ -52,6 +53,7 @@ EMBEDDER=target/release/memoriesdb-embedder
 } | tee "$RES/environment.txt" >&2
 
 #----------------------------------------------------------------------------------------------
+if [ "${BENCH_SKIP_MODEL:-}" != 1 ]; then
 log "model: $TEXTS chat-length texts, batch 32, $ROUNDS alternating rounds"
 python3 bench/embedder/texts.py "$TEXTS" >"$RES/texts.jsonl"
 ours=(); theirs=()
@@ -63,6 +65,7 @@ done
 echo "ours: ${ours[*]}" >>"$RES/rounds.txt"; echo "sentence-transformers: ${theirs[*]}" >>"$RES/rounds.txt"
 RATIOS=$(python3 -c "import sys; a=sys.argv[1].split(); b=sys.argv[2].split(); print(' '.join(f'{float(x)/float(y):.2f}' for x, y in zip(a, b)))" "${ours[*]}" "${theirs[*]}")
 report "model texts/s: memoriesdb-embedder vs sentence-transformers" "$(median "${ours[@]}") vs $(median "${theirs[@]}")  ratio per round: $RATIOS (target >= 1.0)"
+fi
 
 #----------------------------------------------------------------------------------------------
 CLUSTER=/tmp/memoriesdb-bench-embedder-$$
@@ -180,6 +183,17 @@ e, v, t = ([1000 / float(x) for x in s.split()] for s in sys.argv[1:4])
 me, mv, mt = (statistics.median(x) for x in (e, v, t))
 per_round = ' '.join(f'{ti / (ei + 1.2 * vi):.2f}' for ei, vi, ti in zip(e, v, t))
 print(f'{mt:.2f} vs {me:.2f} + {mv:.2f}; text / (embed + 1.2 x vector) per round: {per_round} (target <= 1.0)')" "${E[*]}" "${V[*]}" "${T[*]}")"
+
+#----------------------------------------------------------------------------------------------
+log "floor: the database's part of the pipeline alone (store_embedding of 2,000 stored vectors again)"
+STORE_MS=$(q <<'SQL' | tail -1
+CREATE TEMP TABLE again AS SELECT id, content_hash, content_embedding::text AS v FROM memories WHERE content_embedding IS NOT NULL LIMIT 2000;
+SELECT clock_timestamp() AS t0 \gset
+SELECT count(*) FROM (SELECT store_embedding(a.id, a.v::vector, 'again', a.content_hash) FROM again a) s;
+SELECT round((extract(epoch FROM clock_timestamp() - :'t0'::timestamptz) * 1000 / 2000)::numeric, 3);
+SQL
+)
+report "floor: database store per message (ms, HNSW index of $QUEUE)" "$STORE_MS ms; the model: $(python3 -c "print(round(1000 / $RAW, 3))") ms per message on 2 cores"
 
 log "results in $RES"
 cat "$RESULTS"
