@@ -156,6 +156,8 @@ fn messages_get_embeddings_and_plain_words_find_them() {
 struct FlakyApi {
     port: u16,
     requests: Arc<AtomicUsize>,
+    /// the Authorization header of every request ("" when none)
+    authorizations: Arc<Mutex<Vec<String>>>,
 }
 
 type Answer = Arc<dyn Fn(usize, &serde_json::Value) -> Option<Vec<u8>> + Send + Sync>;
@@ -165,14 +167,15 @@ impl FlakyApi {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let requests = Arc::new(AtomicUsize::new(0));
-        let counter = Arc::clone(&requests);
+        let authorizations = Arc::new(Mutex::new(Vec::new()));
+        let (counter, seen) = (Arc::clone(&requests), Arc::clone(&authorizations));
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
-                let (answer, counter) = (Arc::clone(&answer), Arc::clone(&counter));
-                std::thread::spawn(move || handle(stream, &*answer, &counter));
+                let (answer, counter, seen) = (Arc::clone(&answer), Arc::clone(&counter), Arc::clone(&seen));
+                std::thread::spawn(move || handle(stream, &*answer, &counter, &seen));
             }
         });
-        FlakyApi { port, requests }
+        FlakyApi { port, requests, authorizations }
     }
 
     fn base_url(&self) -> String {
@@ -180,7 +183,12 @@ impl FlakyApi {
     }
 }
 
-fn handle(mut stream: TcpStream, answer: &(dyn Fn(usize, &serde_json::Value) -> Option<Vec<u8>> + Send + Sync), counter: &AtomicUsize) {
+fn handle(
+    mut stream: TcpStream,
+    answer: &(dyn Fn(usize, &serde_json::Value) -> Option<Vec<u8>> + Send + Sync),
+    counter: &AtomicUsize,
+    authorizations: &Mutex<Vec<String>>,
+) {
     loop {
         let mut bytes = Vec::new();
         let mut buffer = [0u8; 8192];
@@ -194,6 +202,12 @@ fn handle(mut stream: TcpStream, answer: &(dyn Fn(usize, &serde_json::Value) -> 
             let length: usize =
                 head.lines().find_map(|l| l.strip_prefix("content-length:")).map_or(0, |v| v.trim().parse().unwrap());
             if bytes.len() >= end + 4 + length {
+                let head = String::from_utf8_lossy(&bytes[..end]).into_owned();
+                let authorization = head
+                    .lines()
+                    .find_map(|l| l.split_once(':').filter(|(name, _)| name.eq_ignore_ascii_case("authorization")).map(|(_, v)| v.trim().to_owned()))
+                    .unwrap_or_default();
+                authorizations.lock().unwrap().push(authorization);
                 break serde_json::from_slice::<serde_json::Value>(&bytes[end + 4..end + 4 + length]).unwrap();
             }
         };
@@ -461,4 +475,59 @@ fn a_huge_message_and_a_poisoned_item_cannot_stop_the_worker() {
     let expected: Vec<f64> = expected["data"][0]["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
     let max_difference = stored.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
     assert!(max_difference < 1e-5, "{max_difference}");
+}
+
+#[test]
+fn the_openai_client_path_against_the_embedders_own_endpoint_stores_what_the_local_model_computes() {
+    let (db, worker_url) = database();
+    let mut client = db.connect();
+    let session: uuid::Uuid = client.query_one("SELECT create_session('through the API')", &[]).unwrap().get(0);
+    let contents = ["the phone layout needs bigger buttons", "we drink green tea at the office", "la réunion est jeudi"];
+    for content in contents {
+        client.query_one("SELECT add_message_to_session($1, 'user', $2)", &[&session, &content]).unwrap();
+    }
+    // one embedder serves the local model (no database); another works the queue through it,
+    // as with any OpenAI-compatible service
+    let dir = model_dir();
+    let server = Embedder::start(&["--model-dir", dir.to_str().unwrap()]);
+    let api = format!("{}/v1", server.url());
+    let key_file = std::env::temp_dir().join(format!("memoriesdb-embedder-key-{}", std::process::id()));
+    std::fs::write(&key_file, "sk-test-secret\n").unwrap();
+    let worker = Embedder::start(&[
+        "--backend", "openai", "--api-url", &api, "--api-model", "all-MiniLM-L6-v2", "--api-key-file", key_file.to_str().unwrap(),
+        "--database-url", &worker_url, "--poll-interval", "200ms",
+    ]);
+    let mut admin = db.admin();
+    wait_for_queue(&mut admin, contents.len() as i64 + 1, &[&worker, &server], Duration::from_secs(60));
+    for content in contents {
+        let (status, body) = server.post("/v1/embeddings", serde_json::json!({"input": content}).to_string().as_bytes());
+        assert_eq!(status, 200);
+        let expected: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let expected: Vec<f64> = expected["data"][0]["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+        let row = admin
+            .query_one("SELECT content_embedding::text, embedding_model FROM memoriesdb.memories WHERE content = $1", &[&content])
+            .unwrap();
+        let (stored, model): (String, String) = (row.get(0), row.get(1));
+        assert_eq!(model, "all-MiniLM-L6-v2");
+        let stored: Vec<f64> = serde_json::from_str(&stored).unwrap();
+        let max_difference = stored.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        assert!(max_difference < 1e-6, "{content}: {max_difference}");
+    }
+    assert!(!worker.log_text().contains("sk-test-secret"), "the key was logged:\n{}", worker.log_text());
+    let _ = std::fs::remove_file(&key_file);
+    drop(worker);
+
+    // the key goes to the service as a bearer token (and nowhere else)
+    let keyed = FlakyApi::start(Arc::new(|_, request| Some(ok_answer(request))));
+    std::fs::write(&key_file, "sk-other\n").unwrap();
+    client.query_one("SELECT add_message_to_session($1, 'user', 'one more')", &[&session]).unwrap();
+    let base = keyed.base_url();
+    let worker = Embedder::start(&[
+        "--backend", "openai", "--api-url", &base, "--api-model", "fake-8", "--api-key-file", key_file.to_str().unwrap(),
+        "--database-url", &worker_url, "--poll-interval", "200ms",
+    ]);
+    wait_for_queue(&mut admin, contents.len() as i64 + 2, &[&worker], Duration::from_secs(60));
+    let _ = std::fs::remove_file(&key_file);
+    assert_eq!(keyed.authorizations.lock().unwrap().first().map(String::as_str), Some("Bearer sk-other"));
+    assert!(!worker.log_text().contains("sk-other"));
 }
