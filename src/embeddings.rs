@@ -394,9 +394,9 @@ impl ResponseReader {
             self.head = Some(head);
         }
         let head = self.head.as_ref().expect("parsed above");
-        let body = &self.bytes[head.body_start..];
+        let (status, body) = (head.status, &self.bytes[head.body_start..]);
         if head.chunked {
-            return self.dechunk().map(|done| done.then(|| (head_status(&self.head), std::mem::take(&mut self.decoded))));
+            return self.dechunk().map(|done| done.then(|| (status, std::mem::take(&mut self.decoded))));
         }
         match head.length {
             Some(length) if body.len() >= length => Ok(Some((head.status, body[..length].to_vec()))),
@@ -430,10 +430,6 @@ impl ResponseReader {
             self.next_chunk += data + size + 2;
         }
     }
-}
-
-fn head_status(head: &Option<Head>) -> u16 {
-    head.as_ref().map_or(0, |head| head.status)
 }
 
 /// The status line and the headers that matter.

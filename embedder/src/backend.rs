@@ -68,14 +68,6 @@ impl Backend {
         }
     }
 
-    /// Texts per call that use the backend well (the worker's unit of work).
-    pub fn batch_size(&self) -> usize {
-        match self {
-            Backend::Local { model, .. } => model.batch_size,
-            Backend::Remote(api) => api.batch_size,
-        }
-    }
-
     /// Embed `texts`, in order, one vector per text.
     pub async fn embed(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, EmbedError> {
         let started = std::time::Instant::now();

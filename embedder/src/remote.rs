@@ -23,7 +23,7 @@ pub struct RemoteApi {
     pub model_name: String,
     /// Asked of the API when set; checked on every answer once known.
     pub dimensions: Option<usize>,
-    pub batch_size: usize,
+    batch_size: usize,
     retries: u32,
     /// The earliest time the next request may start (rate limit).
     next_request: Mutex<Instant>,
