@@ -3,6 +3,8 @@
 --   LISTEN memoriesdb_embedding_queue;                  -- woken when work is queued
 --   SELECT * FROM claim_embedding_batch(16);             -- lease a batch (SKIP LOCKED)
 --   SELECT store_embedding(memory_id, '[...]', 'all-MiniLM-L6-v2', content_hash);
+--   SELECT store_embedding_chunks(memory_id, content_hash, 'all-MiniLM-L6-v2',   -- long content:
+--          ARRAY['[...]', '[...]']::vector[], ARRAY[0, 900], ARRAY[1000, 1800]);  -- its passages
 --   SELECT fail_embedding(memory_id, 'model timeout');   -- retry later, dead after max attempts
 --   SELECT process_vindexing();                          -- build the indexes new embeddings need
 --
@@ -51,45 +53,103 @@ BEGIN
 END
 $$;
 
--- Store the embedding computed for `content_hash`. Returns false, storing nothing, when the
--- memory's content has changed since (the queue already holds the newer content, so the work
--- is redone). Storing an embedding of a dimension that has no HNSW index yet queues its creation.
-CREATE FUNCTION @extschema@.store_embedding(memory_id uuid, embedding vector, model text, content_hash text)
-RETURNS boolean LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+-- Store the embeddings of a memory's passages (memory_chunks), computed for `content_hash`:
+-- embeddings[i] is the embedding of characters [chunk_starts[i], chunk_ends[i]) of the content
+-- (0-based, end excluded; passages in order, they may overlap). embeddings[1] is also stored as
+-- the memory's content_embedding, and the memory's earlier chunks are replaced. Without offsets
+-- (NULL), one embedding of the whole content (store_embedding). Returns false, storing nothing,
+-- when the content has changed since; like store_embedding, queues the dimension's HNSW index.
+-- Runs as the extension owner, so that workers need no DELETE on memory_chunks (a privilege that
+-- would also let them LOCK the table and stall every search); granted to memoriesdb_worker only.
+CREATE FUNCTION @extschema@.store_embedding_chunks(memory_id uuid, content_hash text, model text,
+    embeddings vector[], chunk_starts integer[] DEFAULT NULL, chunk_ends integer[] DEFAULT NULL)
+RETURNS boolean LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    dims integer := @extschema@.require_usable_embedding(embedding);
+    chunks integer := pg_catalog.cardinality(embeddings);
+    with_offsets boolean := chunk_starts IS NOT NULL OR chunk_ends IS NOT NULL;
+    dims integer;
+    content_chars integer;
+    bad integer;
 BEGIN
-    IF store_embedding.memory_id IS NULL OR store_embedding.content_hash IS NULL THEN
+    IF store_embedding_chunks.memory_id IS NULL OR store_embedding_chunks.content_hash IS NULL THEN
         RAISE EXCEPTION 'memory_id and content_hash must not be NULL' USING ERRCODE = '22004';
     END IF;
     IF model IS NULL OR pg_catalog.btrim(model) = '' OR pg_catalog.length(model) > 200 THEN
         RAISE EXCEPTION 'model must name the embedding model (1..200 characters), got %', pg_catalog.quote_nullable(pg_catalog.left(model, 80))
             USING ERRCODE = '22023';
     END IF;
+    IF chunks IS NULL OR chunks = 0 OR pg_catalog.array_ndims(embeddings) <> 1 THEN
+        RAISE EXCEPTION 'embeddings must be a one-dimensional array of at least one embedding' USING ERRCODE = '22023';
+    END IF;
+    IF chunks > 10000 THEN
+        RAISE EXCEPTION 'a memory can have at most 10000 chunks, got %', chunks USING ERRCODE = '22023';
+    END IF;
+    IF chunks > 1 AND NOT with_offsets THEN
+        RAISE EXCEPTION 'chunk_starts and chunk_ends must give the passage of each of the % embeddings', chunks
+            USING ERRCODE = '22023';
+    END IF;
+    dims := @extschema@.require_usable_embedding(embeddings[1], CASE WHEN with_offsets THEN 'embeddings[1]' ELSE 'embedding' END);
+    FOR i IN 2 .. chunks LOOP
+        IF @extschema@.require_usable_embedding(embeddings[i], pg_catalog.format('embeddings[%s]', i)) <> dims THEN
+            RAISE EXCEPTION 'embeddings[%] has % dimensions, embeddings[1] has %: one model embeds all passages', i,
+                memoriesdb_pgvector.vector_dims(embeddings[i]), dims USING ERRCODE = '22023';
+        END IF;
+    END LOOP;
     IF dims > 16000 THEN
         RAISE EXCEPTION 'embedding has % dimensions; at most 16000 are supported', dims USING ERRCODE = '22023';
     END IF;
     UPDATE @extschema@.memories m
-       SET content_embedding = embedding, embedding_model = model
-     WHERE m.id = store_embedding.memory_id AND m.content_hash = store_embedding.content_hash;
+       SET content_embedding = embeddings[1], embedding_model = model
+     WHERE m.id = store_embedding_chunks.memory_id AND m.content_hash = store_embedding_chunks.content_hash
+    RETURNING CASE WHEN with_offsets THEN pg_catalog.char_length(m.content) END INTO content_chars;
     IF NOT FOUND THEN
-        IF NOT EXISTS (SELECT 1 FROM @extschema@.memories m WHERE m.id = store_embedding.memory_id) THEN
-            RAISE EXCEPTION 'memory % does not exist', store_embedding.memory_id USING ERRCODE = 'P0002';
+        IF NOT EXISTS (SELECT 1 FROM @extschema@.memories m WHERE m.id = store_embedding_chunks.memory_id) THEN
+            RAISE EXCEPTION 'memory % does not exist', store_embedding_chunks.memory_id USING ERRCODE = 'P0002';
         END IF;
         RETURN false;  -- stale: computed from content that has changed since
     END IF;
+    DELETE FROM @extschema@.memory_chunks c WHERE c.memory_id = store_embedding_chunks.memory_id;
+    IF with_offsets THEN
+        IF pg_catalog.cardinality(chunk_starts) IS DISTINCT FROM chunks OR pg_catalog.cardinality(chunk_ends) IS DISTINCT FROM chunks
+           OR pg_catalog.array_ndims(chunk_starts) <> 1 OR pg_catalog.array_ndims(chunk_ends) <> 1 THEN
+            RAISE EXCEPTION 'chunk_starts and chunk_ends must give the passage of each of the % embeddings', chunks
+                USING ERRCODE = '22023';
+        END IF;
+        SELECT c.i INTO bad
+          FROM (SELECT s, e, i, pg_catalog.lag(s) OVER (ORDER BY i) AS previous_start
+                  FROM ROWS FROM (pg_catalog.unnest(chunk_starts), pg_catalog.unnest(chunk_ends)) WITH ORDINALITY AS u(s, e, i)) c
+         WHERE c.s IS NULL OR c.e IS NULL OR c.s < 0 OR c.e <= c.s OR c.e > content_chars OR c.s <= c.previous_start
+         ORDER BY c.i LIMIT 1;
+        IF bad IS NOT NULL THEN
+            RAISE EXCEPTION 'chunk % ([%, %)) is not a passage of the content (% characters) after the one before it',
+                bad, chunk_starts[bad], chunk_ends[bad], content_chars USING ERRCODE = '22023',
+                HINT = 'offsets count characters from 0, end excluded; passages are in order of their start';
+        END IF;
+        INSERT INTO @extschema@.memory_chunks (memory_id, chunk_index, start_char, end_char, content_hash, embedding, embedding_model)
+        SELECT store_embedding_chunks.memory_id, u.i - 1, u.s, u.e, store_embedding_chunks.content_hash, u.v, model
+          FROM ROWS FROM (pg_catalog.unnest(chunk_starts), pg_catalog.unnest(chunk_ends), pg_catalog.unnest(embeddings))
+               WITH ORDINALITY AS u(s, e, v, i);
+    END IF;
     UPDATE @extschema@.embedding_schedule q
        SET status = 'done', locked_until = NULL, last_error = NULL, updated_at = now()
-     WHERE q.memory_id = store_embedding.memory_id AND q.content_hash = store_embedding.content_hash;
+     WHERE q.memory_id = store_embedding_chunks.memory_id AND q.content_hash = store_embedding_chunks.content_hash;
     IF dims <= 2000 AND NOT EXISTS (
         SELECT 1 FROM pg_catalog.pg_class c
-         WHERE c.relname = 'memories_embedding_hnsw_' || dims AND c.relnamespace = '@extschema@'::regnamespace) THEN
+         WHERE c.relname = 'memory_chunks_embedding_hnsw_' || dims AND c.relnamespace = '@extschema@'::regnamespace) THEN
         INSERT INTO @extschema@.vindexing_schedule (target, dimensions) VALUES ('vector_index', dims)
         ON CONFLICT (target, dimensions) WHERE status IN ('pending', 'processing') DO NOTHING;
     END IF;
     RETURN true;
 END
 $$;
+
+-- Store the embedding computed for `content_hash`. Returns false, storing nothing, when the
+-- memory's content has changed since (the queue already holds the newer content, so the work
+-- is redone). Storing an embedding of a dimension that has no HNSW index yet queues its creation.
+-- The memory's chunks, if it had any, are removed: this embedding is of its whole content.
+CREATE FUNCTION @extschema@.store_embedding(memory_id uuid, embedding vector, model text, content_hash text)
+RETURNS boolean LANGUAGE sql SET search_path = pg_catalog, pg_temp
+RETURN @extschema@.store_embedding_chunks(memory_id, content_hash, model, ARRAY[embedding]);
 
 -- Record a failed attempt. The item is retried after an exponential backoff (2^attempts
 -- seconds, at most an hour) and becomes 'dead' after max_attempts attempts. Returns the status.

@@ -66,7 +66,8 @@ TO memoriesdb_user;
 
 -- Embedding and indexing workers.
 GRANT EXECUTE ON FUNCTION
-    @extschema@.claim_embedding_batch, @extschema@.store_embedding, @extschema@.fail_embedding,
+    @extschema@.claim_embedding_batch, @extschema@.store_embedding, @extschema@.store_embedding_chunks,
+    @extschema@.fail_embedding,
     @extschema@.retry_dead_embeddings, @extschema@.require_usable_embedding,
     @extschema@.create_vector_index, @extschema@.process_vindexing, @extschema@.restore_vector_indexes
 TO memoriesdb_worker;
@@ -91,7 +92,7 @@ GRANT UPDATE (source_id, target_id, relation, weight, _metadata, created_by, _cr
 GRANT SELECT ON @extschema@.memory_sessions, @extschema@.memory_shares, @extschema@.memory_share_segments,
     @extschema@.users, @extschema@.audit_log, @extschema@.vector_indexes,
     @extschema@.memory_graph, @extschema@.memory_graph_edges,
-    @extschema@.embedding_queue_status, @extschema@.embedding_coverage
+    @extschema@.embedding_queue_status, @extschema@.embedding_coverage, @extschema@.memory_chunks
 TO memoriesdb_user;
 -- create_user() runs as its (trusted) caller
 GRANT INSERT, UPDATE (name, db_role, _metadata) ON @extschema@.users TO memoriesdb_trusted;

@@ -178,14 +178,15 @@ RETURNS TABLE (id uuid, content text, kind text, role text, origin_session_id uu
                rank real, snippet text)
 LANGUAGE c STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET jit = off
 AS 'MODULE_PATHNAME', 'search_memories_native';
--- vector_search and hybrid_search gain `model` (compare only with that model's embeddings), and
--- hybrid_search's embedding becomes optional (NULL: embedded by the configured endpoint).
+-- vector_search and hybrid_search gain `model` (compare only with that model's embeddings) and
+-- the matched passage's offsets (chunk_start, chunk_end), and hybrid_search's embedding becomes
+-- optional (NULL: embedded by the configured endpoint).
 DROP FUNCTION @extschema@.vector_search(vector, double precision, integer, uuid, text, jsonb);
 CREATE FUNCTION @extschema@.vector_search(
     embedding vector, threshold double precision DEFAULT 0.7, lim integer DEFAULT 10, session_id uuid DEFAULT NULL,
     kind_filter text DEFAULT NULL, metadata_filter jsonb DEFAULT NULL, model text DEFAULT NULL)
 RETURNS TABLE (id uuid, content text, kind text, role text, origin_session_id uuid, "position" bigint,
-               similarity double precision)
+               similarity double precision, chunk_start integer, chunk_end integer)
 LANGUAGE c STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp SET jit = off SET hnsw.iterative_scan = 'relaxed_order' SET hnsw.ef_search = 200
 AS 'MODULE_PATHNAME', 'vector_search_native';
@@ -198,7 +199,7 @@ CREATE FUNCTION @extschema@.hybrid_search(
     config regconfig DEFAULT NULL, model text DEFAULT NULL)
 RETURNS TABLE (id uuid, content text, kind text, role text, origin_session_id uuid, "position" bigint,
                score double precision, text_rank bigint, text_score real,
-               vector_rank bigint, vector_similarity double precision)
+               vector_rank bigint, vector_similarity double precision, chunk_start integer, chunk_end integer)
 LANGUAGE c STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp SET jit = off SET hnsw.iterative_scan = 'relaxed_order' SET hnsw.ef_search = 200
 AS 'MODULE_PATHNAME', 'hybrid_search_native';
@@ -208,7 +209,7 @@ CREATE FUNCTION @extschema@.semantic_search(
     query text, threshold double precision DEFAULT 0.3, lim integer DEFAULT 10, session_id uuid DEFAULT NULL,
     kind_filter text DEFAULT NULL, metadata_filter jsonb DEFAULT NULL)
 RETURNS TABLE (id uuid, content text, kind text, role text, origin_session_id uuid, "position" bigint,
-               similarity double precision)
+               similarity double precision, chunk_start integer, chunk_end integer)
 LANGUAGE c STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp SET jit = off SET hnsw.iterative_scan = 'relaxed_order' SET hnsw.ef_search = 200
 AS 'MODULE_PATHNAME', 'semantic_search_native';
@@ -258,3 +259,210 @@ REVOKE ALL ON FUNCTION @extschema@.memory_visible_to(uuid, uuid, uuid, bigint, u
 DROP TRIGGER memories_50_audit ON @extschema@.memories;
 CREATE TRIGGER memories_50_audit AFTER UPDATE OR DELETE ON @extschema@.memories
     FOR EACH ROW EXECUTE FUNCTION @extschema@.log_memory_change();
+
+-- Chunking: long memories get an embedding per passage (memory_chunks); the vector indexes
+-- cover them, and store_embedding_chunks() stores them.
+-- The passages of memories too long for their embedding model's window, each with its own
+-- embedding (memoriesdb-embedder splits such content into overlapping token windows). The first
+-- chunk's embedding is also the memory's content_embedding, so a memory of one window needs no
+-- rows here. Vector search looks at memories and chunks and returns each memory once, with its
+-- best passage. A chunk is current only while its content_hash is the memory's: a changed
+-- content is never served through old chunks, and the next stored embedding replaces them.
+CREATE TABLE @extschema@.memory_chunks (
+    memory_id       uuid NOT NULL REFERENCES @extschema@.memories (id) ON DELETE CASCADE,
+    chunk_index     integer NOT NULL CHECK (chunk_index >= 0),
+    -- the passage: characters [start_char, end_char) of the content, 0-based, so that
+    -- substr(content, start_char + 1, end_char - start_char) is its text
+    start_char      integer NOT NULL CHECK (start_char >= 0),
+    end_char        integer NOT NULL,
+    content_hash    text NOT NULL,
+    embedding       vector NOT NULL CHECK (vector_norm(embedding) >= 1e-10),
+    embedding_model text NOT NULL,
+    PRIMARY KEY (memory_id, chunk_index),
+    CHECK (end_char > start_char)
+);
+COMMENT ON TABLE @extschema@.memory_chunks IS 'Embedded passages of memories longer than the embedding model reads at once';
+
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.memory_chunks', '');
+ALTER TABLE @extschema@.memory_chunks ENABLE ROW LEVEL SECURITY;
+ALTER TABLE @extschema@.memory_chunks FORCE ROW LEVEL SECURITY;
+-- chunks: readable with their memory (the subquery reads memories through memories_read, the
+-- one read rule); written only by store_embedding_chunks() (SECURITY DEFINER, for workers)
+CREATE POLICY memory_chunks_read ON @extschema@.memory_chunks FOR SELECT
+    USING (EXISTS (SELECT 1 FROM @extschema@.memories m WHERE m.id = memory_chunks.memory_id));
+
+GRANT SELECT ON @extschema@.memory_chunks TO memoriesdb_user;
+-- Store the embeddings of a memory's passages (memory_chunks), computed for `content_hash`:
+-- embeddings[i] is the embedding of characters [chunk_starts[i], chunk_ends[i]) of the content
+-- (0-based, end excluded; passages in order, they may overlap). embeddings[1] is also stored as
+-- the memory's content_embedding, and the memory's earlier chunks are replaced. Without offsets
+-- (NULL), one embedding of the whole content (store_embedding). Returns false, storing nothing,
+-- when the content has changed since; like store_embedding, queues the dimension's HNSW index.
+-- Runs as the extension owner, so that workers need no DELETE on memory_chunks (a privilege that
+-- would also let them LOCK the table and stall every search); granted to memoriesdb_worker only.
+CREATE FUNCTION @extschema@.store_embedding_chunks(memory_id uuid, content_hash text, model text,
+    embeddings vector[], chunk_starts integer[] DEFAULT NULL, chunk_ends integer[] DEFAULT NULL)
+RETURNS boolean LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    chunks integer := pg_catalog.cardinality(embeddings);
+    with_offsets boolean := chunk_starts IS NOT NULL OR chunk_ends IS NOT NULL;
+    dims integer;
+    content_chars integer;
+    bad integer;
+BEGIN
+    IF store_embedding_chunks.memory_id IS NULL OR store_embedding_chunks.content_hash IS NULL THEN
+        RAISE EXCEPTION 'memory_id and content_hash must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    IF model IS NULL OR pg_catalog.btrim(model) = '' OR pg_catalog.length(model) > 200 THEN
+        RAISE EXCEPTION 'model must name the embedding model (1..200 characters), got %', pg_catalog.quote_nullable(pg_catalog.left(model, 80))
+            USING ERRCODE = '22023';
+    END IF;
+    IF chunks IS NULL OR chunks = 0 OR pg_catalog.array_ndims(embeddings) <> 1 THEN
+        RAISE EXCEPTION 'embeddings must be a one-dimensional array of at least one embedding' USING ERRCODE = '22023';
+    END IF;
+    IF chunks > 10000 THEN
+        RAISE EXCEPTION 'a memory can have at most 10000 chunks, got %', chunks USING ERRCODE = '22023';
+    END IF;
+    IF chunks > 1 AND NOT with_offsets THEN
+        RAISE EXCEPTION 'chunk_starts and chunk_ends must give the passage of each of the % embeddings', chunks
+            USING ERRCODE = '22023';
+    END IF;
+    dims := @extschema@.require_usable_embedding(embeddings[1], CASE WHEN with_offsets THEN 'embeddings[1]' ELSE 'embedding' END);
+    FOR i IN 2 .. chunks LOOP
+        IF @extschema@.require_usable_embedding(embeddings[i], pg_catalog.format('embeddings[%s]', i)) <> dims THEN
+            RAISE EXCEPTION 'embeddings[%] has % dimensions, embeddings[1] has %: one model embeds all passages', i,
+                memoriesdb_pgvector.vector_dims(embeddings[i]), dims USING ERRCODE = '22023';
+        END IF;
+    END LOOP;
+    IF dims > 16000 THEN
+        RAISE EXCEPTION 'embedding has % dimensions; at most 16000 are supported', dims USING ERRCODE = '22023';
+    END IF;
+    UPDATE @extschema@.memories m
+       SET content_embedding = embeddings[1], embedding_model = model
+     WHERE m.id = store_embedding_chunks.memory_id AND m.content_hash = store_embedding_chunks.content_hash
+    RETURNING CASE WHEN with_offsets THEN pg_catalog.char_length(m.content) END INTO content_chars;
+    IF NOT FOUND THEN
+        IF NOT EXISTS (SELECT 1 FROM @extschema@.memories m WHERE m.id = store_embedding_chunks.memory_id) THEN
+            RAISE EXCEPTION 'memory % does not exist', store_embedding_chunks.memory_id USING ERRCODE = 'P0002';
+        END IF;
+        RETURN false;  -- stale: computed from content that has changed since
+    END IF;
+    DELETE FROM @extschema@.memory_chunks c WHERE c.memory_id = store_embedding_chunks.memory_id;
+    IF with_offsets THEN
+        IF pg_catalog.cardinality(chunk_starts) IS DISTINCT FROM chunks OR pg_catalog.cardinality(chunk_ends) IS DISTINCT FROM chunks
+           OR pg_catalog.array_ndims(chunk_starts) <> 1 OR pg_catalog.array_ndims(chunk_ends) <> 1 THEN
+            RAISE EXCEPTION 'chunk_starts and chunk_ends must give the passage of each of the % embeddings', chunks
+                USING ERRCODE = '22023';
+        END IF;
+        SELECT c.i INTO bad
+          FROM (SELECT s, e, i, pg_catalog.lag(s) OVER (ORDER BY i) AS previous_start
+                  FROM ROWS FROM (pg_catalog.unnest(chunk_starts), pg_catalog.unnest(chunk_ends)) WITH ORDINALITY AS u(s, e, i)) c
+         WHERE c.s IS NULL OR c.e IS NULL OR c.s < 0 OR c.e <= c.s OR c.e > content_chars OR c.s <= c.previous_start
+         ORDER BY c.i LIMIT 1;
+        IF bad IS NOT NULL THEN
+            RAISE EXCEPTION 'chunk % ([%, %)) is not a passage of the content (% characters) after the one before it',
+                bad, chunk_starts[bad], chunk_ends[bad], content_chars USING ERRCODE = '22023',
+                HINT = 'offsets count characters from 0, end excluded; passages are in order of their start';
+        END IF;
+        INSERT INTO @extschema@.memory_chunks (memory_id, chunk_index, start_char, end_char, content_hash, embedding, embedding_model)
+        SELECT store_embedding_chunks.memory_id, u.i - 1, u.s, u.e, store_embedding_chunks.content_hash, u.v, model
+          FROM ROWS FROM (pg_catalog.unnest(chunk_starts), pg_catalog.unnest(chunk_ends), pg_catalog.unnest(embeddings))
+               WITH ORDINALITY AS u(s, e, v, i);
+    END IF;
+    UPDATE @extschema@.embedding_schedule q
+       SET status = 'done', locked_until = NULL, last_error = NULL, updated_at = now()
+     WHERE q.memory_id = store_embedding_chunks.memory_id AND q.content_hash = store_embedding_chunks.content_hash;
+    IF dims <= 2000 AND NOT EXISTS (
+        SELECT 1 FROM pg_catalog.pg_class c
+         WHERE c.relname = 'memory_chunks_embedding_hnsw_' || dims AND c.relnamespace = '@extschema@'::regnamespace) THEN
+        INSERT INTO @extschema@.vindexing_schedule (target, dimensions) VALUES ('vector_index', dims)
+        ON CONFLICT (target, dimensions) WHERE status IN ('pending', 'processing') DO NOTHING;
+    END IF;
+    RETURN true;
+END
+$$;
+
+-- Store the embedding computed for `content_hash`. Returns false, storing nothing, when the
+-- memory's content has changed since (the queue already holds the newer content, so the work
+-- is redone). Storing an embedding of a dimension that has no HNSW index yet queues its creation.
+-- The memory's chunks, if it had any, are removed: this embedding is of its whole content.
+CREATE OR REPLACE FUNCTION @extschema@.store_embedding(memory_id uuid, embedding vector, model text, content_hash text)
+RETURNS boolean LANGUAGE sql SET search_path = pg_catalog, pg_temp
+RETURN @extschema@.store_embedding_chunks(memory_id, content_hash, model, ARRAY[embedding]);
+
+REVOKE ALL ON FUNCTION @extschema@.store_embedding_chunks(uuid, text, text, vector[], integer[], integer[]) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.store_embedding_chunks(uuid, text, text, vector[], integer[], integer[]) TO memoriesdb_worker;
+-- Creates (if missing) the HNSW indexes for embeddings of one dimension, on memories and on
+-- memory_chunks, using pgvector's expression + partial index pattern, so embeddings of different
+-- dimensions coexist in one column and each dimension gets its own index. Returns the name of
+-- the index on memories.
+CREATE OR REPLACE FUNCTION @extschema@.create_vector_index(dimensions integer, m integer DEFAULT 16, ef_construction integer DEFAULT 64)
+RETURNS text LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    index_name text := 'memories_embedding_hnsw_' || dimensions;
+BEGIN
+    IF dimensions IS NULL OR dimensions < 1 OR dimensions > 2000 THEN
+        RAISE EXCEPTION 'dimensions must be between 1 and 2000 (pgvector''s HNSW limit), got %', dimensions
+            USING ERRCODE = '22023';
+    END IF;
+    IF m IS NULL OR m < 2 OR m > 100 OR ef_construction IS NULL OR ef_construction < 4 OR ef_construction > 1000 THEN
+        RAISE EXCEPTION 'm must be 2..100 and ef_construction 4..1000, got % and %', m, ef_construction
+            USING ERRCODE = '22023';
+    END IF;
+    EXECUTE format(
+        'CREATE INDEX IF NOT EXISTS %I ON %I.memories USING hnsw ((content_embedding::%s.vector(%s)) %s.vector_cosine_ops)'
+        ' WITH (m = %s, ef_construction = %s) WHERE %s.vector_dims(content_embedding) = %s',
+        index_name, '@extschema@', 'memoriesdb_pgvector', dimensions, 'memoriesdb_pgvector', m, ef_construction,
+        'memoriesdb_pgvector', dimensions);
+    -- the same for the passages of long memories (memory_chunks)
+    EXECUTE format(
+        'CREATE INDEX IF NOT EXISTS %I ON %I.memory_chunks USING hnsw ((embedding::%s.vector(%s)) %s.vector_cosine_ops)'
+        ' WITH (m = %s, ef_construction = %s) WHERE %s.vector_dims(embedding) = %s',
+        'memory_chunks_embedding_hnsw_' || dimensions, '@extschema@', 'memoriesdb_pgvector', dimensions,
+        'memoriesdb_pgvector', m, ef_construction, 'memoriesdb_pgvector', dimensions);
+    INSERT INTO @extschema@.vector_indexes AS v (dimensions, m, ef_construction)
+    VALUES (create_vector_index.dimensions, create_vector_index.m, create_vector_index.ef_construction)
+    ON CONFLICT ON CONSTRAINT vector_indexes_pkey DO NOTHING;
+    RETURN index_name;
+END
+$$;
+
+-- Rebuild the HNSW indexes listed in vector_indexes that do not exist, e.g. after pg_restore
+-- (pg_dump does not dump indexes on an extension's tables). Returns how many it built.
+CREATE OR REPLACE FUNCTION @extschema@.restore_vector_indexes() RETURNS integer
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v record;
+    built integer := 0;
+BEGIN
+    FOR v IN SELECT * FROM @extschema@.vector_indexes ORDER BY dimensions LOOP
+        IF to_regclass(format('%I.%I', '@extschema@', 'memories_embedding_hnsw_' || v.dimensions)) IS NULL
+           OR to_regclass(format('%I.%I', '@extschema@', 'memory_chunks_embedding_hnsw_' || v.dimensions)) IS NULL THEN
+            PERFORM @extschema@.create_vector_index(v.dimensions, v.m, v.ef_construction);
+            built := built + 1;
+        END IF;
+    END LOOP;
+    RETURN built;
+END
+$$;
+
+-- The functions above name pgvector through the placeholder schema memoriesdb_pgvector: bound to
+-- pgvector's real schema as finalize.sql does at install (the functions 0.1.0 installed are
+-- already bound, so only the new ones change).
+DO $$
+DECLARE
+    vector_schema text := (SELECT pg_catalog.quote_ident(n.nspname::text)
+                             FROM pg_catalog.pg_extension e
+                             JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) e.extnamespace
+                            WHERE e.extname OPERATOR(pg_catalog.=) 'vector');
+    f oid;
+BEGIN
+    FOR f IN SELECT p.oid FROM pg_catalog.pg_proc p
+              WHERE p.pronamespace OPERATOR(pg_catalog.=) '@extschema@'::regnamespace
+                AND p.prosrc OPERATOR(pg_catalog.~~) '%memoriesdb\_pgvector%' LOOP
+        EXECUTE pg_catalog.replace(pg_catalog.pg_get_functiondef(f), 'memoriesdb_pgvector', vector_schema);
+    END LOOP;
+END
+$$;
+-- the chunk index of every dimension that has a vector index
+SELECT @extschema@.restore_vector_indexes();

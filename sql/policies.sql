@@ -68,6 +68,8 @@ ALTER TABLE @extschema@.audit_log ENABLE ROW LEVEL SECURITY;
 ALTER TABLE @extschema@.audit_log FORCE ROW LEVEL SECURITY;
 ALTER TABLE @extschema@.embedding_schedule ENABLE ROW LEVEL SECURITY;
 ALTER TABLE @extschema@.embedding_schedule FORCE ROW LEVEL SECURITY;
+ALTER TABLE @extschema@.memory_chunks ENABLE ROW LEVEL SECURITY;
+ALTER TABLE @extschema@.memory_chunks FORCE ROW LEVEL SECURITY;
 -- the outbox has no policy at all: only the relay (a superuser) and emit_events() (SECURITY
 -- DEFINER) touch it
 ALTER TABLE @extschema@.memory_event_outbox ENABLE ROW LEVEL SECURITY;
@@ -169,6 +171,11 @@ CREATE POLICY embedding_schedule_workers ON @extschema@.embedding_schedule FOR A
 CREATE POLICY vindexing_schedule_workers ON @extschema@.vindexing_schedule FOR ALL
     USING ((SELECT @extschema@.acting_role_is('memoriesdb_worker')))
     WITH CHECK ((SELECT @extschema@.acting_role_is('memoriesdb_worker')));
+
+-- chunks: readable with their memory (the subquery reads memories through memories_read, the
+-- one read rule); written only by store_embedding_chunks() (SECURITY DEFINER, for workers)
+CREATE POLICY memory_chunks_read ON @extschema@.memory_chunks FOR SELECT
+    USING (EXISTS (SELECT 1 FROM @extschema@.memories m WHERE m.id = memory_chunks.memory_id));
 
 -- the list of vector indexes is not secret
 CREATE POLICY vector_indexes_read ON @extschema@.vector_indexes FOR SELECT USING (true);

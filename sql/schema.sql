@@ -186,6 +186,27 @@ COMMENT ON TABLE @extschema@.embedding_schedule IS 'Memories waiting for (re)com
 CREATE INDEX embedding_schedule_pending ON @extschema@.embedding_schedule (enqueued_at)
     WHERE status IN ('pending', 'failed');
 
+-- The passages of memories too long for their embedding model's window, each with its own
+-- embedding (memoriesdb-embedder splits such content into overlapping token windows). The first
+-- chunk's embedding is also the memory's content_embedding, so a memory of one window needs no
+-- rows here. Vector search looks at memories and chunks and returns each memory once, with its
+-- best passage. A chunk is current only while its content_hash is the memory's: a changed
+-- content is never served through old chunks, and the next stored embedding replaces them.
+CREATE TABLE @extschema@.memory_chunks (
+    memory_id       uuid NOT NULL REFERENCES @extschema@.memories (id) ON DELETE CASCADE,
+    chunk_index     integer NOT NULL CHECK (chunk_index >= 0),
+    -- the passage: characters [start_char, end_char) of the content, 0-based, so that
+    -- substr(content, start_char + 1, end_char - start_char) is its text
+    start_char      integer NOT NULL CHECK (start_char >= 0),
+    end_char        integer NOT NULL,
+    content_hash    text NOT NULL,
+    embedding       vector NOT NULL CHECK (vector_norm(embedding) >= 1e-10),
+    embedding_model text NOT NULL,
+    PRIMARY KEY (memory_id, chunk_index),
+    CHECK (end_char > start_char)
+);
+COMMENT ON TABLE @extschema@.memory_chunks IS 'Embedded passages of memories longer than the embedding model reads at once';
+
 -- Queue of index/view refreshes driven by new embeddings.
 -- target 'vector_index': make sure an HNSW index exists for embeddings of `dimensions`.
 CREATE TABLE @extschema@.vindexing_schedule (
@@ -279,6 +300,7 @@ SELECT pg_catalog.pg_extension_config_dump('@extschema@.memory_edges', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.audit_log', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.audit_log_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.embedding_schedule', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.memory_chunks', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.memory_shares', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.memory_share_segments', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.vector_indexes', '');

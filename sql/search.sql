@@ -48,9 +48,10 @@ BEGIN
 END
 $$;
 
--- Creates (if missing) the HNSW index for embeddings of one dimension, using pgvector's
--- expression + partial index pattern, so embeddings of different dimensions coexist in one
--- column and each dimension gets its own index. Returns the index name.
+-- Creates (if missing) the HNSW indexes for embeddings of one dimension, on memories and on
+-- memory_chunks, using pgvector's expression + partial index pattern, so embeddings of different
+-- dimensions coexist in one column and each dimension gets its own index. Returns the name of
+-- the index on memories.
 CREATE FUNCTION @extschema@.create_vector_index(dimensions integer, m integer DEFAULT 16, ef_construction integer DEFAULT 64)
 RETURNS text LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -69,6 +70,12 @@ BEGIN
         ' WITH (m = %s, ef_construction = %s) WHERE %s.vector_dims(content_embedding) = %s',
         index_name, '@extschema@', 'memoriesdb_pgvector', dimensions, 'memoriesdb_pgvector', m, ef_construction,
         'memoriesdb_pgvector', dimensions);
+    -- the same for the passages of long memories (memory_chunks)
+    EXECUTE format(
+        'CREATE INDEX IF NOT EXISTS %I ON %I.memory_chunks USING hnsw ((embedding::%s.vector(%s)) %s.vector_cosine_ops)'
+        ' WITH (m = %s, ef_construction = %s) WHERE %s.vector_dims(embedding) = %s',
+        'memory_chunks_embedding_hnsw_' || dimensions, '@extschema@', 'memoriesdb_pgvector', dimensions,
+        'memoriesdb_pgvector', m, ef_construction, 'memoriesdb_pgvector', dimensions);
     INSERT INTO @extschema@.vector_indexes AS v (dimensions, m, ef_construction)
     VALUES (create_vector_index.dimensions, create_vector_index.m, create_vector_index.ef_construction)
     ON CONFLICT ON CONSTRAINT vector_indexes_pkey DO NOTHING;
@@ -85,7 +92,8 @@ DECLARE
     built integer := 0;
 BEGIN
     FOR v IN SELECT * FROM @extschema@.vector_indexes ORDER BY dimensions LOOP
-        IF to_regclass(format('%I.%I', '@extschema@', 'memories_embedding_hnsw_' || v.dimensions)) IS NULL THEN
+        IF to_regclass(format('%I.%I', '@extschema@', 'memories_embedding_hnsw_' || v.dimensions)) IS NULL
+           OR to_regclass(format('%I.%I', '@extschema@', 'memory_chunks_embedding_hnsw_' || v.dimensions)) IS NULL THEN
             PERFORM @extschema@.create_vector_index(v.dimensions, v.m, v.ef_construction);
             built := built + 1;
         END IF;
@@ -99,6 +107,10 @@ $$;
 -- (create_vector_index) with pgvector's iterative index scan, so selective filters still return
 -- lim rows when that many qualify; with a session it is an exact scan of that branch.
 -- Only memories whose embedding has the query's dimension are compared.
+-- Each memory is returned once, at its best passage: a memory longer than its model reads has
+-- an embedding per passage (memory_chunks), and chunk_start, chunk_end are the character
+-- offsets of the passage that matched (0-based, end excluded; the whole content for a memory
+-- embedded whole): substr(content, chunk_start + 1, chunk_end - chunk_start).
 CREATE FUNCTION @extschema@.vector_search(
     embedding vector,
     threshold double precision DEFAULT 0.7,
@@ -108,7 +120,7 @@ CREATE FUNCTION @extschema@.vector_search(
     metadata_filter jsonb DEFAULT NULL,
     model text DEFAULT NULL)
 RETURNS TABLE (id uuid, content text, kind text, role text, origin_session_id uuid, "position" bigint,
-               similarity double precision)
+               similarity double precision, chunk_start integer, chunk_end integer)
 LANGUAGE c STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 SET jit = off
@@ -128,7 +140,7 @@ CREATE FUNCTION @extschema@.semantic_search(
     kind_filter text DEFAULT NULL,
     metadata_filter jsonb DEFAULT NULL)
 RETURNS TABLE (id uuid, content text, kind text, role text, origin_session_id uuid, "position" bigint,
-               similarity double precision)
+               similarity double precision, chunk_start integer, chunk_end integer)
 LANGUAGE c STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 SET jit = off
@@ -140,7 +152,8 @@ AS 'MODULE_PATHNAME', 'semantic_search_native';
 --   score = text_weight / (rrf_k + text_rank) + vector_weight / (rrf_k + vector_rank)
 -- where a ranking a row is missing from contributes 0, so a row found by only one method still
 -- appears. Each component's rank and score is returned beside the fused score. Each ranking
--- contributes its top `candidates` rows (default 5 x lim). One statement.
+-- contributes its top `candidates` rows (default 5 x lim). One statement. chunk_start and
+-- chunk_end: the passage the vector ranking matched, as in vector_search (NULL without one).
 -- Without an embedding (hybrid_search('what did alice say about the design')), the query text's
 -- embedding comes from the configured endpoint, as in semantic_search().
 -- model: compare only with embeddings computed by this model (vector_search too).
@@ -159,7 +172,7 @@ CREATE FUNCTION @extschema@.hybrid_search(
     model text DEFAULT NULL)
 RETURNS TABLE (id uuid, content text, kind text, role text, origin_session_id uuid, "position" bigint,
                score double precision, text_rank bigint, text_score real,
-               vector_rank bigint, vector_similarity double precision)
+               vector_rank bigint, vector_similarity double precision, chunk_start integer, chunk_end integer)
 LANGUAGE c STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 SET jit = off

@@ -180,44 +180,74 @@ fn text_ranking(in_session: bool, limit: &str) -> String {
     )
 }
 
-/// The vector ranking: `columns` and `sim` (1 - cosine distance to $9) of the `limit` memories
-/// nearest to the query embedding among those with its dimension (and, when $15 names the
-/// query's model, with embeddings of that model: vectors of two models are never compared). Without a session, ordered by
-/// the expression of the dimension's HNSW index (create_vector_index), which drives the scan
+/// The vector ranking: (id, sim, chunk) of the `limit` memories nearest to the query embedding
+/// $9, each memory once, at its best passage: its own embedding (chunk NULL: the whole content,
+/// or its first chunk when it has chunks) or one of its chunks (memory_chunks: the passages of
+/// content longer than the model reads), whichever is nearer. sim = 1 - cosine distance.
+/// Only embeddings of the query's dimension are compared (and, when $15 names the query's
+/// model, only that model's: vectors of two models are never compared), and a chunk only while
+/// it is of the memory's current content. Without a session, each side is ordered by the
+/// expression of the dimension's HNSW index (create_vector_index), which drives its scan
 /// (pgvector's iterative scan, set on the functions, keeps it going past rows the rule or the
-/// filters refuse); in a session, an exact scan of the branch.
-fn vector_ranking(vector_schema: &str, dimensions: Option<i32>, columns: &str, limit: &str) -> String {
-    let visible = format!(
-        "{rule}
-         AND ($15 IS NULL OR m.embedding_model OPERATOR(pg_catalog.=) $15)",
-        rule = visible_and_filtered()
-    );
-    match dimensions {
-        Some(d) => {
-            let distance = format!(
-                "m.content_embedding::{vector_schema}.vector({d}) OPERATOR({vector_schema}.<=>) $9::{vector_schema}.vector({d})"
-            );
-            format!(
-                "SELECT {columns}, 1::pg_catalog.float8 OPERATOR(pg_catalog.-) ({distance}) AS sim
-                   FROM {SCHEMA}.memories m
-                  WHERE {vector_schema}.vector_dims(m.content_embedding) OPERATOR(pg_catalog.=) {d}
-                    AND {visible}
-                  ORDER BY {distance}
-                  LIMIT {limit}"
-            )
-        }
-        None => format!(
-            "SELECT {columns},
-                    1::pg_catalog.float8 OPERATOR(pg_catalog.-) (m.content_embedding OPERATOR({vector_schema}.<=>) $9) AS sim
+/// filters refuse); in a session, exact scans of the branch.
+fn vector_ranking(vector_schema: &str, dimensions: Option<i32>, limit: &str) -> String {
+    let visible = visible_and_filtered();
+    // the nearest `limit` of one side: embeddings `embedding` of rows `from`, computed by `model`
+    let nearest = |from: &str, embedding: &str, model: &str, chunk: &str| {
+        let (dimension, distance, order) = match dimensions {
+            Some(d) => {
+                let distance =
+                    format!("{embedding}::{vector_schema}.vector({d}) OPERATOR({vector_schema}.<=>) $9::{vector_schema}.vector({d})");
+                (d.to_string(), distance.clone(), distance)
+            }
+            None => (format!("{vector_schema}.vector_dims($9)"), format!("{embedding} OPERATOR({vector_schema}.<=>) $9"), "sim DESC, m.id".into()),
+        };
+        format!(
+            "SELECT m.id, 1::pg_catalog.float8 OPERATOR(pg_catalog.-) ({distance}) AS sim, {chunk} AS chunk
                FROM {from}
-              WHERE {vector_schema}.vector_dims(m.content_embedding) OPERATOR(pg_catalog.=) {vector_schema}.vector_dims($9)
+              WHERE {vector_schema}.vector_dims({embedding}) OPERATOR(pg_catalog.=) {dimension}
                 AND {visible}
-              ORDER BY sim DESC, m.id
-              LIMIT {limit}",
-            from = searched_memories(true)
+                AND ($15 IS NULL OR {model} OPERATOR(pg_catalog.=) $15)
+              ORDER BY {order}
+              LIMIT {limit}"
+        )
+    };
+    let memories = searched_memories(dimensions.is_none());
+    let whole = nearest(&memories, "m.content_embedding", "m.embedding_model", "NULL::pg_catalog.int4");
+    let passages = nearest(
+        &format!(
+            "{memories}
+             JOIN {SCHEMA}.memory_chunks c ON c.memory_id OPERATOR(pg_catalog.=) m.id
+                                          AND c.content_hash OPERATOR(pg_catalog.=) m.content_hash"
         ),
-    }
+        "c.embedding",
+        "c.embedding_model",
+        "c.chunk_index",
+    );
+    format!(
+        "SELECT best.id, best.sim, best.chunk
+           FROM (SELECT DISTINCT ON (hit.id) hit.id, hit.sim, hit.chunk
+                   FROM (({whole}) UNION ALL ({passages})) hit
+                  ORDER BY hit.id, hit.sim DESC, hit.chunk NULLS FIRST) best
+          ORDER BY best.sim DESC, best.id
+          LIMIT {limit}"
+    )
 }
+
+/// The passage a vector ranking's hit `hits` matched, for memory `m`: the chunk it names, or for
+/// the memory's own embedding its first chunk if it has chunks; `c` in the statement.
+fn matched_chunk(hits: &str) -> String {
+    format!(
+        "LEFT JOIN {SCHEMA}.memory_chunks c
+                ON c.memory_id OPERATOR(pg_catalog.=) m.id
+               AND c.chunk_index OPERATOR(pg_catalog.=) coalesce({hits}.chunk, 0)
+               AND c.content_hash OPERATOR(pg_catalog.=) m.content_hash"
+    )
+}
+
+/// chunk_start and chunk_end of a hit joined by matched_chunk(): the chunk's character offsets,
+/// or the whole content for a memory embedded whole.
+const CHUNK_OFFSETS: &str = "coalesce(c.start_char, 0), coalesce(c.end_char, pg_catalog.char_length(m.content))";
 
 /// The caller, as the search statements decide for them: the acting user, and whether their
 /// role reads everything (bypasses row-level security, or a worker).
@@ -459,9 +489,11 @@ crate::fmgr::sql_function_entry!(pg_finfo_search_memories_native, search_memorie
 
 /// vector_search(embedding vector, threshold float8, lim integer, session_id uuid, kind_filter
 /// text, metadata_filter jsonb, model text) RETURNS TABLE (id, content, kind, role,
-/// origin_session_id, position, similarity float8): similarity = 1 - cosine distance, highest
-/// first, at most lim rows with similarity >= threshold, among memories whose embedding has the
-/// query's dimension (and, with `model`, was computed by that model).
+/// origin_session_id, position, similarity float8, chunk_start integer, chunk_end integer):
+/// similarity = 1 - cosine distance, highest first, at most lim rows with similarity >=
+/// threshold, among memories whose embedding has the query's dimension (and, with `model`, was
+/// computed by that model); each memory once, at its best passage (chunk_start, chunk_end: its
+/// character offsets).
 unsafe fn vector_search(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
     // SAFETY: declared in SQL with these seven arguments.
     let [embedding, threshold, lim, session, kind, metadata, model] = std::array::from_fn(|i| unsafe { raw_arg(fcinfo, i) });
@@ -481,7 +513,7 @@ crate::fmgr::sql_function_entry!(pg_finfo_vector_search_native, vector_search_na
 
 /// semantic_search(query text, threshold float8, lim integer, session_id uuid, kind_filter
 /// text, metadata_filter jsonb) RETURNS TABLE (id, content, kind, role, origin_session_id,
-/// position, similarity float8): vector_search() with the embedding of `query` from the
+/// position, similarity float8, chunk_start integer, chunk_end integer): vector_search() with the embedding of `query` from the
 /// configured endpoint (embeddings.rs), among memories embedded by the same model.
 unsafe fn semantic_search(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
     // SAFETY: declared in SQL with these six arguments.
@@ -555,15 +587,14 @@ impl VectorSearch {
         // (stored embeddings written directly can give them) are left out
         let sql = || {
             format!(
-                "SELECT * FROM ({ranking}) hits
+                "SELECT m.id, m.content, m.kind, m.role, m.session_id, m.position, hits.sim, {CHUNK_OFFSETS}
+                   FROM ({ranking}) hits
+                   JOIN {SCHEMA}.memories m ON m.id OPERATOR(pg_catalog.=) hits.id
+                   {chunk}
                   WHERE hits.sim OPERATOR(pg_catalog.>=) $10 AND hits.sim OPERATOR(pg_catalog.<>) 'NaN'::pg_catalog.float8
                   ORDER BY hits.sim DESC, hits.id",
-                ranking = vector_ranking(
-                    vector_schema,
-                    session.is_none().then_some(dimensions),
-                    "m.id, m.content, m.kind, m.role, m.session_id, m.position",
-                    "$6"
-                )
+                ranking = vector_ranking(vector_schema, session.is_none().then_some(dimensions), "$6"),
+                chunk = matched_chunk("hits"),
             )
         };
         let variant = format!("vector_search {} {vector_schema}", session.map_or(dimensions, |_| 0));
@@ -621,7 +652,8 @@ fn pgvector_type(spi: &spi::Connection) -> (pg_sys::Oid, String) {
 /// hybrid_search(query text, embedding vector, lim, session_id, kind_filter, metadata_filter,
 /// text_weight float8, vector_weight float8, rrf_k integer, candidates integer, config regconfig,
 /// model text) RETURNS TABLE (id, content, kind, role, origin_session_id, position, score
-/// float8, text_rank bigint, text_score real, vector_rank bigint, vector_similarity float8):
+/// float8, text_rank bigint, text_score real, vector_rank bigint, vector_similarity float8,
+/// chunk_start integer, chunk_end integer — the passage the vector ranking matched):
 /// reciprocal-rank fusion of the full-text and the vector ranking,
 ///   score = text_weight / (rrf_k + text_rank) + vector_weight / (rrf_k + vector_rank),
 /// where a ranking a row is missing from contributes 0, so a row found by only one method still
@@ -688,22 +720,26 @@ unsafe fn hybrid_search(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
                         SELECT t.id, t.r, pg_catalog.row_number() OVER (ORDER BY t.r DESC, t.id) AS text_rank FROM text_hits t),
                       vector_hits AS ({vector_ranking}),
                       vector_ranked AS (
-                        SELECT v.id, v.sim, pg_catalog.row_number() OVER (ORDER BY v.sim DESC, v.id) AS vector_rank
+                        SELECT v.id, v.sim, v.chunk, pg_catalog.row_number() OVER (ORDER BY v.sim DESC, v.id) AS vector_rank
                           FROM vector_hits v WHERE v.sim OPERATOR(pg_catalog.<>) 'NaN'::pg_catalog.float8),
                       fused AS (
                         SELECT coalesce(t.id, v.id) AS id,
                                coalesce($12 OPERATOR(pg_catalog./) ($14 OPERATOR(pg_catalog.+) t.text_rank)::pg_catalog.float8, 0)
                                  OPERATOR(pg_catalog.+)
                                coalesce($13 OPERATOR(pg_catalog./) ($14 OPERATOR(pg_catalog.+) v.vector_rank)::pg_catalog.float8, 0) AS score,
-                               t.text_rank, t.r, v.vector_rank, v.sim
+                               t.text_rank, t.r, v.vector_rank, v.sim, v.chunk
                           FROM text_ranked t FULL OUTER JOIN vector_ranked v ON v.id OPERATOR(pg_catalog.=) t.id
                          ORDER BY score DESC, id
                          LIMIT $6)
-                 SELECT f.id, m.content, m.kind, m.role, m.session_id, m.position, f.score, f.text_rank, f.r, f.vector_rank, f.sim
+                 SELECT f.id, m.content, m.kind, m.role, m.session_id, m.position, f.score, f.text_rank, f.r, f.vector_rank, f.sim,
+                        CASE WHEN f.vector_rank IS NOT NULL THEN coalesce(c.start_char, 0) END,
+                        CASE WHEN f.vector_rank IS NOT NULL THEN coalesce(c.end_char, pg_catalog.char_length(m.content)) END
                    FROM fused f JOIN {SCHEMA}.memories m ON m.id OPERATOR(pg_catalog.=) f.id
+                   {chunk}
                   ORDER BY f.score DESC, f.id",
                 text_ranking = text_ranking(in_session, "$11"),
-                vector_ranking = vector_ranking(&vector_schema, (!in_session).then_some(dimensions), "m.id", "$11"),
+                vector_ranking = vector_ranking(&vector_schema, (!in_session).then_some(dimensions), "$11"),
+                chunk = matched_chunk("f"),
             )
         };
         let variant = format!("hybrid_search {} {vector_schema}", session.map_or(dimensions, |_| 0));

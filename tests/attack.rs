@@ -87,6 +87,7 @@ const ROLE_FUNCTIONS: &[(&str, &[&str])] = &[
             "retry_dead_embeddings",
             "seal_audit_log",
             "store_embedding",
+            "store_embedding_chunks",
         ],
     ),
     ("memoriesdb_auditor", &["seal_audit_log", "verify_audit_chain"]),

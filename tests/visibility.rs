@@ -67,7 +67,14 @@ fn the_read_rule_is_inlined_and_the_indexes_drive_search_transcript_and_policy_p
                 SET content_embedding = (SELECT array_agg(sin(position * d))::vector FROM generate_series(1, 384) d),
                     embedding_model = 'test'
               WHERE session_id = '{session}';
-             ANALYZE memoriesdb.memories;"
+             -- and two passages each, as for content longer than the model reads
+             INSERT INTO memoriesdb.memory_chunks (memory_id, chunk_index, start_char, end_char, content_hash, embedding, embedding_model)
+             SELECT m.id, c, c * 5, c * 5 + 10, m.content_hash,
+                    (SELECT array_agg(sin(m.position * d + c))::vector FROM generate_series(1, 384) d), 'test'
+               FROM memoriesdb.memories m, generate_series(0, 1) c
+              WHERE m.session_id = '{session}';
+             ANALYZE memoriesdb.memories;
+             ANALYZE memoriesdb.memory_chunks;"
         ))
         .unwrap();
     let query_vector = "(SELECT array_agg(sin(7 * d))::vector FROM generate_series(1, 384) d)";
@@ -80,9 +87,23 @@ fn the_read_rule_is_inlined_and_the_indexes_drive_search_transcript_and_policy_p
             format!("SELECT * FROM memoriesdb.search_memories('harbour', '{session}')"),
             "memories_session_position",
         ),
-        ("vector_search (HNSW)", format!("SELECT * FROM memoriesdb.vector_search({query_vector}, 0.0)"), "hnsw"),
+        ("vector_search (HNSW)", format!("SELECT * FROM memoriesdb.vector_search({query_vector}, 0.0)"), "memories_embedding_hnsw_384"),
+        (
+            "vector_search, the passages of long memories (HNSW)",
+            format!("SELECT * FROM memoriesdb.vector_search({query_vector}, 0.0)"),
+            "memory_chunks_embedding_hnsw_384",
+        ),
         ("hybrid_search, its full-text ranking (GIN)", format!("SELECT * FROM memoriesdb.hybrid_search('harbour', {query_vector})"), "memories_search"),
-        ("hybrid_search, its vector ranking (HNSW)", format!("SELECT * FROM memoriesdb.hybrid_search('harbour', {query_vector})"), "hnsw"),
+        (
+            "hybrid_search, its vector ranking (HNSW)",
+            format!("SELECT * FROM memoriesdb.hybrid_search('harbour', {query_vector})"),
+            "memories_embedding_hnsw_384",
+        ),
+        (
+            "hybrid_search, its vector ranking of passages (HNSW)",
+            format!("SELECT * FROM memoriesdb.hybrid_search('harbour', {query_vector})"),
+            "memory_chunks_embedding_hnsw_384",
+        ),
         (
             "get_formatted_conversation (B-tree)",
             format!("SELECT * FROM memoriesdb.get_formatted_conversation('{session}')"),
@@ -119,8 +140,13 @@ fn the_read_rule_is_inlined_and_the_indexes_drive_search_transcript_and_policy_p
     let seen: i64 = other.query_one("SELECT count(*) FROM memoriesdb.memories", &[]).unwrap().get(0);
     let near: i64 =
         other.query_one(&format!("SELECT count(*) FROM memoriesdb.vector_search({query_vector}, -1.0)"), &[]).unwrap().get(0);
-    if (found, seen, near) != (0, 0, 0) {
-        problems.push(format!("another user sees {found} search hits, {seen} rows, {near} vector hits"));
+    let passages: i64 = other.query_one("SELECT count(*) FROM memoriesdb.memory_chunks", &[]).unwrap().get(0);
+    if (found, seen, near, passages) != (0, 0, 0, 0) {
+        problems.push(format!("another user sees {found} search hits, {seen} rows, {near} vector hits, {passages} chunks"));
+    }
+    let own_passages: i64 = app.query_one("SELECT count(*) FROM memoriesdb.memory_chunks", &[]).unwrap().get(0);
+    if own_passages != 400 {
+        problems.push(format!("the owner sees {own_passages} of 400 chunks"));
     }
     let mine: i64 = app.query_one("SELECT count(*) FROM memoriesdb.search_memories('harbour', lim => 500)", &[]).unwrap().get(0);
     if mine != 200 {

@@ -2,6 +2,7 @@
 //! and the HTTP endpoint both call `Backend::embed`, so stored embeddings and query embeddings
 //! come from the same model.
 
+use crate::chunking::{approximate_pieces, Piece};
 use crate::config::{BackendKind, Config};
 use crate::model::LocalModel;
 use crate::remote::RemoteApi;
@@ -58,13 +59,37 @@ impl Backend {
         }
     }
 
-    /// The most characters of a memory's content worth sending (the worker asks the database
-    /// for no more): the local model's window with room to spare; for an API, 32,768
-    /// characters (OpenAI's models read 8,191 tokens; longer inputs are refused by the API).
-    pub fn max_input_chars(&self) -> usize {
+    /// How many tokens of a text the model reads at once: the default length of a passage of a
+    /// long memory (chunking.rs). An API's window is not known here: 512.
+    pub fn window(&self) -> usize {
         match self {
-            Backend::Local { model, .. } => model.max_input_bytes(),
-            Backend::Remote(_) => 32_768,
+            Backend::Local { model, .. } => model.window(),
+            Backend::Remote(_) => 512,
+        }
+    }
+
+    /// The first `max_pieces` tokens of `text`, for chunking, and whether they are all of its
+    /// tokens: the local model's own, or about four characters of a word each for an API
+    /// (whose tokenizer is not known here).
+    pub fn pieces(&self, text: &str, max_pieces: usize) -> Result<(Vec<Piece>, bool), EmbedError> {
+        match self {
+            Backend::Local { model, .. } => model.pieces(text, max_pieces).map_err(|error| EmbedError::Rejected(format!("{error:#}"))),
+            Backend::Remote(_) => {
+                let pieces = approximate_pieces(text, max_pieces + 1);
+                let all = pieces.len() <= max_pieces;
+                Ok((pieces.into_iter().take(max_pieces).collect(), all))
+            }
+        }
+    }
+
+    /// The most characters of text `tokens` tokens can come from: real tokens are a few bytes,
+    /// the local model's are at most 64 in any text that is not made of hundred-character words
+    /// (see LocalModel::readable_part); approximate ones (for an API) are 4 characters of a word,
+    /// which with the spaces between words is at most 8.
+    pub fn characters_for(&self, tokens: usize) -> usize {
+        match self {
+            Backend::Local { .. } => tokens.saturating_mul(64),
+            Backend::Remote(_) => tokens.saturating_mul(8),
         }
     }
 

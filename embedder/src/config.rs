@@ -63,6 +63,20 @@ pub struct Config {
     #[arg(long, env = "MEMORIESDB_EMBEDDER_API_RATE_LIMIT", default_value_t = 0.0)]
     pub api_rate_limit: f64,
 
+    /// Tokens per passage of a long memory (default: what the local model reads at once, 254 for
+    /// all-MiniLM-L6-v2; 512 for an API, counted as 4 characters a token).
+    #[arg(long, env = "MEMORIESDB_EMBEDDER_CHUNK_TOKENS")]
+    pub chunk_tokens: Option<usize>,
+
+    /// Tokens each passage shares with the one before it.
+    #[arg(long, env = "MEMORIESDB_EMBEDDER_CHUNK_OVERLAP", default_value_t = 32)]
+    pub chunk_overlap: usize,
+
+    /// Most passages embedded per memory; the rest of a longer content is found by full-text
+    /// search only.
+    #[arg(long, env = "MEMORIESDB_EMBEDDER_MAX_CHUNKS", default_value_t = 64)]
+    pub max_chunks: usize,
+
     /// PostgreSQL connection string of the queue (a role granted memoriesdb_worker). Empty: no
     /// queue worker, only the HTTP endpoint.
     #[arg(long, env = "MEMORIESDB_EMBEDDER_DATABASE_URL", default_value = "")]

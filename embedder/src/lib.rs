@@ -1,6 +1,7 @@
 //! memoriesdb-embedder: computes the embeddings MemoriesDB queues, and serves them.
 pub mod backend;
 pub mod bert;
+pub mod chunking;
 pub mod config;
 pub mod http;
 pub mod model;

@@ -9,6 +9,7 @@
 //! rather than silently computing a different embedding).
 
 use crate::bert::{mean_pool_normalised, Bert};
+use crate::chunking::Piece;
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Deserialize;
 use std::path::Path;
@@ -17,6 +18,8 @@ use tokenizers::{Tokenizer, TruncationParams};
 pub struct LocalModel {
     model: Bert,
     tokenizer: Tokenizer,
+    /// The same tokenizer without truncation, to find where the tokens of a long text are.
+    splitter: Tokenizer,
     /// The name recorded with every embedding (`memories.embedding_model`).
     pub name: String,
     pub dimensions: usize,
@@ -73,6 +76,9 @@ impl LocalModel {
 
         let mut tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))
             .map_err(|error| anyhow!("cannot load {}: {error}", dir.join("tokenizer.json").display()))?;
+        let mut splitter = tokenizer.clone();
+        splitter.with_truncation(None).map_err(|error| anyhow!("tokenizer truncation: {error}"))?;
+        splitter.with_padding(None);
         tokenizer
             .with_truncation(Some(TruncationParams { max_length: max_tokens, ..Default::default() }))
             .map_err(|error| anyhow!("tokenizer truncation: {error}"))?;
@@ -87,7 +93,7 @@ impl LocalModel {
                 .map(str::to_owned)
                 .ok_or_else(|| anyhow!("cannot name the model after {}; pass --model-name", dir.display()))?,
         };
-        Ok(Self { model, tokenizer, name, dimensions, max_tokens, batch_size: batch_size.max(1) })
+        Ok(Self { model, tokenizer, splitter, name, dimensions, max_tokens, batch_size: batch_size.max(1) })
     }
 
     /// Embed `texts`, in order. Texts are sorted by length and run in batches of similar
@@ -126,6 +132,44 @@ impl LocalModel {
     /// The most bytes of a text the model looks at (see readable_part).
     pub fn max_input_bytes(&self) -> usize {
         self.max_tokens * 64
+    }
+
+    /// How many tokens of a text one passage can hold: the model's window less [CLS] and [SEP].
+    pub fn window(&self) -> usize {
+        self.max_tokens.saturating_sub(2).max(1)
+    }
+
+    /// The first `max_pieces` tokens of `text` (without [CLS]/[SEP]), with their byte offsets,
+    /// for chunking, and whether they are all of its tokens. Only the part of the text those
+    /// tokens can come from is tokenised: first `max_pieces` x 8 bytes (tokens of real text are
+    /// a few bytes), then, if that holds too few, `max_pieces` x 64 (as readable_part).
+    pub fn pieces(&self, text: &str, max_pieces: usize) -> Result<(Vec<Piece>, bool)> {
+        for bytes_per_token in [8, 64] {
+            let mut end = text.len().min(max_pieces.saturating_mul(bytes_per_token));
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            let encoding = self.splitter.encode(&text[..end], false).map_err(|error| anyhow!("tokenizer: {error}"))?;
+            let whole_text = end == text.len();
+            if encoding.len() < max_pieces && !whole_text && bytes_per_token == 8 {
+                continue;
+            }
+            let mut previous_word = None;
+            let pieces: Vec<Piece> = encoding
+                .get_offsets()
+                .iter()
+                .zip(encoding.get_word_ids())
+                .take(max_pieces)
+                .map(|(&(start, end), &word)| {
+                    let starts_word = word.is_none() || word != previous_word;
+                    previous_word = word;
+                    Piece { start, end, starts_word }
+                })
+                .collect();
+            let all = whole_text && encoding.len() <= max_pieces;
+            return Ok((pieces, all));
+        }
+        unreachable!("the last attempt returns")
     }
 
     /// How many tokens the model would read of `text` before truncation (without [CLS]/[SEP]).

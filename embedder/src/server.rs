@@ -42,7 +42,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tracing::info!("no --database-url: serving /v1/embeddings only, not working the queue");
         None
     } else {
-        let worker = Arc::new(Worker::new(config.clone(), Arc::clone(&backend)));
+        let worker = Arc::new(Worker::new(config.clone(), Arc::clone(&backend))?);
         tasks.spawn(Arc::clone(&worker).run(shutdown.clone()));
         Some(worker)
     };

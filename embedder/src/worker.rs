@@ -9,10 +9,12 @@
 //! deleted meanwhile is skipped.
 
 use crate::backend::{Backend, EmbedError};
+use crate::chunking::{character_offsets, Chunking};
 use crate::config::Config;
 use crate::error_chain;
 use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,6 +29,7 @@ const QUEUE_CHANNEL: &str = "memoriesdb_embedding_queue";
 pub struct Worker {
     config: Config,
     backend: Arc<Backend>,
+    chunking: Chunking,
     /// Connected to the database and listening (for /readyz).
     pub connected: AtomicBool,
 }
@@ -41,13 +44,25 @@ struct Statements {
 
 struct Claimed {
     memory_id: Uuid,
-    content: String,
+    /// the part of the content the passages can come from (Chunking::max_tokens tokens)
+    content: Arc<str>,
     content_hash: String,
 }
 
+/// A memory's embeddings: one per passage, with the passages' character offsets, or one of the
+/// whole content (offsets None).
+struct Embedded {
+    vectors: Vec<Vec<f32>>,
+    offsets: Option<Vec<(i32, i32)>>,
+}
+
 impl Worker {
-    pub fn new(config: Config, backend: Arc<Backend>) -> Self {
-        Self { config, backend, connected: AtomicBool::new(false) }
+    /// A worker for `config`: refuses chunk settings that cannot work (an overlap as long as
+    /// the chunk).
+    pub fn new(config: Config, backend: Arc<Backend>) -> anyhow::Result<Self> {
+        let tokens = config.chunk_tokens.unwrap_or_else(|| backend.window());
+        let chunking = Chunking::new(tokens, config.chunk_overlap, config.max_chunks)?;
+        Ok(Self { config, backend, chunking, connected: AtomicBool::new(false) })
     }
 
     /// Work the queue until `shutdown`; reconnects (with backoff) whenever the database goes away.
@@ -116,22 +131,37 @@ impl Worker {
         // no_data_found for one deleted since: such rows are left out here, and if one is
         // deleted between this check and the store, the batch falls back to row by row.
         let vector = vector_type(client).await?;
+        // (each memory's embeddings, and its passages' offsets when it has several, travel as
+        // array literals: one text per memory)
         let store = client
             .prepare(&format!(
-                "SELECT memoriesdb.store_embedding(t.id, t.embedding::{vector}, $3, t.content_hash)
+                "SELECT memoriesdb.store_embedding_chunks(t.id, t.content_hash, $3, t.embeddings::{vector}[],
+                                                          t.starts::pg_catalog.int4[], t.ends::pg_catalog.int4[])
                    FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.uuid[]), pg_catalog.unnest($2::pg_catalog.text[]),
-                                   pg_catalog.unnest($4::pg_catalog.text[])) AS t(id, embedding, content_hash)
+                                   pg_catalog.unnest($4::pg_catalog.text[]), pg_catalog.unnest($5::pg_catalog.text[]),
+                                   pg_catalog.unnest($6::pg_catalog.text[])) AS t(id, embeddings, content_hash, starts, ends)
                   WHERE EXISTS (SELECT FROM memoriesdb.memories m WHERE m.id OPERATOR(pg_catalog.=) t.id)"
             ))
             .await?;
-        let store_one = client.prepare(&format!("SELECT memoriesdb.store_embedding($1, $2::{vector}, $3, $4)")).await?;
+        let store_one = client
+            .prepare(&format!(
+                "SELECT memoriesdb.store_embedding_chunks($1, $4, $3, $2::pg_catalog.text::{vector}[],
+                                                          $5::pg_catalog.text::pg_catalog.int4[], $6::pg_catalog.text::pg_catalog.int4[])"
+            ))
+            .await?;
         let fail = client.prepare("SELECT memoriesdb.fail_embedding($1, $2, $3::pg_catalog.int4)").await?;
         let depth = client
             .prepare("SELECT pg_catalog.count(*) FROM memoriesdb.embedding_schedule WHERE status IN ('pending', 'failed', 'processing')")
             .await?;
         let statements = Statements { claim, store, store_one, fail };
         self.connected.store(true, Ordering::Relaxed);
-        tracing::info!(model = self.backend.model_name(), "queue worker listening on {QUEUE_CHANNEL}");
+        tracing::info!(
+            model = self.backend.model_name(),
+            chunk_tokens = self.chunking.tokens,
+            chunk_overlap = self.chunking.overlap,
+            max_chunks = self.chunking.max_chunks,
+            "queue worker listening on {QUEUE_CHANNEL}"
+        );
 
         // The model and the database work at the same time: while batch N is embedded, the
         // database stores batch N-1 (updating the HNSW index costs about as much per row as the
@@ -191,13 +221,13 @@ impl Worker {
     async fn claim(&self, client: &Client, statements: &Statements) -> Result<Vec<Claimed>, tokio_postgres::Error> {
         let lease = format!("{} milliseconds", self.config.lease.as_millis().max(1000));
         let claim_batch = self.config.claim_batch.clamp(1, 1000) as i32;
-        let max_chars = self.backend.max_input_chars().min(i32::MAX as usize) as i32;
+        let max_chars = self.backend.characters_for(self.chunking.max_tokens()).min(i32::MAX as usize) as i32;
         let max_attempts = self.config.max_attempts.max(1) as i32;
         let rows = client.query(&statements.claim, &[&claim_batch, &lease, &max_chars]).await?;
         metrics::counter!("memoriesdb_embedder_claimed_total").increment(rows.len() as u64);
         let mut claimed = Vec::with_capacity(rows.len());
         for row in &rows {
-            let item = Claimed { memory_id: row.get(0), content: row.get(1), content_hash: row.get(2) };
+            let item = Claimed { memory_id: row.get(0), content: row.get::<_, String>(1).into(), content_hash: row.get(2) };
             let attempts: i32 = row.get(3);
             if attempts > max_attempts {
                 let reason = format!("claimed {attempts} times without finishing (an embedder died or lost the database while working on it)");
@@ -209,21 +239,49 @@ impl Worker {
         Ok(claimed)
     }
 
-    /// Each claimed item's embedding, or the error it failed with. One bad text must not fail
-    /// the others: a batch the backend rejects is retried one text at a time.
-    async fn embed_items(&self, claimed: &[Claimed]) -> Vec<Result<Vec<f32>, EmbedError>> {
-        let texts: Vec<String> = claimed.iter().map(|item| item.content.clone()).collect();
-        match self.backend.embed(texts).await {
-            Ok(vectors) => vectors.into_iter().map(Ok).collect(),
-            Err(EmbedError::Rejected(_)) if claimed.len() > 1 => {
-                let mut results = Vec::with_capacity(claimed.len());
-                for item in claimed {
-                    results.push(self.backend.embed(vec![item.content.clone()]).await.map(|mut vectors| vectors.remove(0)));
-                }
-                results
+    /// Each claimed item's embeddings, or the error it failed with. One bad text must not fail
+    /// the others: a batch the backend rejects is retried one memory at a time.
+    async fn embed_items(&self, claimed: &[Claimed]) -> Vec<Result<Embedded, EmbedError>> {
+        // splitting tokenises: off the async threads
+        let contents: Vec<Arc<str>> = claimed.iter().map(|item| Arc::clone(&item.content)).collect();
+        let (backend, chunking) = (Arc::clone(&self.backend), self.chunking);
+        let split: Vec<Result<Vec<Range<usize>>, EmbedError>> =
+            tokio::task::spawn_blocking(move || contents.iter().map(|text| passages_of(&backend, chunking, text)).collect())
+                .await
+                .unwrap_or_else(|error| claimed.iter().map(|_| Err(EmbedError::Unavailable(format!("chunking task failed: {error}")))).collect());
+        let texts_of = |item: &Claimed, ranges: &[Range<usize>]| -> Vec<String> {
+            ranges.iter().map(|range| item.content[range.clone()].to_owned()).collect()
+        };
+        let all_texts: Vec<String> =
+            claimed.iter().zip(&split).filter_map(|(item, ranges)| ranges.as_ref().ok().map(|ranges| texts_of(item, ranges))).flatten().collect();
+        let splittable = split.iter().filter(|ranges| ranges.is_ok()).count();
+        let vectors: Vec<Result<Vec<Vec<f32>>, EmbedError>> = match self.backend.embed(all_texts).await {
+            Ok(vectors) => {
+                let mut vectors = vectors.into_iter();
+                split.iter().map(|ranges| ranges.clone().map(|ranges| vectors.by_ref().take(ranges.len()).collect())).collect()
             }
-            Err(error) => claimed.iter().map(|_| Err(error.clone())).collect(),
-        }
+            Err(EmbedError::Rejected(_)) if splittable > 1 => {
+                let mut vectors = Vec::with_capacity(claimed.len());
+                for (item, ranges) in claimed.iter().zip(&split) {
+                    vectors.push(match ranges {
+                        Ok(ranges) => self.backend.embed(texts_of(item, ranges)).await,
+                        Err(error) => Err(error.clone()),
+                    });
+                }
+                vectors
+            }
+            Err(error) => split.iter().map(|ranges| Err(ranges.as_ref().err().unwrap_or(&error).clone())).collect(),
+        };
+        claimed
+            .iter()
+            .zip(split)
+            .zip(vectors)
+            .map(|((item, ranges), vectors)| {
+                let (ranges, vectors) = (ranges?, vectors?);
+                let whole = ranges.len() == 1 && ranges[0] == (0..item.content.len());
+                Ok(Embedded { vectors, offsets: (!whole).then(|| character_offsets(&item.content, &ranges)) })
+            })
+            .collect()
     }
 
     /// Store what was embedded and record what failed.
@@ -231,16 +289,16 @@ impl Worker {
         &self,
         client: &Client,
         claimed: Vec<Claimed>,
-        embedded: Vec<Result<Vec<f32>, EmbedError>>,
+        embedded: Vec<Result<Embedded, EmbedError>>,
         statements: &Statements,
     ) -> Result<(), tokio_postgres::Error> {
         let mut stored_items = Vec::with_capacity(claimed.len());
-        let mut vectors = Vec::with_capacity(claimed.len());
+        let mut embeddings = Vec::with_capacity(claimed.len());
         for (item, result) in claimed.into_iter().zip(embedded) {
             match result {
-                Ok(vector) => {
+                Ok(embedded) => {
                     stored_items.push(item);
-                    vectors.push(vector);
+                    embeddings.push(embedded);
                 }
                 Err(error) => self.fail(client, &item, &error, &statements.fail).await?,
             }
@@ -248,15 +306,19 @@ impl Worker {
         if stored_items.is_empty() {
             return Ok(());
         }
-        self.store(client, &stored_items, &vectors, statements).await
+        self.store(client, &stored_items, &embeddings, statements).await
     }
 
-    async fn store(&self, client: &Client, claimed: &[Claimed], vectors: &[Vec<f32>], statements: &Statements) -> Result<(), tokio_postgres::Error> {
+    async fn store(&self, client: &Client, claimed: &[Claimed], embedded: &[Embedded], statements: &Statements) -> Result<(), tokio_postgres::Error> {
         let ids: Vec<Uuid> = claimed.iter().map(|item| item.memory_id).collect();
         let hashes: Vec<&str> = claimed.iter().map(|item| item.content_hash.as_str()).collect();
-        let literals: Vec<String> = vectors.iter().map(|vector| vector_literal(vector)).collect();
+        let literals: Vec<String> = embedded.iter().map(|e| array_literal(e.vectors.iter().map(|v| format!("\"{}\"", vector_literal(v))))).collect();
+        let offsets = |side: fn(&(i32, i32)) -> i32| -> Vec<Option<String>> {
+            embedded.iter().map(|e| e.offsets.as_ref().map(|o| array_literal(o.iter().map(|p| side(p).to_string())))).collect()
+        };
+        let (starts, ends) = (offsets(|o| o.0), offsets(|o| o.1));
         let model = self.backend.model_name();
-        match client.query(&statements.store, &[&ids, &literals, &model, &hashes]).await {
+        match client.query(&statements.store, &[&ids, &literals, &model, &hashes, &starts, &ends]).await {
             Ok(rows) => {
                 let stored = rows.iter().filter(|row| row.get::<_, bool>(0)).count();
                 self.count_stores(stored, rows.len() - stored, claimed.len() - rows.len());
@@ -265,8 +327,10 @@ impl Worker {
             Err(error) if error.code().is_some() => {
                 // a memory deleted in the middle of the statement, or one bad vector: row by row
                 tracing::debug!("batch store failed, storing one by one: {}", error_chain(&error));
-                for ((item, literal), hash) in claimed.iter().zip(&literals).zip(&hashes) {
-                    match client.query_one(&statements.store_one, &[&item.memory_id, literal, &model, hash]).await {
+                for (index, item) in claimed.iter().enumerate() {
+                    let parameters: [&(dyn tokio_postgres::types::ToSql + Sync); 6] =
+                        [&item.memory_id, &literals[index], &model, &hashes[index], &starts[index], &ends[index]];
+                    match client.query_one(&statements.store_one, &parameters).await {
                         Ok(row) => {
                             let stored: bool = row.get(0);
                             self.count_stores(stored as usize, !stored as usize, 0);
@@ -323,6 +387,29 @@ async fn vector_type(client: &Client) -> Result<String, tokio_postgres::Error> {
         )
         .await?;
     Ok(row.get(0))
+}
+
+/// The passages of a claimed text (byte ranges): the whole text when it fits one window.
+fn passages_of(backend: &Backend, chunking: Chunking, text: &str) -> Result<Vec<Range<usize>>, EmbedError> {
+    // every token covers at least one byte: a text of fewer bytes than a window is one window
+    if text.len() <= chunking.tokens {
+        return Ok(vec![0..text.len()]);
+    }
+    let (pieces, complete) = backend.pieces(text, chunking.max_tokens())?;
+    Ok(chunking.passages(text, &pieces, complete))
+}
+
+/// A PostgreSQL array literal of elements already in their literal form.
+fn array_literal(elements: impl Iterator<Item = String>) -> String {
+    let mut text = String::from("{");
+    for (index, element) in elements.enumerate() {
+        if index > 0 {
+            text.push(',');
+        }
+        text.push_str(&element);
+    }
+    text.push('}');
+    text
 }
 
 /// pgvector's text form, '[x,y,...]'; f32's Display is the shortest text that reads back exactly.

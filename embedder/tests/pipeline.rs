@@ -151,6 +151,99 @@ fn messages_get_embeddings_and_plain_words_find_them() {
     assert!(depth >= 0.0);
 }
 
+/// Content longer than the model reads is embedded in overlapping passages (memory_chunks): a
+/// fact deep inside a long memory is found by meaning, each memory comes back once with the
+/// passage that matched, and an edit replaces the passages (the old ones are never served).
+#[test]
+fn a_long_memory_is_found_by_a_passage_deep_inside_it() {
+    let (db, worker_url) = database();
+    let mut client = db.connect();
+    // a long document (about 1,400 tokens: six windows) of sections on one thing each; the
+    // one the question is about comes late
+    let section = |sentence: &str| [sentence; 10].join(" ");
+    let server_room = "Access to the server room. The server room on the second floor is locked at all times, and only \
+        the IT team carries a key card for it. If the card reader fails, the spare key to the server room is kept in the \
+        blue drawer under the reception desk. Whoever takes the spare key signs the key log at reception and brings the \
+        key back the same day. Visitors to the server room are always accompanied by someone from IT.";
+    let long = [
+        section("The tomatoes in the community garden need watering twice a week during the summer."),
+        section("Our quarterly picnic moved to the lake because the park was booked for a concert."),
+        section("Somebody suggested a sourdough workshop, and half the team signed up immediately."),
+        section("The weather forecast promised rain all weekend, so the hiking trip was postponed."),
+        server_room.to_string(),
+        section("A new coffee grinder arrived, and everyone agreed the espresso tastes better now."),
+        section("The book club picked a long novel about sailors for the next three months."),
+    ]
+    .join("\n\n");
+    let insert = |client: &mut Client, content: &str| -> uuid::Uuid {
+        client
+            .query_one("INSERT INTO memoriesdb.memories (content, created_by) VALUES ($1, memoriesdb.current_memory_user()) RETURNING id", &[&content])
+            .unwrap()
+            .get(0)
+    };
+    let long_id = insert(&mut client, &long);
+    for decoy in ["We talked about where to store the office plants.", "The reception desk got a new lamp."] {
+        insert(&mut client, decoy);
+    }
+    let embedder = local_embedder(&worker_url, &[]);
+    let mut admin = db.admin();
+    wait_for_queue(&mut admin, 3, &[&embedder], Duration::from_secs(120));
+
+    let chunks = admin
+        .query(
+            "SELECT c.start_char, c.end_char, c.embedding = m.content_embedding AND c.chunk_index = 0, char_length(m.content)
+               FROM memoriesdb.memory_chunks c JOIN memoriesdb.memories m ON m.id = c.memory_id
+              WHERE c.memory_id = $1 AND c.content_hash = m.content_hash ORDER BY c.chunk_index",
+            &[&long_id],
+        )
+        .unwrap();
+    assert!(chunks.len() >= 4, "{} chunks of a {}-character memory", chunks.len(), long.chars().count());
+    let offsets: Vec<(i32, i32)> = chunks.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let length: i32 = chunks[0].get(3);
+    assert!(chunks[0].get::<_, bool>(2), "the first passage's embedding is the memory's own");
+    assert_eq!((offsets[0].0, offsets.last().unwrap().1), (0, length), "the passages cover the content: {offsets:?}");
+    assert!(offsets.windows(2).all(|w| w[1].0 > w[0].0 && w[1].0 < w[0].1), "consecutive passages overlap: {offsets:?}");
+    let decoys_chunked: i64 = admin.query_one("SELECT count(*) FROM memoriesdb.memory_chunks WHERE memory_id <> $1", &[&long_id]).unwrap().get(0);
+    assert_eq!(decoys_chunked, 0, "a short memory is one embedding, not chunks");
+
+    admin
+        .batch_execute(&format!("ALTER DATABASE {} SET memoriesdb.embedding_url = '{}/v1/embeddings'", db.name, embedder.url()))
+        .unwrap();
+    let mut client = db.connect();
+    let question = "where can I find the key for the server room?";
+    let found = client
+        .query("SELECT id, substr(content, chunk_start + 1, chunk_end - chunk_start) FROM semantic_search($1, threshold => 0)", &[&question])
+        .unwrap();
+    let ids: Vec<uuid::Uuid> = found.iter().map(|r| r.get(0)).collect();
+    assert_eq!(ids.first(), Some(&long_id), "the long memory is found first");
+    assert_eq!(ids.len(), 3, "each memory once: {ids:?}");
+    let passage: String = found[0].get(1);
+    assert!(passage.contains("blue drawer"), "the passage that matched: {passage:?}");
+    let hybrid = client
+        .query_one("SELECT id, substr(content, chunk_start + 1, chunk_end - chunk_start) FROM hybrid_search($1) LIMIT 1", &[&question])
+        .unwrap();
+    assert_eq!(hybrid.get::<_, uuid::Uuid>(0), long_id);
+    assert!(hybrid.get::<_, String>(1).contains("blue drawer"));
+
+    // an edit: until the new content is embedded, the old passages are not served ...
+    let mut transaction = client.transaction().unwrap();
+    transaction.execute("UPDATE memoriesdb.memories SET content = 'A short note about lunch.' WHERE id = $1", &[&long_id]).unwrap();
+    let stale: i64 = transaction
+        .query_one("SELECT count(*) FROM semantic_search($1, threshold => 0) WHERE id = $2", &[&question, &long_id])
+        .unwrap()
+        .get(0);
+    assert_eq!(stale, 0, "the edited memory is found through the passages of its old content");
+    transaction.commit().unwrap();
+    // ... and then they are replaced: the short content is one embedding
+    wait_for_queue(&mut admin, 3, &[&embedder], Duration::from_secs(60));
+    let left: i64 = admin.query_one("SELECT count(*) FROM memoriesdb.memory_chunks WHERE memory_id = $1", &[&long_id]).unwrap().get(0);
+    assert_eq!(left, 0, "the old passages were not removed");
+    let whole = client
+        .query_one("SELECT chunk_start, chunk_end FROM semantic_search('lunch', threshold => 0) WHERE id = $1", &[&long_id])
+        .unwrap();
+    assert_eq!((whole.get::<_, i32>(0), whole.get::<_, i32>(1)), (0, 25), "a memory embedded whole matches as a whole");
+}
+
 /// An in-test HTTP server speaking OpenAI's /v1/embeddings, whose answer to the n-th request
 /// (counting from 0) is chosen by `answer`: Some(raw HTTP) or None (never answer).
 struct FlakyApi {
@@ -466,6 +559,13 @@ fn a_huge_message_and_a_poisoned_item_cannot_stop_the_worker() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(embedder.rss_kib() < 1024 * 1024, "the embedder holds {} KiB", embedder.rss_kib());
+    // its passages: as many as --max-chunks allows (64), from its beginning
+    let (chunks, first, last): (i64, i32, i32) = admin
+        .query_one("SELECT count(*), min(start_char), max(end_char) FROM memoriesdb.memory_chunks WHERE memory_id = $1", &[&huge])
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .unwrap();
+    assert_eq!((chunks, first), (64, 0));
+    assert!(last > 20000 && last < 40000, "64 windows of 254 tokens end at character {last}");
     // the huge message's embedding is that of its beginning, as sentence-transformers truncates
     let (status, body) = embedder.post("/v1/embeddings", serde_json::json!({"input": "a ".repeat(300)}).to_string().as_bytes());
     assert_eq!(status, 200);
