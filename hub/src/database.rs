@@ -337,7 +337,7 @@ impl Database {
                 };
                 let hybrid_rows = as_json(
                     "SELECT h.id, h.content, h.kind, h.role, h.origin_session_id, h.position, h.score,
-                            h.text_rank, h.vector_rank, h.vector_similarity AS similarity
+                            h.text_rank, h.vector_rank, h.vector_similarity AS similarity, h.chunk_start, h.chunk_end
                        FROM memoriesdb.hybrid_search($1, lim => $2::pg_catalog.int8::pg_catalog.int4, session_id => $3) h",
                 );
                 let text_rows = as_json(

@@ -466,6 +466,9 @@ async fn search_finds_messages_by_words_and_by_meaning_when_the_database_can_emb
     assert_eq!(found["mode"], "hybrid", "{found}");
     assert_eq!(found["results"][0]["content"], "we drink green tea at the office", "{found}");
     assert_eq!(found["results"][0]["text_rank"], 1);
+    // (found by words only: no vector rank, so no matched passage)
+    assert_eq!((&found["results"][0]["chunk_start"], &found["results"][0]["chunk_end"]), (&Value::Null, &Value::Null), "{found}");
+    assert!(found["results"][0].as_object().unwrap().contains_key("chunk_start"), "{found}");
     assert!(endpoint.request_count() >= 1, "the query was embedded");
 
     // bad requests
