@@ -5,7 +5,7 @@
 BEGIN;
 -- (indexing 1 MB of one "word" makes full-text search print a harmless NOTICE)
 SET LOCAL client_min_messages = warning;
-SELECT plan(108);
+SELECT plan(109);
 
 -- ---------------------------------------------------------------------------------------------
 -- Functions: names and argument types
@@ -114,6 +114,7 @@ SELECT trigger_is('memories', 'memories_10_derive_fields', 'derive_row_fields',
 SELECT trigger_is('memory_edges', 'memory_edges_20_derive_fields', 'derive_row_fields',
                   'memory_edges has the trigger deriving provenance');
 SELECT trigger_is('memories', 'memories_50_audit', 'log_memory_change', 'memories has the audit trigger');
+SELECT trigger_is('memories', 'memories_50_audit_update', 'log_memory_change', 'memories has the audit trigger for updates');
 SELECT trigger_is('memory_edges', 'memory_edges_10_prevent_cycles', 'prevent_cycles',
                   'memory_edges has the cycle prevention trigger');
 SELECT trigger_is('memory_edges', 'memory_edges_50_audit', 'log_memory_change', 'memory_edges has the audit trigger');
@@ -127,13 +128,13 @@ SELECT set_eq(
         FROM information_schema.triggers
        WHERE event_object_schema = (SELECT extnamespace::regnamespace::text FROM pg_extension WHERE extname = 'memoriesdb')
          AND event_object_table IN ('memories', 'memory_edges', 'audit_log')
-         AND trigger_name IN ('memories_10_derive_fields', 'memories_50_audit', 'memories_70_inserted',
+         AND trigger_name IN ('memories_10_derive_fields', 'memories_50_audit', 'memories_50_audit_update', 'memories_70_inserted',
                               'memory_edges_10_prevent_cycles',
                               'memory_edges_50_audit', 'audit_log_append_only')$$,
     $$VALUES ('memories', 'memories_10_derive_fields', 'BEFORE', 'INSERT', 'ROW'),
              ('memories', 'memories_10_derive_fields', 'BEFORE', 'UPDATE', 'ROW'),
              ('memories', 'memories_70_inserted', 'AFTER', 'INSERT', 'STATEMENT'),
-             ('memories', 'memories_50_audit', 'AFTER', 'UPDATE', 'ROW'),
+             ('memories', 'memories_50_audit_update', 'AFTER', 'UPDATE', 'ROW'),
              ('memories', 'memories_50_audit', 'AFTER', 'DELETE', 'ROW'),
              ('memory_edges', 'memory_edges_10_prevent_cycles', 'BEFORE', 'INSERT', 'ROW'),
              ('memory_edges', 'memory_edges_10_prevent_cycles', 'BEFORE', 'UPDATE', 'ROW'),

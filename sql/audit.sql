@@ -57,8 +57,20 @@ $$;
 
 -- (a new memory's audit row is written by memories_inserted(), once per INSERT statement, with
 -- its queue rows: see sql/events.sql)
-CREATE TRIGGER memories_50_audit AFTER UPDATE OR DELETE ON @extschema@.memories
+-- An UPDATE is audited when it changes what the memory is, not when it only stores an embedding:
+-- content_embedding and embedding_model are derived from the content (recomputed whenever it
+-- changes), and updated_by and _updated_at are stamped by every UPDATE. Otherwise each memory's
+-- embedding, once stored, would add an audit row holding its content twice over.
+CREATE TRIGGER memories_50_audit AFTER DELETE ON @extschema@.memories
     FOR EACH ROW EXECUTE FUNCTION @extschema@.log_memory_change();
+CREATE TRIGGER memories_50_audit_update AFTER UPDATE ON @extschema@.memories
+    FOR EACH ROW
+    WHEN ((OLD.id, OLD.kind, OLD.content, OLD.content_hash, OLD.search_config, OLD._metadata, OLD.session_id,
+           OLD.position, OLD.role, OLD.created_by, OLD._created_at)
+          IS DISTINCT FROM
+          (NEW.id, NEW.kind, NEW.content, NEW.content_hash, NEW.search_config, NEW._metadata, NEW.session_id,
+           NEW.position, NEW.role, NEW.created_by, NEW._created_at))
+    EXECUTE FUNCTION @extschema@.log_memory_change();
 CREATE TRIGGER memory_edges_50_audit AFTER INSERT OR UPDATE OR DELETE ON @extschema@.memory_edges
     FOR EACH ROW EXECUTE FUNCTION @extschema@.log_memory_change();
 -- memory_shares

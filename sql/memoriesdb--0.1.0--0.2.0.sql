@@ -254,11 +254,23 @@ $$;
 REVOKE ALL ON FUNCTION @extschema@.memory_visible_to(uuid, uuid, uuid, bigint, uuid) FROM PUBLIC;
 
 -- A new memory's audit row is written with its queue rows by memories_inserted(), once per
--- INSERT statement (one statement instead of one per row); the row trigger keeps UPDATE and
--- DELETE.
+-- INSERT statement (one statement instead of one per row); the row triggers keep DELETE, and
+-- UPDATEs that change more than the stored embedding (sql/audit.sql).
 DROP TRIGGER memories_50_audit ON @extschema@.memories;
-CREATE TRIGGER memories_50_audit AFTER UPDATE OR DELETE ON @extschema@.memories
+-- An UPDATE is audited when it changes what the memory is, not when it only stores an embedding:
+-- content_embedding and embedding_model are derived from the content (recomputed whenever it
+-- changes), and updated_by and _updated_at are stamped by every UPDATE. Otherwise each memory's
+-- embedding, once stored, would add an audit row holding its content twice over.
+CREATE TRIGGER memories_50_audit AFTER DELETE ON @extschema@.memories
     FOR EACH ROW EXECUTE FUNCTION @extschema@.log_memory_change();
+CREATE TRIGGER memories_50_audit_update AFTER UPDATE ON @extschema@.memories
+    FOR EACH ROW
+    WHEN ((OLD.id, OLD.kind, OLD.content, OLD.content_hash, OLD.search_config, OLD._metadata, OLD.session_id,
+           OLD.position, OLD.role, OLD.created_by, OLD._created_at)
+          IS DISTINCT FROM
+          (NEW.id, NEW.kind, NEW.content, NEW.content_hash, NEW.search_config, NEW._metadata, NEW.session_id,
+           NEW.position, NEW.role, NEW.created_by, NEW._created_at))
+    EXECUTE FUNCTION @extschema@.log_memory_change();
 
 -- Chunking: long memories get an embedding per passage (memory_chunks); the vector indexes
 -- cover them, and store_embedding_chunks() stores them.

@@ -346,3 +346,45 @@ fn a_large_insert_audits_and_queues_every_row_in_order() {
     let intact: bool = admin.query_one("SELECT intact FROM memoriesdb.verify_audit_chain()", &[]).unwrap().get(0);
     assert!(intact);
 }
+
+/// Storing a memory's embedding is not a change of the memory: it writes no audit row (it would
+/// hold the content twice over for every memory). Every change of what the memory is — its
+/// content, metadata or role — is still audited, also when made in one statement with an
+/// embedding, and a user writing an embedding directly is treated alike.
+#[test]
+fn storing_an_embedding_writes_no_audit_row_but_every_change_of_the_memory_does() {
+    let db = TestDb::new();
+    let mut app = db.connect();
+    let mut admin = db.admin();
+    let id: Uuid = app.query_one("INSERT INTO memories (content) VALUES ('a note') RETURNING id", &[]).unwrap().get(0);
+    let audited = |admin: &mut Client| -> Vec<String> {
+        admin
+            .query("SELECT operation FROM memoriesdb.audit_log WHERE row_id = $1 ORDER BY id", &[&id])
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    };
+    assert_eq!(audited(&mut admin), ["INSERT"]);
+    let hash: String = app.query_one("SELECT content_hash FROM memories WHERE id = $1", &[&id]).unwrap().get(0);
+    // the worker's store, and a user's own write of the embedding columns
+    let stored: bool = admin
+        .query_one("SELECT memoriesdb.store_embedding($1, '[1,2,3]', 'model', $2)", &[&id, &hash])
+        .unwrap()
+        .get(0);
+    assert!(stored);
+    app.execute("UPDATE memories SET content_embedding = '[3,2,1]', embedding_model = 'mine' WHERE id = $1", &[&id]).unwrap();
+    assert_eq!(audited(&mut admin), ["INSERT"], "storing an embedding was audited");
+    // changes of the memory are
+    for change in [
+        "UPDATE memories SET _metadata = '{\"topic\": \"x\"}' WHERE id = $1",
+        "UPDATE memories SET content = 'a new note' WHERE id = $1",
+        "UPDATE memories SET content_embedding = '[1,1,1]', _metadata = '{}' WHERE id = $1",
+        "UPDATE memories SET search_config = 'simple' WHERE id = $1",
+    ] {
+        app.execute(change, &[&id]).unwrap();
+    }
+    assert_eq!(audited(&mut admin), ["INSERT", "UPDATE", "UPDATE", "UPDATE", "UPDATE"]);
+    app.execute("SELECT delete_memory($1)", &[&id]).unwrap();
+    assert_eq!(audited(&mut admin).last().map(String::as_str), Some("DELETE"));
+}

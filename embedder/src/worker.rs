@@ -142,13 +142,15 @@ impl Worker {
                                    pg_catalog.unnest($6::pg_catalog.text[])) AS t(id, embeddings, content_hash, starts, ends)
                   WHERE EXISTS (SELECT FROM memoriesdb.memories m WHERE m.id OPERATOR(pg_catalog.=) t.id)"
             ))
-            .await?;
+            .await
+            .map_err(older_extension)?;
         let store_one = client
             .prepare(&format!(
                 "SELECT memoriesdb.store_embedding_chunks($1, $4, $3, $2::pg_catalog.text::{vector}[],
                                                           $5::pg_catalog.text::pg_catalog.int4[], $6::pg_catalog.text::pg_catalog.int4[])"
             ))
-            .await?;
+            .await
+            .map_err(older_extension)?;
         let fail = client.prepare("SELECT memoriesdb.fail_embedding($1, $2, $3::pg_catalog.int4)").await?;
         let depth = client
             .prepare("SELECT pg_catalog.count(*) FROM memoriesdb.embedding_schedule WHERE status IN ('pending', 'failed', 'processing')")
@@ -387,6 +389,18 @@ async fn vector_type(client: &Client) -> Result<String, tokio_postgres::Error> {
         )
         .await?;
     Ok(row.get(0))
+}
+
+/// A function the worker calls does not exist: the extension in the database is older than this
+/// embedder (0.1.0 has no store_embedding_chunks()). Said plainly, rather than as the bare
+/// "function does not exist" it would otherwise log every few seconds.
+fn older_extension(error: tokio_postgres::Error) -> anyhow::Error {
+    if error.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_FUNCTION) {
+        anyhow::Error::new(error)
+            .context("the memoriesdb extension in this database is older than this embedder: run ALTER EXTENSION memoriesdb UPDATE")
+    } else {
+        error.into()
+    }
 }
 
 /// The passages of a claimed text (byte ranges): the whole text when it fits one window.
