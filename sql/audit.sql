@@ -57,10 +57,12 @@ $$;
 
 -- (a new memory's audit row is written by memories_inserted(), once per INSERT statement, with
 -- its queue rows: see sql/events.sql)
--- An UPDATE is audited when it changes what the memory is, not when it only stores an embedding:
--- content_embedding and embedding_model are derived from the content (recomputed whenever it
--- changes), and updated_by and _updated_at are stamped by every UPDATE. Otherwise each memory's
--- embedding, once stored, would add an audit row holding its content twice over.
+-- An UPDATE is audited unless it is an embedding worker storing an embedding: content_embedding
+-- and embedding_model are derived from the content (recomputed whenever it changes), and
+-- updated_by and _updated_at are stamped by every UPDATE. Otherwise each memory's embedding, once
+-- stored, would add an audit row holding its content twice over. Anyone else's change of the
+-- embedding (a user or a write grantee ranking a memory first, or hiding it from searches by
+-- model) is audited like any change.
 CREATE TRIGGER memories_50_audit AFTER DELETE ON @extschema@.memories
     FOR EACH ROW EXECUTE FUNCTION @extschema@.log_memory_change();
 CREATE TRIGGER memories_50_audit_update AFTER UPDATE ON @extschema@.memories
@@ -69,7 +71,8 @@ CREATE TRIGGER memories_50_audit_update AFTER UPDATE ON @extschema@.memories
            OLD.position, OLD.role, OLD.created_by, OLD._created_at)
           IS DISTINCT FROM
           (NEW.id, NEW.kind, NEW.content, NEW.content_hash, NEW.search_config, NEW._metadata, NEW.session_id,
-           NEW.position, NEW.role, NEW.created_by, NEW._created_at))
+           NEW.position, NEW.role, NEW.created_by, NEW._created_at)
+          OR NOT @extschema@.acting_role_is('memoriesdb_worker'))
     EXECUTE FUNCTION @extschema@.log_memory_change();
 CREATE TRIGGER memory_edges_50_audit AFTER INSERT OR UPDATE OR DELETE ON @extschema@.memory_edges
     FOR EACH ROW EXECUTE FUNCTION @extschema@.log_memory_change();

@@ -249,3 +249,18 @@ $$;
 CREATE TRIGGER memories_61_enqueue_changed AFTER UPDATE OF content ON @extschema@.memories
     FOR EACH ROW WHEN (OLD.content_hash IS DISTINCT FROM NEW.content_hash AND NEW.content <> '')
     EXECUTE FUNCTION @extschema@.enqueue_embedding();
+
+-- A memory's passages go when its content changes. Searches already ignore them (they are of
+-- another content_hash), but their embeddings — from which text can partly be recovered — would
+-- otherwise stay until the new content is embedded, and forever if it never is (emptied, or
+-- dead in the queue).
+CREATE FUNCTION @extschema@.forget_memory_chunks() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    DELETE FROM @extschema@.memory_chunks c WHERE c.memory_id = NEW.id;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER memories_62_forget_chunks AFTER UPDATE OF content ON @extschema@.memories
+    FOR EACH ROW WHEN (OLD.content_hash IS DISTINCT FROM NEW.content_hash)
+    EXECUTE FUNCTION @extschema@.forget_memory_chunks();

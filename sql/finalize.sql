@@ -92,8 +92,12 @@ GRANT UPDATE (source_id, target_id, relation, weight, _metadata, created_by, _cr
 GRANT SELECT ON @extschema@.memory_sessions, @extschema@.memory_shares, @extschema@.memory_share_segments,
     @extschema@.users, @extschema@.audit_log, @extschema@.vector_indexes,
     @extschema@.memory_graph, @extschema@.memory_graph_edges,
-    @extschema@.embedding_queue_status, @extschema@.embedding_coverage, @extschema@.memory_chunks
+    @extschema@.embedding_queue_status, @extschema@.embedding_coverage
 TO memoriesdb_user;
+-- memory_chunks: nothing. Its passages reach users through the search functions (offsets only);
+-- a direct SELECT could ORDER BY the embedding, and the HNSW index would then rank other
+-- tenants' passages before row-level security removes them (how many of the k nearest are
+-- someone else's), and EXPLAIN ANALYZE would count another memory's passages.
 -- create_user() runs as its (trusted) caller
 GRANT INSERT, UPDATE (name, db_role, _metadata) ON @extschema@.users TO memoriesdb_trusted;
 -- the queues: workers only, by policy (the status views read them as the caller)

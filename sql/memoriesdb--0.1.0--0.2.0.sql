@@ -257,10 +257,12 @@ REVOKE ALL ON FUNCTION @extschema@.memory_visible_to(uuid, uuid, uuid, bigint, u
 -- INSERT statement (one statement instead of one per row); the row triggers keep DELETE, and
 -- UPDATEs that change more than the stored embedding (sql/audit.sql).
 DROP TRIGGER memories_50_audit ON @extschema@.memories;
--- An UPDATE is audited when it changes what the memory is, not when it only stores an embedding:
--- content_embedding and embedding_model are derived from the content (recomputed whenever it
--- changes), and updated_by and _updated_at are stamped by every UPDATE. Otherwise each memory's
--- embedding, once stored, would add an audit row holding its content twice over.
+-- An UPDATE is audited unless it is an embedding worker storing an embedding: content_embedding
+-- and embedding_model are derived from the content (recomputed whenever it changes), and
+-- updated_by and _updated_at are stamped by every UPDATE. Otherwise each memory's embedding, once
+-- stored, would add an audit row holding its content twice over. Anyone else's change of the
+-- embedding (a user or a write grantee ranking a memory first, or hiding it from searches by
+-- model) is audited like any change.
 CREATE TRIGGER memories_50_audit AFTER DELETE ON @extschema@.memories
     FOR EACH ROW EXECUTE FUNCTION @extschema@.log_memory_change();
 CREATE TRIGGER memories_50_audit_update AFTER UPDATE ON @extschema@.memories
@@ -269,7 +271,8 @@ CREATE TRIGGER memories_50_audit_update AFTER UPDATE ON @extschema@.memories
            OLD.position, OLD.role, OLD.created_by, OLD._created_at)
           IS DISTINCT FROM
           (NEW.id, NEW.kind, NEW.content, NEW.content_hash, NEW.search_config, NEW._metadata, NEW.session_id,
-           NEW.position, NEW.role, NEW.created_by, NEW._created_at))
+           NEW.position, NEW.role, NEW.created_by, NEW._created_at)
+          OR NOT @extschema@.acting_role_is('memoriesdb_worker'))
     EXECUTE FUNCTION @extschema@.log_memory_change();
 
 -- Chunking: long memories get an embedding per passage (memory_chunks); the vector indexes
@@ -288,7 +291,8 @@ CREATE TABLE @extschema@.memory_chunks (
     start_char      integer NOT NULL CHECK (start_char >= 0),
     end_char        integer NOT NULL,
     content_hash    text NOT NULL,
-    embedding       vector NOT NULL CHECK (vector_norm(embedding) >= 1e-10),
+    -- (the operator qualified: resolved at install, where pgvector's schema is on the path)
+    embedding       vector NOT NULL CHECK (vector_norm(embedding) OPERATOR(pg_catalog.>=) 1e-10::pg_catalog.float8),
     embedding_model text NOT NULL,
     PRIMARY KEY (memory_id, chunk_index),
     CHECK (end_char > start_char)
@@ -298,12 +302,14 @@ COMMENT ON TABLE @extschema@.memory_chunks IS 'Embedded passages of memories lon
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.memory_chunks', '');
 ALTER TABLE @extschema@.memory_chunks ENABLE ROW LEVEL SECURITY;
 ALTER TABLE @extschema@.memory_chunks FORCE ROW LEVEL SECURITY;
--- chunks: readable with their memory (the subquery reads memories through memories_read, the
--- one read rule); written only by store_embedding_chunks() (SECURITY DEFINER, for workers)
+-- chunks: no role but the owner reads or writes them (finalize.sql grants nothing; the search
+-- functions and store_embedding_chunks() run as the owner). Should a role be granted SELECT, it
+-- sees the passages of memories it may read (the subquery reads memories through
+-- memories_read, the one read rule), of their current content only.
 CREATE POLICY memory_chunks_read ON @extschema@.memory_chunks FOR SELECT
-    USING (EXISTS (SELECT 1 FROM @extschema@.memories m WHERE m.id = memory_chunks.memory_id));
+    USING (EXISTS (SELECT 1 FROM @extschema@.memories m
+                    WHERE m.id = memory_chunks.memory_id AND m.content_hash = memory_chunks.content_hash));
 
-GRANT SELECT ON @extschema@.memory_chunks TO memoriesdb_user;
 -- Store the embeddings of a memory's passages (memory_chunks), computed for `content_hash`:
 -- embeddings[i] is the embedding of characters [chunk_starts[i], chunk_ends[i]) of the content
 -- (0-based, end excluded; passages in order, they may overlap). embeddings[1] is also stored as
@@ -476,5 +482,21 @@ BEGIN
     END LOOP;
 END
 $$;
+-- A memory's passages go when its content changes. Searches already ignore them (they are of
+-- another content_hash), but their embeddings — from which text can partly be recovered — would
+-- otherwise stay until the new content is embedded, and forever if it never is (emptied, or
+-- dead in the queue).
+CREATE FUNCTION @extschema@.forget_memory_chunks() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    DELETE FROM @extschema@.memory_chunks c WHERE c.memory_id = NEW.id;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER memories_62_forget_chunks AFTER UPDATE OF content ON @extschema@.memories
+    FOR EACH ROW WHEN (OLD.content_hash IS DISTINCT FROM NEW.content_hash)
+    EXECUTE FUNCTION @extschema@.forget_memory_chunks();
+REVOKE ALL ON FUNCTION @extschema@.forget_memory_chunks() FROM PUBLIC;
+
 -- the chunk index of every dimension that has a vector index
 SELECT @extschema@.restore_vector_indexes();

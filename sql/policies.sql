@@ -172,10 +172,13 @@ CREATE POLICY vindexing_schedule_workers ON @extschema@.vindexing_schedule FOR A
     USING ((SELECT @extschema@.acting_role_is('memoriesdb_worker')))
     WITH CHECK ((SELECT @extschema@.acting_role_is('memoriesdb_worker')));
 
--- chunks: readable with their memory (the subquery reads memories through memories_read, the
--- one read rule); written only by store_embedding_chunks() (SECURITY DEFINER, for workers)
+-- chunks: no role but the owner reads or writes them (finalize.sql grants nothing; the search
+-- functions and store_embedding_chunks() run as the owner). Should a role be granted SELECT, it
+-- sees the passages of memories it may read (the subquery reads memories through
+-- memories_read, the one read rule), of their current content only.
 CREATE POLICY memory_chunks_read ON @extschema@.memory_chunks FOR SELECT
-    USING (EXISTS (SELECT 1 FROM @extschema@.memories m WHERE m.id = memory_chunks.memory_id));
+    USING (EXISTS (SELECT 1 FROM @extschema@.memories m
+                    WHERE m.id = memory_chunks.memory_id AND m.content_hash = memory_chunks.content_hash));
 
 -- the list of vector indexes is not secret
 CREATE POLICY vector_indexes_read ON @extschema@.vector_indexes FOR SELECT USING (true);

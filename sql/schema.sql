@@ -200,7 +200,8 @@ CREATE TABLE @extschema@.memory_chunks (
     start_char      integer NOT NULL CHECK (start_char >= 0),
     end_char        integer NOT NULL,
     content_hash    text NOT NULL,
-    embedding       vector NOT NULL CHECK (vector_norm(embedding) >= 1e-10),
+    -- (the operator qualified: resolved at install, where pgvector's schema is on the path)
+    embedding       vector NOT NULL CHECK (vector_norm(embedding) OPERATOR(pg_catalog.>=) 1e-10::pg_catalog.float8),
     embedding_model text NOT NULL,
     PRIMARY KEY (memory_id, chunk_index),
     CHECK (end_char > start_char)

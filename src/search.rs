@@ -228,6 +228,9 @@ fn vector_ranking(vector_schema: &str, dimensions: Option<i32>, limit: &str) -> 
         "SELECT best.id, best.sim, best.chunk
            FROM (SELECT DISTINCT ON (hit.id) hit.id, hit.sim, hit.chunk
                    FROM (({whole}) UNION ALL ({passages})) hit
+                  -- (NaN sorts first: an embedding written directly that gives NaN must not
+                  -- stand for its memory's good passages)
+                  WHERE hit.sim OPERATOR(pg_catalog.<>) 'NaN'::pg_catalog.float8
                   ORDER BY hit.id, hit.sim DESC, hit.chunk NULLS FIRST) best
           ORDER BY best.sim DESC, best.id
           LIMIT {limit}"

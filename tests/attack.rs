@@ -997,3 +997,48 @@ fn the_default_fork_point_is_one_the_caller_can_read() {
     let err = c.query_one("SELECT fork_session($1, 'carol')", &[&f0]).expect_err("carol forked at a message she cannot read");
     assert_eq!(error_shape(&err, &[f0]), "22023 | position 1 is not a message of session <id> you can see |  | ");
 }
+
+/// Passages of long memories (memory_chunks) reach tenants only through the search functions:
+/// a direct SELECT is refused — it could ORDER BY the embedding, and the HNSW index would rank
+/// other tenants' passages before row-level security removed them — and a memory's passages are
+/// deleted as soon as its content changes, even to nothing, so no embedding of text that is
+/// gone stays behind.
+#[test]
+fn passages_are_reachable_only_through_search_and_go_with_their_content() {
+    let db = TestDb::new();
+    let mut app = db.connect();
+    let mut admin = db.admin();
+    let row = app
+        .query_one("INSERT INTO memories (content) VALUES ('first part. second part.') RETURNING id, content_hash", &[])
+        .unwrap();
+    let (id, hash): (Uuid, String) = (row.get(0), row.get(1));
+    let stored: bool = admin
+        .query_one(
+            "SELECT memoriesdb.store_embedding_chunks($1, $2, 'm', ARRAY['[1,0,0]', '[0,1,0]']::vector[], ARRAY[0, 12], ARRAY[11, 24])",
+            &[&id, &hash],
+        )
+        .unwrap()
+        .get(0);
+    assert!(stored);
+    let (other_role, _) = db.extra_role("other");
+    let mut other = db.connect_as(&other_role);
+    for (who, client) in [("the owner", &mut app), ("another tenant", &mut other)] {
+        for sql in [
+            "SELECT count(*) FROM memoriesdb.memory_chunks",
+            "SELECT memory_id FROM memoriesdb.memory_chunks ORDER BY embedding <=> '[0,1,0]' LIMIT 1",
+        ] {
+            let err = client.query(sql, &[]).unwrap_err();
+            assert_eq!(sqlstate(&err), "42501", "{who}: {sql}: {}", error_shape(&err, &[]));
+        }
+    }
+    // through search: the owner finds the passage, with its offsets; the other tenant nothing
+    let found = app.query("SELECT id, chunk_start, chunk_end FROM vector_search('[0,1,0]', 0.9)", &[]).unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!((found[0].get::<_, Uuid>(0), found[0].get::<_, i32>(1), found[0].get::<_, i32>(2)), (id, 12, 24));
+    let seen: i64 = other.query_one("SELECT count(*) FROM vector_search('[0,1,0]', -1)", &[]).unwrap().get(0);
+    assert_eq!(seen, 0);
+    // the content goes: so do its passages
+    app.execute("UPDATE memories SET content = '' WHERE id = $1", &[&id]).unwrap();
+    let left: i64 = admin.query_one("SELECT count(*) FROM memoriesdb.memory_chunks WHERE memory_id = $1", &[&id]).unwrap().get(0);
+    assert_eq!(left, 0, "the passages of content that is gone stayed");
+}

@@ -347,15 +347,19 @@ fn a_large_insert_audits_and_queues_every_row_in_order() {
     assert!(intact);
 }
 
-/// Storing a memory's embedding is not a change of the memory: it writes no audit row (it would
-/// hold the content twice over for every memory). Every change of what the memory is — its
-/// content, metadata or role — is still audited, also when made in one statement with an
-/// embedding, and a user writing an embedding directly is treated alike.
+/// An embedding worker storing a memory's embedding is not a change of the memory: it writes no
+/// audit row (it would hold the content twice over for every memory). Every other change is
+/// audited: of the memory's content, metadata or configuration, also in one statement with an
+/// embedding, and a change of the embedding by anyone but a worker (a user or a write grantee
+/// could rank a memory first, or hide it from searches by model).
 #[test]
-fn storing_an_embedding_writes_no_audit_row_but_every_change_of_the_memory_does() {
+fn a_worker_storing_an_embedding_writes_no_audit_row_but_every_other_change_does() {
     let db = TestDb::new();
     let mut app = db.connect();
     let mut admin = db.admin();
+    let (worker_role, _) = db.extra_role("embedder");
+    db.grant("memoriesdb_worker", &worker_role);
+    let mut worker = db.connect_as(&worker_role);
     let id: Uuid = app.query_one("INSERT INTO memories (content) VALUES ('a note') RETURNING id", &[]).unwrap().get(0);
     let audited = |admin: &mut Client| -> Vec<String> {
         admin
@@ -367,16 +371,14 @@ fn storing_an_embedding_writes_no_audit_row_but_every_change_of_the_memory_does(
     };
     assert_eq!(audited(&mut admin), ["INSERT"]);
     let hash: String = app.query_one("SELECT content_hash FROM memories WHERE id = $1", &[&id]).unwrap().get(0);
-    // the worker's store, and a user's own write of the embedding columns
-    let stored: bool = admin
+    let stored: bool = worker
         .query_one("SELECT memoriesdb.store_embedding($1, '[1,2,3]', 'model', $2)", &[&id, &hash])
         .unwrap()
         .get(0);
     assert!(stored);
-    app.execute("UPDATE memories SET content_embedding = '[3,2,1]', embedding_model = 'mine' WHERE id = $1", &[&id]).unwrap();
-    assert_eq!(audited(&mut admin), ["INSERT"], "storing an embedding was audited");
-    // changes of the memory are
+    assert_eq!(audited(&mut admin), ["INSERT"], "the worker's store was audited");
     for change in [
+        "UPDATE memories SET content_embedding = '[3,2,1]', embedding_model = 'mine' WHERE id = $1",
         "UPDATE memories SET _metadata = '{\"topic\": \"x\"}' WHERE id = $1",
         "UPDATE memories SET content = 'a new note' WHERE id = $1",
         "UPDATE memories SET content_embedding = '[1,1,1]', _metadata = '{}' WHERE id = $1",
@@ -384,7 +386,7 @@ fn storing_an_embedding_writes_no_audit_row_but_every_change_of_the_memory_does(
     ] {
         app.execute(change, &[&id]).unwrap();
     }
-    assert_eq!(audited(&mut admin), ["INSERT", "UPDATE", "UPDATE", "UPDATE", "UPDATE"]);
+    assert_eq!(audited(&mut admin), ["INSERT", "UPDATE", "UPDATE", "UPDATE", "UPDATE", "UPDATE"]);
     app.execute("SELECT delete_memory($1)", &[&id]).unwrap();
     assert_eq!(audited(&mut admin).last().map(String::as_str), Some("DELETE"));
 }
