@@ -427,17 +427,18 @@ BEGIN
         RAISE EXCEPTION 'm must be 2..100 and ef_construction 4..1000, got % and %', m, ef_construction
             USING ERRCODE = '22023';
     END IF;
-    EXECUTE format(
-        'CREATE INDEX IF NOT EXISTS %I ON %I.memories USING hnsw ((content_embedding::%s.vector(%s)) %s.vector_cosine_ops)'
-        ' WITH (m = %s, ef_construction = %s) WHERE %s.vector_dims(content_embedding) = %s',
-        index_name, '@extschema@', 'memoriesdb_pgvector', dimensions, 'memoriesdb_pgvector', m, ef_construction,
-        'memoriesdb_pgvector', dimensions);
-    -- the same for the passages of long memories (memory_chunks)
+    -- the passages' index first: the index on memories holds a SHARE lock on memories (writes
+    -- wait) until the transaction ends, so it is built last
     EXECUTE format(
         'CREATE INDEX IF NOT EXISTS %I ON %I.memory_chunks USING hnsw ((embedding::%s.vector(%s)) %s.vector_cosine_ops)'
         ' WITH (m = %s, ef_construction = %s) WHERE %s.vector_dims(embedding) = %s',
         'memory_chunks_embedding_hnsw_' || dimensions, '@extschema@', 'memoriesdb_pgvector', dimensions,
         'memoriesdb_pgvector', m, ef_construction, 'memoriesdb_pgvector', dimensions);
+    EXECUTE format(
+        'CREATE INDEX IF NOT EXISTS %I ON %I.memories USING hnsw ((content_embedding::%s.vector(%s)) %s.vector_cosine_ops)'
+        ' WITH (m = %s, ef_construction = %s) WHERE %s.vector_dims(content_embedding) = %s',
+        index_name, '@extschema@', 'memoriesdb_pgvector', dimensions, 'memoriesdb_pgvector', m, ef_construction,
+        'memoriesdb_pgvector', dimensions);
     INSERT INTO @extschema@.vector_indexes AS v (dimensions, m, ef_construction)
     VALUES (create_vector_index.dimensions, create_vector_index.m, create_vector_index.ef_construction)
     ON CONFLICT ON CONSTRAINT vector_indexes_pkey DO NOTHING;
