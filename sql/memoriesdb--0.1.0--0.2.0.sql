@@ -499,5 +499,11 @@ CREATE TRIGGER memories_62_forget_chunks AFTER UPDATE OF content ON @extschema@.
     EXECUTE FUNCTION @extschema@.forget_memory_chunks();
 REVOKE ALL ON FUNCTION @extschema@.forget_memory_chunks() FROM PUBLIC;
 
+-- The near-zero CHECK with its operator qualified (0.1.0 resolved `>=` for float8 and numeric
+-- through the install's search_path, where pgvector's schema is).
+ALTER TABLE @extschema@.memories DROP CONSTRAINT memories_embedding_not_near_zero;
+ALTER TABLE @extschema@.memories ADD CONSTRAINT memories_embedding_not_near_zero
+    CHECK (content_embedding IS NULL OR vector_norm(content_embedding) OPERATOR(pg_catalog.>=) 1e-10::pg_catalog.float8);
+
 -- the chunk index of every dimension that has a vector index
 SELECT @extschema@.restore_vector_indexes();

@@ -80,7 +80,9 @@ CREATE TABLE @extschema@.memories (
     updated_by        uuid REFERENCES @extschema@.users (id),
     -- a (nearly) zero embedding has no direction: pgvector's single-precision cosine distance to
     -- it comes out as 0, so it would match every query at similarity 1
-    CONSTRAINT memories_embedding_not_near_zero CHECK (content_embedding IS NULL OR vector_norm(content_embedding) >= 1e-10),
+    -- (the operator qualified: it is resolved at install, where pgvector's schema is on the path)
+    CONSTRAINT memories_embedding_not_near_zero
+        CHECK (content_embedding IS NULL OR vector_norm(content_embedding) OPERATOR(pg_catalog.>=) 1e-10::pg_catalog.float8),
     CONSTRAINT memories_message_fields CHECK (
         (kind = 'message') = (session_id IS NOT NULL AND position IS NOT NULL AND role IS NOT NULL))
 );
