@@ -496,8 +496,8 @@ async fn write_loop(
                 frame = queue.recv() => {
                     let Some(first) = frame else { break };
                     // sampled: the first frame of each batch stands for the batch
-                    hub.metrics.queue_wait.record(first.queued_at.elapsed().as_secs_f64());
-                    let committed_at = first.committed_at;
+                    hub.metrics.queue_wait.record(first.queue_wait().as_secs_f64());
+                    let committed_at = first.committed_at();
                     // the frames' bytes stay counted against the memory budget until flushed
                     let mut cost = frame_cost(&first.frame);
                     let send = async {
