@@ -55,6 +55,9 @@ BEGIN
 END
 $$;
 
+-- The deletion of an expired memory (by sweep_expired_memories(), or anyone) is audited without
+-- its content and embedding: the row keeps content_hash and is marked "content_redacted", so that
+-- expiry really ends the content's life instead of moving it into the audit log for ever.
 -- (a new memory's audit row is written by memories_inserted(), once per INSERT statement, with
 -- its queue rows: see sql/events.sql)
 -- An UPDATE is audited unless it is an embedding worker storing an embedding: content_embedding
@@ -68,10 +71,10 @@ CREATE TRIGGER memories_50_audit AFTER DELETE ON @extschema@.memories
 CREATE TRIGGER memories_50_audit_update AFTER UPDATE ON @extschema@.memories
     FOR EACH ROW
     WHEN ((OLD.id, OLD.kind, OLD.content, OLD.content_hash, OLD.search_config, OLD._metadata, OLD.session_id,
-           OLD.position, OLD.role, OLD.created_by, OLD._created_at)
+           OLD.position, OLD.role, OLD.created_by, OLD._created_at, OLD.importance, OLD.expires_at)
           IS DISTINCT FROM
           (NEW.id, NEW.kind, NEW.content, NEW.content_hash, NEW.search_config, NEW._metadata, NEW.session_id,
-           NEW.position, NEW.role, NEW.created_by, NEW._created_at)
+           NEW.position, NEW.role, NEW.created_by, NEW._created_at, NEW.importance, NEW.expires_at)
           OR NOT @extschema@.acting_role_is('memoriesdb_worker'))
     EXECUTE FUNCTION @extschema@.log_memory_change();
 CREATE TRIGGER memory_edges_50_audit AFTER INSERT OR UPDATE OR DELETE ON @extschema@.memory_edges

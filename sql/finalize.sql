@@ -50,7 +50,7 @@ GRANT EXECUTE ON FUNCTION
     @extschema@.search_memories, @extschema@.vector_search, @extschema@.hybrid_search, @extschema@.semantic_search,
     @extschema@.embed_text,
     @extschema@.add_edge, @extschema@.remove_edge, @extschema@.traverse_memory_graph,
-    @extschema@.delete_memory,
+    @extschema@.delete_memory, @extschema@.set_session_retention,
     @extschema@.share_memory, @extschema@.revoke_share,
     @extschema@.set_memory_user, @extschema@.current_memory_user,
     @extschema@.content_sha256, @extschema@.verify_memory_integrity, @extschema@.uuid_generate_v7
@@ -69,8 +69,10 @@ GRANT EXECUTE ON FUNCTION
     @extschema@.claim_embedding_batch, @extschema@.store_embedding, @extschema@.store_embedding_chunks,
     @extschema@.fail_embedding,
     @extschema@.retry_dead_embeddings, @extschema@.require_usable_embedding,
-    @extschema@.create_vector_index, @extschema@.process_vindexing, @extschema@.restore_vector_indexes
+    @extschema@.create_vector_index, @extschema@.process_vindexing, @extschema@.restore_vector_indexes,
+    @extschema@.sweep_expired_memories
 TO memoriesdb_worker;
+-- define_memory_type: administrators only (the owner; GRANT EXECUTE to delegate).
 -- Audit: sealing is a maintenance job (its result counts every tenant's unsealed rows).
 GRANT EXECUTE ON FUNCTION @extschema@.verify_audit_chain TO memoriesdb_auditor;
 GRANT EXECUTE ON FUNCTION @extschema@.seal_audit_log TO memoriesdb_auditor, memoriesdb_worker;
@@ -83,7 +85,7 @@ GRANT EXECUTE ON FUNCTION @extschema@.create_user, @extschema@.user_exists TO me
 GRANT SELECT, INSERT ON @extschema@.memories, @extschema@.memory_edges TO memoriesdb_user;
 -- column by column: the provenance trigger overrides created_by/updated_by and refuses changes
 -- of kind, session and position; the hash and the search vector are derived
-GRANT UPDATE (content, _metadata, role, content_embedding, embedding_model, search_config,
+GRANT UPDATE (content, _metadata, role, content_embedding, embedding_model, search_config, importance, expires_at,
               created_by, updated_by, _created_at, _updated_at, kind, session_id, position, content_hash)
     ON @extschema@.memories TO memoriesdb_user;
 GRANT UPDATE (source_id, target_id, relation, weight, _metadata, created_by, _created_at)
@@ -92,7 +94,8 @@ GRANT UPDATE (source_id, target_id, relation, weight, _metadata, created_by, _cr
 GRANT SELECT ON @extschema@.memory_sessions, @extschema@.memory_shares, @extschema@.memory_share_segments,
     @extschema@.users, @extschema@.audit_log, @extschema@.vector_indexes,
     @extschema@.memory_graph, @extschema@.memory_graph_edges,
-    @extschema@.embedding_queue_status, @extschema@.embedding_coverage
+    @extschema@.embedding_queue_status, @extschema@.embedding_coverage,
+    @extschema@.memory_types, @extschema@.memory_type_definitions
 TO memoriesdb_user;
 -- memory_chunks: nothing. Its passages reach users through the search functions (offsets only);
 -- a direct SELECT could ORDER BY the embedding, and the HNSW index would then rank other

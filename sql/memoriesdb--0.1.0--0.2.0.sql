@@ -228,18 +228,24 @@ GRANT EXECUTE ON FUNCTION @extschema@.vector_search(vector, double precision, in
 
 -- The memories read rule has one definition (src/policies.rs): the memories_read policy and
 -- memory_visible_to() are re-created from its text, as a fresh install creates them.
-CREATE FUNCTION @extschema@.memories_read_rule_sql(id text, created_by text, session_id text, "position" text, me text, worker text)
+-- (expires_at: the rule refuses an expired memory, see the lifecycle below)
+ALTER TABLE @extschema@.memories
+    ADD COLUMN importance real CONSTRAINT memories_importance_in_range CHECK (importance BETWEEN 0 AND 1),
+    ADD COLUMN expires_at timestamptz;
+CREATE FUNCTION @extschema@.memories_read_rule_sql(id text, created_by text, session_id text, "position" text, expires_at text,
+                                                   me text, worker text)
 RETURNS text IMMUTABLE STRICT PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'memories_read_rule_sql_wrapper';
-REVOKE ALL ON FUNCTION @extschema@.memories_read_rule_sql(text, text, text, text, text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.memories_read_rule_sql(text, text, text, text, text, text, text) FROM PUBLIC;
 DROP FUNCTION @extschema@.memory_visible_to(uuid, uuid, uuid, bigint, uuid);
 DROP POLICY memories_read ON @extschema@.memories;
 DO $$
 BEGIN
     EXECUTE pg_catalog.format(
-        'CREATE FUNCTION @extschema@.memory_visible_to(me uuid, owner uuid, session uuid, message_position bigint, memory uuid)
+        'CREATE FUNCTION @extschema@.memory_visible_to(me uuid, owner uuid, session uuid, message_position bigint, memory uuid,
+                                                      expires timestamptz)
          RETURNS boolean LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS %L',
         'SELECT me IS NOT NULL AND '
-            OPERATOR(pg_catalog.||) @extschema@.memories_read_rule_sql('memory', 'owner', 'session', 'message_position', 'me', 'false'));
+            OPERATOR(pg_catalog.||) @extschema@.memories_read_rule_sql('memory', 'owner', 'session', 'message_position', 'expires', 'me', 'false'));
 END
 $$;
 DO $$
@@ -247,11 +253,11 @@ BEGIN
     EXECUTE pg_catalog.format(
         'CREATE POLICY memories_read ON @extschema@.memories FOR SELECT USING %s',
         @extschema@.memories_read_rule_sql(
-            'memories.id', 'memories.created_by', 'memories.session_id', 'memories.position',
+            'memories.id', 'memories.created_by', 'memories.session_id', 'memories.position', 'memories.expires_at',
             '(SELECT @extschema@.current_memory_user())', '(SELECT @extschema@.acting_role_is(''memoriesdb_worker''))'));
 END
 $$;
-REVOKE ALL ON FUNCTION @extschema@.memory_visible_to(uuid, uuid, uuid, bigint, uuid) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.memory_visible_to(uuid, uuid, uuid, bigint, uuid, timestamptz) FROM PUBLIC;
 
 -- A new memory's audit row is written with its queue rows by memories_inserted(), once per
 -- INSERT statement (one statement instead of one per row); the row triggers keep DELETE, and
@@ -268,10 +274,10 @@ CREATE TRIGGER memories_50_audit AFTER DELETE ON @extschema@.memories
 CREATE TRIGGER memories_50_audit_update AFTER UPDATE ON @extschema@.memories
     FOR EACH ROW
     WHEN ((OLD.id, OLD.kind, OLD.content, OLD.content_hash, OLD.search_config, OLD._metadata, OLD.session_id,
-           OLD.position, OLD.role, OLD.created_by, OLD._created_at)
+           OLD.position, OLD.role, OLD.created_by, OLD._created_at, OLD.importance, OLD.expires_at)
           IS DISTINCT FROM
           (NEW.id, NEW.kind, NEW.content, NEW.content_hash, NEW.search_config, NEW._metadata, NEW.session_id,
-           NEW.position, NEW.role, NEW.created_by, NEW._created_at)
+           NEW.position, NEW.role, NEW.created_by, NEW._created_at, NEW.importance, NEW.expires_at)
           OR NOT @extschema@.acting_role_is('memoriesdb_worker'))
     EXECUTE FUNCTION @extschema@.log_memory_change();
 
@@ -507,3 +513,282 @@ ALTER TABLE @extschema@.memories ADD CONSTRAINT memories_embedding_not_near_zero
 
 -- the chunk index of every dimension that has a vector index
 SELECT @extschema@.restore_vector_indexes();
+
+-- ---------------------------------------------------------------------------------------------
+-- Memory lifecycle (sql/lifecycle.sql): types, importance, expiry and retention.
+-- ---------------------------------------------------------------------------------------------
+-- Memory types: what kind of thing a memory is. Every memory's kind is one of these (checked by
+-- derive_row_fields(), src/write_path.rs: a foreign key would make every append take a share
+-- lock on its type's row). The built-in types are listed in the memory_types view; an
+-- administrator adds types, or changes a built-in one's defaults, with define_memory_type(),
+-- which writes here. (A table of its own, empty at install, so that pg_dump keeps every row of
+-- it and a restore never collides with the built-in list.) A type, once defined, stays.
+--   default_importance  the importance of a memory of this type that does not set its own
+--                       (ranking: see the search functions)
+--   default_ttl         how long a new memory of this type lives unless it says otherwise
+--                       (expires_at); NULL: for ever. A session's message_ttl comes first for
+--                       its messages.
+CREATE TABLE @extschema@.memory_type_definitions (
+    name               text PRIMARY KEY CHECK (name ~ '^[a-z][a-z0-9_]{0,62}$'),
+    description        text NOT NULL DEFAULT '',
+    default_importance real NOT NULL DEFAULT 0.5
+                       CONSTRAINT memory_types_importance_in_range CHECK (default_importance BETWEEN 0 AND 1),
+    default_ttl        interval
+                       CONSTRAINT memory_types_ttl_positive CHECK (default_ttl > interval '0'),
+    -- a session does not expire by itself (its messages do: message_ttl)
+    CONSTRAINT memory_types_session_never_expires CHECK (name <> 'session' OR default_ttl IS NULL)
+);
+COMMENT ON TABLE @extschema@.memory_type_definitions IS 'Memory types defined by an administrator, and changed defaults of built-in ones (see memory_types)';
+
+-- Every memory type: the built-in ones (with an administrator's changes) and the defined ones.
+CREATE VIEW @extschema@.memory_types AS
+SELECT b.name, coalesce(d.description, b.description) AS description,
+       coalesce(d.default_importance, b.default_importance) AS default_importance,
+       d.default_ttl, true AS builtin
+  FROM (VALUES
+        ('memory',     'a free memory (the default type)', 0.5::real),
+        ('session',    'a conversation (create_session, fork_session)', 0.5),
+        ('message',    'a message of a conversation (add_message_to_session)', 0.3),
+        ('fact',       'a statement about a subject, with a confidence (remember_fact)', 0.8),
+        ('preference', 'what a user likes, wants or avoids', 0.8),
+        ('entity',     'a person, place, organisation or thing', 0.6),
+        ('summary',    'an episodic summary of (part of) a conversation', 0.7),
+        ('persona',    'who an assistant is, or how it should behave', 0.9),
+        ('tool',       'a tool an assistant can use, and how', 0.5),
+        ('workflow',   'a procedure an assistant follows', 0.5)) b (name, description, default_importance)
+  LEFT JOIN @extschema@.memory_type_definitions d ON d.name = b.name
+UNION ALL
+SELECT d.name, d.description, d.default_importance, d.default_ttl, false
+  FROM @extschema@.memory_type_definitions d
+ WHERE d.name NOT IN ('memory', 'session', 'message', 'fact', 'preference', 'entity', 'summary', 'persona', 'tool', 'workflow');
+COMMENT ON VIEW @extschema@.memory_types IS 'The types a memory can have, with their default importance and time to live';
+
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.memory_type_definitions', '');
+ALTER TABLE @extschema@.memory_type_definitions ENABLE ROW LEVEL SECURITY;
+ALTER TABLE @extschema@.memory_type_definitions FORCE ROW LEVEL SECURITY;
+CREATE POLICY memory_type_definitions_read ON @extschema@.memory_type_definitions FOR SELECT USING (true);
+ALTER VIEW @extschema@.memory_types SET (security_invoker = true);
+GRANT SELECT ON @extschema@.memory_types, @extschema@.memory_type_definitions TO memoriesdb_user;
+
+-- (memories.importance and expires_at are added above, with the read rule)
+DROP INDEX @extschema@.memories_created_by;
+CREATE INDEX memories_created_by ON @extschema@.memories (created_by, kind);
+CREATE INDEX memories_expiring ON @extschema@.memories (expires_at) WHERE expires_at IS NOT NULL;
+GRANT UPDATE (importance, expires_at) ON @extschema@.memories TO memoriesdb_user;
+
+ALTER TABLE @extschema@.memory_sessions
+    ADD COLUMN message_ttl interval CONSTRAINT memory_sessions_ttl_positive CHECK (message_ttl > interval '0');
+ALTER TABLE @extschema@.memory_sessions DROP CONSTRAINT memory_sessions_fork_message_id_fkey;
+ALTER TABLE @extschema@.memory_sessions ADD CONSTRAINT memory_sessions_fork_message_id_fkey
+    FOREIGN KEY (fork_message_id) REFERENCES @extschema@.memories (id) ON DELETE SET NULL;
+CREATE INDEX memory_sessions_fork_message ON @extschema@.memory_sessions (fork_message_id) WHERE fork_message_id IS NOT NULL;
+
+-- edges: only those between memories the reader can see (an edge to an expired memory is gone)
+DROP POLICY memory_edges_read ON @extschema@.memory_edges;
+CREATE POLICY memory_edges_read ON @extschema@.memory_edges FOR SELECT
+    USING (EXISTS (SELECT 1 FROM @extschema@.memories m WHERE m.id = memory_edges.source_id)
+           AND EXISTS (SELECT 1 FROM @extschema@.memories m WHERE m.id = memory_edges.target_id));
+
+-- memory_visible_to() takes the expiry now
+CREATE OR REPLACE FUNCTION @extschema@.share_memory(memory_id uuid, grantee uuid, can_write boolean DEFAULT false)
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    me uuid := @extschema@.current_memory_user();
+    target @extschema@.memories;
+BEGIN
+    IF share_memory.memory_id IS NULL OR share_memory.grantee IS NULL OR share_memory.can_write IS NULL THEN
+        RAISE EXCEPTION 'memory_id, grantee and can_write must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    SELECT m.* INTO target FROM @extschema@.memories m WHERE m.id = share_memory.memory_id;
+    IF NOT FOUND OR NOT @extschema@.memory_visible_to(me, target.created_by, target.session_id, target.position, target.id, target.expires_at) THEN
+        RAISE EXCEPTION 'memory % does not exist', share_memory.memory_id USING ERRCODE = 'P0002';
+    END IF;
+    IF target.created_by IS DISTINCT FROM me THEN
+        RAISE EXCEPTION 'only the owner of memory % can share it', share_memory.memory_id USING ERRCODE = '42501';
+    END IF;
+    IF share_memory.grantee = me THEN
+        RAISE EXCEPTION 'memory % already belongs to user %', share_memory.memory_id, me USING ERRCODE = '22023';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM @extschema@.users u WHERE u.id = share_memory.grantee) THEN
+        RAISE EXCEPTION 'user % does not exist', share_memory.grantee USING ERRCODE = 'P0002';
+    END IF;
+    INSERT INTO @extschema@.memory_shares AS s (memory_id, grantee, can_write, granted_by)
+    VALUES (share_memory.memory_id, share_memory.grantee, share_memory.can_write, me)
+    ON CONFLICT ON CONSTRAINT memory_shares_pkey
+    DO UPDATE SET can_write = EXCLUDED.can_write, granted_at = now();
+    IF target.kind = 'session' THEN
+        DELETE FROM @extschema@.memory_share_segments g
+         WHERE g.grantee = share_memory.grantee AND g.shared_memory = share_memory.memory_id;
+        -- Each session of the lineage that is the sharer's own, up to what the branch shows. Only
+        -- an owner grants access to its messages: sharing a fork of someone else's session shares
+        -- the fork's own messages, not the inherited prefix (which the sharer may see only
+        -- through a share of their own, and which its owner can take back at any time).
+        INSERT INTO @extschema@.memory_share_segments (grantee, session_id, visible_upto, shared_memory, can_write)
+        SELECT share_memory.grantee, l.lineage_session_id, l.visible_upto, share_memory.memory_id,
+               share_memory.can_write AND l.lineage_session_id = share_memory.memory_id
+          FROM @extschema@.session_lineage(share_memory.memory_id) l
+          JOIN @extschema@.memory_sessions s ON s.id = l.lineage_session_id
+         WHERE s.owner_id = me;
+    END IF;
+END
+$$;
+
+-- an expired message may go even when forks inherit it
+CREATE OR REPLACE FUNCTION @extschema@.protect_forked_history() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    -- an expired message is already gone from every transcript, the forks' included
+    IF OLD.expires_at <= now() THEN
+        RETURN OLD;
+    END IF;
+    IF OLD.kind = 'session'
+       AND EXISTS (SELECT 1 FROM @extschema@.memory_sessions f WHERE f.parent_id = OLD.id) THEN
+        RAISE EXCEPTION 'session % has forks and cannot be deleted', OLD.id
+            USING ERRCODE = '2BP01',
+                  HINT = 'delete its forks first (also forks other users made of it while it was shared with them)';
+    END IF;
+    IF OLD.kind = 'message'
+       AND EXISTS (SELECT 1 FROM @extschema@.memory_sessions f
+                    WHERE f.parent_id = OLD.session_id AND f.fork_position >= OLD.position) THEN
+        RAISE EXCEPTION 'message % is history a fork inherits and cannot be deleted', OLD.id
+            USING ERRCODE = '2BP01',
+                  HINT = 'messages after the last fork point can be deleted; delete the forks to delete the rest';
+    END IF;
+    RETURN OLD;
+END
+$$;
+
+-- Define a memory type, or change the defaults of an existing one (built-in ones included).
+-- For an administrator: nobody may execute it but the extension's owner (a superuser) unless
+-- granted (GRANT EXECUTE ON FUNCTION memoriesdb.define_memory_type TO <role>). The type's
+-- defaults apply to memories written from then on (default_ttl) or ranked from then on
+-- (default_importance of memories that have none of their own). A description left NULL keeps
+-- the type's current one.
+CREATE FUNCTION @extschema@.define_memory_type(
+    name text,
+    description text DEFAULT NULL,
+    default_importance real DEFAULT 0.5,
+    default_ttl interval DEFAULT NULL)
+RETURNS SETOF @extschema@.memory_types
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF define_memory_type.name IS NULL THEN
+        RAISE EXCEPTION 'name must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    IF define_memory_type.name !~ '^[a-z][a-z0-9_]{0,62}$' THEN
+        RAISE EXCEPTION 'invalid memory type name "%"', left(define_memory_type.name, 64)
+            USING ERRCODE = '22023',
+                  HINT = 'a type name is 1 to 63 lowercase letters, digits and _, starting with a letter';
+    END IF;
+    IF define_memory_type.default_importance IS NULL
+       OR NOT (define_memory_type.default_importance BETWEEN 0 AND 1) THEN
+        RAISE EXCEPTION 'default_importance must be between 0 and 1, not %', coalesce(define_memory_type.default_importance::text, 'NULL')
+            USING ERRCODE = '22023';
+    END IF;
+    IF define_memory_type.default_ttl <= interval '0' THEN
+        RAISE EXCEPTION 'default_ttl must be positive, not %', define_memory_type.default_ttl
+            USING ERRCODE = '22023', HINT = 'NULL means memories of the type never expire';
+    END IF;
+    IF define_memory_type.name = 'session' AND define_memory_type.default_ttl IS NOT NULL THEN
+        RAISE EXCEPTION 'a session does not expire by itself'
+            USING ERRCODE = '22023',
+                  HINT = 'set how long messages live with define_memory_type(''message'', ...) or per session with set_session_retention()';
+    END IF;
+    INSERT INTO @extschema@.memory_type_definitions AS d (name, description, default_importance, default_ttl)
+    SELECT define_memory_type.name,
+           coalesce(define_memory_type.description, t.description, ''),
+           define_memory_type.default_importance, define_memory_type.default_ttl
+      FROM (SELECT 1) one
+      LEFT JOIN @extschema@.memory_types t ON t.name = define_memory_type.name
+    ON CONFLICT ON CONSTRAINT memory_type_definitions_pkey DO UPDATE
+       SET description = EXCLUDED.description, default_importance = EXCLUDED.default_importance,
+           default_ttl = EXCLUDED.default_ttl;
+    RETURN QUERY SELECT t.* FROM @extschema@.memory_types t WHERE t.name = define_memory_type.name;
+END
+$$;
+
+-- How long the messages of one of your sessions live: message_ttl for each new message (NULL:
+-- the message type's default_ttl), and with apply_to_existing also for the messages already
+-- written in it (each expires message_ttl after it was written; messages it inherits from the
+-- session it was forked from are the other session's, and keep theirs). A fork made later starts
+-- with the same retention. Returns the number of existing messages given a new expiry.
+-- Only the session's owner may change it (42501 for a grantee, P0002 for anyone else).
+CREATE FUNCTION @extschema@.set_session_retention(
+    session_id uuid,
+    message_ttl interval,
+    apply_to_existing boolean DEFAULT false)
+RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    me uuid := @extschema@.require_acting_user();
+    unrestricted boolean := @extschema@.acting_role_bypasses_rls();
+    changed bigint := 0;
+BEGIN
+    IF set_session_retention.session_id IS NULL THEN
+        RAISE EXCEPTION 'session_id must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    IF set_session_retention.message_ttl <= interval '0' THEN
+        RAISE EXCEPTION 'message_ttl must be positive, not %', set_session_retention.message_ttl
+            USING ERRCODE = '22023', HINT = 'NULL means the message type''s default (memory_types)';
+    END IF;
+    UPDATE @extschema@.memory_sessions s SET message_ttl = set_session_retention.message_ttl
+     WHERE s.id = set_session_retention.session_id AND (unrestricted OR s.owner_id = me);
+    IF NOT FOUND THEN
+        IF @extschema@.session_listed_for(me, set_session_retention.session_id) THEN
+            RAISE EXCEPTION 'only the owner of session % can change its retention', set_session_retention.session_id
+                USING ERRCODE = '42501';
+        END IF;
+        RAISE EXCEPTION 'session % does not exist', set_session_retention.session_id
+            USING ERRCODE = 'P0002', HINT = 'create one with create_session(title)';
+    END IF;
+    IF apply_to_existing THEN
+        UPDATE @extschema@.memories m
+           SET expires_at = m._created_at + set_session_retention.message_ttl
+         WHERE m.session_id = set_session_retention.session_id
+           AND m.expires_at IS DISTINCT FROM m._created_at + set_session_retention.message_ttl
+           AND (m.expires_at IS NULL OR m.expires_at > now());
+        GET DIAGNOSTICS changed = ROW_COUNT;
+    END IF;
+    RETURN changed;
+END
+$$;
+
+-- A fork's history stays as it was when the fork was made (protect_forked_history(), in
+-- sessions.sql) — except for what expires: an expired message is already gone from every
+-- transcript, the forks' included, so deleting it changes nothing anyone sees.
+
+-- Delete up to `lim` expired memories (those whose expires_at has passed), oldest expiry first,
+-- and return how many. With them go their edges, passages, shares and queue rows; forks made at
+-- an expired message keep their fork point (fork_position; fork_message_id becomes NULL). Each
+-- deletion is audited without the content (see sql/audit.sql). Rows another transaction holds
+-- are skipped (a later sweep gets them), so sweeps never wait on writers and several may run at
+-- once. Safe to run as often as you like, e.g. every minute from pg_cron:
+--   SELECT cron.schedule('memoriesdb-sweep', '* * * * *', 'SELECT memoriesdb.sweep_expired_memories()');
+-- For a backlog, call it until it returns less than lim. For workers and administrators.
+CREATE FUNCTION @extschema@.sweep_expired_memories(lim integer DEFAULT 10000)
+RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    deleted bigint;
+BEGIN
+    IF lim IS NULL OR lim < 1 THEN
+        RAISE EXCEPTION 'lim must be a positive number of memories, not %', coalesce(lim::text, 'NULL')
+            USING ERRCODE = '22023';
+    END IF;
+    WITH doomed AS (
+        SELECT m.id FROM @extschema@.memories m
+         WHERE m.expires_at <= now()
+         ORDER BY m.expires_at
+         LIMIT lim
+           FOR UPDATE SKIP LOCKED)
+    DELETE FROM @extschema@.memories m USING doomed WHERE m.id = doomed.id;
+    GET DIAGNOSTICS deleted = ROW_COUNT;
+    RETURN deleted;
+END
+$$;
+
+REVOKE ALL ON FUNCTION @extschema@.define_memory_type(text, text, real, interval),
+    @extschema@.set_session_retention(uuid, interval, boolean),
+    @extschema@.sweep_expired_memories(integer) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.set_session_retention(uuid, interval, boolean) TO memoriesdb_user;
+GRANT EXECUTE ON FUNCTION @extschema@.sweep_expired_memories(integer) TO memoriesdb_worker;

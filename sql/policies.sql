@@ -12,10 +12,11 @@
 DO $$
 BEGIN
     EXECUTE pg_catalog.format(
-        'CREATE FUNCTION @extschema@.memory_visible_to(me uuid, owner uuid, session uuid, message_position bigint, memory uuid)
+        'CREATE FUNCTION @extschema@.memory_visible_to(me uuid, owner uuid, session uuid, message_position bigint, memory uuid,
+                                                      expires timestamptz)
          RETURNS boolean LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS %L',
         'SELECT me IS NOT NULL AND '
-            OPERATOR(pg_catalog.||) @extschema@.memories_read_rule_sql('memory', 'owner', 'session', 'message_position', 'me', 'false'));
+            OPERATOR(pg_catalog.||) @extschema@.memories_read_rule_sql('memory', 'owner', 'session', 'message_position', 'expires', 'me', 'false'));
 END
 $$;
 
@@ -50,6 +51,8 @@ $$;
 -- Row-level security: enabled and forced on every table (the table owner is subject to it too;
 -- only superusers and BYPASSRLS roles are not).
 -- ---------------------------------------------------------------------------------------------
+ALTER TABLE @extschema@.memory_type_definitions ENABLE ROW LEVEL SECURITY;
+ALTER TABLE @extschema@.memory_type_definitions FORCE ROW LEVEL SECURITY;
 ALTER TABLE @extschema@.users ENABLE ROW LEVEL SECURITY;
 ALTER TABLE @extschema@.users FORCE ROW LEVEL SECURITY;
 ALTER TABLE @extschema@.memories ENABLE ROW LEVEL SECURITY;
@@ -97,7 +100,7 @@ BEGIN
     EXECUTE pg_catalog.format(
         'CREATE POLICY memories_read ON @extschema@.memories FOR SELECT USING %s',
         @extschema@.memories_read_rule_sql(
-            'memories.id', 'memories.created_by', 'memories.session_id', 'memories.position',
+            'memories.id', 'memories.created_by', 'memories.session_id', 'memories.position', 'memories.expires_at',
             '(SELECT @extschema@.current_memory_user())', '(SELECT @extschema@.acting_role_is(''memoriesdb_worker''))'));
 END
 $$;
@@ -135,11 +138,12 @@ CREATE POLICY memory_sessions_read ON @extschema@.memory_sessions FOR SELECT
                        WHERE g.memory_id = memory_sessions.id
                          AND g.grantee = (SELECT @extschema@.current_memory_user())));
 
--- edges: your own, or edges between memories you can see
+-- edges: those between memories you can see (yours or not). An edge of yours to a memory you
+-- can no longer see (it expired, or its share was revoked) is not shown: it would name the
+-- memory; it goes when the memory is deleted.
 CREATE POLICY memory_edges_read ON @extschema@.memory_edges FOR SELECT
-    USING (created_by = (SELECT @extschema@.current_memory_user())
-           OR (EXISTS (SELECT 1 FROM @extschema@.memories m WHERE m.id = memory_edges.source_id)
-               AND EXISTS (SELECT 1 FROM @extschema@.memories m WHERE m.id = memory_edges.target_id)));
+    USING (EXISTS (SELECT 1 FROM @extschema@.memories m WHERE m.id = memory_edges.source_id)
+           AND EXISTS (SELECT 1 FROM @extschema@.memories m WHERE m.id = memory_edges.target_id));
 CREATE POLICY memory_edges_insert ON @extschema@.memory_edges FOR INSERT
     WITH CHECK (created_by = (SELECT @extschema@.current_memory_user()));
 CREATE POLICY memory_edges_update ON @extschema@.memory_edges FOR UPDATE
@@ -180,11 +184,15 @@ CREATE POLICY memory_chunks_read ON @extschema@.memory_chunks FOR SELECT
     USING (EXISTS (SELECT 1 FROM @extschema@.memories m
                     WHERE m.id = memory_chunks.memory_id AND m.content_hash = memory_chunks.content_hash));
 
+-- the memory types are not secret (written only by define_memory_type())
+CREATE POLICY memory_type_definitions_read ON @extschema@.memory_type_definitions FOR SELECT USING (true);
+
 -- the list of vector indexes is not secret
 CREATE POLICY vector_indexes_read ON @extschema@.vector_indexes FOR SELECT USING (true);
 
 -- Views read their tables as the caller, so the policies above apply through them too.
 ALTER VIEW @extschema@.memory_graph SET (security_invoker = true);
+ALTER VIEW @extschema@.memory_types SET (security_invoker = true);
 ALTER VIEW @extschema@.embedding_queue_status SET (security_invoker = true);
 ALTER VIEW @extschema@.embedding_coverage SET (security_invoker = true);
 

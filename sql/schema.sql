@@ -44,11 +44,58 @@ CREATE TABLE @extschema@.users (
 );
 COMMENT ON TABLE @extschema@.users IS 'MemoriesDB users (tenants); db_role optionally maps a database role to a user';
 
+-- Memory types: what kind of thing a memory is. Every memory's kind is one of these (checked by
+-- derive_row_fields(), src/write_path.rs: a foreign key would make every append take a share
+-- lock on its type's row). The built-in types are listed in the memory_types view; an
+-- administrator adds types, or changes a built-in one's defaults, with define_memory_type(),
+-- which writes here. (A table of its own, empty at install, so that pg_dump keeps every row of
+-- it and a restore never collides with the built-in list.) A type, once defined, stays.
+--   default_importance  the importance of a memory of this type that does not set its own
+--                       (ranking: see the search functions)
+--   default_ttl         how long a new memory of this type lives unless it says otherwise
+--                       (expires_at); NULL: for ever. A session's message_ttl comes first for
+--                       its messages.
+CREATE TABLE @extschema@.memory_type_definitions (
+    name               text PRIMARY KEY CHECK (name ~ '^[a-z][a-z0-9_]{0,62}$'),
+    description        text NOT NULL DEFAULT '',
+    default_importance real NOT NULL DEFAULT 0.5
+                       CONSTRAINT memory_types_importance_in_range CHECK (default_importance BETWEEN 0 AND 1),
+    default_ttl        interval
+                       CONSTRAINT memory_types_ttl_positive CHECK (default_ttl > interval '0'),
+    -- a session does not expire by itself (its messages do: message_ttl)
+    CONSTRAINT memory_types_session_never_expires CHECK (name <> 'session' OR default_ttl IS NULL)
+);
+COMMENT ON TABLE @extschema@.memory_type_definitions IS 'Memory types defined by an administrator, and changed defaults of built-in ones (see memory_types)';
+
+-- Every memory type: the built-in ones (with an administrator's changes) and the defined ones.
+CREATE VIEW @extschema@.memory_types AS
+SELECT b.name, coalesce(d.description, b.description) AS description,
+       coalesce(d.default_importance, b.default_importance) AS default_importance,
+       d.default_ttl, true AS builtin
+  FROM (VALUES
+        ('memory',     'a free memory (the default type)', 0.5::real),
+        ('session',    'a conversation (create_session, fork_session)', 0.5),
+        ('message',    'a message of a conversation (add_message_to_session)', 0.3),
+        ('fact',       'a statement about a subject, with a confidence (remember_fact)', 0.8),
+        ('preference', 'what a user likes, wants or avoids', 0.8),
+        ('entity',     'a person, place, organisation or thing', 0.6),
+        ('summary',    'an episodic summary of (part of) a conversation', 0.7),
+        ('persona',    'who an assistant is, or how it should behave', 0.9),
+        ('tool',       'a tool an assistant can use, and how', 0.5),
+        ('workflow',   'a procedure an assistant follows', 0.5)) b (name, description, default_importance)
+  LEFT JOIN @extschema@.memory_type_definitions d ON d.name = b.name
+UNION ALL
+SELECT d.name, d.description, d.default_importance, d.default_ttl, false
+  FROM @extschema@.memory_type_definitions d
+ WHERE d.name NOT IN ('memory', 'session', 'message', 'fact', 'preference', 'entity', 'summary', 'persona', 'tool', 'workflow');
+COMMENT ON VIEW @extschema@.memory_types IS 'The types a memory can have, with their default importance and time to live';
+
 -- Memories: every node of the memory graph. Sessions and messages are memories too; their
 -- conversational fields are typed columns so that transcripts are index range scans, not graph
 -- walks. The belongs_to / forked_from edges mirror them in the graph.
 CREATE TABLE @extschema@.memories (
     id                uuid PRIMARY KEY DEFAULT @extschema@.uuid_generate_v7(),
+    -- one of memory_types (checked by derive_row_fields())
     kind              text NOT NULL DEFAULT 'memory' CHECK (kind ~ '^[a-z][a-z0-9_]{0,62}$'),
     content           text NOT NULL DEFAULT '',
     -- hex SHA-256 of content, maintained by the derive_row_fields() trigger; never trusted from input
@@ -78,6 +125,12 @@ CREATE TABLE @extschema@.memories (
     -- provenance: set by trigger from the acting user, never from the caller's values
     created_by        uuid REFERENCES @extschema@.users (id),
     updated_by        uuid REFERENCES @extschema@.users (id),
+    -- how much the memory matters, in [0, 1], for ranking; NULL: its type's default_importance
+    importance        real CONSTRAINT memories_importance_in_range CHECK (importance BETWEEN 0 AND 1),
+    -- when the memory expires: from then on no read shows it (the read rule, src/policies.rs),
+    -- and sweep_expired_memories() deletes it. Set from the type's default_ttl (or the session's
+    -- message_ttl) when a memory is written without one; NULL: it never expires.
+    expires_at        timestamptz,
     -- a (nearly) zero embedding has no direction: pgvector's single-precision cosine distance to
     -- it comes out as 0, so it would match every query at similarity 1
     -- (the operator qualified: it is resolved at install, where pgvector's schema is on the path)
@@ -90,7 +143,10 @@ COMMENT ON TABLE @extschema@.memories IS 'Every node of the memory graph: sessio
 -- Transcript order within a branch segment; also guarantees one message per position.
 CREATE UNIQUE INDEX memories_session_position ON @extschema@.memories (session_id, position)
     WHERE session_id IS NOT NULL;
-CREATE INDEX memories_created_by ON @extschema@.memories (created_by);
+-- (the kind too: a user's memories of one type, e.g. their facts, are one range)
+CREATE INDEX memories_created_by ON @extschema@.memories (created_by, kind);
+-- the sweep's queue: only memories that expire are in it
+CREATE INDEX memories_expiring ON @extschema@.memories (expires_at) WHERE expires_at IS NOT NULL;
 CREATE INDEX memories_search ON @extschema@.memories USING gin (search_tsv);
 CREATE INDEX memories_metadata ON @extschema@.memories USING gin (_metadata jsonb_path_ops);
 
@@ -102,17 +158,24 @@ CREATE TABLE @extschema@.memory_sessions (
     owner_id        uuid REFERENCES @extschema@.users (id),
     parent_id       uuid REFERENCES @extschema@.memory_sessions (id) ON DELETE RESTRICT,
     fork_position   bigint NOT NULL DEFAULT 0 CHECK (fork_position >= 0),
-    fork_message_id uuid REFERENCES @extschema@.memories (id) ON DELETE RESTRICT,
+    -- the message at the fork point; NULL once that message expired and was swept (the fork
+    -- keeps its fork_position)
+    fork_message_id uuid REFERENCES @extschema@.memories (id) ON DELETE SET NULL,
     depth           integer NOT NULL DEFAULT 0 CHECK (depth >= 0),
     -- position of the newest message this branch sees; the next message gets last_position + 1.
     -- Updating it is also the per-session lock that orders concurrent appends.
     last_position   bigint NOT NULL DEFAULT 0,
+    -- how long the session's new messages live (set_session_retention()); NULL: the message
+    -- type's default_ttl
+    message_ttl     interval CONSTRAINT memory_sessions_ttl_positive CHECK (message_ttl > interval '0'),
     CHECK ((parent_id IS NULL) = (depth = 0)),
     CHECK (last_position >= fork_position)
 );
 COMMENT ON TABLE @extschema@.memory_sessions IS 'Branch structure of sessions: parent and fork point, never copied messages';
 CREATE INDEX memory_sessions_parent ON @extschema@.memory_sessions (parent_id) WHERE parent_id IS NOT NULL;
 CREATE INDEX memory_sessions_owner ON @extschema@.memory_sessions (owner_id);
+-- deleting a message looks here for forks made at it
+CREATE INDEX memory_sessions_fork_message ON @extschema@.memory_sessions (fork_message_id) WHERE fork_message_id IS NOT NULL;
 
 ALTER TABLE @extschema@.memories
     ADD CONSTRAINT memories_session_fk FOREIGN KEY (session_id)
@@ -297,6 +360,7 @@ COMMENT ON VIEW @extschema@.memory_graph_edges IS 'Every edge of the memory grap
 
 -- pg_dump skips rows of extension-owned tables unless they are registered here.
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.users', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.memory_type_definitions', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.memories', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.memory_sessions', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.memory_edges', '');

@@ -308,7 +308,8 @@ RETURNS text LANGUAGE c STABLE SET jit = off AS 'MODULE_PATHNAME', 'get_conversa
 -- the write rule is in the UPDATE that takes the row lock, so check and lock are one statement.
 
 -- A fork's history stays as it was when the fork was made: a session with forks, and a message
--- at or before a fork point (which every fork below that point shows), cannot be deleted; the
+-- at or before a fork point (which every fork below that point shows), cannot be deleted unless
+-- it has expired (sql/lifecycle.sql); the
 -- error says why instead of a foreign key's 23503 — or, for an inherited message, instead of
 -- silently dropping it from every fork's transcript. (A fork that sees a message goes through
 -- the direct fork of that message's session, whose fork point is at or after it, so checking
@@ -317,6 +318,10 @@ RETURNS text LANGUAGE c STABLE SET jit = off AS 'MODULE_PATHNAME', 'get_conversa
 CREATE FUNCTION @extschema@.protect_forked_history() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
+    -- an expired message is already gone from every transcript, the forks' included
+    IF OLD.expires_at <= now() THEN
+        RETURN OLD;
+    END IF;
     IF OLD.kind = 'session'
        AND EXISTS (SELECT 1 FROM @extschema@.memory_sessions f WHERE f.parent_id = OLD.id) THEN
         RAISE EXCEPTION 'session % has forks and cannot be deleted', OLD.id

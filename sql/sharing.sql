@@ -16,7 +16,7 @@ BEGIN
         RAISE EXCEPTION 'memory_id, grantee and can_write must not be NULL' USING ERRCODE = '22004';
     END IF;
     SELECT m.* INTO target FROM @extschema@.memories m WHERE m.id = share_memory.memory_id;
-    IF NOT FOUND OR NOT @extschema@.memory_visible_to(me, target.created_by, target.session_id, target.position, target.id) THEN
+    IF NOT FOUND OR NOT @extschema@.memory_visible_to(me, target.created_by, target.session_id, target.position, target.id, target.expires_at) THEN
         RAISE EXCEPTION 'memory % does not exist', share_memory.memory_id USING ERRCODE = 'P0002';
     END IF;
     IF target.created_by IS DISTINCT FROM me THEN

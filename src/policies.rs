@@ -20,6 +20,7 @@ pub struct MemoryColumns {
     pub created_by: String,
     pub session_id: String,
     pub position: String,
+    pub expires_at: String,
 }
 
 impl MemoryColumns {
@@ -30,19 +31,22 @@ impl MemoryColumns {
             created_by: format!("{row}.created_by"),
             session_id: format!("{row}.session_id"),
             position: format!("{row}.position"),
+            expires_at: format!("{row}.expires_at"),
         }
     }
 }
 
-/// May user `me` see the memory? `worker` (SQL) is true for roles that read everything. A memory
-/// is visible to its creator, to the owner of the session it was written in, to a grantee of a
+/// May user `me` see the memory? Never once it has expired (for nobody: an expired memory is
+/// gone, whether or not sweep_expired_memories() has deleted it yet). `worker` (SQL) is true
+/// for roles that read everything. A memory is visible to its creator, to the owner of the session it was written in, to a grantee of a
 /// share that shows its position of that session (memory_share_segments: a shared session and
 /// the ancestors' prefixes it inherits), and to a grantee of a share of the memory itself. Each
 /// branch is an index probe.
 pub fn memories_read_rule(memory: &MemoryColumns, me: &str, worker: &str) -> String {
-    let MemoryColumns { id, created_by, session_id, position } = memory;
+    let MemoryColumns { id, created_by, session_id, position, expires_at } = memory;
     format!(
-        "({worker}
+        "(({expires_at} IS NULL OR {expires_at} OPERATOR(pg_catalog.>) pg_catalog.now())
+         AND ({worker}
           OR {created_by} OPERATOR(pg_catalog.=) {me}
           OR ({session_id} IS NOT NULL AND EXISTS (
                   SELECT 1 FROM {SCHEMA}.memory_sessions owned
@@ -52,14 +56,28 @@ pub fn memories_read_rule(memory: &MemoryColumns, me: &str, worker: &str) -> Str
                    WHERE segment.grantee OPERATOR(pg_catalog.=) {me} AND segment.session_id OPERATOR(pg_catalog.=) {session_id}
                      AND {position} OPERATOR(pg_catalog.<=) segment.visible_upto))
           OR EXISTS (SELECT 1 FROM {SCHEMA}.memory_shares shared
-                      WHERE shared.memory_id OPERATOR(pg_catalog.=) {id} AND shared.grantee OPERATOR(pg_catalog.=) {me}))"
+                      WHERE shared.memory_id OPERATOR(pg_catalog.=) {id} AND shared.grantee OPERATOR(pg_catalog.=) {me})))"
     )
 }
 
 /// The rule as SQL text, for sql/policies.sql to create the memories_read policy and
 /// memory_visible_to() from at install (and upgrade) time. Internal: nobody else may call it.
 #[pg_extern(immutable, strict, parallel_safe)]
-fn memories_read_rule_sql(id: &str, created_by: &str, session_id: &str, position: &str, me: &str, worker: &str) -> String {
-    let columns = MemoryColumns { id: id.into(), created_by: created_by.into(), session_id: session_id.into(), position: position.into() };
+fn memories_read_rule_sql(
+    id: &str,
+    created_by: &str,
+    session_id: &str,
+    position: &str,
+    expires_at: &str,
+    me: &str,
+    worker: &str,
+) -> String {
+    let columns = MemoryColumns {
+        id: id.into(),
+        created_by: created_by.into(),
+        session_id: session_id.into(),
+        position: position.into(),
+        expires_at: expires_at.into(),
+    };
     memories_read_rule(&columns, me, worker)
 }

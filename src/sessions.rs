@@ -53,13 +53,23 @@ fn take_positions_sql() -> String {
                  OR EXISTS (SELECT 1 FROM {SCHEMA}.memory_shares g
                              WHERE g.memory_id OPERATOR(pg_catalog.=) s.id
                                AND g.grantee OPERATOR(pg_catalog.=) $4 AND g.can_write))
-         RETURNING s.last_position"
+         RETURNING s.last_position, s.message_ttl"
+    )
+}
+
+/// How long a new message lives, given its session's message_ttl (SQL `session_ttl`): the
+/// session's retention, else the message type's default_ttl (a built-in type's is only ever set
+/// in memory_type_definitions); NULL: for ever.
+fn message_ttl(session_ttl: &str) -> String {
+    format!(
+        "coalesce({session_ttl}, (SELECT d.default_ttl FROM {SCHEMA}.memory_type_definitions d
+                                    WHERE d.name OPERATOR(pg_catalog.=) 'message'))"
     )
 }
 
 /// Take the next `how_many` positions of `session` (take_positions_sql()); returns the last of
-/// them, or None when the caller may not add to it.
-fn take_positions(spi: &Connection, session: Arg, how_many: i64) -> Option<i64> {
+/// them and the session's message_ttl, or None when the caller may not add to it.
+fn take_positions(spi: &Connection, session: Arg, how_many: i64) -> Option<(i64, Arg)> {
     let me = identity::current_memory_user();
     let unrestricted = identity::acting_role_bypasses_rls();
     let taken = spi.execute_kept(
@@ -69,7 +79,7 @@ fn take_positions(spi: &Connection, session: Arg, how_many: i64) -> Option<i64> 
         &[session, arg(how_many), arg(unrestricted), arg(me)],
         Effect::Writes,
     );
-    taken.get::<i64>(0, 1)
+    taken.get::<i64>(0, 1).map(|last| (last, taken.datum(0, 2)))
 }
 
 /// Raise the error for a session take_positions() refused (refuse_session_write() in SQL tells
@@ -165,9 +175,11 @@ unsafe fn add_message_to_session(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Da
             || {
                 format!(
                     "WITH taken AS ({take_positions})
-                     INSERT INTO {SCHEMA}.memories (id, kind, content, _metadata, session_id, position, role)
-                     SELECT $5, 'message', $6, COALESCE($7, '{{}}'::pg_catalog.jsonb), $1, taken.last_position, $8
+                     INSERT INTO {SCHEMA}.memories (id, kind, content, _metadata, session_id, position, role, expires_at)
+                     SELECT $5, 'message', $6, COALESCE($7, '{{}}'::pg_catalog.jsonb), $1, taken.last_position, $8,
+                            pg_catalog.now() OPERATOR(pg_catalog.+) {message_ttl}
                        FROM taken",
+                    message_ttl = message_ttl("taken.message_ttl"),
                     take_positions = take_positions_sql()
                 )
             },
@@ -226,8 +238,11 @@ fn register_session(spi: &Connection, id: pgrx::Uuid, owner: Option<pgrx::Uuid>,
         &REGISTER_SESSION,
         || {
             format!(
-                "INSERT INTO {SCHEMA}.memory_sessions (id, owner_id, parent_id, fork_position, fork_message_id, depth, last_position)
-                 VALUES ($1, $2, $3, $4, $5, $6, $4)"
+                "INSERT INTO {SCHEMA}.memory_sessions (id, owner_id, parent_id, fork_position, fork_message_id, depth, last_position,
+                                                       message_ttl)
+                 VALUES ($1, $2, $3, $4, $5, $6, $4,
+                         -- a fork keeps its parent's retention
+                         (SELECT p.message_ttl FROM {SCHEMA}.memory_sessions p WHERE p.id OPERATOR(pg_catalog.=) $3))"
             )
         },
         &[UUID, UUID, UUID, INT8, UUID, INT4],
@@ -340,7 +355,7 @@ unsafe fn add_messages_to_session(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::D
             }
         };
         // (an empty batch takes no position, but the session must still be one the caller may add to)
-        let Some(last_position) = take_positions(spi, Some(session), count) else {
+        let Some((last_position, session_ttl)) = take_positions(spi, Some(session), count) else {
             refuse_session_write(spi, Some(session))
         };
         let ids: Vec<pgrx::Uuid> = (0..count).map(|_| crate::ids::new_v7()).collect();
@@ -349,16 +364,18 @@ unsafe fn add_messages_to_session(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::D
                 &INSERT_MESSAGES,
                 || {
                     format!(
-                        "INSERT INTO {SCHEMA}.memories (id, kind, content, _metadata, session_id, position, role)
+                        "INSERT INTO {SCHEMA}.memories (id, kind, content, _metadata, session_id, position, role, expires_at)
                          SELECT $2[e.ordinality], 'message', e.value OPERATOR(pg_catalog.->>) 'content',
                                 CASE WHEN pg_catalog.jsonb_typeof(e.value OPERATOR(pg_catalog.->) 'metadata') OPERATOR(pg_catalog.=) 'object'
                                      THEN e.value OPERATOR(pg_catalog.->) 'metadata' ELSE '{{}}'::pg_catalog.jsonb END,
-                                $3, $4 OPERATOR(pg_catalog.+) e.ordinality, e.value OPERATOR(pg_catalog.->>) 'role'
-                           FROM pg_catalog.jsonb_array_elements($1) WITH ORDINALITY e"
+                                $3, $4 OPERATOR(pg_catalog.+) e.ordinality, e.value OPERATOR(pg_catalog.->>) 'role',
+                                pg_catalog.now() OPERATOR(pg_catalog.+) {message_ttl}
+                           FROM pg_catalog.jsonb_array_elements($1) WITH ORDINALITY e",
+                        message_ttl = message_ttl("$5")
                     )
                 },
-                &[JSONB, pg_sys::UUIDARRAYOID, UUID, INT8],
-                &[Some(messages), arg(ids.clone()), Some(session), arg(last_position - count)],
+                &[JSONB, pg_sys::UUIDARRAYOID, UUID, INT8, pg_sys::INTERVALOID],
+                &[Some(messages), arg(ids.clone()), Some(session), arg(last_position - count), session_ttl],
                 Effect::Writes,
             );
         }
@@ -484,12 +501,13 @@ unsafe fn fork_session(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
                     &LATEST_VISIBLE_MESSAGE,
                     || {
                         format!(
-                            "SELECT x.id, x.position, {SCHEMA}.memory_visible_to($3, x.created_by, x.session_id, x.position, x.id)
+                            "SELECT x.id, x.position, {SCHEMA}.memory_visible_to($3, x.created_by, x.session_id, x.position, x.id, x.expires_at)
                                FROM {SCHEMA}.session_lineage($1) l
                               CROSS JOIN LATERAL (
-                                    SELECT m.id, m.position, m.created_by, m.session_id FROM {SCHEMA}.memories m
+                                    SELECT m.id, m.position, m.created_by, m.session_id, m.expires_at FROM {SCHEMA}.memories m
                                      WHERE m.session_id OPERATOR(pg_catalog.=) l.lineage_session_id
                                        AND m.position OPERATOR(pg_catalog.<=) LEAST(l.visible_upto, $2)
+                                       AND (m.expires_at IS NULL OR m.expires_at OPERATOR(pg_catalog.>) pg_catalog.now())
                                      ORDER BY m.position DESC LIMIT 1) x
                               ORDER BY x.position DESC LIMIT 1"
                         )
@@ -515,7 +533,7 @@ unsafe fn fork_session(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
                                                AND m.position OPERATOR(pg_catalog.<=) l.visible_upto),
                                     readable.by_user
                                FROM {SCHEMA}.memories m
-                              CROSS JOIN LATERAL (SELECT {SCHEMA}.memory_visible_to($4, m.created_by, m.session_id, m.position, m.id)
+                              CROSS JOIN LATERAL (SELECT {SCHEMA}.memory_visible_to($4, m.created_by, m.session_id, m.position, m.id, m.expires_at)
                                                          AS by_user) readable
                               WHERE m.id OPERATOR(pg_catalog.=) $1 AND m.kind OPERATOR(pg_catalog.=) 'message'
                                 AND ($3 OR readable.by_user)"

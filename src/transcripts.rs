@@ -35,6 +35,8 @@ fn transcript_sql() -> String {
                  WHERE mm.session_id OPERATOR(pg_catalog.=) l.lineage_session_id
                    AND mm.position OPERATOR(pg_catalog.>) $2
                    AND mm.position OPERATOR(pg_catalog.<=) l.visible_upto
+                   -- (the read rule has it too; this is for roles that bypass row-level security)
+                   AND (mm.expires_at IS NULL OR mm.expires_at OPERATOR(pg_catalog.>) pg_catalog.now())
                  ORDER BY mm.position
                  LIMIT $3) m
           ORDER BY m.position

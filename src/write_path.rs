@@ -99,6 +99,29 @@ unsafe fn derive_row_fields(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
             changes.set(column(c"content_hash").expect("checked"), hash.into_datum());
         }
 
+        // (a catalog older than the library, between a package upgrade and ALTER EXTENSION
+        // UPDATE, has no expires_at and no memory types)
+        if let (true, Some(expires_at)) = (is_memories, new_attribute(c"expires_at")) {
+            let kind = new_attribute(c"kind").and_then(|a| a.value).map(|d| text_bytes(d));
+            if kind == Some(b"session".as_slice()) && expires_at.value.is_some() {
+                raise(
+                    PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                    "a session does not expire by itself".into(),
+                    Some("set how long its messages live with set_session_retention(session_id, message_ttl)"),
+                );
+            }
+            // (a kind cannot change, so only a new row's is checked; messages are written only by
+            // the conversation API, which sets their expiry from the session's retention)
+            if let (true, Some(kind)) = (inserting, kind.filter(|k| *k != b"message")) {
+                let default_expiry = memory_type_default_expiry(kind);
+                if expires_at.value.is_none() {
+                    if let Some(expiry) = default_expiry {
+                        changes.set(expires_at.number, Some(expiry));
+                    }
+                }
+            }
+        }
+
         let me = identity::current_memory_user().into_datum();
         let created_by = column(c"created_by").expect("memories and memory_edges have created_by");
         if inserting {
@@ -157,6 +180,40 @@ unsafe fn derive_row_fields(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
         );
         pg_sys::Datum::from(row)
     }
+}
+
+thread_local! {
+    static MEMORY_TYPE_EXPIRY: KeptPlan = const { KeptPlan::new() };
+}
+
+/// When a new memory of type `kind` expires by its type's default_ttl (None: never), or 22023
+/// when there is no such type.
+fn memory_type_default_expiry(kind: &[u8]) -> Option<pg_sys::Datum> {
+    let kind = String::from_utf8_lossy(kind);
+    let (known, expiry) = spi::connect(|spi| {
+        let found = spi.execute_kept(
+            &MEMORY_TYPE_EXPIRY,
+            || {
+                format!(
+                    "SELECT pg_catalog.now() OPERATOR(pg_catalog.+) t.default_ttl
+                       FROM {SCHEMA}.memory_types t WHERE t.name OPERATOR(pg_catalog.=) $1"
+                )
+            },
+            &[pg_sys::TEXTOID],
+            &[arg(kind.as_ref())],
+            Effect::Reads,
+        );
+        // (a timestamptz is passed by value)
+        (found.count() > 0, found.datum(0, 1))
+    });
+    if !known {
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("unknown memory type \"{}\"", kind.chars().take(64).collect::<String>()),
+            Some("the types are listed in memory_types; an administrator adds one with define_memory_type(name, description)"),
+        )
+    }
+    expiry
 }
 
 crate::fmgr::guarded_trigger_entry!(
@@ -226,6 +283,12 @@ unsafe fn log_memory_change(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
         };
         let row_id = value(current, c"id");
         let subject = value(current, c"created_by");
+        // an expired memory's content ends with it (see sql/audit.sql)
+        let redact = operation_name == "DELETE"
+            && table_name == "memories"
+            && value(old, c"expires_at").is_some_and(|expires| {
+                pg_sys::Datum::from(pg_sys::GetCurrentTransactionStartTimestamp()).value() as i64 >= expires.value() as i64
+            });
 
         // a table re-created (DROP and CREATE EXTENSION in this backend) has a new row type
         if kept_rowtype.get() != rowtype {
@@ -241,13 +304,17 @@ unsafe fn log_memory_change(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
                         "INSERT INTO {SCHEMA}.audit_log (table_name, operation, row_id, old_row, new_row, acting_user,
                                                          subject_user, db_role, txid)
                          VALUES ('{table_name}', $1, $2,
-                                 pg_catalog.to_jsonb($3) OPERATOR(pg_catalog.-) 'search_tsv'::pg_catalog.text,
+                                 CASE WHEN $7
+                                      THEN (pg_catalog.to_jsonb($3)
+                                            OPERATOR(pg_catalog.-) '{{search_tsv,content,content_embedding}}'::pg_catalog.text[])
+                                           OPERATOR(pg_catalog.||) '{{\"content_redacted\": true}}'::pg_catalog.jsonb
+                                      ELSE pg_catalog.to_jsonb($3) OPERATOR(pg_catalog.-) 'search_tsv'::pg_catalog.text END,
                                  pg_catalog.to_jsonb($4) OPERATOR(pg_catalog.-) 'search_tsv'::pg_catalog.text,
                                  $5, $6, {SCHEMA}.acting_db_role(), pg_catalog.txid_current())"
                     )
                 },
-                &[text, uuid, rowtype, rowtype, uuid, uuid],
-                &[arg(operation_name), row_id, composite(old, desc), composite(new, desc), arg(acting), subject],
+                &[text, uuid, rowtype, rowtype, uuid, uuid, pg_sys::BOOLOID],
+                &[arg(operation_name), row_id, composite(old, desc), composite(new, desc), arg(acting), subject, arg(redact)],
                 Effect::Writes,
             );
         });

@@ -40,6 +40,7 @@ const USER_FUNCTIONS: &[&str] = &[
     "session_channel",
     "session_lineage",
     "set_memory_user",
+    "set_session_retention",
     "share_memory",
     "traverse_memory_graph",
     "uuid_generate_v7",
@@ -88,6 +89,7 @@ const ROLE_FUNCTIONS: &[(&str, &[&str])] = &[
             "seal_audit_log",
             "store_embedding",
             "store_embedding_chunks",
+            "sweep_expired_memories",
         ],
     ),
     ("memoriesdb_auditor", &["seal_audit_log", "verify_audit_chain"]),
@@ -367,7 +369,7 @@ fn internal_functions_are_not_callable_and_direct_inserts_cannot_jam_a_session()
         "SELECT memoriesdb.ensure_event_relay()".to_string(),
         "SELECT memoriesdb.derive_row_fields()".to_string(),
         "SELECT memoriesdb.prevent_cycles()".to_string(),
-        format!("SELECT memoriesdb.memory_visible_to('{bob}', NULL, '{session}', 1, '{session}')"),
+        format!("SELECT memoriesdb.memory_visible_to('{bob}', NULL, '{session}', 1, '{session}', NULL)"),
         format!("SELECT memoriesdb.session_visible_to('{bob}', '{session}')"),
     ] {
         let r = b.batch_execute(&sql);

@@ -273,7 +273,7 @@ fn cases() -> Vec<Case> {
         fails("SELECT create_user('x')", &["42501"]),
         fails("SELECT * FROM verify_audit_chain()", &["42501"]),
         fails("SELECT create_vector_index(3)", &["42501"]),
-        fails("INSERT INTO memories (kind, content) VALUES ('Bad Kind!', 'x')", &["23514"]),
+        fails("INSERT INTO memories (kind, content) VALUES ('Bad Kind!', 'x')", &["22023"]),
         fails("INSERT INTO memories (content) VALUES (NULL)", &["23502"]),
         // messages are written through the API only (a direct one could jam the session's positions)
         fails("INSERT INTO memories (kind, content, session_id, position, role) VALUES ('message', 'x', '{s}', 1, 'user')", &["42501"]),

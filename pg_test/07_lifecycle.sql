@@ -1,0 +1,60 @@
+-- The lifecycle contract as psql users see it: memory types, importance, expiry, session
+-- retention and the sweep (sql/lifecycle.sql). Runs as the superuser, so row-level security
+-- does not apply here; tests/lifecycle.rs covers ordinary roles, grantees and strangers.
+BEGIN;
+SELECT plan(30);
+
+SELECT has_function('define_memory_type', ARRAY['text', 'text', 'real', 'interval'], 'define_memory_type(name, description, default_importance, default_ttl)');
+SELECT has_function('set_session_retention', ARRAY['uuid', 'interval', 'boolean'], 'set_session_retention(session_id, message_ttl, apply_to_existing)');
+SELECT has_function('sweep_expired_memories', ARRAY['integer'], 'sweep_expired_memories(lim)');
+SELECT is((SELECT pg_catalog.array_to_string(p.proargnames, ',') FROM pg_catalog.pg_proc p
+            WHERE p.oid = 'memoriesdb.set_session_retention'::regproc),
+          'session_id,message_ttl,apply_to_existing', 'set_session_retention''s argument names');
+SELECT has_column('memories', 'importance', 'memories.importance');
+SELECT col_type_is('memories', 'importance', 'real', 'importance is real');
+SELECT has_column('memories', 'expires_at', 'memories.expires_at');
+SELECT col_type_is('memories', 'expires_at', 'timestamp with time zone', 'expires_at is timestamptz');
+SELECT has_column('memory_sessions', 'message_ttl', 'memory_sessions.message_ttl');
+SELECT has_view('memory_types', 'the memory_types view');
+SELECT has_index('memories', 'memories_expiring', 'the sweep''s index');
+SELECT set_eq('SELECT name FROM memory_types WHERE builtin',
+              ARRAY['memory', 'session', 'message', 'fact', 'preference', 'entity', 'summary', 'persona', 'tool', 'workflow'],
+              'the built-in types');
+
+-- types
+SELECT throws_ok($$INSERT INTO memories (kind, content) VALUES ('nonexistent', 'x')$$, '22023', NULL, 'an unknown type is refused');
+SELECT throws_ok($$SELECT define_memory_type('Bad Name')$$, '22023', NULL, 'a bad type name is refused');
+SELECT throws_ok($$SELECT define_memory_type('t', NULL, 2)$$, '22023', NULL, 'an importance above 1 is refused');
+SELECT throws_ok($$SELECT define_memory_type('t', NULL, 0.5, interval '-1 day')$$, '22023', NULL, 'a negative TTL is refused');
+SELECT throws_ok($$SELECT define_memory_type('session', NULL, 0.5, interval '1 day')$$, '22023', NULL, 'sessions do not expire');
+SELECT is((SELECT default_ttl FROM define_memory_type('note', 'a note', 0.4, interval '2 hours')), interval '2 hours',
+          'a defined type');
+INSERT INTO memories (kind, content) VALUES ('note', 'a note') RETURNING id AS note \gset
+SELECT is((SELECT expires_at - _created_at FROM memories WHERE id = :'note'), interval '2 hours',
+          'a new memory expires by its type''s default_ttl');
+SELECT throws_ok($$INSERT INTO memories (content, importance) VALUES ('x', -0.1)$$, '23514', NULL, 'importance below 0 is refused');
+
+-- retention and expiry: a superuser's transcript hides expired messages too
+SELECT create_session('retention') AS s \gset
+SELECT add_message_to_session(:'s', 'user', 'first') AS m1 \gset
+SELECT throws_ok(format($$SELECT set_session_retention(%L, interval '0')$$, :'s'), '22023', NULL, 'a zero TTL is refused');
+SELECT is(set_session_retention(:'s', interval '1 hour', true), 1::bigint, 'existing messages dated on request');
+SELECT add_message_to_session(:'s', 'user', 'second') AS m2 \gset
+SELECT is((SELECT expires_at - _created_at FROM memories WHERE id = :'m2'), interval '1 hour',
+          'a new message lives for the session''s message_ttl');
+UPDATE memories SET expires_at = now() - interval '1 second' WHERE id = :'m1';
+SELECT is((SELECT array_agg(content ORDER BY position) FROM get_formatted_conversation(:'s')), ARRAY['second'],
+          'an expired message is not in the transcript, for a superuser either');
+SELECT is(get_conversation_text(:'s'), 'user: second', 'nor in the text');
+SELECT throws_ok(format($$UPDATE memories SET expires_at = now() WHERE id = %L$$, :'s'), '22023', NULL,
+                 'a session does not expire by itself');
+
+-- the sweep
+SELECT throws_ok($$SELECT sweep_expired_memories(0)$$, '22023', NULL, 'the sweep''s limit is positive');
+SELECT is(sweep_expired_memories(), 1::bigint, 'the sweep deletes the expired message');
+SELECT is((SELECT count(*) FROM memories WHERE id = :'m1'), 0::bigint, 'it is gone');
+SELECT is((SELECT old_row ? 'content' FROM audit_log WHERE row_id = :'m1' AND operation = 'DELETE'), false,
+          'its audit row has no content');
+
+SELECT * FROM finish();
+ROLLBACK;
