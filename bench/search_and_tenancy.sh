@@ -24,110 +24,13 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 [ "$(id -u)" = 0 ] || die "run as root (the cluster runs as the postgres user)"
 
-ROUNDS=${BENCH_ROUNDS:-3}
-SECS=${BENCH_SECONDS:-8}
+. bench/ab.sh
+BENCH_ROUNDS=${BENCH_ROUNDS:-3}
+BENCH_SECONDS=${BENCH_SECONDS:-8}
 ROWS=${BENCH_ROWS:-100000}
-PGBENCH=$PG_BIN/pgbench
-RES=bench/results/$(date -u +%Y%m%dT%H%M%SZ)-search
-mkdir -p "$RES"
-CLUSTER=/tmp/memoriesdb-bench-search-$$
-PORT=$(free_port 55700)
-trap 'cluster_stop "$CLUSTER" remove' EXIT
-cluster_start "$CLUSTER" "$PORT"
-DB=bench
-q() { cluster_psql "$CLUSTER" "$PORT" -d "$DB" -tA "$@"; }
-cluster_psql "$CLUSTER" "$PORT" -d postgres -c "CREATE DATABASE $DB"
-q -c "CREATE EXTENSION memoriesdb CASCADE" >/dev/null
-# as an administrator does (README, "Installing into a database"): the extension's schema on the
-# database's search_path, for the unqualified names below; the roles get memoriesdb_user
-q -c "ALTER DATABASE $DB SET search_path = \"\$user\", public, memoriesdb" >/dev/null
-
-{
-    echo "date:     $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
-    echo "cpu:      $(lscpu | sed -n 's/^Model name: *//p') ($(nproc) cores), memory $(free -h | awk '/^Mem:/ {print $2}')"
-    echo "load:     $(cut -d' ' -f1-3 /proc/loadavg)"
-    q -c "SELECT version()"
-    q -c "SELECT string_agg(extname || ' ' || extversion, ', ') FROM pg_extension WHERE extname <> 'plpgsql'"
-    echo "params:   rows=$ROWS rounds=$ROUNDS seconds=$SECS"
-} | tee "$RES/environment.txt" >&2
-
-# pgbench_tps NAME USER SCRIPT [CLIENTS]: one run, prints tps
-RUN=0
-pgbench_tps() {
-    local name=$1 user=$2 script=$3 clients=${4:-1} out
-    RUN=$((RUN + 1)); out=$RES/$name.$RUN.out
-    runuser -u postgres -- "$PGBENCH" -h localhost -p "$PORT" -U "$user" -n -c "$clients" -j "$(( clients < 2 ? 1 : 2 ))" \
-        -T "$SECS" -f "$script" "$DB" >"$out" 2>&1 || { cat "$out" >&2; die "pgbench $name failed"; }
-    awk '/^tps/ {print $3}' "$out"
-}
-# compare NAME_A USER_A SCRIPT_A NAME_B USER_B SCRIPT_B [CLIENTS] [SETUP_A] [SETUP_B]:
-# alternates A/B for ROUNDS rounds, prints "median_a median_b"
-compare() {
-    local na=$1 ua=$2 sa=$3 nb=$4 ub=$5 sb=$6 clients=${7:-1} setup_a=${8:-} setup_b=${9:-}
-    local a=() b=() r
-    for r in $(seq 1 "$ROUNDS"); do
-        if (( r % 2 )); then
-            [ -z "$setup_a" ] || eval "$setup_a"; a+=("$(pgbench_tps "$na" "$ua" "$sa" "$clients")")
-            [ -z "$setup_b" ] || eval "$setup_b"; b+=("$(pgbench_tps "$nb" "$ub" "$sb" "$clients")")
-        else
-            [ -z "$setup_b" ] || eval "$setup_b"; b+=("$(pgbench_tps "$nb" "$ub" "$sb" "$clients")")
-            [ -z "$setup_a" ] || eval "$setup_a"; a+=("$(pgbench_tps "$na" "$ua" "$sa" "$clients")")
-        fi
-    done
-    echo "$na: ${a[*]}" >>"$RES/rounds.txt"; echo "$nb: ${b[*]}" >>"$RES/rounds.txt"
-    python3 -c "import statistics,sys; a=[float(x) for x in sys.argv[1].split()]; b=[float(x) for x in sys.argv[2].split()]; print(statistics.median(a), statistics.median(b))" "${a[*]}" "${b[*]}"
-}
-RESULTS=$RES/summary.txt
-: >"$RESULTS"
-report() { printf '%-58s %s\n' "$1" "$2" | tee -a "$RESULTS" >&2; }
-
-#----------------------------------------------------------------------------------------------
-log "loading $ROWS memories of 100 users (text over a 2,000-word vocabulary, 384-dim embeddings in 50 clusters)"
-q <<SQL >/dev/null
-DO \$\$ DECLARE i int; BEGIN
-  FOR i IN 1..100 LOOP
-    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'bench_u' || i) THEN
-      EXECUTE format('CREATE ROLE bench_u%s LOGIN', i);
-    END IF;
-    EXECUTE format('GRANT memoriesdb_user TO bench_u%s', i);
-  END LOOP; END \$\$;
-SELECT create_user('user ' || i, ('bench_u' || i)::name) FROM generate_series(1, 100) i;
-SELECT setseed(0.17);
-CREATE TABLE bench_words AS SELECT g AS n, md5(g::text)::text AS w FROM generate_series(1, 2000) g;
-CREATE TABLE bench_centers AS
-  SELECT c, (SELECT array_agg(random() - 0.5) FROM generate_series(1, 384) WHERE c > 0) AS v FROM generate_series(1, 50) c;
--- bulk load as the owner with the row triggers off (hash, provenance, audit), then set what they set
-ALTER TABLE memories DISABLE TRIGGER USER;
-INSERT INTO memories (kind, content, created_by, updated_by, content_hash)
-SELECT 'memory',
-       array_to_string(ARRAY(SELECT v.a[1 + floor(power(random(), 2) * 1999)::int]
-                               FROM generate_series(1, 12 + 0 * g)), ' '),
-       u.id, u.id, ''
-  FROM generate_series(1, $ROWS) g
-  JOIN users u ON u.name = 'user ' || (1 + g % 100)
- CROSS JOIN (SELECT array_agg(w ORDER BY n) AS a FROM bench_words) v;
-UPDATE memories SET content_hash = content_sha256(content);
-ALTER TABLE memories ENABLE TRIGGER USER;
-TRUNCATE embedding_schedule;
-SQL
-log "embeddings"
-q <<'SQL' >/dev/null
-ALTER TABLE memories DISABLE TRIGGER USER;
-UPDATE memories m SET content_embedding = (
-    SELECT array_agg(c.v[k] + (random() - 0.5) * 0.35)::vector
-      FROM bench_centers c, generate_series(1, 384) k
-     WHERE c.c = 1 + (abs(hashtext(m.id::text)) % 50))
- WHERE m.kind = 'memory';
-ALTER TABLE memories ENABLE TRIGGER USER;
-CREATE TABLE bench_queries AS
-  SELECT g AS n, (SELECT array_agg(c.v[k] + (random() - 0.5) * 0.35)::vector FROM bench_centers c, generate_series(1, 384) k
-                  WHERE c.c = 1 + g % 50) AS v
-    FROM generate_series(1, 100) g;
-GRANT SELECT ON bench_queries, bench_words TO PUBLIC;
-SQL
-log "HNSW index (384 dimensions)"
-q -c "SELECT create_vector_index(384)" >/dev/null
-q -c "VACUUM ANALYZE memories" >/dev/null
+AB_PARAMS="rows=$ROWS"
+ab_start search 55700
+load_tenants "$ROWS"
 
 #----------------------------------------------------------------------------------------------
 log "vector search"

@@ -2,7 +2,7 @@
 -- retention and the sweep (sql/lifecycle.sql). Runs as the superuser, so row-level security
 -- does not apply here; tests/lifecycle.rs covers ordinary roles, grantees and strangers.
 BEGIN;
-SELECT plan(30);
+SELECT plan(36);
 
 SELECT has_function('define_memory_type', ARRAY['text', 'text', 'real', 'interval'], 'define_memory_type(name, description, default_importance, default_ttl)');
 SELECT has_function('set_session_retention', ARRAY['uuid', 'interval', 'boolean'], 'set_session_retention(session_id, message_ttl, apply_to_existing)');
@@ -55,6 +55,18 @@ SELECT is(sweep_expired_memories(), 1::bigint, 'the sweep deletes the expired me
 SELECT is((SELECT count(*) FROM memories WHERE id = :'m1'), 0::bigint, 'it is gone');
 SELECT is((SELECT old_row ? 'content' FROM audit_log WHERE row_id = :'m1' AND operation = 'DELETE'), false,
           'its audit row has no content');
+
+-- facts
+SELECT has_function('remember_fact', ARRAY['text', 'text', 'real', 'uuid', 'jsonb', 'uuid', 'timestamp with time zone'],
+                    'remember_fact(subject, statement, confidence, source_message, metadata, supersedes, valid_from)');
+SELECT has_function('facts', ARRAY['text', 'timestamp with time zone', 'boolean', 'integer'], 'facts(subject, as_of, include_superseded, lim)');
+SELECT throws_ok($$SELECT remember_fact('x', 'y', 1.01)$$, '22023', NULL, 'a confidence above 1 is refused');
+-- (as a user: a superuser acting as nobody gets a new fact each time)
+SELECT set_memory_user(create_user('fact keeper'));
+SELECT remember_fact('x', 'x is y', 0.4) AS f1 \gset
+SELECT is(remember_fact('x', 'x is y', 0.6), :'f1'::uuid, 'the same statement is the same fact');
+SELECT is((SELECT confidence || '/' || reinforcements FROM facts('x')), '0.6/2', 'reinforced, with the higher confidence');
+SELECT is((SELECT count(*) FROM facts('x', as_of => now() - interval '1 hour')), 0::bigint, 'not valid before it was stated');
 
 SELECT * FROM finish();
 ROLLBACK;

@@ -71,10 +71,12 @@ CREATE TRIGGER memories_50_audit AFTER DELETE ON @extschema@.memories
 CREATE TRIGGER memories_50_audit_update AFTER UPDATE ON @extschema@.memories
     FOR EACH ROW
     WHEN ((OLD.id, OLD.kind, OLD.content, OLD.content_hash, OLD.search_config, OLD._metadata, OLD.session_id,
-           OLD.position, OLD.role, OLD.created_by, OLD._created_at, OLD.importance, OLD.expires_at)
+           OLD.position, OLD.role, OLD.created_by, OLD._created_at, OLD.importance, OLD.expires_at,
+           OLD.valid_from, OLD.valid_to)
           IS DISTINCT FROM
           (NEW.id, NEW.kind, NEW.content, NEW.content_hash, NEW.search_config, NEW._metadata, NEW.session_id,
-           NEW.position, NEW.role, NEW.created_by, NEW._created_at, NEW.importance, NEW.expires_at)
+           NEW.position, NEW.role, NEW.created_by, NEW._created_at, NEW.importance, NEW.expires_at,
+           NEW.valid_from, NEW.valid_to)
           OR NOT @extschema@.acting_role_is('memoriesdb_worker'))
     EXECUTE FUNCTION @extschema@.log_memory_change();
 CREATE TRIGGER memory_edges_50_audit AFTER INSERT OR UPDATE OR DELETE ON @extschema@.memory_edges

@@ -50,7 +50,7 @@ GRANT EXECUTE ON FUNCTION
     @extschema@.search_memories, @extschema@.vector_search, @extschema@.hybrid_search, @extschema@.semantic_search,
     @extschema@.embed_text,
     @extschema@.add_edge, @extschema@.remove_edge, @extschema@.traverse_memory_graph,
-    @extschema@.delete_memory, @extschema@.set_session_retention,
+    @extschema@.delete_memory, @extschema@.set_session_retention, @extschema@.remember_fact, @extschema@.facts,
     @extschema@.share_memory, @extschema@.revoke_share,
     @extschema@.set_memory_user, @extschema@.current_memory_user,
     @extschema@.content_sha256, @extschema@.verify_memory_integrity, @extschema@.uuid_generate_v7
@@ -86,6 +86,7 @@ GRANT SELECT, INSERT ON @extschema@.memories, @extschema@.memory_edges TO memori
 -- column by column: the provenance trigger overrides created_by/updated_by and refuses changes
 -- of kind, session and position; the hash and the search vector are derived
 GRANT UPDATE (content, _metadata, role, content_embedding, embedding_model, search_config, importance, expires_at,
+              valid_from, valid_to,
               created_by, updated_by, _created_at, _updated_at, kind, session_id, position, content_hash)
     ON @extschema@.memories TO memoriesdb_user;
 GRANT UPDATE (source_id, target_id, relation, weight, _metadata, created_by, _created_at)
@@ -95,7 +96,7 @@ GRANT SELECT ON @extschema@.memory_sessions, @extschema@.memory_shares, @extsche
     @extschema@.users, @extschema@.audit_log, @extschema@.vector_indexes,
     @extschema@.memory_graph, @extschema@.memory_graph_edges,
     @extschema@.embedding_queue_status, @extschema@.embedding_coverage,
-    @extschema@.memory_types, @extschema@.memory_type_definitions
+    @extschema@.memory_types, @extschema@.memory_type_definitions, @extschema@.memory_facts
 TO memoriesdb_user;
 -- memory_chunks: nothing. Its passages reach users through the search functions (offsets only);
 -- a direct SELECT could ORDER BY the embedding, and the HNSW index would then rank other

@@ -231,7 +231,10 @@ GRANT EXECUTE ON FUNCTION @extschema@.vector_search(vector, double precision, in
 -- (expires_at: the rule refuses an expired memory, see the lifecycle below)
 ALTER TABLE @extschema@.memories
     ADD COLUMN importance real CONSTRAINT memories_importance_in_range CHECK (importance BETWEEN 0 AND 1),
-    ADD COLUMN expires_at timestamptz;
+    ADD COLUMN expires_at timestamptz,
+    ADD COLUMN valid_from timestamptz,
+    ADD COLUMN valid_to timestamptz,
+    ADD CONSTRAINT memories_validity_in_order CHECK (valid_to >= valid_from);
 CREATE FUNCTION @extschema@.memories_read_rule_sql(id text, created_by text, session_id text, "position" text, expires_at text,
                                                    me text, worker text)
 RETURNS text IMMUTABLE STRICT PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'memories_read_rule_sql_wrapper';
@@ -274,10 +277,12 @@ CREATE TRIGGER memories_50_audit AFTER DELETE ON @extschema@.memories
 CREATE TRIGGER memories_50_audit_update AFTER UPDATE ON @extschema@.memories
     FOR EACH ROW
     WHEN ((OLD.id, OLD.kind, OLD.content, OLD.content_hash, OLD.search_config, OLD._metadata, OLD.session_id,
-           OLD.position, OLD.role, OLD.created_by, OLD._created_at, OLD.importance, OLD.expires_at)
+           OLD.position, OLD.role, OLD.created_by, OLD._created_at, OLD.importance, OLD.expires_at,
+           OLD.valid_from, OLD.valid_to)
           IS DISTINCT FROM
           (NEW.id, NEW.kind, NEW.content, NEW.content_hash, NEW.search_config, NEW._metadata, NEW.session_id,
-           NEW.position, NEW.role, NEW.created_by, NEW._created_at, NEW.importance, NEW.expires_at)
+           NEW.position, NEW.role, NEW.created_by, NEW._created_at, NEW.importance, NEW.expires_at,
+           NEW.valid_from, NEW.valid_to)
           OR NOT @extschema@.acting_role_is('memoriesdb_worker'))
     EXECUTE FUNCTION @extschema@.log_memory_change();
 
@@ -569,12 +574,17 @@ ALTER TABLE @extschema@.memory_type_definitions FORCE ROW LEVEL SECURITY;
 CREATE POLICY memory_type_definitions_read ON @extschema@.memory_type_definitions FOR SELECT USING (true);
 ALTER VIEW @extschema@.memory_types SET (security_invoker = true);
 GRANT SELECT ON @extschema@.memory_types, @extschema@.memory_type_definitions TO memoriesdb_user;
+-- every kind already in use becomes a defined type, so that nothing written before stops working
+INSERT INTO @extschema@.memory_type_definitions (name, description)
+SELECT DISTINCT m.kind, 'in use before memory types (defined by the upgrade to 0.2.0)'
+  FROM @extschema@.memories m
+ WHERE NOT EXISTS (SELECT 1 FROM @extschema@.memory_types t WHERE t.name = m.kind);
 
 -- (memories.importance and expires_at are added above, with the read rule)
 DROP INDEX @extschema@.memories_created_by;
 CREATE INDEX memories_created_by ON @extschema@.memories (created_by, kind);
 CREATE INDEX memories_expiring ON @extschema@.memories (expires_at) WHERE expires_at IS NOT NULL;
-GRANT UPDATE (importance, expires_at) ON @extschema@.memories TO memoriesdb_user;
+GRANT UPDATE (importance, expires_at, valid_from, valid_to) ON @extschema@.memories TO memoriesdb_user;
 
 ALTER TABLE @extschema@.memory_sessions
     ADD COLUMN message_ttl interval CONSTRAINT memory_sessions_ttl_positive CHECK (message_ttl > interval '0');
@@ -758,32 +768,82 @@ $$;
 -- transcript, the forks' included, so deleting it changes nothing anyone sees.
 
 -- Delete up to `lim` expired memories (those whose expires_at has passed), oldest expiry first,
--- and return how many. With them go their edges, passages, shares and queue rows; forks made at
--- an expired message keep their fork point (fork_position; fork_message_id becomes NULL). Each
--- deletion is audited without the content (see sql/audit.sql). Rows another transaction holds
--- are skipped (a later sweep gets them), so sweeps never wait on writers and several may run at
--- once. Safe to run as often as you like, e.g. every minute from pg_cron:
+-- and return how many. With them go their edges, passages, shares, facts and queue rows; forks
+-- made at an expired message keep their fork point (fork_position; fork_message_id becomes NULL),
+-- and facts citing or superseded by one lose that link. Each deletion is audited — the memory's
+-- without its content (see sql/audit.sql), edges and shares as always. Rows another transaction
+-- holds are skipped (a later sweep gets them), so sweeps never wait on writers and several may
+-- run at once. Safe to run as often as you like, e.g. every minute from pg_cron:
 --   SELECT cron.schedule('memoriesdb-sweep', '* * * * *', 'SELECT memoriesdb.sweep_expired_memories()');
 -- For a backlog, call it until it returns less than lim. For workers and administrators.
+--
+-- Set-based, for speed: row by row, each deleted memory would cost a dozen trigger calls (the
+-- audit row, the forked-history check and one referential action per foreign key to memories).
+-- So the function runs with session_replication_role = replica, which skips them for its own
+-- statements only, and does their work itself, one statement per table. Everything it must do
+-- instead is listed here; tests/lifecycle.rs checks the list against the catalog (every foreign
+-- key to memories and every delete trigger of the tables touched), so a new one cannot be
+-- forgotten. Other transactions keep their checks: an edge written concurrently to a memory
+-- being swept waits for the row lock taken here and then fails its foreign key.
 CREATE FUNCTION @extschema@.sweep_expired_memories(lim integer DEFAULT 10000)
 RETURNS bigint
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET session_replication_role = replica AS $$
 DECLARE
-    deleted bigint;
+    doomed uuid[];
+    me uuid := @extschema@.current_memory_user();
+    actor name := @extschema@.acting_db_role();
+    tx bigint := txid_current();
 BEGIN
     IF lim IS NULL OR lim < 1 THEN
         RAISE EXCEPTION 'lim must be a positive number of memories, not %', coalesce(lim::text, 'NULL')
             USING ERRCODE = '22023';
     END IF;
-    WITH doomed AS (
-        SELECT m.id FROM @extschema@.memories m
-         WHERE m.expires_at <= now()
-         ORDER BY m.expires_at
-         LIMIT lim
-           FOR UPDATE SKIP LOCKED)
-    DELETE FROM @extschema@.memories m USING doomed WHERE m.id = doomed.id;
-    GET DIAGNOSTICS deleted = ROW_COUNT;
-    RETURN deleted;
+    -- (sessions never expire: derive_row_fields() refuses an expiry on one)
+    SELECT pg_catalog.array_agg(x.id) INTO doomed
+      FROM (SELECT m.id FROM @extschema@.memories m
+             WHERE m.expires_at <= now() AND m.kind <> 'session'
+             ORDER BY m.expires_at
+             LIMIT lim
+               FOR UPDATE SKIP LOCKED) x;
+    IF doomed IS NULL THEN
+        RETURN 0;
+    END IF;
+
+    -- the memories, audited as log_memory_change() audits an expired memory's deletion: the row
+    -- without search_tsv, content and content_embedding, marked content_redacted (built from the
+    -- other columns rather than by removing those from to_jsonb(row), which would first convert
+    -- them; tests/lifecycle.rs checks that both ways write the same row)
+    WITH gone AS (DELETE FROM @extschema@.memories m WHERE m.id = ANY (doomed)
+                  RETURNING m.id, m.kind, m.content_hash, m.embedding_model, m.search_config, m._metadata,
+                            m.session_id, m.position, m.role, m._created_at, m._updated_at, m.created_by,
+                            m.updated_by, m.importance, m.expires_at, m.valid_from, m.valid_to)
+    INSERT INTO @extschema@.audit_log (table_name, operation, row_id, old_row, new_row, acting_user, subject_user, db_role, txid)
+    SELECT 'memories', 'DELETE', g.id, pg_catalog.to_jsonb(g) || '{"content_redacted": true}'::jsonb,
+           NULL, me, g.created_by, actor, tx
+      FROM gone g ORDER BY g.expires_at, g.id;
+    -- memory_edges (source_id, target_id: ON DELETE CASCADE), audited by memory_edges_50_audit
+    WITH gone AS (DELETE FROM @extschema@.memory_edges e
+                   WHERE e.source_id = ANY (doomed) OR e.target_id = ANY (doomed) RETURNING e.*)
+    INSERT INTO @extschema@.audit_log (table_name, operation, row_id, old_row, new_row, acting_user, subject_user, db_role, txid)
+    SELECT 'memory_edges', 'DELETE', g.id, pg_catalog.to_jsonb(g), NULL, me, g.created_by, actor, tx
+      FROM gone g ORDER BY g.id;
+    -- memory_shares (memory_id: CASCADE), audited by memory_shares_50_audit, and what a share of a
+    -- session derived (memory_share_segments: CASCADE from memory_shares)
+    WITH gone AS (DELETE FROM @extschema@.memory_shares s WHERE s.memory_id = ANY (doomed) RETURNING s.*)
+    INSERT INTO @extschema@.audit_log (table_name, operation, row_id, old_row, new_row, acting_user, subject_user, db_role, txid)
+    SELECT 'memory_shares', 'DELETE', g.memory_id, pg_catalog.to_jsonb(g), NULL, me, g.granted_by, actor, tx
+      FROM gone g ORDER BY g.memory_id, g.grantee;
+    DELETE FROM @extschema@.memory_share_segments g WHERE g.shared_memory = ANY (doomed);
+    -- CASCADE
+    DELETE FROM @extschema@.memory_chunks c WHERE c.memory_id = ANY (doomed);
+    DELETE FROM @extschema@.embedding_schedule q WHERE q.memory_id = ANY (doomed);
+    DELETE FROM @extschema@.vindexing_schedule v WHERE v.memory_id = ANY (doomed);
+    DELETE FROM @extschema@.memory_facts f WHERE f.memory_id = ANY (doomed);
+    -- SET NULL
+    UPDATE @extschema@.memory_facts f SET source_message = NULL WHERE f.source_message = ANY (doomed);
+    UPDATE @extschema@.memory_facts f SET superseded_by = NULL WHERE f.superseded_by = ANY (doomed);
+    UPDATE @extschema@.memory_sessions s SET fork_message_id = NULL WHERE s.fork_message_id = ANY (doomed);
+    RETURN pg_catalog.cardinality(doomed);
 END
 $$;
 
@@ -792,3 +852,148 @@ REVOKE ALL ON FUNCTION @extschema@.define_memory_type(text, text, real, interval
     @extschema@.sweep_expired_memories(integer) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION @extschema@.set_session_retention(uuid, interval, boolean) TO memoriesdb_user;
 GRANT EXECUTE ON FUNCTION @extschema@.sweep_expired_memories(integer) TO memoriesdb_worker;
+
+-- ---------------------------------------------------------------------------------------------
+-- Facts (sql/facts.sql). (memories.valid_from and valid_to are added above, with the read rule)
+-- ---------------------------------------------------------------------------------------------
+CREATE TABLE @extschema@.memory_facts (
+    memory_id      uuid PRIMARY KEY REFERENCES @extschema@.memories (id) ON DELETE CASCADE,
+    -- the fact's owner (its memory's creator), here so that a user's facts are one index range
+    owner_id       uuid REFERENCES @extschema@.users (id),
+    subject        text NOT NULL CHECK (length(btrim(subject)) BETWEEN 1 AND 500),
+    confidence     real NOT NULL CONSTRAINT memory_facts_confidence_in_range CHECK (confidence BETWEEN 0 AND 1),
+    reinforcements integer NOT NULL DEFAULT 1 CHECK (reinforcements >= 1),
+    last_stated_at timestamptz NOT NULL DEFAULT now(),
+    source_message uuid REFERENCES @extschema@.memories (id) ON DELETE SET NULL,
+    superseded_by  uuid REFERENCES @extschema@.memories (id) ON DELETE SET NULL
+);
+COMMENT ON TABLE @extschema@.memory_facts IS 'Facts: subject, confidence, reinforcements, source and successor of memories of type fact';
+CREATE INDEX memory_facts_subject ON @extschema@.memory_facts (owner_id, lower(subject));
+CREATE INDEX memory_facts_source ON @extschema@.memory_facts (source_message) WHERE source_message IS NOT NULL;
+CREATE INDEX memory_facts_successor ON @extschema@.memory_facts (superseded_by) WHERE superseded_by IS NOT NULL;
+-- remember_fact()'s lookup of a statement the user already holds
+CREATE INDEX memories_facts_by_hash ON @extschema@.memories (created_by, content_hash) WHERE kind = 'fact';
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.memory_facts', '');
+
+-- Remember a fact: `statement` about `subject`, with `confidence` in [0, 1], optionally taken from
+-- `source_message` (a message you can see), valid from `valid_from` (default now), replacing the
+-- fact `supersedes` (one of yours, still valid: it gets valid_to = now and superseded_by = the new
+-- fact). Returns the fact's id. If you already hold a valid fact with the same statement, that
+-- fact is returned instead of a new one: its reinforcements go up by one and its confidence to
+-- the higher of the two (and a `supersedes` given points to it).
+CREATE FUNCTION @extschema@.remember_fact(
+    subject text,
+    statement text,
+    confidence real DEFAULT 0.8,
+    source_message uuid DEFAULT NULL,
+    metadata jsonb DEFAULT '{}',
+    supersedes uuid DEFAULT NULL,
+    valid_from timestamptz DEFAULT NULL)
+RETURNS uuid
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    me uuid := @extschema@.require_acting_user();
+    unrestricted boolean := @extschema@.acting_role_bypasses_rls();
+    clean_metadata jsonb := @extschema@.metadata_object(remember_fact.metadata, 'metadata');
+    hash text;
+    fact uuid;
+    replaced record;
+BEGIN
+    IF remember_fact.subject IS NULL OR remember_fact.statement IS NULL THEN
+        RAISE EXCEPTION '% must not be NULL', CASE WHEN remember_fact.subject IS NULL THEN 'subject' ELSE 'statement' END
+            USING ERRCODE = '22004';
+    END IF;
+    IF length(btrim(remember_fact.subject)) NOT BETWEEN 1 AND 500 THEN
+        RAISE EXCEPTION 'subject must be 1 to 500 characters, not blank' USING ERRCODE = '22023';
+    END IF;
+    IF btrim(remember_fact.statement) = '' THEN
+        RAISE EXCEPTION 'statement must not be blank' USING ERRCODE = '22023';
+    END IF;
+    IF remember_fact.confidence IS NULL OR NOT (remember_fact.confidence BETWEEN 0 AND 1) THEN
+        RAISE EXCEPTION 'confidence must be between 0 and 1, not %', coalesce(remember_fact.confidence::text, 'NULL')
+            USING ERRCODE = '22023';
+    END IF;
+    IF remember_fact.source_message IS NOT NULL AND NOT EXISTS (
+           SELECT 1 FROM @extschema@.memories m
+            WHERE m.id = remember_fact.source_message AND m.kind = 'message'
+              AND (unrestricted OR @extschema@.memory_visible_to(me, m.created_by, m.session_id, m.position, m.id, m.expires_at))) THEN
+        RAISE EXCEPTION 'message % does not exist', remember_fact.source_message USING ERRCODE = 'P0002';
+    END IF;
+    -- one statement of a user's at a time: the lookup below and the insert are one step (a row
+    -- lock that foreign-key checks of the user's other writes do not wait for)
+    PERFORM 1 FROM @extschema@.users u WHERE u.id = me FOR NO KEY UPDATE;
+    IF remember_fact.supersedes IS NOT NULL THEN
+        SELECT m.id, m.valid_to, f.superseded_by INTO replaced
+          FROM @extschema@.memories m JOIN @extschema@.memory_facts f ON f.memory_id = m.id
+         WHERE m.id = remember_fact.supersedes AND (unrestricted OR m.created_by = me)
+           AND (m.expires_at IS NULL OR m.expires_at > now())
+           FOR UPDATE OF m;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'fact % does not exist', remember_fact.supersedes
+                USING ERRCODE = 'P0002', HINT = 'supersedes names one of your own facts';
+        END IF;
+        IF replaced.valid_to IS NOT NULL AND replaced.valid_to <= now() THEN
+            RAISE EXCEPTION 'fact % is no longer valid (superseded by %)', remember_fact.supersedes,
+                coalesce(replaced.superseded_by::text, 'nothing') USING ERRCODE = '22023';
+        END IF;
+    END IF;
+
+    hash := @extschema@.content_sha256(remember_fact.statement);
+    SELECT m.id INTO fact
+      FROM @extschema@.memories m
+     WHERE m.kind = 'fact' AND m.created_by = me AND m.content_hash = hash
+       AND m.content = remember_fact.statement
+       AND (m.valid_to IS NULL OR m.valid_to > now()) AND (m.expires_at IS NULL OR m.expires_at > now())
+     ORDER BY m._created_at LIMIT 1;
+    IF FOUND THEN
+        UPDATE @extschema@.memory_facts f
+           SET reinforcements = f.reinforcements + 1, last_stated_at = now(),
+               confidence = greatest(f.confidence, remember_fact.confidence)
+         WHERE f.memory_id = fact;
+    ELSE
+        fact := @extschema@.uuid_generate_v7();
+        INSERT INTO @extschema@.memories (id, kind, content, _metadata, valid_from)
+        VALUES (fact, 'fact', remember_fact.statement, clean_metadata, coalesce(remember_fact.valid_from, now()));
+        INSERT INTO @extschema@.memory_facts (memory_id, owner_id, subject, confidence, source_message)
+        VALUES (fact, me, btrim(remember_fact.subject), remember_fact.confidence, remember_fact.source_message);
+    END IF;
+    IF remember_fact.supersedes IS NOT NULL AND remember_fact.supersedes <> fact THEN
+        UPDATE @extschema@.memories m SET valid_to = now() WHERE m.id = remember_fact.supersedes;
+        UPDATE @extschema@.memory_facts f SET superseded_by = fact WHERE f.memory_id = remember_fact.supersedes;
+    END IF;
+    RETURN fact;
+END
+$$;
+
+-- The facts you can see, most confident first: about `subject` (any letter case; NULL: all),
+-- valid at `as_of` (default now: the current ones), or every version with include_superseded.
+-- Runs as the caller, under row-level security.
+CREATE FUNCTION @extschema@.facts(
+    subject text DEFAULT NULL,
+    as_of timestamptz DEFAULT NULL,
+    include_superseded boolean DEFAULT false,
+    lim integer DEFAULT 100)
+RETURNS TABLE (fact_id uuid, subject text, statement text, confidence real, reinforcements integer,
+               valid_from timestamptz, valid_to timestamptz, superseded_by uuid, source_message uuid,
+               owner_id uuid, created_at timestamptz)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT m.id, f.subject, m.content, f.confidence, f.reinforcements, m.valid_from, m.valid_to,
+           f.superseded_by, f.source_message, f.owner_id, m._created_at
+      FROM @extschema@.memory_facts f
+      JOIN @extschema@.memories m ON m.id = f.memory_id
+     WHERE (facts.subject IS NULL OR lower(f.subject) = lower(btrim(facts.subject)))
+       AND (facts.include_superseded
+            OR ((m.valid_from IS NULL OR m.valid_from <= coalesce(facts.as_of, now()))
+                AND (m.valid_to IS NULL OR m.valid_to > coalesce(facts.as_of, now()))))
+     ORDER BY f.confidence DESC, m._created_at DESC, m.id
+     LIMIT @extschema@.search_limit(facts.lim)
+$$;
+ALTER TABLE @extschema@.memory_facts ENABLE ROW LEVEL SECURITY;
+ALTER TABLE @extschema@.memory_facts FORCE ROW LEVEL SECURITY;
+CREATE POLICY memory_facts_read ON @extschema@.memory_facts FOR SELECT
+    USING (EXISTS (SELECT 1 FROM @extschema@.memories m WHERE m.id = memory_facts.memory_id));
+GRANT SELECT ON @extschema@.memory_facts TO memoriesdb_user;
+REVOKE ALL ON FUNCTION @extschema@.remember_fact(text, text, real, uuid, jsonb, uuid, timestamptz),
+    @extschema@.facts(text, timestamptz, boolean, integer) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.remember_fact(text, text, real, uuid, jsonb, uuid, timestamptz),
+    @extschema@.facts(text, timestamptz, boolean, integer) TO memoriesdb_user;

@@ -71,6 +71,8 @@ ALTER TABLE @extschema@.audit_log ENABLE ROW LEVEL SECURITY;
 ALTER TABLE @extschema@.audit_log FORCE ROW LEVEL SECURITY;
 ALTER TABLE @extschema@.embedding_schedule ENABLE ROW LEVEL SECURITY;
 ALTER TABLE @extschema@.embedding_schedule FORCE ROW LEVEL SECURITY;
+ALTER TABLE @extschema@.memory_facts ENABLE ROW LEVEL SECURITY;
+ALTER TABLE @extschema@.memory_facts FORCE ROW LEVEL SECURITY;
 ALTER TABLE @extschema@.memory_chunks ENABLE ROW LEVEL SECURITY;
 ALTER TABLE @extschema@.memory_chunks FORCE ROW LEVEL SECURITY;
 -- the outbox has no policy at all: only the relay (a superuser) and emit_events() (SECURITY
@@ -183,6 +185,11 @@ CREATE POLICY vindexing_schedule_workers ON @extschema@.vindexing_schedule FOR A
 CREATE POLICY memory_chunks_read ON @extschema@.memory_chunks FOR SELECT
     USING (EXISTS (SELECT 1 FROM @extschema@.memories m
                     WHERE m.id = memory_chunks.memory_id AND m.content_hash = memory_chunks.content_hash));
+
+-- facts: readable with their memory (the subquery reads memories through memories_read);
+-- written only by remember_fact()
+CREATE POLICY memory_facts_read ON @extschema@.memory_facts FOR SELECT
+    USING (EXISTS (SELECT 1 FROM @extschema@.memories m WHERE m.id = memory_facts.memory_id));
 
 -- the memory types are not secret (written only by define_memory_type())
 CREATE POLICY memory_type_definitions_read ON @extschema@.memory_type_definitions FOR SELECT USING (true);

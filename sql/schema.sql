@@ -131,11 +131,16 @@ CREATE TABLE @extschema@.memories (
     -- and sweep_expired_memories() deletes it. Set from the type's default_ttl (or the session's
     -- message_ttl) when a memory is written without one; NULL: it never expires.
     expires_at        timestamptz,
+    -- when what the memory says holds (facts: see sql/facts.sql); NULL: since always / for ever.
+    -- The searches return only memories valid now; a superseded fact gets valid_to.
+    valid_from        timestamptz,
+    valid_to          timestamptz,
     -- a (nearly) zero embedding has no direction: pgvector's single-precision cosine distance to
     -- it comes out as 0, so it would match every query at similarity 1
     -- (the operator qualified: it is resolved at install, where pgvector's schema is on the path)
     CONSTRAINT memories_embedding_not_near_zero
         CHECK (content_embedding IS NULL OR vector_norm(content_embedding) OPERATOR(pg_catalog.>=) 1e-10::pg_catalog.float8),
+    CONSTRAINT memories_validity_in_order CHECK (valid_to >= valid_from),
     CONSTRAINT memories_message_fields CHECK (
         (kind = 'message') = (session_id IS NOT NULL AND position IS NOT NULL AND role IS NOT NULL))
 );

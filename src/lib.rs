@@ -86,10 +86,11 @@ extension_sql_file!("../sql/search.sql", name = "search", requires = ["sessions"
 extension_sql_file!("../sql/embeddings.sql", name = "embeddings", requires = ["search"]);
 extension_sql_file!("../sql/events.sql", name = "events", requires = ["embeddings", events::ensure_event_relay]);
 extension_sql_file!("../sql/lifecycle.sql", name = "lifecycle", requires = ["sessions", "sharing"]);
+extension_sql_file!("../sql/facts.sql", name = "facts", requires = ["lifecycle", search::search_limit]);
 extension_sql_file!(
     "../sql/policies.sql",
     name = "policies",
-    requires = ["sharing", "graph", "audit", "events", "lifecycle", policies::memories_read_rule_sql]
+    requires = ["sharing", "graph", "audit", "events", "lifecycle", "facts", policies::memories_read_rule_sql]
 );
 extension_sql_file!("../sql/finalize.sql", name = "finalize", requires = ["policies"], finalize);
 

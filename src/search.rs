@@ -138,11 +138,14 @@ fn all_parameter_types(vector: pg_sys::Oid) -> Vec<pg_sys::Oid> {
     types
 }
 
-/// The rule, the filters and (for a session) the lineage, for memories `m`.
+/// The rule, the memory's validity in time and the filters, for memories `m`.
 fn visible_and_filtered() -> String {
     let rule = memories_read_rule(&MemoryColumns::of_row("m"), ME, WORKER);
     format!(
         "{rule}
+         -- only what holds now (a superseded fact has a valid_to: facts() reads the history)
+         AND (m.valid_from IS NULL OR m.valid_from OPERATOR(pg_catalog.<=) pg_catalog.now())
+         AND (m.valid_to IS NULL OR m.valid_to OPERATOR(pg_catalog.>) pg_catalog.now())
          AND ($4 IS NULL OR m.kind OPERATOR(pg_catalog.=) $4)
          AND ($5 IS NULL OR m._metadata OPERATOR(pg_catalog.@>) $5)"
     )

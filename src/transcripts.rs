@@ -22,8 +22,15 @@ thread_local! {
 
 /// The messages of session $1's branch after position $2, at most $3 of them (NULL: all), with
 /// their metadata when $4: each segment is read from the first position after $2, so a late
-/// page of a long transcript does not read the pages before it.
-const TRANSCRIPT_TYPES: [pg_sys::Oid; 4] = [UUID, INT8, INT4, BOOL];
+/// page of a long transcript does not read the pages before it. $5: row-level security applies
+/// to the caller (see rls_applies()).
+const TRANSCRIPT_TYPES: [pg_sys::Oid; 5] = [UUID, INT8, INT4, BOOL, BOOL];
+
+/// Does row-level security filter the caller's reads ($5 of the transcript)? Expired messages are
+/// then refused by the read rule, and the transcript need not look at their expiry again.
+fn rls_applies() -> bool {
+    !crate::identity::acting_role_bypasses_rls()
+}
 fn transcript_sql() -> String {
     format!(
         "SELECT m.position, m.role, m.content, m.id, m.session_id, m._created_at,
@@ -35,8 +42,9 @@ fn transcript_sql() -> String {
                  WHERE mm.session_id OPERATOR(pg_catalog.=) l.lineage_session_id
                    AND mm.position OPERATOR(pg_catalog.>) $2
                    AND mm.position OPERATOR(pg_catalog.<=) l.visible_upto
-                   -- (the read rule has it too; this is for roles that bypass row-level security)
-                   AND (mm.expires_at IS NULL OR mm.expires_at OPERATOR(pg_catalog.>) pg_catalog.now())
+                   -- the read rule refuses expired memories; for roles that bypass row-level
+                   -- security ($5 false) the transcript does
+                   AND ($5 OR mm.expires_at IS NULL OR mm.expires_at OPERATOR(pg_catalog.>) pg_catalog.now())
                  ORDER BY mm.position
                  LIMIT $3) m
           ORDER BY m.position
@@ -101,7 +109,7 @@ unsafe fn return_transcript(
             crate::search::checked_limit(n, "lim");
         }
         let plan = spi::kept(&TRANSCRIPT_PAGE, transcript_sql, &TRANSCRIPT_TYPES);
-        spi.return_rows(plan, &[Some(session), arg(after), arg(lim), include_metadata], &result);
+        spi.return_rows(plan, &[Some(session), arg(after), arg(lim), include_metadata, arg(rls_applies())], &result);
     });
     pg_sys::Datum::from(0)
 }
@@ -125,7 +133,7 @@ unsafe fn get_conversation_text(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Dat
                 )
             },
             &TRANSCRIPT_TYPES,
-            &[Some(session), arg(0i64), None, arg(false)],
+            &[Some(session), arg(0i64), None, arg(false), arg(rls_applies())],
             Effect::Reads,
         );
         let value = text.datum(0, 1).expect("coalesce(..., '') is never NULL");

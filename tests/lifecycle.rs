@@ -262,7 +262,7 @@ fn a_sessions_retention_sets_its_messages_expiry_and_only_its_owner_changes_it()
 fn the_sweep_deletes_what_expired_with_what_hangs_off_it_and_keeps_the_audit_chain_without_the_content() {
     let db = TestDb::new();
     let mut alice = db.connect();
-    let (worker_role, _) = db.extra_role("worker");
+    let (worker_role, worker_user) = db.extra_role("worker");
     db.grant("memoriesdb_worker", &worker_role);
     let mut worker = db.connect_as(&worker_role);
     let (bob_role, bob) = db.extra_role("bob");
@@ -337,6 +337,15 @@ fn the_sweep_deletes_what_expired_with_what_hangs_off_it_and_keeps_the_audit_cha
         assert!(!row.get::<_, bool>(1));
         assert_eq!(row.get::<_, Option<String>>(2).as_deref(), Some("true"));
         assert_eq!(row.get::<_, Option<String>>(3).map(|h| h.len()), Some(64));
+    }
+    // what went with them is audited as the triggers would have: the edge and the share
+    for (table, row) in [("memory_edges", None), ("memory_shares", Some(doomed))] {
+        let sql = format!(
+            "SELECT count(*) FROM memoriesdb.audit_log WHERE table_name = '{table}' AND operation = 'DELETE'
+                AND acting_user = '{worker_user}' AND db_role = '{worker_role}' {}",
+            row.map(|r| format!("AND row_id = '{r}' AND old_row->>'grantee' = '{bob}'")).unwrap_or_default()
+        );
+        assert_eq!(count(&mut admin, &sql), 1, "{table}: {sql}");
     }
     let any_content = count(
         &mut admin,
@@ -440,4 +449,219 @@ fn changes_of_importance_and_expiry_are_audited() {
     assert_eq!(changes.len(), 2, "{changes:?}");
     assert_eq!(changes[0].0.as_deref(), Some("0.9"));
     assert!(changes[1].1.as_deref().is_some_and(|t| t.starts_with("2999-01-01")));
+}
+
+#[test]
+fn facts_are_reinforced_superseded_and_read_as_of_a_time() {
+    let db = TestDb::new();
+    let mut alice = db.connect();
+    let (bob_role, _) = db.extra_role("bob");
+    let mut bob = db.connect_as(&bob_role);
+
+    let remember = |c: &mut Client, sql: &str| -> Uuid { c.query_one(sql, &[]).unwrap_or_else(|e| panic!("{sql}: {}", error_shape(&e, &[]))).get(0) };
+    let tea = remember(&mut alice, "SELECT remember_fact('Alice', 'alice prefers tea', 0.7)");
+    // stating it again reinforces the same fact, with the higher confidence
+    assert_eq!(remember(&mut alice, "SELECT remember_fact('alice', 'alice prefers tea', 0.9)"), tea);
+    assert_eq!(remember(&mut alice, "SELECT remember_fact('alice', 'alice prefers tea', 0.5)"), tea);
+    let (confidence, reinforcements): (f32, i32) = alice
+        .query_one("SELECT confidence, reinforcements FROM facts('ALICE')", &[])
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    assert_eq!((confidence, reinforcements), (0.9, 3));
+    let before: std::time::SystemTime = alice.query_one("SELECT now()", &[]).unwrap().get(0);
+    thread::sleep(Duration::from_millis(20));
+
+    // a new fact supersedes it: the old one stays readable as of an earlier time
+    let coffee = remember(&mut alice, &format!("SELECT remember_fact('alice', 'alice switched to coffee', 0.8, supersedes => '{tea}')"));
+    let now: Vec<String> = alice.query("SELECT statement FROM facts('alice')", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+    assert_eq!(now, vec!["alice switched to coffee"]);
+    let then: Vec<String> =
+        alice.query("SELECT statement FROM facts('alice', as_of => $1)", &[&before]).unwrap().iter().map(|r| r.get(0)).collect();
+    assert_eq!(then, vec!["alice prefers tea"]);
+    let history = alice
+        .query("SELECT fact_id, valid_to IS NOT NULL, superseded_by FROM facts('alice', include_superseded => true) ORDER BY created_at", &[])
+        .unwrap();
+    assert_eq!(history.len(), 2);
+    assert_eq!((history[0].get::<_, Uuid>(0), history[0].get::<_, bool>(1), history[0].get::<_, Option<Uuid>>(2)), (tea, true, Some(coffee)));
+    assert_eq!((history[1].get::<_, Uuid>(0), history[1].get::<_, bool>(1)), (coffee, false));
+    // searches return only facts valid now
+    assert_eq!(count(&mut alice, "SELECT count(*) FROM search_memories('tea')"), 0);
+    assert_eq!(count(&mut alice, "SELECT count(*) FROM search_memories('coffee', kind_filter => 'fact')"), 1);
+    // stating the superseded fact again makes a new, current one
+    let tea_again = remember(&mut alice, "SELECT remember_fact('alice', 'alice prefers tea', 0.6)");
+    assert_ne!(tea_again, tea);
+
+    // with a source message
+    let session: Uuid = alice.query_one("SELECT create_session('chat')", &[]).unwrap().get(0);
+    let message: Uuid = alice.query_one("SELECT add_message_to_session($1, 'user', 'I live in Lyon')", &[&session]).unwrap().get(0);
+    let lyon = remember(&mut alice, &format!("SELECT remember_fact('alice', 'alice lives in Lyon', 0.95, '{message}')"));
+    let source: Option<Uuid> = alice.query_one("SELECT source_message FROM facts() WHERE fact_id = $1", &[&lyon]).unwrap().get(0);
+    assert_eq!(source, Some(message));
+
+    // bad input and other users: clear errors, nothing written
+    let facts_before = count(&mut alice, "SELECT count(*) FROM memory_facts");
+    for (sql, state) in [
+        ("SELECT remember_fact('alice', 'x', 1.5)".to_string(), "22023"),
+        ("SELECT remember_fact('alice', 'x', -0.1)".to_string(), "22023"),
+        ("SELECT remember_fact('alice', 'x', 'NaN')".to_string(), "22023"),
+        ("SELECT remember_fact('alice', 'x', NULL)".to_string(), "22023"),
+        ("SELECT remember_fact(NULL, 'x')".to_string(), "22004"),
+        ("SELECT remember_fact('alice', NULL)".to_string(), "22004"),
+        ("SELECT remember_fact('  ', 'x')".to_string(), "22023"),
+        ("SELECT remember_fact('alice', '   ')".to_string(), "22023"),
+        ("SELECT remember_fact('alice', 'x', metadata => '[1]')".to_string(), "22023"),
+        (format!("SELECT remember_fact('alice', 'x', supersedes => '{tea}')"), "22023"),
+        (format!("SELECT remember_fact('alice', 'x', supersedes => '{}')", Uuid::new_v4()), "P0002"),
+        (format!("SELECT remember_fact('alice', 'x', source_message => '{}')", Uuid::new_v4()), "P0002"),
+    ] {
+        expect_error(&mut alice, &sql, state);
+    }
+    // bob can neither see alice's facts, nor supersede them, nor cite her messages
+    assert_eq!(count(&mut bob, "SELECT count(*) FROM facts()"), 0);
+    assert_eq!(count(&mut bob, "SELECT count(*) FROM memory_facts"), 0);
+    expect_error(&mut bob, &format!("SELECT remember_fact('alice', 'alice likes nothing', supersedes => '{coffee}')"), "P0002");
+    expect_error(&mut bob, &format!("SELECT remember_fact('alice', 'alice said so', source_message => '{message}')"), "P0002");
+    // the same statement by bob is bob's own fact
+    let bobs = remember(&mut bob, "SELECT remember_fact('alice', 'alice lives in Lyon', 0.5)");
+    assert_ne!(bobs, lyon);
+    assert_eq!(count(&mut alice, "SELECT count(*) FROM memory_facts"), facts_before);
+    assert_eq!(count(&mut alice, "SELECT reinforcements::bigint FROM facts() WHERE statement = 'alice lives in Lyon'"), 1);
+    // facts are not written directly
+    expect_error(
+        &mut alice,
+        &format!("INSERT INTO memory_facts (memory_id, subject, confidence) VALUES ('{lyon}', 'x', 1)"),
+        "42501",
+    );
+}
+
+/// The same fact stated by many connections at once is one fact, reinforced once per statement.
+#[test]
+fn the_same_fact_stated_concurrently_is_one_fact() {
+    let db = TestDb::new();
+    const CLIENTS: usize = 8;
+    let barrier = Arc::new(std::sync::Barrier::new(CLIENTS));
+    let ids: Vec<Uuid> = (0..CLIENTS)
+        .map(|_| {
+            let mut c = db.connect();
+            let barrier = barrier.clone();
+            thread::spawn(move || {
+                barrier.wait();
+                c.query_one("SELECT remember_fact('bob', 'bob is allergic to peanuts', 0.9)", &[]).unwrap().get::<_, Uuid>(0)
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .collect();
+    assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
+    let mut alice = db.connect();
+    assert_eq!(count(&mut alice, "SELECT reinforcements::bigint FROM facts('bob')"), CLIENTS as i64);
+    assert_eq!(count(&mut alice, "SELECT count(*) FROM memories WHERE kind = 'fact'"), 1);
+}
+
+/// sweep_expired_memories() runs with session_replication_role = replica and does by hand what
+/// the foreign keys to memories and the delete triggers would do (sql/lifecycle.sql). This holds
+/// that list to the catalog: a new foreign key or delete trigger must be added to the sweep.
+#[test]
+fn the_sweep_handles_every_foreign_key_to_memories_and_every_delete_trigger() {
+    let db = TestDb::new();
+    let mut admin = db.admin();
+    let rows = |admin: &mut Client, sql: &str| -> Vec<String> {
+        let mut v: Vec<String> = admin.query(sql, &[]).unwrap().iter().map(|r| r.get(0)).collect();
+        v.sort();
+        v
+    };
+    let foreign_keys = rows(
+        &mut admin,
+        "SELECT (SELECT r.relname::text FROM pg_class r WHERE r.oid = c.conrelid) || '.' || a.attname || ' ' || c.confdeltype::text
+           FROM pg_constraint c
+           JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = ANY (c.conkey)
+          WHERE c.contype = 'f' AND c.confrelid = 'memoriesdb.memories'::regclass",
+    );
+    // (confdeltype: c = cascade, n = set null; memory_sessions.id: sessions are never swept)
+    let handled = [
+        "embedding_schedule.memory_id c",
+        "memory_chunks.memory_id c",
+        "memory_edges.source_id c",
+        "memory_edges.target_id c",
+        "memory_facts.memory_id c",
+        "memory_facts.source_message n",
+        "memory_facts.superseded_by n",
+        "memory_sessions.fork_message_id n",
+        "memory_sessions.id c",
+        "memory_shares.memory_id c",
+        "vindexing_schedule.memory_id c",
+    ];
+    assert_eq!(foreign_keys, handled.iter().map(|s| s.to_string()).collect::<Vec<_>>(), "foreign keys to memories");
+    let sweep: String = admin
+        .query_one("SELECT prosrc FROM pg_proc WHERE oid = 'memoriesdb.sweep_expired_memories'::regproc", &[])
+        .unwrap()
+        .get(0);
+    for fk in handled.iter().filter(|fk| !fk.starts_with("memory_sessions.id")) {
+        let (table, column) = fk.split_once(' ').unwrap().0.split_once('.').unwrap();
+        assert!(
+            sweep.contains(&format!("@extschema@.{table}")) || sweep.contains(&format!("memoriesdb.{table}")),
+            "the sweep does not touch {table}"
+        );
+        assert!(sweep.contains(column), "the sweep does not handle {table}.{column}");
+    }
+    // the user triggers that fire on deleting from the tables the sweep deletes from
+    let triggers = rows(
+        &mut admin,
+        "SELECT (SELECT r.relname::text FROM pg_class r WHERE r.oid = t.tgrelid) || ' ' || t.tgname
+           FROM pg_trigger t
+          WHERE NOT t.tgisinternal AND (t.tgtype & 8) <> 0
+            AND t.tgrelid IN ('memoriesdb.memories'::regclass, 'memoriesdb.memory_edges'::regclass,
+                              'memoriesdb.memory_shares'::regclass, 'memoriesdb.memory_share_segments'::regclass,
+                              'memoriesdb.memory_chunks'::regclass, 'memoriesdb.embedding_schedule'::regclass,
+                              'memoriesdb.vindexing_schedule'::regclass, 'memoriesdb.memory_facts'::regclass,
+                              'memoriesdb.memory_sessions'::regclass)",
+    );
+    assert_eq!(
+        triggers,
+        vec![
+            // its audit row: written by the sweep, without content
+            "memories memories_05_protect_forked_history".to_string(),
+            "memories memories_50_audit".to_string(),
+            "memory_edges memory_edges_50_audit".to_string(),
+            "memory_shares memory_shares_50_audit".to_string(),
+        ],
+        "delete triggers: the sweep writes their audit rows itself (and deletes only expired messages and free memories, \
+         which protect_forked_history lets go)"
+    );
+}
+
+/// An expired memory's deletion writes the same audit row whether the row trigger writes it (a
+/// user deleting it) or the sweep does (set-based, with the triggers off).
+#[test]
+fn the_sweep_audits_a_deletion_exactly_as_the_trigger_does() {
+    let db = TestDb::new();
+    let mut alice = db.connect();
+    let mut admin = db.admin();
+    let insert = "INSERT INTO memories (kind, content, _metadata, importance, expires_at, valid_from)
+                  VALUES ('preference', 'likes jazz', '{\"k\": [1, \"two\"]}', 0.25, now() + interval '150 ms', '2020-01-01')
+                  RETURNING id";
+    let by_user: Uuid = alice.query_one(insert, &[]).unwrap().get(0);
+    let by_sweep: Uuid = alice.query_one(insert, &[]).unwrap().get(0);
+    alice.execute("UPDATE memories SET content_embedding = '[1,2,3]', embedding_model = 'm' WHERE id IN ($1, $2)", &[&by_user, &by_sweep]).unwrap();
+    thread::sleep(Duration::from_millis(200));
+    // (delete_memory cannot see it any more; the owner's direct delete needs the row: a superuser's does not)
+    admin.execute("DELETE FROM memoriesdb.memories WHERE id = $1", &[&by_user]).unwrap();
+    assert_eq!(admin.query_one("SELECT memoriesdb.sweep_expired_memories()", &[]).unwrap().get::<_, i64>(0), 1);
+    let audit = |admin: &mut Client, id: &Uuid| -> serde_json::Value {
+        let mut row: serde_json::Value = admin
+            .query_one("SELECT old_row FROM memoriesdb.audit_log WHERE row_id = $1 AND operation = 'DELETE'", &[id])
+            .unwrap()
+            .get(0);
+        let object = row.as_object_mut().unwrap();
+        assert_eq!(object.remove("id"), Some(serde_json::Value::String(id.to_string())));
+        for key in ["_created_at", "_updated_at", "expires_at"] {
+            assert!(object.remove(key).is_some(), "{key} missing");
+        }
+        row
+    };
+    let (trigger_row, sweep_row) = (audit(&mut admin, &by_user), audit(&mut admin, &by_sweep));
+    assert_eq!(trigger_row, sweep_row);
+    assert_eq!(trigger_row["content_redacted"], serde_json::Value::Bool(true));
+    assert!(trigger_row.get("content").is_none() && trigger_row.get("content_embedding").is_none());
 }

@@ -321,6 +321,8 @@ fn the_previous_release_upgrades_in_place_to_a_catalog_equal_to_a_fresh_install_
         &[],
     );
     alice.query("SELECT add_edge($1, $2, 'mentioned_in')", &[&fact, &messages[0]]).unwrap();
+    // a kind of the user's own: before memory types, any such name was accepted
+    alice.query("INSERT INTO memories (kind, content) VALUES ('travel_note', 'alice flies on friday')", &[]).unwrap();
     let mut bob = cluster.connect("upgrade_bob", DB);
     let bobs_fork = one_uuid(&mut bob, "SELECT fork_session($1, 'upgrade: bob''s fork')", &[&main]);
     bob.query("SELECT add_message_to_session($1, 'user', 'bob on his fork')", &[&bobs_fork]).unwrap();
@@ -394,6 +396,12 @@ fn the_previous_release_upgrades_in_place_to_a_catalog_equal_to_a_fresh_install_
         .unwrap()
         .get(0);
     assert_eq!(found, 1, "full-text search finds the fact written before the update");
+    // the kinds in use became memory types: writing one more of them still works
+    alice
+        .query("INSERT INTO memories (kind, content) VALUES ('travel_note', 'alice flies back on sunday')", &[])
+        .unwrap();
+    let unknown = alice.query("INSERT INTO memories (kind, content) VALUES ('never_used', 'x')", &[]).unwrap_err();
+    assert_eq!(memoriesdb_integration_tests::sqlstate(&unknown), "22023");
     let bob_sees: String = cluster
         .connect("upgrade_bob", DB)
         .query_one("SELECT get_conversation_text($1)", &[&bobs_fork])
