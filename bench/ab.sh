@@ -71,6 +71,18 @@ compare() {
     python3 -c "import statistics,sys; a=[float(x) for x in sys.argv[1].split()]; b=[float(x) for x in sys.argv[2].split()]; print(statistics.median(a), statistics.median(b))" "${a[*]}" "${b[*]}"
 }
 
+# interleave NAME USER SCRIPT_A SCRIPT_B: one pgbench run of ROUNDS x SECS seconds that picks A or
+# B at random for each transaction, so that both meet the same machine at the same moments (on a
+# noisy machine, rounds that alternate minutes apart differ by more than what is measured);
+# prints "latency_a latency_b" (average ms per transaction of each script)
+interleave() {
+    local name=$1 user=$2 a=$3 b=$4 out
+    RUN=$((RUN + 1)); out=$RES/$name.$RUN.out
+    runuser -u postgres -- "$PGBENCH" -h localhost -p "$PORT" -U "$user" -n -T $((ROUNDS * SECS)) \
+        -f "$a@1" -f "$b@1" "$DB" >"$out" 2>&1 || { cat "$out" >&2; die "pgbench $name failed"; }
+    awk '/^SQL script/ {s++} s && /latency average/ {print $5}' "$out" | paste -sd' '
+}
+
 # report LABEL VALUE: a line of the summary
 report() { printf '%-62s %s\n' "$1" "$2" | tee -a "$RESULTS" >&2; }
 

@@ -7,9 +7,10 @@
 #                      filtered) vs the same policy without the expiry condition (re-created
 #                      between rounds from the rule's one definition, with expires_at as NULL)
 #   expiry-text        the full-text search statement (ranking with the read rule, as
-#                      search_memories runs it) with and without the expiry condition
-#   expiry-vector      the vector search statement (HNSW, 384 dimensions, iterative scan) with
-#                      and without the expiry condition
+#                      search_memories runs it) with and without the expiry condition, the two
+#                      interleaved at random in one pgbench run (mean latency of each)
+#   expiry-vector      the same for the vector search statement (HNSW, 384 dimensions,
+#                      iterative scan)
 #   sweep              sweep_expired_memories(10000), one call per transaction, over 200,000
 #                      expired memories (each with its audit and queue rows, a tenth with an
 #                      edge): memories deleted per second of the calls' own time, for half of
@@ -76,10 +77,10 @@ SELECT count(*) FROM (SELECT m.id FROM memoriesdb.memories m
  ORDER BY m.content_embedding::vector(384) <=> (SELECT v FROM bench_queries WHERE n = :n)::vector(384) LIMIT 10) t;
 EOF
 done
-read -r A B < <(compare text_expiry postgres "$RES/text_expiry.sql" text_no_expiry postgres "$RES/text_no_expiry.sql")
-report "full-text search statement, with / without expiry (tps)" "$A / $B  -> cost $(time_ratio "$A" "$B")x"
-read -r A B < <(compare vector_expiry postgres "$RES/vector_expiry.sql" vector_no_expiry postgres "$RES/vector_no_expiry.sql")
-report "vector search statement, with / without expiry (tps)" "$A / $B  -> cost $(time_ratio "$A" "$B")x"
+read -r A B < <(interleave text postgres "$RES/text_expiry.sql" "$RES/text_no_expiry.sql")
+report "full-text search statement, with / without expiry (ms, interleaved)" "$A / $B  -> cost $(time_ratio "$B" "$A")x"
+read -r A B < <(interleave vector postgres "$RES/vector_expiry.sql" "$RES/vector_no_expiry.sql")
+report "vector search statement, with / without expiry (ms, interleaved)" "$A / $B  -> cost $(time_ratio "$B" "$A")x"
 
 #----------------------------------------------------------------------------------------------
 log "sweep: $EXPIRED expired memories (written with their audit and queue rows; a tenth with an edge)"
