@@ -36,16 +36,23 @@ impl MemoryColumns {
     }
 }
 
+/// The memory whose expiry is the SQL expression `expires_at` has not expired: the one
+/// definition of "expired" the read rule, transcripts and forks use.
+pub fn not_expired(expires_at: &str) -> String {
+    format!("({expires_at} IS NULL OR {expires_at} OPERATOR(pg_catalog.>) pg_catalog.now())")
+}
+
 /// May user `me` see the memory? Never once it has expired (for nobody: an expired memory is
 /// gone, whether or not sweep_expired_memories() has deleted it yet). `worker` (SQL) is true
-/// for roles that read everything. A memory is visible to its creator, to the owner of the session it was written in, to a grantee of a
-/// share that shows its position of that session (memory_share_segments: a shared session and
+/// for roles that read everything. A memory is visible to its creator, to the owner of the
+/// session it was written in, to a grantee of a share that shows its position of that session (memory_share_segments: a shared session and
 /// the ancestors' prefixes it inherits), and to a grantee of a share of the memory itself. Each
 /// branch is an index probe.
 pub fn memories_read_rule(memory: &MemoryColumns, me: &str, worker: &str) -> String {
     let MemoryColumns { id, created_by, session_id, position, expires_at } = memory;
+    let not_expired = not_expired(expires_at);
     format!(
-        "(({expires_at} IS NULL OR {expires_at} OPERATOR(pg_catalog.>) pg_catalog.now())
+        "({not_expired}
          AND ({worker}
           OR {created_by} OPERATOR(pg_catalog.=) {me}
           OR ({session_id} IS NOT NULL AND EXISTS (

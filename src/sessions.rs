@@ -507,9 +507,10 @@ unsafe fn fork_session(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
                                     SELECT m.id, m.position, m.created_by, m.session_id, m.expires_at FROM {SCHEMA}.memories m
                                      WHERE m.session_id OPERATOR(pg_catalog.=) l.lineage_session_id
                                        AND m.position OPERATOR(pg_catalog.<=) LEAST(l.visible_upto, $2)
-                                       AND (m.expires_at IS NULL OR m.expires_at OPERATOR(pg_catalog.>) pg_catalog.now())
+                                       AND {not_expired}
                                      ORDER BY m.position DESC LIMIT 1) x
-                              ORDER BY x.position DESC LIMIT 1"
+                              ORDER BY x.position DESC LIMIT 1",
+                            not_expired = crate::policies::not_expired("m.expires_at")
                         )
                     },
                     &[UUID, INT8, UUID],

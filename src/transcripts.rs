@@ -26,11 +26,6 @@ thread_local! {
 /// to the caller (see rls_applies()).
 const TRANSCRIPT_TYPES: [pg_sys::Oid; 5] = [UUID, INT8, INT4, BOOL, BOOL];
 
-/// Does row-level security filter the caller's reads ($5 of the transcript)? Expired messages are
-/// then refused by the read rule, and the transcript need not look at their expiry again.
-fn rls_applies() -> bool {
-    !crate::identity::acting_role_bypasses_rls()
-}
 fn transcript_sql() -> String {
     format!(
         "SELECT m.position, m.role, m.content, m.id, m.session_id, m._created_at,
@@ -44,12 +39,19 @@ fn transcript_sql() -> String {
                    AND mm.position OPERATOR(pg_catalog.<=) l.visible_upto
                    -- the read rule refuses expired memories; for roles that bypass row-level
                    -- security ($5 false) the transcript does
-                   AND ($5 OR mm.expires_at IS NULL OR mm.expires_at OPERATOR(pg_catalog.>) pg_catalog.now())
+                   AND ($5 OR {not_expired})
                  ORDER BY mm.position
                  LIMIT $3) m
           ORDER BY m.position
-          LIMIT $3"
+          LIMIT $3",
+        not_expired = crate::policies::not_expired("mm.expires_at")
     )
+}
+
+/// Does row-level security filter the caller's reads ($5 of the transcript)? Expired messages are
+/// then refused by the read rule, and the transcript need not look at their expiry again.
+fn rls_applies() -> bool {
+    !crate::identity::acting_role_bypasses_rls()
 }
 
 /// The session whose transcript is asked for, checked by require_session() (the rule every
