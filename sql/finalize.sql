@@ -70,7 +70,7 @@ GRANT EXECUTE ON FUNCTION
     @extschema@.fail_embedding,
     @extschema@.retry_dead_embeddings, @extschema@.require_usable_embedding,
     @extschema@.create_vector_index, @extschema@.process_vindexing, @extschema@.restore_vector_indexes,
-    @extschema@.sweep_expired_memories
+    @extschema@.sweep_expired_memories, @extschema@.fold_memory_accesses
 TO memoriesdb_worker;
 -- define_memory_type: administrators only (the owner; GRANT EXECUTE to delegate).
 -- Audit: sealing is a maintenance job (its result counts every tenant's unsealed rows).
@@ -96,7 +96,8 @@ GRANT SELECT ON @extschema@.memory_sessions, @extschema@.memory_shares, @extsche
     @extschema@.users, @extschema@.audit_log, @extschema@.vector_indexes,
     @extschema@.memory_graph, @extschema@.memory_graph_edges,
     @extschema@.embedding_queue_status, @extschema@.embedding_coverage,
-    @extschema@.memory_types, @extschema@.memory_type_definitions, @extschema@.memory_facts
+    @extschema@.memory_types, @extschema@.memory_type_definitions, @extschema@.memory_facts,
+    @extschema@.memory_access
 TO memoriesdb_user;
 -- memory_chunks: nothing. Its passages reach users through the search functions (offsets only);
 -- a direct SELECT could ORDER BY the embedding, and the HNSW index would then rank other

@@ -171,23 +171,30 @@ RETURNS text LANGUAGE c STABLE SET jit = off AS 'MODULE_PATHNAME', 'get_conversa
 -- text), the memories read rule from its one definition, rows straight into the result.
 CREATE OR REPLACE FUNCTION @extschema@.search_limit(lim integer) RETURNS integer
     IMMUTABLE PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'search_limit_wrapper';
-CREATE OR REPLACE FUNCTION @extschema@.search_memories(
+-- The searches gain the ranking options (importance_weight, recency_weight, half_life: see
+-- sql/ranking.sql) and return importance, recency and score; they become VOLATILE (they note the
+-- memories they return). vector_search and hybrid_search gain `model` (compare only with that
+-- model's embeddings) and the matched passage's offsets (chunk_start, chunk_end), and
+-- hybrid_search's embedding becomes optional (NULL: embedded by the configured endpoint).
+DROP FUNCTION @extschema@.search_memories(text, uuid, text, jsonb, integer, regconfig);
+CREATE FUNCTION @extschema@.search_memories(
     query text, session_id uuid DEFAULT NULL, kind_filter text DEFAULT NULL, metadata_filter jsonb DEFAULT NULL,
-    lim integer DEFAULT 10, config regconfig DEFAULT NULL)
+    lim integer DEFAULT 10, config regconfig DEFAULT NULL, importance_weight double precision DEFAULT 0,
+    recency_weight double precision DEFAULT 0, half_life interval DEFAULT '30 days')
 RETURNS TABLE (id uuid, content text, kind text, role text, origin_session_id uuid, "position" bigint,
-               rank real, snippet text)
-LANGUAGE c STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET jit = off
+               rank real, snippet text, importance real, recency double precision, score double precision)
+LANGUAGE c VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET jit = off
 AS 'MODULE_PATHNAME', 'search_memories_native';
--- vector_search and hybrid_search gain `model` (compare only with that model's embeddings) and
--- the matched passage's offsets (chunk_start, chunk_end), and hybrid_search's embedding becomes
--- optional (NULL: embedded by the configured endpoint).
 DROP FUNCTION @extschema@.vector_search(vector, double precision, integer, uuid, text, jsonb);
 CREATE FUNCTION @extschema@.vector_search(
     embedding vector, threshold double precision DEFAULT 0.7, lim integer DEFAULT 10, session_id uuid DEFAULT NULL,
-    kind_filter text DEFAULT NULL, metadata_filter jsonb DEFAULT NULL, model text DEFAULT NULL)
+    kind_filter text DEFAULT NULL, metadata_filter jsonb DEFAULT NULL, model text DEFAULT NULL,
+    importance_weight double precision DEFAULT 0, recency_weight double precision DEFAULT 0,
+    half_life interval DEFAULT '30 days')
 RETURNS TABLE (id uuid, content text, kind text, role text, origin_session_id uuid, "position" bigint,
-               similarity double precision, chunk_start integer, chunk_end integer)
-LANGUAGE c STABLE SECURITY DEFINER
+               similarity double precision, chunk_start integer, chunk_end integer,
+               importance real, recency double precision, score double precision)
+LANGUAGE c VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp SET jit = off SET hnsw.iterative_scan = 'relaxed_order' SET hnsw.ef_search = 200
 AS 'MODULE_PATHNAME', 'vector_search_native';
 DROP FUNCTION @extschema@.hybrid_search(text, vector, integer, uuid, text, jsonb, double precision, double precision,
@@ -196,33 +203,41 @@ CREATE FUNCTION @extschema@.hybrid_search(
     query text, embedding vector DEFAULT NULL, lim integer DEFAULT 10, session_id uuid DEFAULT NULL,
     kind_filter text DEFAULT NULL, metadata_filter jsonb DEFAULT NULL, text_weight double precision DEFAULT 1.0,
     vector_weight double precision DEFAULT 1.0, rrf_k integer DEFAULT 60, candidates integer DEFAULT NULL,
-    config regconfig DEFAULT NULL, model text DEFAULT NULL)
+    config regconfig DEFAULT NULL, model text DEFAULT NULL, importance_weight double precision DEFAULT 0,
+    recency_weight double precision DEFAULT 0, half_life interval DEFAULT '30 days')
 RETURNS TABLE (id uuid, content text, kind text, role text, origin_session_id uuid, "position" bigint,
                score double precision, text_rank bigint, text_score real,
-               vector_rank bigint, vector_similarity double precision, chunk_start integer, chunk_end integer)
-LANGUAGE c STABLE SECURITY DEFINER
+               vector_rank bigint, vector_similarity double precision, chunk_start integer, chunk_end integer,
+               fused_score double precision, importance real, recency double precision)
+LANGUAGE c VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp SET jit = off SET hnsw.iterative_scan = 'relaxed_order' SET hnsw.ef_search = 200
 AS 'MODULE_PATHNAME', 'hybrid_search_native';
 
 -- Query embeddings from SQL (src/embeddings.rs): embed_text() and semantic_search().
 CREATE FUNCTION @extschema@.semantic_search(
     query text, threshold double precision DEFAULT 0.3, lim integer DEFAULT 10, session_id uuid DEFAULT NULL,
-    kind_filter text DEFAULT NULL, metadata_filter jsonb DEFAULT NULL)
+    kind_filter text DEFAULT NULL, metadata_filter jsonb DEFAULT NULL, importance_weight double precision DEFAULT 0,
+    recency_weight double precision DEFAULT 0, half_life interval DEFAULT '30 days')
 RETURNS TABLE (id uuid, content text, kind text, role text, origin_session_id uuid, "position" bigint,
-               similarity double precision, chunk_start integer, chunk_end integer)
-LANGUAGE c STABLE SECURITY DEFINER
+               similarity double precision, chunk_start integer, chunk_end integer,
+               importance real, recency double precision, score double precision)
+LANGUAGE c VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp SET jit = off SET hnsw.iterative_scan = 'relaxed_order' SET hnsw.ef_search = 200
 AS 'MODULE_PATHNAME', 'semantic_search_native';
 CREATE FUNCTION @extschema@.embed_text(input text) RETURNS vector
 LANGUAGE c STABLE STRICT AS 'MODULE_PATHNAME', 'embed_text_native';
-REVOKE ALL ON FUNCTION @extschema@.vector_search(vector, double precision, integer, uuid, text, jsonb, text),
-    @extschema@.hybrid_search(text, vector, integer, uuid, text, jsonb, double precision, double precision, integer, integer, regconfig, text),
-    @extschema@.semantic_search(text, double precision, integer, uuid, text, jsonb),
+REVOKE ALL ON FUNCTION @extschema@.search_memories(text, uuid, text, jsonb, integer, regconfig, double precision, double precision, interval),
+    @extschema@.vector_search(vector, double precision, integer, uuid, text, jsonb, text, double precision, double precision, interval),
+    @extschema@.hybrid_search(text, vector, integer, uuid, text, jsonb, double precision, double precision, integer, integer, regconfig, text,
+        double precision, double precision, interval),
+    @extschema@.semantic_search(text, double precision, integer, uuid, text, jsonb, double precision, double precision, interval),
     @extschema@.embed_text(text)
     FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION @extschema@.vector_search(vector, double precision, integer, uuid, text, jsonb, text),
-    @extschema@.hybrid_search(text, vector, integer, uuid, text, jsonb, double precision, double precision, integer, integer, regconfig, text),
-    @extschema@.semantic_search(text, double precision, integer, uuid, text, jsonb),
+GRANT EXECUTE ON FUNCTION @extschema@.search_memories(text, uuid, text, jsonb, integer, regconfig, double precision, double precision, interval),
+    @extschema@.vector_search(vector, double precision, integer, uuid, text, jsonb, text, double precision, double precision, interval),
+    @extschema@.hybrid_search(text, vector, integer, uuid, text, jsonb, double precision, double precision, integer, integer, regconfig, text,
+        double precision, double precision, interval),
+    @extschema@.semantic_search(text, double precision, integer, uuid, text, jsonb, double precision, double precision, interval),
     @extschema@.embed_text(text)
     TO memoriesdb_user;
 
@@ -768,10 +783,10 @@ $$;
 -- transcript, the forks' included, so deleting it changes nothing anyone sees.
 
 -- Delete up to `lim` expired memories (those whose expires_at has passed), oldest expiry first,
--- and return how many. With them go their edges, passages, shares, facts and queue rows; forks
--- made at an expired message keep their fork point (fork_position; fork_message_id becomes NULL),
--- and facts citing or superseded by one lose that link. Each deletion is audited — the memory's
--- without its content (see sql/audit.sql), edges and shares as always. Rows another transaction
+-- and return how many. With them go their edges, passages, shares, facts, access counts and queue
+-- rows; forks made at an expired message keep their fork point (fork_position; fork_message_id
+-- becomes NULL), and facts citing or superseded by one lose that link. Each deletion is audited —
+-- the memory's without its content (see sql/audit.sql), edges and shares as always. Rows another transaction
 -- holds are skipped (a later sweep gets them), so sweeps never wait on writers and several may
 -- run at once. Safe to run as often as you like, e.g. every minute from pg_cron:
 --   SELECT cron.schedule('memoriesdb-sweep', '* * * * *', 'SELECT memoriesdb.sweep_expired_memories()');
@@ -839,6 +854,7 @@ BEGIN
     DELETE FROM @extschema@.embedding_schedule q WHERE q.memory_id = ANY (doomed);
     DELETE FROM @extschema@.vindexing_schedule v WHERE v.memory_id = ANY (doomed);
     DELETE FROM @extschema@.memory_facts f WHERE f.memory_id = ANY (doomed);
+    DELETE FROM @extschema@.memory_access a WHERE a.memory_id = ANY (doomed);
     -- SET NULL
     UPDATE @extschema@.memory_facts f SET source_message = NULL WHERE f.source_message = ANY (doomed);
     UPDATE @extschema@.memory_facts f SET superseded_by = NULL WHERE f.superseded_by = ANY (doomed);
@@ -997,3 +1013,68 @@ REVOKE ALL ON FUNCTION @extschema@.remember_fact(text, text, real, uuid, jsonb, 
     @extschema@.facts(text, timestamptz, boolean, integer) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION @extschema@.remember_fact(text, text, real, uuid, jsonb, uuid, timestamptz),
     @extschema@.facts(text, timestamptz, boolean, integer) TO memoriesdb_user;
+
+-- Ranking by importance and recency, and access tracking (sql/ranking.sql).
+-- How often each memory was returned by a search, and when last (folded from the log).
+CREATE TABLE @extschema@.memory_access (
+    memory_id        uuid PRIMARY KEY REFERENCES @extschema@.memories (id) ON DELETE CASCADE,
+    access_count     bigint NOT NULL CHECK (access_count >= 1),
+    last_accessed_at timestamptz NOT NULL
+);
+COMMENT ON TABLE @extschema@.memory_access IS 'How often searches returned each memory, and when last (fold_memory_accesses)';
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.memory_access', '');
+
+-- Searches' accesses not yet folded: append-only, unlogged (lost in a crash: only statistics),
+-- without a foreign key (whose check would lock the memory's row for every search).
+CREATE UNLOGGED TABLE @extschema@.memory_access_log (
+    memory_id   uuid NOT NULL,
+    accessed_at timestamptz NOT NULL
+);
+COMMENT ON TABLE @extschema@.memory_access_log IS 'Accesses recorded by searches, until fold_memory_accesses() counts them';
+
+-- Count up to `lim` logged accesses into memory_access (access_count up, last_accessed_at to the
+-- latest) and remove them from the log; returns how many it counted. Accesses of memories that
+-- no longer exist are dropped. Rows another fold holds are skipped, so folds never wait on each
+-- other; logging searches never wait on a fold. For workers and administrators, e.g. every
+-- minute from pg_cron:
+--   SELECT cron.schedule('memoriesdb-accesses', '* * * * *', 'SELECT memoriesdb.fold_memory_accesses()');
+CREATE FUNCTION @extschema@.fold_memory_accesses(lim integer DEFAULT 100000)
+RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    counted bigint;
+BEGIN
+    IF lim IS NULL OR lim < 1 THEN
+        RAISE EXCEPTION 'lim must be a positive number of accesses, not %', coalesce(lim::text, 'NULL')
+            USING ERRCODE = '22023';
+    END IF;
+    WITH taken AS (
+           DELETE FROM @extschema@.memory_access_log l
+            WHERE l.ctid = ANY (ARRAY(SELECT x.ctid FROM @extschema@.memory_access_log x LIMIT lim FOR UPDATE SKIP LOCKED))
+           RETURNING l.memory_id, l.accessed_at),
+         counted_accesses AS (
+           SELECT t.memory_id, count(*) AS n, max(t.accessed_at) AS last_at FROM taken t GROUP BY t.memory_id),
+         -- (in id order: two folds upserting the same memories lock them in the same order)
+         folded AS (
+           INSERT INTO @extschema@.memory_access AS a (memory_id, access_count, last_accessed_at)
+           SELECT c.memory_id, c.n, c.last_at
+             FROM counted_accesses c
+            WHERE EXISTS (SELECT 1 FROM @extschema@.memories m WHERE m.id = c.memory_id)
+            ORDER BY c.memory_id
+           ON CONFLICT ON CONSTRAINT memory_access_pkey DO UPDATE
+              SET access_count = a.access_count + EXCLUDED.access_count,
+                  last_accessed_at = greatest(a.last_accessed_at, EXCLUDED.last_accessed_at)
+           RETURNING 1)
+    SELECT coalesce(sum(c.n), 0) INTO counted FROM counted_accesses c;
+    RETURN counted;
+END
+$$;
+ALTER TABLE @extschema@.memory_access ENABLE ROW LEVEL SECURITY;
+ALTER TABLE @extschema@.memory_access FORCE ROW LEVEL SECURITY;
+ALTER TABLE @extschema@.memory_access_log ENABLE ROW LEVEL SECURITY;
+ALTER TABLE @extschema@.memory_access_log FORCE ROW LEVEL SECURITY;
+CREATE POLICY memory_access_read ON @extschema@.memory_access FOR SELECT
+    USING (EXISTS (SELECT 1 FROM @extschema@.memories m WHERE m.id = memory_access.memory_id));
+GRANT SELECT ON @extschema@.memory_access TO memoriesdb_user;
+REVOKE ALL ON FUNCTION @extschema@.fold_memory_accesses(integer) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.fold_memory_accesses(integer) TO memoriesdb_worker;

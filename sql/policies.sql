@@ -73,6 +73,10 @@ ALTER TABLE @extschema@.embedding_schedule ENABLE ROW LEVEL SECURITY;
 ALTER TABLE @extschema@.embedding_schedule FORCE ROW LEVEL SECURITY;
 ALTER TABLE @extschema@.memory_facts ENABLE ROW LEVEL SECURITY;
 ALTER TABLE @extschema@.memory_facts FORCE ROW LEVEL SECURITY;
+ALTER TABLE @extschema@.memory_access ENABLE ROW LEVEL SECURITY;
+ALTER TABLE @extschema@.memory_access FORCE ROW LEVEL SECURITY;
+ALTER TABLE @extschema@.memory_access_log ENABLE ROW LEVEL SECURITY;
+ALTER TABLE @extschema@.memory_access_log FORCE ROW LEVEL SECURITY;
 ALTER TABLE @extschema@.memory_chunks ENABLE ROW LEVEL SECURITY;
 ALTER TABLE @extschema@.memory_chunks FORCE ROW LEVEL SECURITY;
 -- the outbox has no policy at all: only the relay (a superuser) and emit_events() (SECURITY
@@ -190,6 +194,11 @@ CREATE POLICY memory_chunks_read ON @extschema@.memory_chunks FOR SELECT
 -- written only by remember_fact()
 CREATE POLICY memory_facts_read ON @extschema@.memory_facts FOR SELECT
     USING (EXISTS (SELECT 1 FROM @extschema@.memories m WHERE m.id = memory_facts.memory_id));
+
+-- access counts: readable with their memory (written only by fold_memory_accesses()); the log
+-- of accesses not yet counted: no policy, so nobody but the owner reads it
+CREATE POLICY memory_access_read ON @extschema@.memory_access FOR SELECT
+    USING (EXISTS (SELECT 1 FROM @extschema@.memories m WHERE m.id = memory_access.memory_id));
 
 -- the memory types are not secret (written only by define_memory_type())
 CREATE POLICY memory_type_definitions_read ON @extschema@.memory_type_definitions FOR SELECT USING (true);

@@ -10,6 +10,14 @@
 --   kind_filter      only memories of this kind ('message', 'session', 'memory', ...)
 --   metadata_filter  only memories whose _metadata contains this JSON object (@>)
 --   lim              at most this many rows (1 .. 10000; default 10)
+-- and the same ranking options (sql/ranking.sql):
+--   importance_weight, recency_weight  in [0, 1], default 0: how much the memory's importance
+--                    and its recency scale the score (0: not at all, the order is by relevance)
+--   half_life        how fast recency decays: a memory last used half_life ago has recency 0.5
+-- Each returns importance, recency and score beside its relevance (score = relevance x
+-- (1 - importance_weight + importance_weight x importance) x (1 - recency_weight + recency_weight
+-- x recency)), best score first. The searches are VOLATILE: each notes the memories it returned
+-- (access tracking, sql/ranking.sql).
 
 -- Full-text search with websearch_to_tsquery semantics: quoted phrases, -exclusion, "or".
 -- Any text a user types is accepted; a query with no searchable words (empty, only stop words
@@ -22,10 +30,13 @@ CREATE FUNCTION @extschema@.search_memories(
     kind_filter text DEFAULT NULL,
     metadata_filter jsonb DEFAULT NULL,
     lim integer DEFAULT 10,
-    config regconfig DEFAULT NULL)
+    config regconfig DEFAULT NULL,
+    importance_weight double precision DEFAULT 0,
+    recency_weight double precision DEFAULT 0,
+    half_life interval DEFAULT '30 days')
 RETURNS TABLE (id uuid, content text, kind text, role text, origin_session_id uuid, "position" bigint,
-               rank real, snippet text)
-LANGUAGE c STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET jit = off
+               rank real, snippet text, importance real, recency double precision, score double precision)
+LANGUAGE c VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET jit = off
 AS 'MODULE_PATHNAME', 'search_memories_native';
 
 -- Checks a query embedding: finite (pgvector already rejects NaN and infinity on input) and
@@ -119,10 +130,14 @@ CREATE FUNCTION @extschema@.vector_search(
     session_id uuid DEFAULT NULL,
     kind_filter text DEFAULT NULL,
     metadata_filter jsonb DEFAULT NULL,
-    model text DEFAULT NULL)
+    model text DEFAULT NULL,
+    importance_weight double precision DEFAULT 0,
+    recency_weight double precision DEFAULT 0,
+    half_life interval DEFAULT '30 days')
 RETURNS TABLE (id uuid, content text, kind text, role text, origin_session_id uuid, "position" bigint,
-               similarity double precision, chunk_start integer, chunk_end integer)
-LANGUAGE c STABLE SECURITY DEFINER
+               similarity double precision, chunk_start integer, chunk_end integer,
+               importance real, recency double precision, score double precision)
+LANGUAGE c VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 SET jit = off
 SET hnsw.iterative_scan = 'relaxed_order'
@@ -139,10 +154,14 @@ CREATE FUNCTION @extschema@.semantic_search(
     lim integer DEFAULT 10,
     session_id uuid DEFAULT NULL,
     kind_filter text DEFAULT NULL,
-    metadata_filter jsonb DEFAULT NULL)
+    metadata_filter jsonb DEFAULT NULL,
+    importance_weight double precision DEFAULT 0,
+    recency_weight double precision DEFAULT 0,
+    half_life interval DEFAULT '30 days')
 RETURNS TABLE (id uuid, content text, kind text, role text, origin_session_id uuid, "position" bigint,
-               similarity double precision, chunk_start integer, chunk_end integer)
-LANGUAGE c STABLE SECURITY DEFINER
+               similarity double precision, chunk_start integer, chunk_end integer,
+               importance real, recency double precision, score double precision)
+LANGUAGE c VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 SET jit = off
 SET hnsw.iterative_scan = 'relaxed_order'
@@ -150,7 +169,8 @@ SET hnsw.ef_search = 200
 AS 'MODULE_PATHNAME', 'semantic_search_native';
 
 -- Hybrid search: reciprocal-rank fusion of the full-text and the vector ranking.
---   score = text_weight / (rrf_k + text_rank) + vector_weight / (rrf_k + vector_rank)
+--   fused_score = text_weight / (rrf_k + text_rank) + vector_weight / (rrf_k + vector_rank)
+-- (score: fused_score scaled by importance and recency as above; equal to it by default)
 -- where a ranking a row is missing from contributes 0, so a row found by only one method still
 -- appears. Each component's rank and score is returned beside the fused score. Each ranking
 -- contributes its top `candidates` rows (default 5 x lim). One statement. chunk_start and
@@ -170,11 +190,15 @@ CREATE FUNCTION @extschema@.hybrid_search(
     rrf_k integer DEFAULT 60,
     candidates integer DEFAULT NULL,
     config regconfig DEFAULT NULL,
-    model text DEFAULT NULL)
+    model text DEFAULT NULL,
+    importance_weight double precision DEFAULT 0,
+    recency_weight double precision DEFAULT 0,
+    half_life interval DEFAULT '30 days')
 RETURNS TABLE (id uuid, content text, kind text, role text, origin_session_id uuid, "position" bigint,
                score double precision, text_rank bigint, text_score real,
-               vector_rank bigint, vector_similarity double precision, chunk_start integer, chunk_end integer)
-LANGUAGE c STABLE SECURITY DEFINER
+               vector_rank bigint, vector_similarity double precision, chunk_start integer, chunk_end integer,
+               fused_score double precision, importance real, recency double precision)
+LANGUAGE c VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 SET jit = off
 SET hnsw.iterative_scan = 'relaxed_order'

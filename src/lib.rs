@@ -27,6 +27,7 @@ mod hashing;
 mod identity;
 mod ids;
 mod policies;
+mod ranking;
 mod search;
 mod sessions;
 mod spi;
@@ -46,6 +47,7 @@ pub extern "C-unwind" fn _PG_init() {
     unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "0") };
     identity::register_settings();
     embeddings::register_settings();
+    ranking::register_settings();
 }
 
 // The SQL of each feature, in sql/ at the top of the tree, in dependency order. (pgrx writes them
@@ -87,10 +89,11 @@ extension_sql_file!("../sql/embeddings.sql", name = "embeddings", requires = ["s
 extension_sql_file!("../sql/events.sql", name = "events", requires = ["embeddings", events::ensure_event_relay]);
 extension_sql_file!("../sql/lifecycle.sql", name = "lifecycle", requires = ["sessions", "sharing"]);
 extension_sql_file!("../sql/facts.sql", name = "facts", requires = ["lifecycle", search::search_limit]);
+extension_sql_file!("../sql/ranking.sql", name = "ranking", requires = ["lifecycle"]);
 extension_sql_file!(
     "../sql/policies.sql",
     name = "policies",
-    requires = ["sharing", "graph", "audit", "events", "lifecycle", "facts", policies::memories_read_rule_sql]
+    requires = ["sharing", "graph", "audit", "events", "lifecycle", "facts", "ranking", policies::memories_read_rule_sql]
 );
 extension_sql_file!("../sql/finalize.sql", name = "finalize", requires = ["policies"], finalize);
 

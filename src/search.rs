@@ -22,6 +22,7 @@ use crate::errors::{attempt, raise};
 use crate::fmgr::raw_arg;
 use crate::identity;
 use crate::policies::{memories_read_rule, MemoryColumns};
+use crate::ranking::{self, Ranking};
 use crate::spi::{self, arg, Arg, Effect, KeptPlan, KeptPlans, PlanChoice, ResultSet};
 use pgrx::pg_sys;
 use pgrx::pg_sys::{
@@ -123,14 +124,18 @@ thread_local! {
 }
 
 /// Every search statement takes these parameters, so that the full-text and the vector ranking
-/// can be put together in one hybrid statement. $9 is pgvector's `vector` (its type oid is the
+/// can be put together in one hybrid statement. $13 is pgvector's `vector` (its type oid is the
 /// database's own).
 const ME: &str = "$1";
 const WORKER: &str = "$2";
-const PARAMETER_TYPES: [pg_sys::Oid; 8] = [UUID, BOOL, UUID, TEXT, JSONB, INT4, TSQUERY, REGCONFIG];
+const PARAMETER_TYPES: [pg_sys::Oid; 12] = {
+    let [pool, importance_weight, recency_weight, half_life] = ranking::PARAMETER_TYPES;
+    [UUID, BOOL, UUID, TEXT, JSONB, INT4, TSQUERY, REGCONFIG, pool, importance_weight, recency_weight, half_life]
+};
 //  $3 session, $4 kind_filter, $5 metadata_filter, $6 lim, $7 the parsed query, $8 its configuration,
-//  $9 embedding, $10 min_similarity, $11 candidates per ranking, $12 text_weight, $13 vector_weight, $14 rrf_k,
-//  $15 the model the query embedding is from (NULL: any)
+//  $9 .. $12 the ranking's (ranking.rs: the number of best matches by relevance it orders, its weights, the half-life),
+//  $13 embedding, $14 min_similarity, $15 candidates per ranking, $16 text_weight, $17 vector_weight, $18 rrf_k,
+//  $19 the model the query embedding is from (NULL: any)
 
 fn all_parameter_types(vector: pg_sys::Oid) -> Vec<pg_sys::Oid> {
     let mut types = PARAMETER_TYPES.to_vec();
@@ -184,10 +189,10 @@ fn text_ranking(in_session: bool, limit: &str) -> String {
 }
 
 /// The vector ranking: (id, sim, chunk) of the `limit` memories nearest to the query embedding
-/// $9, each memory once, at its best passage: its own embedding (chunk NULL: the whole content,
+/// $13, each memory once, at its best passage: its own embedding (chunk NULL: the whole content,
 /// or its first chunk when it has chunks) or one of its chunks (memory_chunks: the passages of
 /// content longer than the model reads), whichever is nearer. sim = 1 - cosine distance.
-/// Only embeddings of the query's dimension are compared (and, when $15 names the query's
+/// Only embeddings of the query's dimension are compared (and, when $19 names the query's
 /// model, only that model's: vectors of two models are never compared), and a chunk only while
 /// it is of the memory's current content. Without a session, each side is ordered by the
 /// expression of the dimension's HNSW index (create_vector_index), which drives its scan
@@ -200,17 +205,17 @@ fn vector_ranking(vector_schema: &str, dimensions: Option<i32>, limit: &str) -> 
         let (dimension, distance, order) = match dimensions {
             Some(d) => {
                 let distance =
-                    format!("{embedding}::{vector_schema}.vector({d}) OPERATOR({vector_schema}.<=>) $9::{vector_schema}.vector({d})");
+                    format!("{embedding}::{vector_schema}.vector({d}) OPERATOR({vector_schema}.<=>) $13::{vector_schema}.vector({d})");
                 (d.to_string(), distance.clone(), distance)
             }
-            None => (format!("{vector_schema}.vector_dims($9)"), format!("{embedding} OPERATOR({vector_schema}.<=>) $9"), "sim DESC, m.id".into()),
+            None => (format!("{vector_schema}.vector_dims($13)"), format!("{embedding} OPERATOR({vector_schema}.<=>) $13"), "sim DESC, m.id".into()),
         };
         format!(
             "SELECT m.id, 1::pg_catalog.float8 OPERATOR(pg_catalog.-) ({distance}) AS sim, {chunk} AS chunk
                FROM {from}
               WHERE {vector_schema}.vector_dims({embedding}) OPERATOR(pg_catalog.=) {dimension}
                 AND {visible}
-                AND ($15 IS NULL OR {model} OPERATOR(pg_catalog.=) $15)
+                AND ($19 IS NULL OR {model} OPERATOR(pg_catalog.=) $19)
               ORDER BY {order}
               LIMIT {limit}"
         )
@@ -312,7 +317,7 @@ pub fn checked_limit(n: i32, argument: &str) -> i32 {
 }
 
 /// A float8 as PostgreSQL prints it in a message (NaN, Infinity).
-fn float8_text(value: f64) -> String {
+pub fn float8_text(value: f64) -> String {
     match value {
         v if v.is_nan() => "NaN".into(),
         v if v == f64::INFINITY => "Infinity".into(),
@@ -449,15 +454,17 @@ fn usable_embedding(spi: &spi::Connection, embedding: Option<pg_sys::Datum>, vec
 }
 
 /// search_memories(query text, session_id uuid, kind_filter text, metadata_filter jsonb,
-/// lim integer, config regconfig) RETURNS TABLE (id, content, kind, role, origin_session_id,
-/// position, rank real, snippet text): full-text search, best first; snippet highlights the
-/// matches with <b>...</b>.
+/// lim integer, config regconfig, importance_weight float8, recency_weight float8, half_life
+/// interval) RETURNS TABLE (id, content, kind, role, origin_session_id, position, rank real,
+/// snippet text, importance real, recency float8, score float8): full-text search, best first
+/// (by rank, or by score when ranking by importance or recency: ranking.rs); snippet
+/// highlights the matches with <b>...</b>.
 unsafe fn search_memories(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
-    // SAFETY: declared in SQL with these six arguments.
-    let (query, session, kind, metadata, lim, config) = unsafe {
-        (raw_arg(fcinfo, 0), raw_arg(fcinfo, 1), raw_arg(fcinfo, 2), raw_arg(fcinfo, 3), raw_arg(fcinfo, 4), raw_arg(fcinfo, 5))
-    };
+    // SAFETY: declared in SQL with these nine arguments.
+    let [query, session, kind, metadata, lim, config, importance_weight, recency_weight, half_life] =
+        std::array::from_fn(|i| unsafe { raw_arg(fcinfo, i) });
     let n = search_limit(lim.map(|d| d.value() as i32));
+    let ranking = Ranking::checked(importance_weight, recency_weight, half_life);
     let caller = Caller::current();
     // SAFETY: a set-returning function with a row type.
     let result = unsafe { ResultSet::materialize(fcinfo) };
@@ -471,22 +478,38 @@ unsafe fn search_memories(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
             if in_session { &TEXT_SEARCH_IN_SESSION } else { &TEXT_SEARCH },
             || {
                 format!(
-                    "WITH hits AS ({ranking})
-                     SELECT h.id, m.content, m.kind, m.role, m.session_id, m.position, h.r,
+                    "SELECT h.id, m.content, m.kind, m.role, m.session_id, m.position, h.r,
                             pg_catalog.ts_headline($8, {SCHEMA}.searchable_text(m.content), $7,
-                                                   'MaxFragments=2, MaxWords=20, MinWords=5')
-                       FROM hits h JOIN {SCHEMA}.memories m ON m.id OPERATOR(pg_catalog.=) h.id
-                      ORDER BY h.r DESC, h.id",
-                    ranking = text_ranking(in_session, "$6")
+                                                   'MaxFragments=2, MaxWords=20, MinWords=5'),
+                            h.importance, h.recency, h.score
+                       FROM ({ranked}) h JOIN {SCHEMA}.memories m ON m.id OPERATOR(pg_catalog.=) h.id
+                      ORDER BY h.score DESC, h.r DESC, h.id",
+                    ranked = ranking::ranked(&text_ranking(in_session, ranking::POOL), "h.r")
                 )
             },
             &PARAMETER_TYPES,
         );
-        spi.return_rows(
+        let [pool, importance_weight, recency_weight, half_life] = ranking.args(ranking.pool(n, None));
+        let returned = spi.return_rows_noting_ids(
             plan,
-            &[caller.me, arg(caller.reads_all), session, kind, metadata, arg(n), Some(parsed), arg(config)],
+            &[
+                caller.me,
+                arg(caller.reads_all),
+                session,
+                kind,
+                metadata,
+                arg(n),
+                Some(parsed),
+                arg(config),
+                pool,
+                importance_weight,
+                recency_weight,
+                half_life,
+            ],
             &result,
+            n as usize,
         );
+        ranking::note_accesses(spi, returned);
     });
     pg_sys::Datum::from(0)
 }
@@ -501,10 +524,12 @@ crate::fmgr::sql_function_entry!(pg_finfo_search_memories_native, search_memorie
 /// computed by that model); each memory once, at its best passage (chunk_start, chunk_end: its
 /// character offsets).
 unsafe fn vector_search(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
-    // SAFETY: declared in SQL with these seven arguments.
-    let [embedding, threshold, lim, session, kind, metadata, model] = std::array::from_fn(|i| unsafe { raw_arg(fcinfo, i) });
+    // SAFETY: declared in SQL with these ten arguments.
+    let [embedding, threshold, lim, session, kind, metadata, model, importance_weight, recency_weight, half_life] =
+        std::array::from_fn(|i| unsafe { raw_arg(fcinfo, i) });
     let (vector, vector_schema) = vector_schema(fcinfo, 0);
-    let search = VectorSearch::checked(threshold, lim, session, kind, metadata);
+    let ranking = Ranking::checked(importance_weight, recency_weight, half_life);
+    let search = VectorSearch::checked(threshold, lim, session, kind, metadata, ranking);
     // SAFETY: a set-returning function with a row type.
     let result = unsafe { ResultSet::materialize(fcinfo) };
     spi::connect(|spi| {
@@ -522,9 +547,11 @@ crate::fmgr::sql_function_entry!(pg_finfo_vector_search_native, vector_search_na
 /// position, similarity float8, chunk_start integer, chunk_end integer): vector_search() with the embedding of `query` from the
 /// configured endpoint (embeddings.rs), among memories embedded by the same model.
 unsafe fn semantic_search(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
-    // SAFETY: declared in SQL with these six arguments.
-    let [query, threshold, lim, session, kind, metadata] = std::array::from_fn(|i| unsafe { raw_arg(fcinfo, i) });
-    let search = VectorSearch::checked(threshold, lim, session, kind, metadata);
+    // SAFETY: declared in SQL with these nine arguments.
+    let [query, threshold, lim, session, kind, metadata, importance_weight, recency_weight, half_life] =
+        std::array::from_fn(|i| unsafe { raw_arg(fcinfo, i) });
+    let ranking = Ranking::checked(importance_weight, recency_weight, half_life);
+    let search = VectorSearch::checked(threshold, lim, session, kind, metadata, ranking);
     // SAFETY: a set-returning function with a row type.
     let result = unsafe { ResultSet::materialize(fcinfo) };
     spi::connect(|spi| {
@@ -551,6 +578,7 @@ struct VectorSearch {
     session: Option<pg_sys::Datum>,
     kind: Option<pg_sys::Datum>,
     metadata: Option<pg_sys::Datum>,
+    ranking: Ranking,
 }
 
 impl VectorSearch {
@@ -560,6 +588,7 @@ impl VectorSearch {
         session: Option<pg_sys::Datum>,
         kind: Option<pg_sys::Datum>,
         metadata: Option<pg_sys::Datum>,
+        ranking: Ranking,
     ) -> VectorSearch {
         let n = search_limit(lim.map(|d| d.value() as i32));
         // SAFETY: a float8 datum (by value).
@@ -571,7 +600,7 @@ impl VectorSearch {
                 None,
             )
         }
-        VectorSearch { caller: Caller::current(), min_similarity, n, session, kind, metadata }
+        VectorSearch { caller: Caller::current(), min_similarity, n, session, kind, metadata, ranking }
     }
 
     /// Return the rows of the search for `embedding` (usable, of `dimensions`) into `result`.
@@ -590,23 +619,32 @@ impl VectorSearch {
         let session = self.session;
         // ordering by distance and then cutting at the threshold returns exactly the top rows
         // above it, because similarity falls monotonically along that order; NaN similarities
-        // (stored embeddings written directly can give them) are left out
+        // (stored embeddings written directly can give them) are left out. The relevance the
+        // ranking scales is the similarity, or 0 for a negative one.
         let sql = || {
+            let nearest = vector_ranking(vector_schema, session.is_none().then_some(dimensions), ranking::POOL);
             format!(
-                "SELECT m.id, m.content, m.kind, m.role, m.session_id, m.position, hits.sim, {CHUNK_OFFSETS}
-                   FROM ({ranking}) hits
+                "SELECT m.id, m.content, m.kind, m.role, m.session_id, m.position, hits.sim, {CHUNK_OFFSETS},
+                        hits.importance, hits.recency, hits.score
+                   FROM ({ranked}) hits
                    JOIN {SCHEMA}.memories m ON m.id OPERATOR(pg_catalog.=) hits.id
                    {chunk}
-                  WHERE hits.sim OPERATOR(pg_catalog.>=) $10 AND hits.sim OPERATOR(pg_catalog.<>) 'NaN'::pg_catalog.float8
-                  ORDER BY hits.sim DESC, hits.id",
-                ranking = vector_ranking(vector_schema, session.is_none().then_some(dimensions), "$6"),
+                  ORDER BY hits.score DESC, hits.sim DESC, hits.id",
+                ranked = ranking::ranked(
+                    &format!(
+                        "SELECT v.* FROM ({nearest}) v
+                          WHERE v.sim OPERATOR(pg_catalog.>=) $14 AND v.sim OPERATOR(pg_catalog.<>) 'NaN'::pg_catalog.float8"
+                    ),
+                    "greatest(h.sim, 0::pg_catalog.float8)"
+                ),
                 chunk = matched_chunk("hits"),
             )
         };
         let variant = format!("vector_search {} {vector_schema}", session.map_or(dimensions, |_| 0));
         let plans = if session.is_some() { &VECTOR_PLANS_IN_SESSION } else { &VECTOR_PLANS };
         let plan = spi::kept_variant(plans, variant, sql, &types);
-        spi.return_rows(
+        let [pool, importance_weight, recency_weight, half_life] = self.ranking.args(self.ranking.pool(self.n, None));
+        let returned = spi.return_rows_noting_ids(
             plan,
             &[
                 self.caller.me,
@@ -617,6 +655,10 @@ impl VectorSearch {
                 arg(self.n),
                 None,
                 None,
+                pool,
+                importance_weight,
+                recency_weight,
+                half_life,
                 embedding,
                 arg(self.min_similarity),
                 None,
@@ -626,7 +668,9 @@ impl VectorSearch {
                 model,
             ],
             result,
+            self.n as usize,
         );
+        ranking::note_accesses(spi, returned);
     }
 }
 
@@ -668,11 +712,12 @@ fn pgvector_type(spi: &spi::Connection) -> (pg_sys::Oid, String) {
 /// configured endpoint (embeddings.rs), and only memories embedded by its model are compared;
 /// `model` restricts the vector ranking to embeddings of that model.
 unsafe fn hybrid_search(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
-    // SAFETY: declared in SQL with these twelve arguments.
-    let [query, embedding, lim, session, kind, metadata, text_weight, vector_weight, rrf_k, candidates, config, model] =
+    // SAFETY: declared in SQL with these fifteen arguments.
+    let [query, embedding, lim, session, kind, metadata, text_weight, vector_weight, rrf_k, candidates, config, model, importance_weight, recency_weight, half_life] =
         std::array::from_fn(|i| unsafe { raw_arg(fcinfo, i) });
     let n = search_limit(lim.map(|d| d.value() as i32));
-    let pool = checked_limit(candidates.map_or((n * 5).min(10000), |d| d.value() as i32), "candidates");
+    let ranking = Ranking::checked(importance_weight, recency_weight, half_life);
+    let candidates_per_ranking = checked_limit(candidates.map_or((n * 5).min(10000), |d| d.value() as i32), "candidates");
     // SAFETY: float8 datums (by value).
     let weight = |d: Option<pg_sys::Datum>| d.map(|d| unsafe { f64::from_datum(d, false) }.expect("not NULL"));
     let (text_weight, vector_weight) = (weight(text_weight), weight(vector_weight));
@@ -730,28 +775,35 @@ unsafe fn hybrid_search(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
                           FROM vector_hits v WHERE v.sim OPERATOR(pg_catalog.<>) 'NaN'::pg_catalog.float8),
                       fused AS (
                         SELECT coalesce(t.id, v.id) AS id,
-                               coalesce($12 OPERATOR(pg_catalog./) ($14 OPERATOR(pg_catalog.+) t.text_rank)::pg_catalog.float8, 0)
+                               coalesce($16 OPERATOR(pg_catalog./) ($18 OPERATOR(pg_catalog.+) t.text_rank)::pg_catalog.float8, 0)
                                  OPERATOR(pg_catalog.+)
-                               coalesce($13 OPERATOR(pg_catalog./) ($14 OPERATOR(pg_catalog.+) v.vector_rank)::pg_catalog.float8, 0) AS score,
+                               coalesce($17 OPERATOR(pg_catalog./) ($18 OPERATOR(pg_catalog.+) v.vector_rank)::pg_catalog.float8, 0) AS fused_score,
                                t.text_rank, t.r, v.vector_rank, v.sim, v.chunk
                           FROM text_ranked t FULL OUTER JOIN vector_ranked v ON v.id OPERATOR(pg_catalog.=) t.id
-                         ORDER BY score DESC, id
-                         LIMIT $6)
+                         ORDER BY fused_score DESC, id
+                         LIMIT {pool}),
+                      ranked AS ({ranked})
                  SELECT f.id, m.content, m.kind, m.role, m.session_id, m.position, f.score, f.text_rank, f.r, f.vector_rank, f.sim,
                         CASE WHEN f.vector_rank IS NOT NULL THEN coalesce(c.start_char, 0) END,
-                        CASE WHEN f.vector_rank IS NOT NULL THEN coalesce(c.end_char, pg_catalog.char_length(m.content)) END
-                   FROM fused f JOIN {SCHEMA}.memories m ON m.id OPERATOR(pg_catalog.=) f.id
+                        CASE WHEN f.vector_rank IS NOT NULL THEN coalesce(c.end_char, pg_catalog.char_length(m.content)) END,
+                        f.fused_score, f.importance, f.recency
+                   FROM ranked f JOIN {SCHEMA}.memories m ON m.id OPERATOR(pg_catalog.=) f.id
                    {chunk}
-                  ORDER BY f.score DESC, f.id",
-                text_ranking = text_ranking(in_session, "$11"),
-                vector_ranking = vector_ranking(&vector_schema, (!in_session).then_some(dimensions), "$11"),
+                  ORDER BY f.score DESC, f.fused_score DESC, f.id",
+                pool = ranking::POOL,
+                ranked = ranking::ranked("SELECT * FROM fused", "h.fused_score"),
+                text_ranking = text_ranking(in_session, "$15"),
+                vector_ranking = vector_ranking(&vector_schema, (!in_session).then_some(dimensions), "$15"),
                 chunk = matched_chunk("f"),
             )
         };
+        // re-ranked: every candidate either ranking found (up to 2 x pool)
+        let [pool, importance_weight, recency_weight, half_life] =
+            ranking.args(ranking.pool(n, Some(candidates_per_ranking.saturating_mul(2))));
         let variant = format!("hybrid_search {} {vector_schema}", session.map_or(dimensions, |_| 0));
         let plans = if session.is_some() { &VECTOR_PLANS_IN_SESSION } else { &VECTOR_PLANS };
         let plan = spi::kept_variant(plans, variant, sql, &types);
-        spi.return_rows(
+        let returned = spi.return_rows_noting_ids(
             plan,
             &[
                 caller.me,
@@ -762,16 +814,22 @@ unsafe fn hybrid_search(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
                 arg(n),
                 parsed,
                 None,
+                pool,
+                importance_weight,
+                recency_weight,
+                half_life,
                 embedding,
                 None,
-                arg(pool),
+                arg(candidates_per_ranking),
                 arg(text_weight),
                 arg(vector_weight),
                 arg(rrf_k),
                 model,
             ],
             &result,
+            n as usize,
         );
+        ranking::note_accesses(spi, returned);
     });
     pg_sys::Datum::from(0)
 }

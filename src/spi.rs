@@ -60,6 +60,8 @@ mod raw {
             target: pgrx::pg_sys::TupleDesc,
             map_failure_message: *const c_char,
         );
+        #[link_name = "slot_getsomeattrs_int"]
+        pub fn slot_getsomeattrs(slot: *mut pgrx::pg_sys::TupleTableSlot, attnum: c_int);
         #[link_name = "SPI_execute_with_args"]
         pub fn execute_with_args(
             src: *const c_char,
@@ -72,6 +74,62 @@ mod raw {
         ) -> c_int;
     }
 }
+
+/// A receiver of a statement's rows that passes each on to `inner` and copies its first column,
+/// a uuid, into `ids` (up to `capacity`). Its callbacks run inside the executor, under the
+/// `catching()` of the statement's execution: they hold nothing that needs dropping and call
+/// only PostgreSQL's C functions directly, so an ERROR raised in them unwinds as PostgreSQL's own.
+#[repr(C)]
+struct NotingReceiver {
+    base: pg_sys::DestReceiver,
+    inner: *mut pg_sys::DestReceiver,
+    ids: *mut [u8; 16],
+    count: usize,
+    capacity: usize,
+}
+
+unsafe extern "C-unwind" fn note_and_pass_on(slot: *mut pg_sys::TupleTableSlot, this: *mut pg_sys::DestReceiver) -> bool {
+    // SAFETY: `this` is a NotingReceiver (its first field is the DestReceiver), `slot` a row of
+    // the statement, whose first column is a uuid (16 bytes, by reference).
+    unsafe {
+        let this = this.cast::<NotingReceiver>();
+        if (*slot).tts_nvalid < 1 {
+            raw::slot_getsomeattrs(slot, 1);
+        }
+        if !*(*slot).tts_isnull && (*this).count < (*this).capacity {
+            *(*this).ids.add((*this).count) = *(*(*slot).tts_values).cast_mut_ptr::<[u8; 16]>();
+            (*this).count += 1;
+        }
+        let inner = (*this).inner;
+        match (*inner).receiveSlot {
+            Some(receive) => receive(slot, inner),
+            None => true,
+        }
+    }
+}
+
+unsafe extern "C-unwind" fn start_passing_on(this: *mut pg_sys::DestReceiver, operation: c_int, desc: pg_sys::TupleDesc) {
+    // SAFETY: as in note_and_pass_on().
+    unsafe {
+        let inner = (*this.cast::<NotingReceiver>()).inner;
+        if let Some(start) = (*inner).rStartup {
+            start(inner, operation, desc);
+        }
+    }
+}
+
+unsafe extern "C-unwind" fn shut_down_passing_on(this: *mut pg_sys::DestReceiver) {
+    // SAFETY: as in note_and_pass_on().
+    unsafe {
+        let inner = (*this.cast::<NotingReceiver>()).inner;
+        if let Some(shut_down) = (*inner).rShutdown {
+            shut_down(inner);
+        }
+    }
+}
+
+/// (the inner receiver is destroyed by return_rows_to(), the NotingReceiver is on its stack)
+unsafe extern "C-unwind" fn destroy_nothing(_this: *mut pg_sys::DestReceiver) {}
 
 /// Where a backend keeps one plan: `thread_local! { static X: KeptPlan = const { KeptPlan::new() }; }`
 pub struct KeptPlan(Cell<pg_sys::SPIPlanPtr>, PlanChoice);
@@ -284,6 +342,20 @@ impl Connection {
     /// Run the query `plan` and add the rows it returns to `result` (the function's result
     /// set); returns how many it added. Its columns must be those the function returns.
     pub fn return_rows(&self, plan: Plan<'_>, args: &[Arg], result: &ResultSet) -> u64 {
+        self.return_rows_to(plan, args, result, None)
+    }
+
+    /// return_rows() for a query whose first column is a uuid (an id) and which returns at most
+    /// `most` rows: also returns the ids of the rows it added (the first `most`).
+    pub fn return_rows_noting_ids(&self, plan: Plan<'_>, args: &[Arg], result: &ResultSet, most: usize) -> Vec<pgrx::Uuid> {
+        let mut ids = vec![[0u8; 16]; most];
+        let mut noted = 0;
+        self.return_rows_to(plan, args, result, Some((&mut ids, &mut noted)));
+        ids.truncate(noted);
+        ids.into_iter().map(pgrx::Uuid::from_bytes).collect()
+    }
+
+    fn return_rows_to(&self, plan: Plan<'_>, args: &[Arg], result: &ResultSet, noting: Option<(&mut [[u8; 16]], &mut usize)>) -> u64 {
         let (values, nulls) = datums(args, plan.types);
         // SAFETY: a parameter list of the plan's types (PARAM_FLAG_CONST: the values are fixed
         // for the statement), a tuplestore receiver writing into the function's result in its
@@ -308,16 +380,41 @@ impl Connection {
                     c"the query's columns do not match the function's result".as_ptr(),
                 )
             });
+            // the rows go to `receiver`, or through a NotingReceiver that copies their ids
+            let (noting, noted) = match noting {
+                Some((ids, noted)) => (Some((ids.as_mut_ptr(), ids.len())), Some(noted)),
+                None => (None, None),
+            };
+            let mut noting_receiver = noting.map(|(ids, capacity)| NotingReceiver {
+                base: pg_sys::DestReceiver {
+                    receiveSlot: Some(note_and_pass_on),
+                    rStartup: Some(start_passing_on),
+                    rShutdown: Some(shut_down_passing_on),
+                    rDestroy: Some(destroy_nothing),
+                    mydest: (*receiver).mydest,
+                },
+                inner: receiver,
+                ids,
+                count: 0,
+                capacity,
+            });
+            let dest = match noting_receiver.as_mut() {
+                Some(noting) => std::ptr::from_mut(noting).cast::<pg_sys::DestReceiver>(),
+                None => receiver,
+            };
             let options = pg_sys::SPIExecuteOptions {
                 params,
                 read_only: true,
                 allow_nonatomic: false,
                 must_return_tuples: false,
                 tcount: 0,
-                dest: receiver,
+                dest,
                 owner: std::ptr::null_mut(),
             };
             let code = catching(|| raw::execute_plan_extended(plan.plan, &options));
+            if let (Some(noting_receiver), Some(noted)) = (noting_receiver, noted) {
+                *noted = noting_receiver.count;
+            }
             if code < 0 {
                 raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("SPI failed to run a statement ({code})"), None);
             }

@@ -84,6 +84,7 @@ const ROLE_FUNCTIONS: &[(&str, &[&str])] = &[
             "claim_embedding_batch",
             "create_vector_index",
             "fail_embedding",
+            "fold_memory_accesses",
             "process_vindexing",
             "require_usable_embedding",
             "restore_vector_indexes",

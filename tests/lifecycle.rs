@@ -581,6 +581,7 @@ fn the_sweep_handles_every_foreign_key_to_memories_and_every_delete_trigger() {
     // (confdeltype: c = cascade, n = set null; memory_sessions.id: sessions are never swept)
     let handled = [
         "embedding_schedule.memory_id c",
+        "memory_access.memory_id c",
         "memory_chunks.memory_id c",
         "memory_edges.source_id c",
         "memory_edges.target_id c",
@@ -615,7 +616,7 @@ fn the_sweep_handles_every_foreign_key_to_memories_and_every_delete_trigger() {
                               'memoriesdb.memory_shares'::regclass, 'memoriesdb.memory_share_segments'::regclass,
                               'memoriesdb.memory_chunks'::regclass, 'memoriesdb.embedding_schedule'::regclass,
                               'memoriesdb.vindexing_schedule'::regclass, 'memoriesdb.memory_facts'::regclass,
-                              'memoriesdb.memory_sessions'::regclass)",
+                              'memoriesdb.memory_access'::regclass, 'memoriesdb.memory_sessions'::regclass)",
     );
     assert_eq!(
         triggers,
