@@ -2,7 +2,7 @@
 -- retention and the sweep (sql/lifecycle.sql). Runs as the superuser, so row-level security
 -- does not apply here; tests/lifecycle.rs covers ordinary roles, grantees and strangers.
 BEGIN;
-SELECT plan(36);
+SELECT plan(45);
 
 SELECT has_function('define_memory_type', ARRAY['text', 'text', 'real', 'interval'], 'define_memory_type(name, description, default_importance, default_ttl)');
 SELECT has_function('set_session_retention', ARRAY['uuid', 'interval', 'boolean'], 'set_session_retention(session_id, message_ttl, apply_to_existing)');
@@ -67,6 +67,23 @@ SELECT remember_fact('x', 'x is y', 0.4) AS f1 \gset
 SELECT is(remember_fact('x', 'x is y', 0.6), :'f1'::uuid, 'the same statement is the same fact');
 SELECT is((SELECT confidence || '/' || reinforcements FROM facts('x')), '0.6/2', 'reinforced, with the higher confidence');
 SELECT is((SELECT count(*) FROM facts('x', as_of => now() - interval '1 hour')), 0::bigint, 'not valid before it was stated');
+
+-- ranking and access tracking (sql/ranking.sql; tests/ranking.rs covers ordinary roles)
+SELECT has_function('search_memories', ARRAY['text', 'uuid', 'text', 'jsonb', 'integer', 'regconfig', 'double precision',
+                    'double precision', 'interval'], 'search_memories(..., importance_weight, recency_weight, half_life)');
+SELECT has_function('vector_search', ARRAY['vector', 'double precision', 'integer', 'uuid', 'text', 'jsonb', 'text',
+                    'double precision', 'double precision', 'interval'], 'vector_search(..., importance_weight, recency_weight, half_life)');
+SELECT has_function('fold_memory_accesses', ARRAY['integer'], 'fold_memory_accesses(lim)');
+SELECT has_table('memory_access', 'the access counts');
+INSERT INTO memories (kind, content, importance) VALUES ('memory', 'ranking probe alpha', 0.9), ('memory', 'ranking probe beta', NULL);
+SELECT is((SELECT array_agg(score = rank ORDER BY id) FROM search_memories('ranking probe')), ARRAY[true, true],
+          'by default the score is the relevance');
+SELECT is((SELECT array_agg(importance ORDER BY content) FROM search_memories('ranking probe')), ARRAY[0.9, 0.5]::real[],
+          'importance: the memory''s own, else its type''s default');
+SELECT is((SELECT content FROM search_memories('ranking probe', importance_weight => 1) LIMIT 1), 'ranking probe alpha',
+          'the more important memory first');
+SELECT throws_ok($$SELECT * FROM search_memories('x', recency_weight => 2)$$, '22023', NULL, 'a weight above 1 is refused');
+SELECT throws_ok($$SELECT * FROM search_memories('x', half_life => '0 days')$$, '22023', NULL, 'a half-life must be positive');
 
 SELECT * FROM finish();
 ROLLBACK;

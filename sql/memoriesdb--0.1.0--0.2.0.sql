@@ -1015,26 +1015,31 @@ GRANT EXECUTE ON FUNCTION @extschema@.remember_fact(text, text, real, uuid, json
     @extschema@.facts(text, timestamptz, boolean, integer) TO memoriesdb_user;
 
 -- Ranking by importance and recency, and access tracking (sql/ranking.sql).
--- How often each memory was returned by a search, and when last (folded from the log).
+-- How often searches by each user returned each memory, and when last (folded from the log).
+-- Per user: recency is the reader's own (when did *I* last use it), and nobody learns from it
+-- what another user searched for.
 CREATE TABLE @extschema@.memory_access (
-    memory_id        uuid PRIMARY KEY REFERENCES @extschema@.memories (id) ON DELETE CASCADE,
+    memory_id        uuid NOT NULL REFERENCES @extschema@.memories (id) ON DELETE CASCADE,
+    user_id          uuid NOT NULL REFERENCES @extschema@.users (id) ON DELETE CASCADE,
     access_count     bigint NOT NULL CHECK (access_count >= 1),
-    last_accessed_at timestamptz NOT NULL
+    last_accessed_at timestamptz NOT NULL,
+    PRIMARY KEY (memory_id, user_id)
 );
-COMMENT ON TABLE @extschema@.memory_access IS 'How often searches returned each memory, and when last (fold_memory_accesses)';
+COMMENT ON TABLE @extschema@.memory_access IS 'How often searches by each user returned each memory, and when last (fold_memory_accesses)';
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.memory_access', '');
 
 -- Searches' accesses not yet folded: append-only, unlogged (lost in a crash: only statistics),
 -- without a foreign key (whose check would lock the memory's row for every search).
 CREATE UNLOGGED TABLE @extschema@.memory_access_log (
     memory_id   uuid NOT NULL,
+    user_id     uuid NOT NULL,
     accessed_at timestamptz NOT NULL
 );
 COMMENT ON TABLE @extschema@.memory_access_log IS 'Accesses recorded by searches, until fold_memory_accesses() counts them';
 
 -- Count up to `lim` logged accesses into memory_access (access_count up, last_accessed_at to the
--- latest) and remove them from the log; returns how many it counted. Accesses of memories that
--- no longer exist are dropped. Rows another fold holds are skipped, so folds never wait on each
+-- latest) and remove them from the log; returns how many it took from the log. Accesses of
+-- memories (or by users) that no longer exist are dropped. Rows another fold holds are skipped, so folds never wait on each
 -- other; logging searches never wait on a fold. For workers and administrators, e.g. every
 -- minute from pg_cron:
 --   SELECT cron.schedule('memoriesdb-accesses', '* * * * *', 'SELECT memoriesdb.fold_memory_accesses()');
@@ -1051,16 +1056,18 @@ BEGIN
     WITH taken AS (
            DELETE FROM @extschema@.memory_access_log l
             WHERE l.ctid = ANY (ARRAY(SELECT x.ctid FROM @extschema@.memory_access_log x LIMIT lim FOR UPDATE SKIP LOCKED))
-           RETURNING l.memory_id, l.accessed_at),
+           RETURNING l.memory_id, l.user_id, l.accessed_at),
          counted_accesses AS (
-           SELECT t.memory_id, count(*) AS n, max(t.accessed_at) AS last_at FROM taken t GROUP BY t.memory_id),
-         -- (in id order: two folds upserting the same memories lock them in the same order)
+           SELECT t.memory_id, t.user_id, count(*) AS n, max(t.accessed_at) AS last_at
+             FROM taken t GROUP BY t.memory_id, t.user_id),
+         -- (in key order: two folds upserting the same rows lock them in the same order)
          folded AS (
-           INSERT INTO @extschema@.memory_access AS a (memory_id, access_count, last_accessed_at)
-           SELECT c.memory_id, c.n, c.last_at
+           INSERT INTO @extschema@.memory_access AS a (memory_id, user_id, access_count, last_accessed_at)
+           SELECT c.memory_id, c.user_id, c.n, c.last_at
              FROM counted_accesses c
             WHERE EXISTS (SELECT 1 FROM @extschema@.memories m WHERE m.id = c.memory_id)
-            ORDER BY c.memory_id
+              AND EXISTS (SELECT 1 FROM @extschema@.users u WHERE u.id = c.user_id)
+            ORDER BY c.memory_id, c.user_id
            ON CONFLICT ON CONSTRAINT memory_access_pkey DO UPDATE
               SET access_count = a.access_count + EXCLUDED.access_count,
                   last_accessed_at = greatest(a.last_accessed_at, EXCLUDED.last_accessed_at)
@@ -1074,7 +1081,8 @@ ALTER TABLE @extschema@.memory_access FORCE ROW LEVEL SECURITY;
 ALTER TABLE @extschema@.memory_access_log ENABLE ROW LEVEL SECURITY;
 ALTER TABLE @extschema@.memory_access_log FORCE ROW LEVEL SECURITY;
 CREATE POLICY memory_access_read ON @extschema@.memory_access FOR SELECT
-    USING (EXISTS (SELECT 1 FROM @extschema@.memories m WHERE m.id = memory_access.memory_id));
+    USING (user_id = (SELECT @extschema@.current_memory_user())
+           AND EXISTS (SELECT 1 FROM @extschema@.memories m WHERE m.id = memory_access.memory_id));
 GRANT SELECT ON @extschema@.memory_access TO memoriesdb_user;
 REVOKE ALL ON FUNCTION @extschema@.fold_memory_accesses(integer) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION @extschema@.fold_memory_accesses(integer) TO memoriesdb_worker;

@@ -195,10 +195,11 @@ CREATE POLICY memory_chunks_read ON @extschema@.memory_chunks FOR SELECT
 CREATE POLICY memory_facts_read ON @extschema@.memory_facts FOR SELECT
     USING (EXISTS (SELECT 1 FROM @extschema@.memories m WHERE m.id = memory_facts.memory_id));
 
--- access counts: readable with their memory (written only by fold_memory_accesses()); the log
--- of accesses not yet counted: no policy, so nobody but the owner reads it
+-- access counts: your own, of memories you can see (written only by fold_memory_accesses()); the
+-- log of accesses not yet counted: no policy, so nobody but the owner reads it
 CREATE POLICY memory_access_read ON @extschema@.memory_access FOR SELECT
-    USING (EXISTS (SELECT 1 FROM @extschema@.memories m WHERE m.id = memory_access.memory_id));
+    USING (user_id = (SELECT @extschema@.current_memory_user())
+           AND EXISTS (SELECT 1 FROM @extschema@.memories m WHERE m.id = memory_access.memory_id));
 
 -- the memory types are not secret (written only by define_memory_type())
 CREATE POLICY memory_type_definitions_read ON @extschema@.memory_type_definitions FOR SELECT USING (true);

@@ -116,10 +116,10 @@ pub fn ranked(hits: &str, relevance: &str) -> String {
            FROM ({hits}) h
            JOIN {SCHEMA}.memories rm ON rm.id OPERATOR(pg_catalog.=) h.id
            LEFT JOIN {SCHEMA}.memory_types rt ON rt.name OPERATOR(pg_catalog.=) rm.kind
-           LEFT JOIN {SCHEMA}.memory_access ra ON ra.memory_id OPERATOR(pg_catalog.=) rm.id
+           LEFT JOIN {SCHEMA}.memory_access ra ON ra.memory_id OPERATOR(pg_catalog.=) rm.id AND ra.user_id OPERATOR(pg_catalog.=) $1
           CROSS JOIN LATERAL (
                 SELECT coalesce(rm.importance, rt.default_importance, 0.5::pg_catalog.float4) AS importance,
-                       -- 0.5 ^ (age / half-life), the age counted from the last use, else the writing
+                       -- 0.5 ^ (age / half-life), the age counted from the caller's last use, else the writing
                        -- (at most 1000 half-lives: 0.5 ^ 1000 is 1e-301, where power() does not underflow)
                        pg_catalog.power(0.5::pg_catalog.float8, least(1000::pg_catalog.float8,
                          greatest(pg_catalog.date_part('epoch', pg_catalog.now() OPERATOR(pg_catalog.-)
@@ -130,15 +130,17 @@ pub fn ranked(hits: &str, relevance: &str) -> String {
     )
 }
 
-/// The accesses this backend has noted and not yet written.
+/// The accesses this backend has noted and not yet written: memory, user, time.
 struct Pending {
     ids: Vec<pgrx::Uuid>,
+    users: Vec<pgrx::Uuid>,
     at: Vec<pgrx::datum::TimestampWithTimeZone>,
     last_write: Option<Instant>,
 }
 
 thread_local! {
-    static PENDING: RefCell<Pending> = const { RefCell::new(Pending { ids: Vec::new(), at: Vec::new(), last_write: None }) };
+    static PENDING: RefCell<Pending> =
+        const { RefCell::new(Pending { ids: Vec::new(), users: Vec::new(), at: Vec::new(), last_write: None }) };
     static LOG_ACCESSES: KeptPlan = const { KeptPlan::new() };
 }
 
@@ -147,11 +149,13 @@ const WRITE_INTERVAL: Duration = Duration::from_secs(1);
 /// Written sooner when this many are pending (bounds the backend's memory).
 const MOST_PENDING: usize = 10_000;
 
-/// Note that a search returned the memories `ids`, and write what is pending to
+/// Note that a search by `user` returned the memories `ids` (nothing for a role acting as
+/// nobody, e.g. a superuser: there is no one whose use it is), and write what is pending to
 /// memory_access_log when the last write is a second old (or none was made yet in this backend,
 /// so that a one-search connection counts too). Not in a read-only transaction, a standby or a
 /// parallel worker (nothing pending is written then), nor with memoriesdb.track_access off.
-pub fn note_accesses(spi: &spi::Connection, ids: Vec<pgrx::Uuid>) {
+pub fn note_accesses(spi: &spi::Connection, user: Option<pgrx::Uuid>, ids: Vec<pgrx::Uuid>) {
+    let Some(user) = user else { return };
     if ids.is_empty() || !TRACK_ACCESS.get() {
         return;
     }
@@ -161,6 +165,7 @@ pub fn note_accesses(spi: &spi::Connection, ids: Vec<pgrx::Uuid>) {
         // SAFETY: a timestamptz value.
         let at = unsafe { pgrx::datum::TimestampWithTimeZone::from_datum(pg_sys::Datum::from(now), false) }.expect("not NULL");
         pending.at.extend(std::iter::repeat_n(at, ids.len()));
+        pending.users.extend(std::iter::repeat_n(user, ids.len()));
         pending.ids.extend(ids);
         pending.last_write.is_none_or(|t| t.elapsed() >= WRITE_INTERVAL) || pending.ids.len() >= MOST_PENDING
     });
@@ -172,25 +177,27 @@ pub fn note_accesses(spi: &spi::Connection, ids: Vec<pgrx::Uuid>) {
             if pending.ids.len() > MOST_PENDING {
                 let excess = pending.ids.len() - MOST_PENDING;
                 pending.ids.drain(..excess);
+                pending.users.drain(..excess);
                 pending.at.drain(..excess);
             }
         });
         return;
     }
-    let (ids, at) = PENDING.with_borrow_mut(|pending| {
+    let (ids, users, at) = PENDING.with_borrow_mut(|pending| {
         pending.last_write = Some(Instant::now());
-        (std::mem::take(&mut pending.ids), std::mem::take(&mut pending.at))
+        (std::mem::take(&mut pending.ids), std::mem::take(&mut pending.users), std::mem::take(&mut pending.at))
     });
     spi.execute_kept(
         &LOG_ACCESSES,
         || {
             format!(
-                "INSERT INTO {SCHEMA}.memory_access_log (memory_id, accessed_at)
-                 SELECT a.id, a.at FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) a (id, at)"
+                "INSERT INTO {SCHEMA}.memory_access_log (memory_id, user_id, accessed_at)
+                 SELECT a.id, a.user_id, a.at
+                   FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3)) a (id, user_id, at)"
             )
         },
-        &[pg_sys::UUIDARRAYOID, pg_sys::TIMESTAMPTZARRAYOID],
-        &[ids.into_datum(), at.into_datum()],
+        &[pg_sys::UUIDARRAYOID, pg_sys::UUIDARRAYOID, pg_sys::TIMESTAMPTZARRAYOID],
+        &[ids.into_datum(), users.into_datum(), at.into_datum()],
         Effect::Writes,
     );
 }

@@ -263,14 +263,17 @@ const CHUNK_OFFSETS: &str = "coalesce(c.start_char, 0), coalesce(c.end_char, pg_
 /// The caller, as the search statements decide for them: the acting user, and whether their
 /// role reads everything (bypasses row-level security, or a worker).
 struct Caller {
+    user: Option<pgrx::Uuid>,
     me: Arg,
     reads_all: bool,
 }
 
 impl Caller {
     fn current() -> Caller {
+        let user = identity::current_memory_user();
         Caller {
-            me: arg(identity::current_memory_user()),
+            user,
+            me: arg(user),
             reads_all: identity::acting_role_bypasses_rls() || identity::acting_role_is("memoriesdb_worker"),
         }
     }
@@ -509,7 +512,7 @@ unsafe fn search_memories(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
             &result,
             n as usize,
         );
-        ranking::note_accesses(spi, returned);
+        ranking::note_accesses(spi, caller.user, returned);
     });
     pg_sys::Datum::from(0)
 }
@@ -670,7 +673,7 @@ impl VectorSearch {
             result,
             self.n as usize,
         );
-        ranking::note_accesses(spi, returned);
+        ranking::note_accesses(spi, self.caller.user, returned);
     }
 }
 
@@ -829,7 +832,7 @@ unsafe fn hybrid_search(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
             &result,
             n as usize,
         );
-        ranking::note_accesses(spi, returned);
+        ranking::note_accesses(spi, caller.user, returned);
     });
     pg_sys::Datum::from(0)
 }

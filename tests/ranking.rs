@@ -199,7 +199,7 @@ fn searches_record_their_accesses_which_a_fold_counts_under_row_level_security()
     let db = TestDb::new();
     let mut alice = db.connect();
     let mut admin = db.admin();
-    let (bob_role, _) = db.extra_role("bob");
+    let (bob_role, bob_user) = db.extra_role("bob");
     let mut bob = db.connect_as(&bob_role);
     let (worker_role, _) = db.extra_role("worker");
     db.grant("memoriesdb_worker", &worker_role);
@@ -231,6 +231,9 @@ fn searches_record_their_accesses_which_a_fold_counts_under_row_level_security()
     // with tracking off: nothing noted
     alice.batch_execute("SET memoriesdb.track_access = off; SELECT * FROM search_memories('budget')").unwrap();
     assert_eq!(log(&mut admin), 1);
+    // a superuser acting as nobody: no one's use to count
+    admin.batch_execute("SELECT * FROM memoriesdb.search_memories('quarterly')").unwrap();
+    assert_eq!(log(&mut admin), 1);
     // the next search a second later writes everything pending: 1 + 2 + 2 + its own 2
     alice.batch_execute("SET memoriesdb.track_access = on; SELECT * FROM vector_search('[1, 1, 0]', 0.5)").unwrap();
     assert_eq!(log(&mut admin), 7);
@@ -249,9 +252,9 @@ fn searches_record_their_accesses_which_a_fold_counts_under_row_level_security()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
     assert_eq!(counts, vec![(old, 4), (other, 3)]);
-    // bob sees no counts of alice's memories
+    // bob sees no counts of alice's memories, and cannot write any
     assert_eq!(count(&mut bob, "SELECT count(*) FROM memory_access"), 0);
-    expect_error(&mut bob, &format!("INSERT INTO memory_access VALUES ('{old}', 1, now())"), "42501");
+    expect_error(&mut bob, &format!("INSERT INTO memory_access VALUES ('{old}', '{bob_user}', 1, now())"), "42501");
 
     // recency now counts from the last use
     assert!(recency_of_old(&mut alice) > 0.99);
@@ -294,5 +297,13 @@ fn a_client_idling_in_a_transaction_after_a_search_holds_up_nobody() {
     assert_eq!(folded, 3, "bob's three accesses; alice's are not committed");
     alice.batch_execute("COMMIT").unwrap();
     assert_eq!(count(&mut worker, "SELECT fold_memory_accesses()"), 1);
-    assert_eq!(count(&mut admin, &format!("SELECT access_count FROM memoriesdb.memory_access WHERE memory_id = '{shared}'")), 4);
+    // counted per user, and each sees only their own: what bob searched for is not alice's to know
+    assert_eq!(count(&mut admin, &format!("SELECT sum(access_count)::int8 FROM memoriesdb.memory_access WHERE memory_id = '{shared}'")), 4);
+    assert_eq!(count(&mut alice, "SELECT sum(access_count)::int8 FROM memory_access"), 1);
+    assert_eq!(count(&mut bob, "SELECT sum(access_count)::int8 FROM memory_access"), 3);
+    // and recency is the reader's own: bob's later uses do not make it recent for alice
+    let last_use = |c: &mut Client| -> bool {
+        c.query_one("SELECT last_accessed_at > now() - interval '1 minute' FROM memory_access", &[]).unwrap().get(0)
+    };
+    assert!(last_use(&mut alice) && last_use(&mut bob));
 }
