@@ -2,7 +2,7 @@
 -- retention and the sweep (sql/lifecycle.sql). Runs as the superuser, so row-level security
 -- does not apply here; tests/lifecycle.rs covers ordinary roles, grantees and strangers.
 BEGIN;
-SELECT plan(45);
+SELECT plan(52);
 
 SELECT has_function('define_memory_type', ARRAY['text', 'text', 'real', 'interval'], 'define_memory_type(name, description, default_importance, default_ttl)');
 SELECT has_function('set_session_retention', ARRAY['uuid', 'interval', 'boolean'], 'set_session_retention(session_id, message_ttl, apply_to_existing)');
@@ -70,9 +70,9 @@ SELECT is((SELECT count(*) FROM facts('x', as_of => now() - interval '1 hour')),
 
 -- ranking and access tracking (sql/ranking.sql; tests/ranking.rs covers ordinary roles)
 SELECT has_function('search_memories', ARRAY['text', 'uuid', 'text', 'jsonb', 'integer', 'regconfig', 'double precision',
-                    'double precision', 'interval'], 'search_memories(..., importance_weight, recency_weight, half_life)');
+                    'double precision', 'interval', 'integer'], 'search_memories(..., importance_weight, recency_weight, half_life, candidates)');
 SELECT has_function('vector_search', ARRAY['vector', 'double precision', 'integer', 'uuid', 'text', 'jsonb', 'text',
-                    'double precision', 'double precision', 'interval'], 'vector_search(..., importance_weight, recency_weight, half_life)');
+                    'double precision', 'double precision', 'interval', 'integer'], 'vector_search(..., importance_weight, recency_weight, half_life, candidates)');
 SELECT has_function('fold_memory_accesses', ARRAY['integer'], 'fold_memory_accesses(lim)');
 SELECT has_table('memory_access', 'the access counts');
 INSERT INTO memories (kind, content, importance) VALUES ('memory', 'ranking probe alpha', 0.9), ('memory', 'ranking probe beta', NULL);
@@ -84,6 +84,23 @@ SELECT is((SELECT content FROM search_memories('ranking probe', importance_weigh
           'the more important memory first');
 SELECT throws_ok($$SELECT * FROM search_memories('x', recency_weight => 2)$$, '22023', NULL, 'a weight above 1 is refused');
 SELECT throws_ok($$SELECT * FROM search_memories('x', half_life => '0 days')$$, '22023', NULL, 'a half-life must be positive');
+
+-- context for a prompt (sql/context.sql; tests/context.rs covers roles, forks and budgets)
+SELECT has_function('get_context', ARRAY['uuid', 'integer', 'integer', 'text', 'integer', 'integer', 'boolean',
+                    'double precision', 'double precision', 'interval'], 'get_context(session_id, max_tokens, last_n, query, ...)');
+SELECT is(estimate_tokens('How long is this in a prompt?'), 12, 'estimate_tokens: 4 characters a token, + 4');
+SELECT create_session('context probe') AS cs \gset
+SELECT add_messages_to_session(:'cs', '[{"role": "user", "content": "one"}, {"role": "assistant", "content": "two"},
+                                        {"role": "user", "content": "three"}]');
+SELECT is((SELECT array_agg(content ORDER BY position) FROM get_recent_messages(:'cs', 2)), ARRAY['two', 'three'],
+          'get_recent_messages: the newest, in order');
+SELECT is((SELECT array_agg(section || ':' || content ORDER BY ordinal) FROM get_context(:'cs')),
+          ARRAY['message:one', 'message:two', 'message:three'], 'get_context: the transcript when everything fits');
+SELECT add_session_summary(:'cs', 'counting', 2) IS NOT NULL AS summarised \gset
+SELECT is((SELECT array_agg(section || ':' || content ORDER BY ordinal) FROM get_context(:'cs')),
+          ARRAY['summary:counting', 'message:three'], 'a summary stands in for the messages it covers');
+SELECT throws_ok(format($$SELECT add_session_summary(%L, 'x', 4)$$, :'cs'), '22023', NULL, 'a summary covers positions of the session');
+SELECT throws_ok(format($$SELECT * FROM get_context(%L, max_tokens => 0)$$, :'cs'), '22023', NULL, 'the budget is positive');
 
 SELECT * FROM finish();
 ROLLBACK;

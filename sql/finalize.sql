@@ -45,8 +45,9 @@ REVOKE ALL ON ALL FUNCTIONS IN SCHEMA @extschema@ FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION
     @extschema@.create_session, @extschema@.add_message_to_session, @extschema@.add_messages_to_session,
     @extschema@.fork_session, @extschema@.get_formatted_conversation, @extschema@.get_conversation_text,
-    @extschema@.get_conversation_page, @extschema@.get_session, @extschema@.list_sessions, @extschema@.session_channel,
-    @extschema@.session_lineage,
+    @extschema@.get_conversation_page, @extschema@.get_recent_messages, @extschema@.get_session, @extschema@.list_sessions,
+    @extschema@.session_channel, @extschema@.session_lineage,
+    @extschema@.get_context, @extschema@.add_session_summary, @extschema@.estimate_tokens,
     @extschema@.search_memories, @extschema@.vector_search, @extschema@.hybrid_search, @extschema@.semantic_search,
     @extschema@.embed_text,
     @extschema@.add_edge, @extschema@.remove_edge, @extschema@.traverse_memory_graph,
@@ -97,7 +98,7 @@ GRANT SELECT ON @extschema@.memory_sessions, @extschema@.memory_shares, @extsche
     @extschema@.memory_graph, @extschema@.memory_graph_edges,
     @extschema@.embedding_queue_status, @extschema@.embedding_coverage,
     @extschema@.memory_types, @extschema@.memory_type_definitions, @extschema@.memory_facts,
-    @extschema@.memory_access
+    @extschema@.memory_access, @extschema@.memory_summaries
 TO memoriesdb_user;
 -- memory_chunks: nothing. Its passages reach users through the search functions (offsets only);
 -- a direct SELECT could ORDER BY the embedding, and the HNSW index would then rank other

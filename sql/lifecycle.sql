@@ -107,12 +107,13 @@ $$;
 -- transcript, the forks' included, so deleting it changes nothing anyone sees.
 
 -- Delete up to `lim` expired memories (those whose expires_at has passed), oldest expiry first,
--- and return how many. With them go their edges, passages, shares, facts, access counts and queue
--- rows; forks made at an expired message keep their fork point (fork_position; fork_message_id
--- becomes NULL), and facts citing or superseded by one lose that link. Each deletion is audited —
--- the memory's without its content (see sql/audit.sql), edges and shares as always. Rows another transaction
--- holds are skipped (a later sweep gets them), so sweeps never wait on writers and several may
--- run at once. Safe to run as often as you like, e.g. every minute from pg_cron:
+-- and return how many. With them go their edges, passages, shares, facts, summary records, access
+-- counts and queue rows; forks made at an expired message keep their fork point (fork_position;
+-- fork_message_id becomes NULL), and facts citing or superseded by one lose that link. Each
+-- deletion is audited — the memory's without its content (see sql/audit.sql), edges and shares as
+-- always. Rows another transaction holds are skipped (a later sweep gets them), so sweeps never
+-- wait on writers and several may run at once. Safe to run as often as you like, e.g. every
+-- minute from pg_cron:
 --   SELECT cron.schedule('memoriesdb-sweep', '* * * * *', 'SELECT memoriesdb.sweep_expired_memories()');
 -- For a backlog, call it until it returns less than lim. For workers and administrators.
 --
@@ -179,6 +180,7 @@ BEGIN
     DELETE FROM @extschema@.vindexing_schedule v WHERE v.memory_id = ANY (doomed);
     DELETE FROM @extschema@.memory_facts f WHERE f.memory_id = ANY (doomed);
     DELETE FROM @extschema@.memory_access a WHERE a.memory_id = ANY (doomed);
+    DELETE FROM @extschema@.memory_summaries s WHERE s.memory_id = ANY (doomed);
     -- SET NULL
     UPDATE @extschema@.memory_facts f SET source_message = NULL WHERE f.source_message = ANY (doomed);
     UPDATE @extschema@.memory_facts f SET superseded_by = NULL WHERE f.superseded_by = ANY (doomed);

@@ -77,6 +77,8 @@ ALTER TABLE @extschema@.memory_access ENABLE ROW LEVEL SECURITY;
 ALTER TABLE @extschema@.memory_access FORCE ROW LEVEL SECURITY;
 ALTER TABLE @extschema@.memory_access_log ENABLE ROW LEVEL SECURITY;
 ALTER TABLE @extschema@.memory_access_log FORCE ROW LEVEL SECURITY;
+ALTER TABLE @extschema@.memory_summaries ENABLE ROW LEVEL SECURITY;
+ALTER TABLE @extschema@.memory_summaries FORCE ROW LEVEL SECURITY;
 ALTER TABLE @extschema@.memory_chunks ENABLE ROW LEVEL SECURITY;
 ALTER TABLE @extschema@.memory_chunks FORCE ROW LEVEL SECURITY;
 -- the outbox has no policy at all: only the relay (a superuser) and emit_events() (SECURITY
@@ -200,6 +202,10 @@ CREATE POLICY memory_facts_read ON @extschema@.memory_facts FOR SELECT
 CREATE POLICY memory_access_read ON @extschema@.memory_access FOR SELECT
     USING (user_id = (SELECT @extschema@.current_memory_user())
            AND EXISTS (SELECT 1 FROM @extschema@.memories m WHERE m.id = memory_access.memory_id));
+
+-- summaries: readable with their memory (written only by add_session_summary())
+CREATE POLICY memory_summaries_read ON @extschema@.memory_summaries FOR SELECT
+    USING (EXISTS (SELECT 1 FROM @extschema@.memories m WHERE m.id = memory_summaries.memory_id));
 
 -- the memory types are not secret (written only by define_memory_type())
 CREATE POLICY memory_type_definitions_read ON @extschema@.memory_type_definitions FOR SELECT USING (true);

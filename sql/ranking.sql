@@ -7,8 +7,9 @@
 --   recency    = 0.5 ^ (age / half_life), age = time since the searching user last used the
 --                memory (a search of theirs returned it) or else since it was written
 -- With both weights 0 (the default) the score is the relevance and the order is as before.
--- The ranking re-orders the best matches by relevance (5 x lim of them; hybrid_search: its
--- candidates), so an index still drives every search (src/ranking.rs).
+-- The ranking re-orders the best matches by relevance (`candidates` of them: by default 5 x lim
+-- for full-text search, lim for vector search, every candidate of both rankings for hybrid
+-- search), so an index still drives every search (src/ranking.rs).
 --
 -- Access tracking: every search remembers which memories it returned to which user, in the
 -- memory of its own backend, and writes them to memory_access_log at most once a second per

@@ -14,6 +14,10 @@
 --   importance_weight, recency_weight  in [0, 1], default 0: how much the memory's importance
 --                    and its recency scale the score (0: not at all, the order is by relevance)
 --   half_life        how fast recency decays: a memory last used half_life ago has recency 0.5
+--   candidates       how many of the best matches by relevance the ranking orders (default:
+--                    5 x lim for search_memories; lim for vector_search and semantic_search,
+--                    where each candidate the HNSW index must find among other tenants' rows
+--                    costs time; hybrid_search: every candidate either of its rankings found)
 -- Each returns importance, recency and score beside its relevance (score = relevance x
 -- (1 - importance_weight + importance_weight x importance) x (1 - recency_weight + recency_weight
 -- x recency)), best score first. The searches are VOLATILE: each notes the memories it returned
@@ -33,7 +37,8 @@ CREATE FUNCTION @extschema@.search_memories(
     config regconfig DEFAULT NULL,
     importance_weight double precision DEFAULT 0,
     recency_weight double precision DEFAULT 0,
-    half_life interval DEFAULT '30 days')
+    half_life interval DEFAULT '30 days',
+    candidates integer DEFAULT NULL)
 RETURNS TABLE (id uuid, content text, kind text, role text, origin_session_id uuid, "position" bigint,
                rank real, snippet text, importance real, recency double precision, score double precision)
 LANGUAGE c VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET jit = off
@@ -133,7 +138,8 @@ CREATE FUNCTION @extschema@.vector_search(
     model text DEFAULT NULL,
     importance_weight double precision DEFAULT 0,
     recency_weight double precision DEFAULT 0,
-    half_life interval DEFAULT '30 days')
+    half_life interval DEFAULT '30 days',
+    candidates integer DEFAULT NULL)
 RETURNS TABLE (id uuid, content text, kind text, role text, origin_session_id uuid, "position" bigint,
                similarity double precision, chunk_start integer, chunk_end integer,
                importance real, recency double precision, score double precision)
@@ -157,7 +163,8 @@ CREATE FUNCTION @extschema@.semantic_search(
     metadata_filter jsonb DEFAULT NULL,
     importance_weight double precision DEFAULT 0,
     recency_weight double precision DEFAULT 0,
-    half_life interval DEFAULT '30 days')
+    half_life interval DEFAULT '30 days',
+    candidates integer DEFAULT NULL)
 RETURNS TABLE (id uuid, content text, kind text, role text, origin_session_id uuid, "position" bigint,
                similarity double precision, chunk_start integer, chunk_end integer,
                importance real, recency double precision, score double precision)

@@ -278,6 +278,16 @@ RETURNS TABLE ("position" bigint, role text, content text, message_id uuid, orig
                created_at timestamptz, metadata jsonb)
 LANGUAGE c STABLE SET jit = off AS 'MODULE_PATHNAME', 'get_conversation_page_native';
 
+-- get_recent_messages: the last lim messages of a session's transcript (after after_position and
+-- before before_position, NULL: to the end), in order, as get_formatted_conversation() returns
+-- them: the latest turns for a prompt, or the page before one a client shows (scrolling back).
+-- Each segment is read backwards from its end, so it costs what it returns.
+CREATE FUNCTION @extschema@.get_recent_messages(session_id uuid, lim integer DEFAULT 20, after_position bigint DEFAULT 0,
+                                                before_position bigint DEFAULT NULL, include_metadata boolean DEFAULT false)
+RETURNS TABLE ("position" bigint, role text, content text, message_id uuid, origin_session_id uuid,
+               created_at timestamptz, metadata jsonb)
+LANGUAGE c STABLE SET jit = off AS 'MODULE_PATHNAME', 'get_recent_messages_native';
+
 -- The transcript a branch sees, in order: inherited messages first, then its own.
 -- origin_session_id names the session (this one or an ancestor) each message was written in.
 -- One statement over all segments of the lineage. JIT compilation costs far more than it saves

@@ -1,8 +1,8 @@
 //! Ranking by importance and recency, and the access tracking recency counts from (what they
 //! mean, and why access tracking is shaped as it is: sql/ranking.sql).
 //!
-//! Each search statement ranks by relevance first, keeps the best matches (5 x lim when it
-//! re-ranks, else lim: an index drives that ranking as before), and then orders those by
+//! Each search statement ranks by relevance first, keeps the best matches (lim, or when it
+//! re-ranks its `candidates`: an index drives that ranking as before), and then orders those by
 //!   score = relevance x (1 - wi + wi x importance) x (1 - wr + wr x recency),
 //! which with both weights 0 is the relevance itself. The search returns importance, recency
 //! and score beside its relevance columns.
@@ -82,17 +82,28 @@ impl Ranking {
     }
 
     /// Whether the order can differ from relevance alone.
-    fn reranks(&self) -> bool {
+    pub fn reranks(&self) -> bool {
         self.importance_weight > 0.0 || self.recency_weight > 0.0
     }
 
     /// How many of the best matches by relevance to rank for a search of `lim` rows: `lim`
-    /// itself when the order is relevance alone, else 5 x lim (at most 10000, or `wider`).
-    pub fn pool(&self, lim: i32, wider: Option<i32>) -> i32 {
+    /// itself when the order is relevance alone, else the caller's `candidates` (at least lim,
+    /// at most 10000: 22023 otherwise) or `default`.
+    pub fn pool(&self, lim: i32, candidates: Option<pg_sys::Datum>, default: i32) -> i32 {
+        let candidates = candidates.map(|d| d.value() as i32);
+        if let Some(n) = candidates {
+            if !(lim..=10000).contains(&n) {
+                raise(
+                    PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                    format!("candidates must be between lim ({lim}) and 10000, got {n}"),
+                    Some("how many of the best matches by relevance the ranking orders"),
+                )
+            }
+        }
         if !self.reranks() {
             return lim;
         }
-        wider.unwrap_or_else(|| (lim * 5).clamp(lim, 10000))
+        candidates.unwrap_or(default)
     }
 
     /// The values of the statement parameters $9 .. $12.

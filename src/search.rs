@@ -463,11 +463,13 @@ fn usable_embedding(spi: &spi::Connection, embedding: Option<pg_sys::Datum>, vec
 /// (by rank, or by score when ranking by importance or recency: ranking.rs); snippet
 /// highlights the matches with <b>...</b>.
 unsafe fn search_memories(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
-    // SAFETY: declared in SQL with these nine arguments.
-    let [query, session, kind, metadata, lim, config, importance_weight, recency_weight, half_life] =
+    // SAFETY: declared in SQL with these ten arguments.
+    let [query, session, kind, metadata, lim, config, importance_weight, recency_weight, half_life, candidates] =
         std::array::from_fn(|i| unsafe { raw_arg(fcinfo, i) });
     let n = search_limit(lim.map(|d| d.value() as i32));
     let ranking = Ranking::checked(importance_weight, recency_weight, half_life);
+    // (ranking costs little more than it orders: ts_rank_cd is computed for every match anyway)
+    let pool = ranking.pool(n, candidates, (n * 5).min(10000));
     let caller = Caller::current();
     // SAFETY: a set-returning function with a row type.
     let result = unsafe { ResultSet::materialize(fcinfo) };
@@ -492,7 +494,7 @@ unsafe fn search_memories(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
             },
             &PARAMETER_TYPES,
         );
-        let [pool, importance_weight, recency_weight, half_life] = ranking.args(ranking.pool(n, None));
+        let [pool, importance_weight, recency_weight, half_life] = ranking.args(pool);
         let returned = spi.return_rows_noting_ids(
             plan,
             &[
@@ -527,12 +529,12 @@ crate::fmgr::sql_function_entry!(pg_finfo_search_memories_native, search_memorie
 /// computed by that model); each memory once, at its best passage (chunk_start, chunk_end: its
 /// character offsets).
 unsafe fn vector_search(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
-    // SAFETY: declared in SQL with these ten arguments.
-    let [embedding, threshold, lim, session, kind, metadata, model, importance_weight, recency_weight, half_life] =
+    // SAFETY: declared in SQL with these eleven arguments.
+    let [embedding, threshold, lim, session, kind, metadata, model, importance_weight, recency_weight, half_life, candidates] =
         std::array::from_fn(|i| unsafe { raw_arg(fcinfo, i) });
     let (vector, vector_schema) = vector_schema(fcinfo, 0);
     let ranking = Ranking::checked(importance_weight, recency_weight, half_life);
-    let search = VectorSearch::checked(threshold, lim, session, kind, metadata, ranking);
+    let search = VectorSearch::checked(threshold, lim, session, kind, metadata, ranking, candidates);
     // SAFETY: a set-returning function with a row type.
     let result = unsafe { ResultSet::materialize(fcinfo) };
     spi::connect(|spi| {
@@ -550,11 +552,11 @@ crate::fmgr::sql_function_entry!(pg_finfo_vector_search_native, vector_search_na
 /// position, similarity float8, chunk_start integer, chunk_end integer): vector_search() with the embedding of `query` from the
 /// configured endpoint (embeddings.rs), among memories embedded by the same model.
 unsafe fn semantic_search(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
-    // SAFETY: declared in SQL with these nine arguments.
-    let [query, threshold, lim, session, kind, metadata, importance_weight, recency_weight, half_life] =
+    // SAFETY: declared in SQL with these ten arguments.
+    let [query, threshold, lim, session, kind, metadata, importance_weight, recency_weight, half_life, candidates] =
         std::array::from_fn(|i| unsafe { raw_arg(fcinfo, i) });
     let ranking = Ranking::checked(importance_weight, recency_weight, half_life);
-    let search = VectorSearch::checked(threshold, lim, session, kind, metadata, ranking);
+    let search = VectorSearch::checked(threshold, lim, session, kind, metadata, ranking, candidates);
     // SAFETY: a set-returning function with a row type.
     let result = unsafe { ResultSet::materialize(fcinfo) };
     spi::connect(|spi| {
@@ -582,6 +584,7 @@ struct VectorSearch {
     kind: Option<pg_sys::Datum>,
     metadata: Option<pg_sys::Datum>,
     ranking: Ranking,
+    pool: i32,
 }
 
 impl VectorSearch {
@@ -592,6 +595,7 @@ impl VectorSearch {
         kind: Option<pg_sys::Datum>,
         metadata: Option<pg_sys::Datum>,
         ranking: Ranking,
+        candidates: Option<pg_sys::Datum>,
     ) -> VectorSearch {
         let n = search_limit(lim.map(|d| d.value() as i32));
         // SAFETY: a float8 datum (by value).
@@ -603,7 +607,11 @@ impl VectorSearch {
                 None,
             )
         }
-        VectorSearch { caller: Caller::current(), min_similarity, n, session, kind, metadata, ranking }
+        // by default the ranking orders the lim nearest: under a selective filter (one tenant's
+        // rows among many) each further candidate costs the HNSW scan more index tuples, 5 x lim
+        // about 5 times the search (BENCHMARKS.md)
+        let pool = ranking.pool(n, candidates, n);
+        VectorSearch { caller: Caller::current(), min_similarity, n, session, kind, metadata, ranking, pool }
     }
 
     /// Return the rows of the search for `embedding` (usable, of `dimensions`) into `result`.
@@ -646,7 +654,7 @@ impl VectorSearch {
         let variant = format!("vector_search {} {vector_schema}", session.map_or(dimensions, |_| 0));
         let plans = if session.is_some() { &VECTOR_PLANS_IN_SESSION } else { &VECTOR_PLANS };
         let plan = spi::kept_variant(plans, variant, sql, &types);
-        let [pool, importance_weight, recency_weight, half_life] = self.ranking.args(self.ranking.pool(self.n, None));
+        let [pool, importance_weight, recency_weight, half_life] = self.ranking.args(self.pool);
         let returned = spi.return_rows_noting_ids(
             plan,
             &[
@@ -802,7 +810,7 @@ unsafe fn hybrid_search(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
         };
         // re-ranked: every candidate either ranking found (up to 2 x pool)
         let [pool, importance_weight, recency_weight, half_life] =
-            ranking.args(ranking.pool(n, Some(candidates_per_ranking.saturating_mul(2))));
+            ranking.args(if ranking.reranks() { candidates_per_ranking.saturating_mul(2) } else { n });
         let variant = format!("hybrid_search {} {vector_schema}", session.map_or(dimensions, |_| 0));
         let plans = if session.is_some() { &VECTOR_PLANS_IN_SESSION } else { &VECTOR_PLANS };
         let plan = spi::kept_variant(plans, variant, sql, &types);

@@ -17,35 +17,51 @@ use pgrx::pg_sys::{BOOLOID as BOOL, INT4OID as INT4, INT8OID as INT8, UUIDOID as
 thread_local! {
     static REQUIRE_SESSION: KeptPlan = const { KeptPlan::new() };
     static TRANSCRIPT_PAGE: KeptPlan = const { KeptPlan::new() };
+    static RECENT_MESSAGES: KeptPlan = const { KeptPlan::new() };
     static TRANSCRIPT_TEXT: KeptPlan = const { KeptPlan::new() };
 }
 
-/// The messages of session $1's branch after position $2, at most $3 of them (NULL: all), with
-/// their metadata when $4: each segment is read from the first position after $2, so a late
-/// page of a long transcript does not read the pages before it. $5: row-level security applies
-/// to the caller (see rls_applies()).
-const TRANSCRIPT_TYPES: [pg_sys::Oid; 5] = [UUID, INT8, INT4, BOOL, BOOL];
+/// The messages of session $1's branch after position $2 (and before $6, unless NULL), at most
+/// $3 of them (NULL: all), with their metadata when $4: each segment is read from the first
+/// position after $2, so a late page of a long transcript does not read the pages before it.
+/// $5: row-level security applies to the caller (see rls_applies()).
+const TRANSCRIPT_TYPES: [pg_sys::Oid; 6] = [UUID, INT8, INT4, BOOL, BOOL, INT8];
 
-fn transcript_sql() -> String {
-    format!(
+/// Which end of the range a limited transcript keeps: the first messages (a page) or the last.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Keep {
+    Oldest,
+    Newest,
+}
+
+/// The transcript statement; its rows are in position order either way (the newest are taken
+/// in reverse order, and put back in order by an outer query).
+fn transcript_sql(keep: Keep) -> String {
+    let order = if keep == Keep::Newest { "DESC" } else { "" };
+    let range = format!(
         "SELECT m.position, m.role, m.content, m.id, m.session_id, m._created_at,
-                CASE WHEN $4 THEN m._metadata END
-           FROM {SCHEMA}.session_lineage($1) l
-          CROSS JOIN LATERAL (
-                SELECT mm.position, mm.role, mm.content, mm.id, mm.session_id, mm._created_at, mm._metadata
-                  FROM {SCHEMA}.memories mm
-                 WHERE mm.session_id OPERATOR(pg_catalog.=) l.lineage_session_id
-                   AND mm.position OPERATOR(pg_catalog.>) $2
-                   AND mm.position OPERATOR(pg_catalog.<=) l.visible_upto
-                   -- the read rule refuses expired memories; for roles that bypass row-level
-                   -- security ($5 false) the transcript does
-                   AND ($5 OR {not_expired})
-                 ORDER BY mm.position
-                 LIMIT $3) m
-          ORDER BY m.position
-          LIMIT $3",
+                  CASE WHEN $4 THEN m._metadata END
+             FROM {SCHEMA}.session_lineage($1) l
+            CROSS JOIN LATERAL (
+                  SELECT mm.position, mm.role, mm.content, mm.id, mm.session_id, mm._created_at, mm._metadata
+                    FROM {SCHEMA}.memories mm
+                   WHERE mm.session_id OPERATOR(pg_catalog.=) l.lineage_session_id
+                     AND mm.position OPERATOR(pg_catalog.>) $2
+                     AND mm.position OPERATOR(pg_catalog.<=) l.visible_upto
+                     AND ($6 IS NULL OR mm.position OPERATOR(pg_catalog.<) $6)
+                     -- the read rule refuses expired memories; for roles that bypass row-level
+                     -- security ($5 false) the transcript does
+                     AND ($5 OR {not_expired})
+                   ORDER BY mm.position {order}
+                   LIMIT $3) m
+            ORDER BY m.position {order}
+            LIMIT $3",
         not_expired = crate::policies::not_expired("mm.expires_at")
-    )
+    );
+    match keep {
+        Keep::Oldest => range,
+        Keep::Newest => format!("SELECT t.* FROM ({range}) t ORDER BY t.position"),
+    }
 }
 
 /// Does row-level security filter the caller's reads ($5 of the transcript)? Expired messages are
@@ -73,10 +89,31 @@ unsafe fn get_conversation_page(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Dat
         unsafe { (raw_arg(fcinfo, 0), raw_arg(fcinfo, 1), raw_arg(fcinfo, 2), raw_arg(fcinfo, 3)) };
     let lim = lim.map(|d| d.value() as i32);
     // SAFETY: a set-returning function with a row type.
-    unsafe { return_transcript(fcinfo, session, after.map_or(0, |d| d.value() as i64), lim, include_metadata) }
+    unsafe { return_transcript(fcinfo, session, after.map_or(0, |d| d.value() as i64), None, lim, Keep::Oldest, include_metadata) }
 }
 
 crate::fmgr::sql_function_entry!(pg_finfo_get_conversation_page_native, get_conversation_page_native, get_conversation_page);
+
+/// get_recent_messages(session_id uuid, lim integer DEFAULT 20, after_position bigint DEFAULT 0,
+/// before_position bigint DEFAULT NULL, include_metadata boolean DEFAULT false) RETURNS TABLE
+/// (position, role, content, message_id, origin_session_id, created_at, metadata): the last lim
+/// messages of the transcript after after_position and before before_position (NULL: up to the
+/// end), in order. Each segment is read backwards from its end, so the tail of a long transcript
+/// costs what it returns.
+unsafe fn get_recent_messages(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    // SAFETY: declared in SQL with these five arguments.
+    let [session, lim, after, before, include_metadata] = std::array::from_fn(|i| unsafe { raw_arg(fcinfo, i) });
+    let Some(lim) = lim.map(|d| d.value() as i32) else {
+        crate::errors::raise(pgrx::PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, "lim must not be NULL".into(), None)
+    };
+    let before = before.map(|d| d.value() as i64);
+    // SAFETY: a set-returning function with a row type.
+    unsafe {
+        return_transcript(fcinfo, session, after.map_or(0, |d| d.value() as i64), before, Some(lim), Keep::Newest, include_metadata)
+    }
+}
+
+crate::fmgr::sql_function_entry!(pg_finfo_get_recent_messages_native, get_recent_messages_native, get_recent_messages);
 
 /// get_formatted_conversation(session_id uuid, include_metadata boolean DEFAULT false) RETURNS
 /// TABLE (position, role, content, message_id, origin_session_id, created_at, metadata): the
@@ -86,7 +123,7 @@ unsafe fn get_formatted_conversation(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys
     // SAFETY: declared in SQL with these two arguments.
     let (session, include_metadata) = unsafe { (raw_arg(fcinfo, 0), raw_arg(fcinfo, 1)) };
     // SAFETY: a set-returning function with a row type.
-    unsafe { return_transcript(fcinfo, session, 0, None, include_metadata) }
+    unsafe { return_transcript(fcinfo, session, 0, None, None, Keep::Oldest, include_metadata) }
 }
 
 crate::fmgr::sql_function_entry!(
@@ -95,12 +132,15 @@ crate::fmgr::sql_function_entry!(
     get_formatted_conversation
 );
 
-/// The rows of a transcript page as the result of the set-returning function called in `fcinfo`.
+/// The rows of a transcript range (after `after`, before `before`; at most `lim`, those `keep`
+/// names) as the result of the set-returning function called in `fcinfo`.
 unsafe fn return_transcript(
     fcinfo: pg_sys::FunctionCallInfo,
     session: Option<pg_sys::Datum>,
     after: i64,
+    before: Option<i64>,
     lim: Option<i32>,
+    keep: Keep,
     include_metadata: Option<pg_sys::Datum>,
 ) -> pg_sys::Datum {
     // SAFETY: as the caller promises.
@@ -110,8 +150,11 @@ unsafe fn return_transcript(
         if let Some(n) = lim {
             crate::search::checked_limit(n, "lim");
         }
-        let plan = spi::kept(&TRANSCRIPT_PAGE, transcript_sql, &TRANSCRIPT_TYPES);
-        spi.return_rows(plan, &[Some(session), arg(after), arg(lim), include_metadata, arg(rls_applies())], &result);
+        let plan = match keep {
+            Keep::Oldest => spi::kept(&TRANSCRIPT_PAGE, || transcript_sql(Keep::Oldest), &TRANSCRIPT_TYPES),
+            Keep::Newest => spi::kept(&RECENT_MESSAGES, || transcript_sql(Keep::Newest), &TRANSCRIPT_TYPES),
+        };
+        spi.return_rows(plan, &[Some(session), arg(after), arg(lim), include_metadata, arg(rls_applies()), arg(before)], &result);
     });
     pg_sys::Datum::from(0)
 }
@@ -131,11 +174,11 @@ unsafe fn get_conversation_text(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Dat
                                 t.role OPERATOR(pg_catalog.||) ': ' OPERATOR(pg_catalog.||) t.content, E'\\n'
                                 ORDER BY t.position), '')
                        FROM ({transcript}) t",
-                    transcript = transcript_sql()
+                    transcript = transcript_sql(Keep::Oldest)
                 )
             },
             &TRANSCRIPT_TYPES,
-            &[Some(session), arg(0i64), None, arg(false), arg(rls_applies())],
+            &[Some(session), arg(0i64), None, arg(false), arg(rls_applies()), None],
             Effect::Reads,
         );
         let value = text.datum(0, 1).expect("coalesce(..., '') is never NULL");

@@ -591,6 +591,7 @@ fn the_sweep_handles_every_foreign_key_to_memories_and_every_delete_trigger() {
         "memory_sessions.fork_message_id n",
         "memory_sessions.id c",
         "memory_shares.memory_id c",
+        "memory_summaries.memory_id c",
         "vindexing_schedule.memory_id c",
     ];
     assert_eq!(foreign_keys, handled.iter().map(|s| s.to_string()).collect::<Vec<_>>(), "foreign keys to memories");
@@ -616,7 +617,8 @@ fn the_sweep_handles_every_foreign_key_to_memories_and_every_delete_trigger() {
                               'memoriesdb.memory_shares'::regclass, 'memoriesdb.memory_share_segments'::regclass,
                               'memoriesdb.memory_chunks'::regclass, 'memoriesdb.embedding_schedule'::regclass,
                               'memoriesdb.vindexing_schedule'::regclass, 'memoriesdb.memory_facts'::regclass,
-                              'memoriesdb.memory_access'::regclass, 'memoriesdb.memory_sessions'::regclass)",
+                              'memoriesdb.memory_access'::regclass, 'memoriesdb.memory_summaries'::regclass,
+                              'memoriesdb.memory_sessions'::regclass)",
     );
     assert_eq!(
         triggers,

@@ -143,11 +143,21 @@ fn importance_and_recency_reorder_every_search_and_default_to_relevance_alone() 
     let rows = ranked(&mut alice, &text(", importance_weight => 0.5, recency_weight => 0.5, half_life => '7 days'"));
     assert_scored(&rows, 0.5, 0.5, "mixed");
 
-    // a memory that would not make lim by relevance alone is lifted from the best 5 x lim
+    // the ranking orders the best `candidates` by relevance: by default lim for a vector search
+    // (re-ordered only), 5 x lim for full text; a memory that would not make lim by relevance
+    // alone is lifted from a wider pool
     let rows = ranked(&mut alice, &vector(", lim => 1"));
     assert_eq!(order(&rows), vec![fresh_trivial]);
     let rows = ranked(&mut alice, &vector(", lim => 1, importance_weight => 1"));
+    assert_eq!(order(&rows), vec![fresh_trivial], "vector search: lim candidates by default");
+    let rows = ranked(&mut alice, &vector(", lim => 1, importance_weight => 1, candidates => 3"));
     assert_eq!(order(&rows), vec![old_vital]);
+    let rows = ranked(&mut alice, &text(", lim => 1, importance_weight => 1"));
+    assert_eq!(order(&rows), vec![old_vital], "full text: 5 x lim candidates by default");
+    let rows = ranked(&mut alice, &text(", lim => 1, importance_weight => 1, candidates => 1"));
+    assert_eq!(rows.len(), 1);
+    let rows = ranked(&mut alice, &hybrid(", lim => 1, importance_weight => 1"));
+    assert_eq!(order(&rows), vec![old_vital], "hybrid: every candidate of both rankings");
 
     // semantic_search has the same options (checked before it needs an endpoint)
     expect_error(&mut alice, "SELECT * FROM semantic_search('launch', importance_weight => 2)", "22023");
@@ -174,10 +184,15 @@ fn ranking_options_are_checked() {
             ("half_life => '0 seconds'", "22023"),
             ("half_life => '-1 day'", "22023"),
             ("half_life => '1 month -31 days'", "22023"),
+            ("candidates => 0", "22023"),
+            ("candidates => 10001", "22023"),
         ] {
             expect_error(&mut alice, &format!("SELECT * FROM {call}, {options})"), state);
         }
     }
+    // fewer candidates than rows asked for
+    expect_error(&mut alice, "SELECT * FROM search_memories('x', lim => 5, candidates => 4)", "22023");
+    expect_error(&mut alice, "SELECT * FROM vector_search('[1, 0, 0]', lim => 5, candidates => 4)", "22023");
     // a tiny half-life and very old memories: recency 0, never an underflow error
     alice.batch_execute("INSERT INTO memories (kind, content) VALUES ('memory', 'ancient launch')").unwrap();
     let mut admin = db.admin();

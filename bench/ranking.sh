@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Benchmarks of ranked recall (run as root), side by side in one run on one throwaway cluster
+# (the system's PostgreSQL 15 and installed MemoriesDB, as setup.sh leaves them), each pair
+# interleaved at random in one pgbench run so both meet the machine at the same moments:
+#
+#   ranking-text    search_memories as an ordinary user (RLS: 1,000 of 100,000 memories are
+#                   theirs) ranked by relevance alone vs with importance_weight 0.5,
+#                   recency_weight 0.5, half_life 7 days (mean latency of each)
+#   ranking-vector  the same for vector_search (HNSW, 384 dimensions, iterative scan)
+#   ranking-hybrid  the same for hybrid_search (both rankings, reciprocal-rank fusion)
+#   tracking-text   search_memories with access tracking on vs off (memoriesdb.track_access)
+#   tracking-vector the same for vector_search
+#
+# The memories have importance set on a third of them, were written over the last 60 days, and a
+# tenth of user 1's have access counts. Environment: BENCH_ROUNDS (4), BENCH_SECONDS (6),
+# BENCH_ROWS (100000)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+[ "$(id -u)" = 0 ] || die "run as root (the cluster runs as the postgres user)"
+
+. bench/ab.sh
+ROWS=${BENCH_ROWS:-100000}
+AB_PARAMS="rows=$ROWS"
+ab_start ranking 55770
+load_tenants "$ROWS"
+log "importance on a third of the memories, ages over 60 days, access counts for a tenth of user 1's"
+q <<SQL >/dev/null
+SELECT setseed(0.29);
+ALTER TABLE memories DISABLE TRIGGER USER;
+UPDATE memories SET importance = CASE WHEN random() < 0.33 THEN random() END,
+                    _created_at = now() - random() * interval '60 days';
+ALTER TABLE memories ENABLE TRIGGER USER;
+INSERT INTO memory_access (memory_id, user_id, access_count, last_accessed_at)
+SELECT m.id, m.created_by, 1 + floor(random() * 20)::int, now() - random() * interval '30 days'
+  FROM memories m JOIN users u ON u.id = m.created_by AND u.name = 'user 1'
+ WHERE random() < 0.1;
+VACUUM ANALYZE;
+SQL
+
+RANKED="importance_weight => 0.5, recency_weight => 0.5, half_life => '7 days'"
+# script NAME SQL: a pgbench script picking a random query word (:n) and query vector (:v)
+script() {
+    cat >"$RES/$1.sql" <<EOF
+\set n random(1, 2000)
+\set v random(1, 100)
+$2
+EOF
+}
+WORD="(SELECT w FROM bench_words WHERE n = :n)"
+VECTOR="(SELECT v FROM bench_queries WHERE n = :v)"
+script text_relevance "SELECT count(*) FROM search_memories($WORD, lim => 10);"
+script text_ranked "SELECT count(*) FROM search_memories($WORD, lim => 10, $RANKED);"
+script vector_relevance "SELECT count(*) FROM vector_search($VECTOR, 0.0, 10);"
+script vector_ranked "SELECT count(*) FROM vector_search($VECTOR, 0.0, 10, $RANKED);"
+script hybrid_relevance "SELECT count(*) FROM hybrid_search($WORD, $VECTOR, 10);"
+script hybrid_ranked "SELECT count(*) FROM hybrid_search($WORD, $VECTOR, 10, $RANKED);"
+script text_tracked "SET memoriesdb.track_access = on; SELECT count(*) FROM search_memories($WORD, lim => 10);"
+script text_untracked "SET memoriesdb.track_access = off; SELECT count(*) FROM search_memories($WORD, lim => 10);"
+script vector_tracked "SET memoriesdb.track_access = on; SELECT count(*) FROM vector_search($VECTOR, 0.0, 10);"
+script vector_untracked "SET memoriesdb.track_access = off; SELECT count(*) FROM vector_search($VECTOR, 0.0, 10);"
+
+for search in text vector hybrid; do
+    log "ranking: $search search, ranked vs relevance alone"
+    read -r A B < <(interleave "ranking_$search" bench_u1 "$RES/${search}_ranked.sql" "$RES/${search}_relevance.sql")
+    report "$search search ranked / by relevance alone (ms, interleaved)" "$A / $B  -> $(time_ratio "$B" "$A")x"
+done
+for search in text vector; do
+    log "access tracking: $search search, tracked vs not"
+    read -r A B < <(interleave "tracking_$search" bench_u1 "$RES/${search}_tracked.sql" "$RES/${search}_untracked.sql")
+    report "$search search with / without access tracking (ms, interleaved)" "$A / $B  -> $(time_ratio "$B" "$A")x"
+done
+log "accesses logged during the run: $(q -c "SELECT count(*) FROM memoriesdb.memory_access_log") (folded: $(q -c "SELECT memoriesdb.fold_memory_accesses(1000000)"))"
+log "results: $RES"
