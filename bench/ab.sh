@@ -89,13 +89,14 @@ report() { printf '%-62s %s\n' "$1" "$2" | tee -a "$RESULTS" >&2; }
 # time_ratio TPS_A TPS_B: time per call of A over B's (how much slower A is)
 time_ratio() { python3 -c "import sys; print(round(float(sys.argv[2]) / float(sys.argv[1]), 3))" "$1" "$2"; }
 
-# load_tenants ROWS [EXPIRING_EVERY]: 100 ordinary login roles bench_u1..100 mapped to users
-# 'user 1'..'user 100'; ROWS memories of kind 'memory' spread over them (12 words each over a
-# 2,000-word vocabulary, bench_words; every EXPIRING_EVERY-th expires in a year), each with a
-# 384-dimension embedding near one of 50 centers; bench_queries (100 query vectors); the HNSW
-# index. Bulk-loaded as the owner with the row triggers off, then what they derive set.
+# load_tenants ROWS [EXPIRING_EVERY] [EXTRA_SQL]: 100 ordinary login roles bench_u1..100 mapped
+# to users 'user 1'..'user 100'; ROWS memories of kind 'memory' spread over them (12 words each
+# over a 2,000-word vocabulary, bench_words; every EXPIRING_EVERY-th expires in a year), each with
+# a 384-dimension embedding near one of 50 centers; bench_queries (100 query vectors); the HNSW
+# index. Bulk-loaded as the owner with the row triggers off, then what they derive set, then
+# EXTRA_SQL (with the triggers still off, before the index is built).
 load_tenants() {
-    local rows=$1 expiring_every=${2:-0}
+    local rows=$1 expiring_every=${2:-0} extra_sql=${3:-}
     log "loading $rows memories of 100 users (text over a 2,000-word vocabulary, 384-dim embeddings in 50 clusters)"
     q <<SQL >/dev/null
 DO \$\$ DECLARE i int; BEGIN
@@ -125,6 +126,7 @@ UPDATE memories m SET content_embedding = (
       FROM bench_centers c, generate_series(1, 384) k
      WHERE c.c = 1 + (abs(hashtext(m.id::text)) % 50))
  WHERE m.kind = 'memory';
+$extra_sql
 ALTER TABLE memories ENABLE TRIGGER USER;
 TRUNCATE embedding_schedule;
 CREATE TABLE bench_queries AS

@@ -6,10 +6,12 @@
 #   ranking-text    search_memories as an ordinary user (RLS: 1,000 of 100,000 memories are
 #                   theirs) ranked by relevance alone vs with importance_weight 0.5,
 #                   recency_weight 0.5, half_life 7 days (mean latency of each)
-#   ranking-vector  the same for vector_search (HNSW, 384 dimensions, iterative scan)
+#   ranking-vector  the same for vector_search (HNSW, 384 dimensions, iterative scan), with its
+#                   default candidates (lim) and with 50
 #   ranking-hybrid  the same for hybrid_search (both rankings, reciprocal-rank fusion)
 #   tracking-text   search_memories with access tracking on vs off (memoriesdb.track_access)
 #   tracking-vector the same for vector_search
+#   fold            fold_memory_accesses() of everything the runs logged: accesses per second
 #
 # The memories have importance set on a third of them, were written over the last 60 days, and a
 # tenth of user 1's have access counts. Environment: BENCH_ROUNDS (4), BENCH_SECONDS (6),
@@ -23,14 +25,12 @@ cd "$(dirname "$0")/.."
 ROWS=${BENCH_ROWS:-100000}
 AB_PARAMS="rows=$ROWS"
 ab_start ranking 55770
-load_tenants "$ROWS"
-log "importance on a third of the memories, ages over 60 days, access counts for a tenth of user 1's"
+# importance on a third of the memories, ages over 60 days (set before the HNSW index is built)
+load_tenants "$ROWS" 0 "UPDATE memories SET importance = CASE WHEN random() < 0.33 THEN random() END,
+                                            _created_at = now() - random() * interval '60 days';"
+log "access counts for a tenth of user 1's memories"
 q <<SQL >/dev/null
 SELECT setseed(0.29);
-ALTER TABLE memories DISABLE TRIGGER USER;
-UPDATE memories SET importance = CASE WHEN random() < 0.33 THEN random() END,
-                    _created_at = now() - random() * interval '60 days';
-ALTER TABLE memories ENABLE TRIGGER USER;
 INSERT INTO memory_access (memory_id, user_id, access_count, last_accessed_at)
 SELECT m.id, m.created_by, 1 + floor(random() * 20)::int, now() - random() * interval '30 days'
   FROM memories m JOIN users u ON u.id = m.created_by AND u.name = 'user 1'
@@ -53,6 +53,7 @@ script text_relevance "SELECT count(*) FROM search_memories($WORD, lim => 10);"
 script text_ranked "SELECT count(*) FROM search_memories($WORD, lim => 10, $RANKED);"
 script vector_relevance "SELECT count(*) FROM vector_search($VECTOR, 0.0, 10);"
 script vector_ranked "SELECT count(*) FROM vector_search($VECTOR, 0.0, 10, $RANKED);"
+script vector_ranked_wide "SELECT count(*) FROM vector_search($VECTOR, 0.0, 10, $RANKED, candidates => 50);"
 script hybrid_relevance "SELECT count(*) FROM hybrid_search($WORD, $VECTOR, 10);"
 script hybrid_ranked "SELECT count(*) FROM hybrid_search($WORD, $VECTOR, 10, $RANKED);"
 script text_tracked "SET memoriesdb.track_access = on; SELECT count(*) FROM search_memories($WORD, lim => 10);"
@@ -65,10 +66,15 @@ for search in text vector hybrid; do
     read -r A B < <(interleave "ranking_$search" bench_u1 "$RES/${search}_ranked.sql" "$RES/${search}_relevance.sql")
     report "$search search ranked / by relevance alone (ms, interleaved)" "$A / $B  -> $(time_ratio "$B" "$A")x"
 done
+log "ranking: vector search, ranked from 50 candidates vs relevance alone"
+read -r A B < <(interleave ranking_vector_wide bench_u1 "$RES/vector_ranked_wide.sql" "$RES/vector_relevance.sql")
+report "vector search ranked (candidates 50) / by relevance (ms, interl.)" "$A / $B  -> $(time_ratio "$B" "$A")x"
 for search in text vector; do
     log "access tracking: $search search, tracked vs not"
     read -r A B < <(interleave "tracking_$search" bench_u1 "$RES/${search}_tracked.sql" "$RES/${search}_untracked.sql")
     report "$search search with / without access tracking (ms, interleaved)" "$A / $B  -> $(time_ratio "$B" "$A")x"
 done
-log "accesses logged during the run: $(q -c "SELECT count(*) FROM memoriesdb.memory_access_log") (folded: $(q -c "SELECT memoriesdb.fold_memory_accesses(1000000)"))"
+LOGGED=$(q -c "SELECT count(*) FROM memoriesdb.memory_access_log")
+read -r FOLDED SECONDS < <(q -F ' ' -c "SELECT memoriesdb.fold_memory_accesses(10000000), extract(epoch FROM clock_timestamp() - statement_timestamp())")
+report "accesses logged in the run / folded by one call (s)" "$LOGGED / $FOLDED in $SECONDS s -> $(python3 -c "print(round($FOLDED / $SECONDS))") per s"
 log "results: $RES"

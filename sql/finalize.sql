@@ -60,7 +60,7 @@ TO memoriesdb_user;
 -- defaults, and in the invoker functions above. Each only validates its arguments or answers
 -- about the caller; none reads another tenant's data.
 GRANT EXECUTE ON FUNCTION
-    @extschema@.acting_db_role, @extschema@.acting_role_is,
+    @extschema@.acting_db_role, @extschema@.acting_role_is, @extschema@.acting_role_bypasses_rls,
     @extschema@.default_search_config, @extschema@.require_durable_search_config, @extschema@.searchable_text,
     @extschema@.require_session, @extschema@.metadata_object, @extschema@.search_limit
 TO memoriesdb_user;
@@ -98,8 +98,11 @@ GRANT SELECT ON @extschema@.memory_sessions, @extschema@.memory_shares, @extsche
     @extschema@.memory_graph, @extschema@.memory_graph_edges,
     @extschema@.embedding_queue_status, @extschema@.embedding_coverage,
     @extschema@.memory_types, @extschema@.memory_type_definitions, @extschema@.memory_facts,
-    @extschema@.memory_access, @extschema@.memory_summaries
+    @extschema@.memory_access, @extschema@.memory_summaries,
+    @extschema@.user_statistics, @extschema@.session_statistics
 TO memoriesdb_user;
+-- the store's operational figures (every tenant's): workers (and administrators)
+GRANT SELECT ON @extschema@.memory_statistics TO memoriesdb_worker;
 -- memory_chunks: nothing. Its passages reach users through the search functions (offsets only);
 -- a direct SELECT could ORDER BY the embedding, and the HNSW index would then rank other
 -- tenants' passages before row-level security removes them (how many of the k nearest are

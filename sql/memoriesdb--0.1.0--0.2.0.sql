@@ -1356,3 +1356,99 @@ GRANT EXECUTE ON FUNCTION @extschema@.get_recent_messages(uuid, integer, bigint,
     @extschema@.estimate_tokens(text), @extschema@.add_session_summary(uuid, text, bigint, jsonb),
     @extschema@.get_context(uuid, integer, integer, text, integer, integer, boolean, double precision, double precision, interval)
     TO memoriesdb_user;
+
+-- Statistics (sql/statistics.sql).
+-- Per user: what they wrote (created_by), by type, how much text, how much embedded, and their
+-- activity.
+CREATE VIEW @extschema@.user_statistics AS
+WITH per_kind AS (
+    SELECT m.created_by, m.kind,
+           count(*) AS memories,
+           sum(pg_catalog.octet_length(m.content)) AS content_bytes,
+           count(m.content_embedding) AS embedded,
+           count(*) FILTER (WHERE m.expires_at IS NOT NULL) AS expiring,
+           count(*) FILTER (WHERE m._created_at > now() - interval '1 day') AS last_day,
+           count(*) FILTER (WHERE m._created_at > now() - interval '7 days') AS last_week,
+           min(m._created_at) AS first_written_at,
+           max(m._created_at) AS last_written_at
+      FROM @extschema@.memories m
+     WHERE m.created_by IS NOT NULL
+       AND ((SELECT @extschema@.acting_role_bypasses_rls()) OR m.created_by = (SELECT @extschema@.current_memory_user()))
+     GROUP BY m.created_by, m.kind)
+SELECT k.created_by AS user_id,
+       sum(k.memories)::bigint AS memories,
+       coalesce(sum(k.memories) FILTER (WHERE k.kind = 'session'), 0)::bigint AS sessions,
+       coalesce(sum(k.memories) FILTER (WHERE k.kind = 'message'), 0)::bigint AS messages,
+       coalesce(sum(k.memories) FILTER (WHERE k.kind = 'fact'), 0)::bigint AS facts,
+       pg_catalog.jsonb_object_agg(k.kind, k.memories) AS by_kind,
+       sum(k.content_bytes)::bigint AS content_bytes,
+       sum(k.embedded)::bigint AS embedded,
+       round(100.0 * sum(k.embedded) / sum(k.memories), 1) AS embedded_percent,
+       sum(k.expiring)::bigint AS expiring,
+       coalesce(sum(k.last_day) FILTER (WHERE k.kind = 'message'), 0)::bigint AS messages_last_day,
+       coalesce(sum(k.last_week) FILTER (WHERE k.kind = 'message'), 0)::bigint AS messages_last_week,
+       min(k.first_written_at) AS first_written_at,
+       max(k.last_written_at) AS last_written_at
+  FROM per_kind k
+ GROUP BY k.created_by;
+COMMENT ON VIEW @extschema@.user_statistics IS 'Per user: memories by type, text size, embedding coverage, expiring memories and message activity (your own; every user''s for administrators)';
+
+-- Per session the caller can see: its own messages (not those it inherits from the session it was
+-- forked from), their size, embedding coverage and rate.
+CREATE VIEW @extschema@.session_statistics AS
+SELECT s.id AS session_id,
+       sm.content AS title,
+       s.owner_id,
+       s.parent_id,
+       s.fork_position,
+       s.last_position,
+       c.messages,
+       c.content_bytes,
+       c.embedded,
+       c.expiring,
+       c.first_message_at,
+       c.last_message_at,
+       c.messages_last_day,
+       round((c.messages / greatest(extract(epoch FROM c.last_message_at - c.first_message_at) / 86400, 1))::numeric, 1)
+           AS messages_per_day
+  FROM @extschema@.memory_sessions s
+  JOIN @extschema@.memories sm ON sm.id = s.id
+ CROSS JOIN LATERAL (
+       SELECT count(*) AS messages,
+              coalesce(sum(pg_catalog.octet_length(m.content)), 0) AS content_bytes,
+              count(m.content_embedding) AS embedded,
+              count(*) FILTER (WHERE m.expires_at IS NOT NULL) AS expiring,
+              min(m._created_at) AS first_message_at,
+              max(m._created_at) AS last_message_at,
+              count(*) FILTER (WHERE m._created_at > now() - interval '1 day') AS messages_last_day
+         FROM @extschema@.memories m
+        WHERE m.session_id = s.id AND m.position > coalesce(s.fork_position, 0)) c;
+COMMENT ON VIEW @extschema@.session_statistics IS 'Per session you can see: its own messages, their size, embedding coverage and rate';
+
+-- The store as a whole, for administrators and workers (not granted to users): sizes, embedding
+-- coverage, and the backlogs of sweep_expired_memories(), the embedding workers and
+-- fold_memory_accesses(). Reads as its owner: every tenant's rows.
+CREATE VIEW @extschema@.memory_statistics AS
+SELECT (SELECT count(*) FROM @extschema@.users) AS users,
+       (SELECT count(*) FROM @extschema@.memory_sessions) AS sessions,
+       t.memories,
+       t.content_bytes,
+       t.embedded,
+       round(100.0 * t.embedded / greatest(t.memories, 1), 1) AS embedded_percent,
+       (SELECT count(*) FROM @extschema@.memories e WHERE e.expires_at <= now()) AS expired_awaiting_sweep,
+       (SELECT count(*) FROM @extschema@.memories e
+         WHERE e.expires_at > now() AND e.expires_at <= now() + interval '1 day') AS expiring_within_day,
+       (SELECT count(*) FROM @extschema@.embedding_schedule q WHERE q.status IN ('pending', 'failed', 'processing'))
+           AS embeddings_waiting,
+       (SELECT count(*) FROM @extschema@.embedding_schedule q WHERE q.status = 'dead') AS embeddings_dead,
+       (SELECT count(*) FROM @extschema@.memory_access_log) AS accesses_awaiting_fold,
+       pg_catalog.pg_total_relation_size('@extschema@.memories'::regclass) AS memories_table_bytes
+  FROM (SELECT count(*) AS memories, sum(pg_catalog.octet_length(m.content)) AS content_bytes,
+               count(m.content_embedding) AS embedded
+          FROM @extschema@.memories m) t;
+COMMENT ON VIEW @extschema@.memory_statistics IS 'The whole store: sizes, embedding coverage, and the backlogs of the sweep, the embedding queue and the access log (administrators and workers)';
+ALTER VIEW @extschema@.user_statistics SET (security_invoker = true);
+ALTER VIEW @extschema@.session_statistics SET (security_invoker = true);
+GRANT SELECT ON @extschema@.user_statistics, @extschema@.session_statistics TO memoriesdb_user;
+GRANT SELECT ON @extschema@.memory_statistics TO memoriesdb_worker;
+GRANT EXECUTE ON FUNCTION @extschema@.acting_role_bypasses_rls() TO memoriesdb_user;

@@ -218,4 +218,7 @@ ALTER VIEW @extschema@.memory_graph SET (security_invoker = true);
 ALTER VIEW @extschema@.memory_types SET (security_invoker = true);
 ALTER VIEW @extschema@.embedding_queue_status SET (security_invoker = true);
 ALTER VIEW @extschema@.embedding_coverage SET (security_invoker = true);
+ALTER VIEW @extschema@.user_statistics SET (security_invoker = true);
+ALTER VIEW @extschema@.session_statistics SET (security_invoker = true);
+-- (memory_statistics reads as its owner, every tenant's rows: granted to workers only)
 

@@ -54,6 +54,7 @@ const USER_FUNCTIONS: &[&str] = &[
     "verify_memory_integrity",
     // evaluated as the caller: policies, defaults, invoker functions above
     "acting_db_role",
+    "acting_role_bypasses_rls",
     "acting_role_is",
     "default_search_config",
     "metadata_object",
