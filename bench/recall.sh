@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Benchmarks of ranked recall (run as root), side by side in one run on one throwaway cluster
+# Benchmarks of ranked recall, prompt context and statistics (run as root), in one run on one
+# throwaway cluster
 # (the system's PostgreSQL 15 and installed MemoriesDB, as setup.sh leaves them), each pair
 # interleaved at random in one pgbench run so both meet the machine at the same moments:
 #
@@ -12,6 +13,10 @@
 #   tracking-text   search_memories with access tracking on vs off (memoriesdb.track_access)
 #   tracking-vector the same for vector_search
 #   fold            fold_memory_accesses() of everything the runs logged: accesses per second
+#   context         get_context() of a 1,000-message session of user 1 (with 20 facts of theirs)
+#                   vs get_recent_messages(50) of it: mean latency of each, interleaved
+#   statistics      user_statistics and session_statistics as user 1, memory_statistics as the
+#                   owner (every tenant): mean latency of each
 #
 # The memories have importance set on a third of them, were written over the last 60 days, and a
 # tenth of user 1's have access counts. Environment: BENCH_ROUNDS (4), BENCH_SECONDS (6),
@@ -24,7 +29,7 @@ cd "$(dirname "$0")/.."
 . bench/ab.sh
 ROWS=${BENCH_ROWS:-100000}
 AB_PARAMS="rows=$ROWS"
-ab_start ranking 55770
+ab_start recall 55770
 # importance on a third of the memories, ages over 60 days (set before the HNSW index is built)
 load_tenants "$ROWS" 0 "UPDATE memories SET importance = CASE WHEN random() < 0.33 THEN random() END,
                                             _created_at = now() - random() * interval '60 days';"
@@ -75,6 +80,30 @@ for search in text vector; do
     report "$search search with / without access tracking (ms, interleaved)" "$A / $B  -> $(time_ratio "$B" "$A")x"
 done
 LOGGED=$(q -c "SELECT count(*) FROM memoriesdb.memory_access_log")
-read -r FOLDED SECONDS < <(q -F ' ' -c "SELECT memoriesdb.fold_memory_accesses(10000000), extract(epoch FROM clock_timestamp() - statement_timestamp())")
+read -r FOLDED SECONDS < <(q -F ' ' -c "SELECT f.n, extract(epoch FROM clock_timestamp() - statement_timestamp())
+                                          FROM (SELECT memoriesdb.fold_memory_accesses(10000000) AS n) f")
 report "accesses logged in the run / folded by one call (s)" "$LOGGED / $FOLDED in $SECONDS s -> $(python3 -c "print(round($FOLDED / $SECONDS))") per s"
+#----------------------------------------------------------------------------------------------
+log "context: a 1,000-message session and 20 facts of user 1"
+SESSION=$(as_user bench_u1 -c "SELECT create_session('long')")
+as_user bench_u1 \
+    -c "SELECT count(*) FROM add_messages_to_session('$SESSION',
+          (SELECT jsonb_agg(jsonb_build_object('role', CASE WHEN g % 2 = 1 THEN 'user' ELSE 'assistant' END,
+                                               'content', 'message ' || g || ' about ' || (SELECT w FROM bench_words WHERE n = 1 + g % 2000)))
+             FROM generate_series(1, 1000) g))" >/dev/null
+as_user bench_u1 -c "SELECT count(remember_fact('topic ' || g, 'fact ' || g || ' about ' || (SELECT w FROM bench_words WHERE n = 1 + g * 3)))
+                       FROM generate_series(1, 20) g" >/dev/null
+q -c "VACUUM ANALYZE" >/dev/null
+script context "SELECT count(*) FROM get_context('$SESSION', max_tokens => 2000);"
+script recent "SELECT count(*) FROM get_recent_messages('$SESSION', 50);"
+read -r A B < <(interleave context bench_u1 "$RES/context.sql" "$RES/recent.sql")
+report "get_context (2000 tokens) / get_recent_messages(50) (ms)" "$A / $B"
+log "statistics"
+script user_statistics "SELECT count(*) FROM user_statistics;"
+script session_statistics "SELECT count(*) FROM session_statistics;"
+script memory_statistics "SELECT count(*) FROM memoriesdb.memory_statistics;"
+read -r A B < <(interleave statistics bench_u1 "$RES/user_statistics.sql" "$RES/session_statistics.sql")
+report "user_statistics / session_statistics as user 1 (ms)" "$A / $B"
+read -r A B < <(interleave store_statistics postgres "$RES/memory_statistics.sql" "$RES/user_statistics.sql")
+report "memory_statistics / user_statistics as the owner, all users (ms)" "$A / $B"
 log "results: $RES"
