@@ -2,7 +2,7 @@
 -- retention and the sweep (sql/lifecycle.sql). Runs as the superuser, so row-level security
 -- does not apply here; tests/lifecycle.rs covers ordinary roles, grantees and strangers.
 BEGIN;
-SELECT plan(52);
+SELECT plan(58);
 
 SELECT has_function('define_memory_type', ARRAY['text', 'text', 'real', 'interval'], 'define_memory_type(name, description, default_importance, default_ttl)');
 SELECT has_function('set_session_retention', ARRAY['uuid', 'interval', 'boolean'], 'set_session_retention(session_id, message_ttl, apply_to_existing)');
@@ -101,6 +101,17 @@ SELECT is((SELECT array_agg(section || ':' || content ORDER BY ordinal) FROM get
           ARRAY['summary:counting', 'message:three'], 'a summary stands in for the messages it covers');
 SELECT throws_ok(format($$SELECT add_session_summary(%L, 'x', 4)$$, :'cs'), '22023', NULL, 'a summary covers positions of the session');
 SELECT throws_ok(format($$SELECT * FROM get_context(%L, max_tokens => 0)$$, :'cs'), '22023', NULL, 'the budget is positive');
+
+-- erasure (sql/erasure.sql; tests/erasure.rs covers roles, forks and the audit log)
+SELECT has_function('forget_user', ARRAY['uuid'], 'forget_user(user_id)');
+SELECT has_function('delete_session', ARRAY['uuid', 'boolean'], 'delete_session(session_id, cascade)');
+SELECT has_column('audit_log', 'erased_at', 'audit_log.erased_at');
+SELECT create_session('erase probe') AS es \gset
+SELECT add_message_to_session(:'es', 'user', 'erase probe words');
+SELECT is(delete_session(:'es'), 2::bigint, 'delete_session: the session and its message');
+SELECT is((SELECT count(*) FROM audit_log WHERE row_id = :'es' AND new_row ? 'content'), 0::bigint,
+          'its content is gone from the audit log');
+SELECT throws_ok($$SELECT forget_user(NULL)$$, '22004', NULL, 'forget_user needs a user');
 
 SELECT * FROM finish();
 ROLLBACK;

@@ -92,18 +92,33 @@ CREATE TRIGGER audit_log_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON @ext
 -- Tamper-evident audit: a hash chain over the audit log
 -- ---------------------------------------------------------------------------------------------
 
--- The canonical text of an audit row that the chain hashes (jsonb's text form is canonical).
--- The time is hashed in UTC so that the text, and so the chain, is the same whatever the
--- session's TimeZone.
+-- The chain (chain version 2) commits to each audit row in two parts, so that erasure can remove
+-- personal content from the log later and the chain still verifies:
+--   audit_row_text(row)      everything but the erasable parts: its text is hashed into the link
+--   audit_erasable_text(row) the erasable parts (content, content_embedding and _metadata of the
+--                            row before and after): only its SHA-256, audit_log.erasable_digest,
+--                            is hashed into the link
+-- chain_hash = sha256(previous chain_hash || audit_row_text || erasable_digest). Verification
+-- recomputes erasable_digest from the row unless the row was erased (erased_at), so changed
+-- content is still detected until it is erased, and every other field always.
+-- jsonb's text form is canonical; the time is hashed in UTC so that the text, and so the chain,
+-- is the same whatever the session's TimeZone.
 CREATE FUNCTION @extschema@.audit_row_text(a @extschema@.audit_log) RETURNS text
 LANGUAGE sql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT pg_catalog.jsonb_build_array(a.id, a.table_name, a.operation, a.row_id, a.old_row, a.new_row,
+    SELECT pg_catalog.jsonb_build_array(a.id, a.table_name, a.operation, a.row_id,
+                                        a.old_row OPERATOR(pg_catalog.-) '{content,content_embedding,_metadata}'::text[],
+                                        a.new_row OPERATOR(pg_catalog.-) '{content,content_embedding,_metadata}'::text[],
                                         a.acting_user, a.subject_user, a.db_role, a.txid,
                                         a.changed_at AT TIME ZONE 'UTC')::text
 $$;
+CREATE FUNCTION @extschema@.audit_erasable_text(a @extschema@.audit_log) RETURNS text
+LANGUAGE sql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT pg_catalog.jsonb_build_array(a.old_row -> 'content', a.old_row -> 'content_embedding', a.old_row -> '_metadata',
+                                        a.new_row -> 'content', a.new_row -> 'content_embedding', a.new_row -> '_metadata')::text
+$$;
 
 -- Link every finished transaction's audit rows into the chain, in (transaction, row) order:
--- chain_hash = sha256(previous chain_hash || audit_row_text(row)). Only transactions older than
+-- chain_hash = sha256(previous chain_hash || audit_row_text(row) || erasable_digest). Only transactions older than
 -- every running one are sealed, so no row can later appear before a sealed one. Writers never
 -- wait for this: call it periodically (a worker, cron, or pg_cron every minute). Returns the
 -- number of rows sealed. Rust (src/audit.rs).
@@ -111,7 +126,8 @@ CREATE FUNCTION @extschema@.seal_audit_log(max_rows integer DEFAULT 100000)
 RETURNS bigint LANGUAGE c SECURITY DEFINER AS 'MODULE_PATHNAME', 'seal_audit_log_native';
 
 -- Recompute the chain and report the first broken link: a changed row (its hash no longer
--- matches), a removed row (a gap in positions) or a forged hash. `intact` is true when every
+-- matches; for content, until the row is erased), a removed row (a gap in positions) or a forged
+-- hash. `intact` is true when every
 -- sealed row verifies. Compare `last_hash` with a value recorded outside the database earlier
 -- to detect a rewrite of the whole chain by a superuser. Rust (src/audit.rs).
 CREATE FUNCTION @extschema@.verify_audit_chain()

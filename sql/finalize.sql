@@ -51,7 +51,7 @@ GRANT EXECUTE ON FUNCTION
     @extschema@.search_memories, @extschema@.vector_search, @extschema@.hybrid_search, @extschema@.semantic_search,
     @extschema@.embed_text,
     @extschema@.add_edge, @extschema@.remove_edge, @extschema@.traverse_memory_graph,
-    @extschema@.delete_memory, @extschema@.set_session_retention, @extschema@.remember_fact, @extschema@.facts,
+    @extschema@.delete_memory, @extschema@.delete_session, @extschema@.forget_user, @extschema@.set_session_retention, @extschema@.remember_fact, @extschema@.facts,
     @extschema@.share_memory, @extschema@.revoke_share,
     @extschema@.set_memory_user, @extschema@.current_memory_user,
     @extschema@.content_sha256, @extschema@.verify_memory_integrity, @extschema@.uuid_generate_v7
@@ -76,6 +76,7 @@ TO memoriesdb_worker;
 -- define_memory_type: administrators only (the owner; GRANT EXECUTE to delegate).
 -- Audit: sealing is a maintenance job (its result counts every tenant's unsealed rows).
 GRANT EXECUTE ON FUNCTION @extschema@.verify_audit_chain TO memoriesdb_auditor;
+GRANT SELECT ON @extschema@.audit_chain_history TO memoriesdb_auditor;
 GRANT EXECUTE ON FUNCTION @extschema@.seal_audit_log TO memoriesdb_auditor, memoriesdb_worker;
 -- Application servers and poolers that assert identities.
 GRANT EXECUTE ON FUNCTION @extschema@.create_user, @extschema@.user_exists TO memoriesdb_trusted;

@@ -107,32 +107,17 @@ $$;
 -- transcript, the forks' included, so deleting it changes nothing anyone sees.
 
 -- Delete up to `lim` expired memories (those whose expires_at has passed), oldest expiry first,
--- and return how many. With them go their edges, passages, shares, facts, summary records, access
--- counts and queue rows; forks made at an expired message keep their fork point (fork_position;
--- fork_message_id becomes NULL), and facts citing or superseded by one lose that link. Each
--- deletion is audited — the memory's without its content (see sql/audit.sql), edges and shares as
--- always. Rows another transaction holds are skipped (a later sweep gets them), so sweeps never
--- wait on writers and several may run at once. Safe to run as often as you like, e.g. every
--- minute from pg_cron:
+-- and return how many: each with what hangs off it, its content erased from the audit log as
+-- well (remove_memories(), sql/erasure.sql), so that expiry ends the content's life. Rows another
+-- transaction holds are skipped (a later sweep gets them), so sweeps never wait on writers and
+-- several may run at once. Safe to run as often as you like, e.g. every minute from pg_cron:
 --   SELECT cron.schedule('memoriesdb-sweep', '* * * * *', 'SELECT memoriesdb.sweep_expired_memories()');
 -- For a backlog, call it until it returns less than lim. For workers and administrators.
---
--- Set-based, for speed: row by row, each deleted memory would cost a dozen trigger calls (the
--- audit row, the forked-history check and one referential action per foreign key to memories).
--- So the function runs with session_replication_role = replica, which skips them for its own
--- statements only, and does their work itself, one statement per table. Everything it must do
--- instead is listed here; tests/lifecycle.rs checks the list against the catalog (every foreign
--- key to memories and every delete trigger of the tables touched), so a new one cannot be
--- forgotten. Other transactions keep their checks: an edge written concurrently to a memory
--- being swept waits for the row lock taken here and then fails its foreign key.
 CREATE FUNCTION @extschema@.sweep_expired_memories(lim integer DEFAULT 10000)
 RETURNS bigint
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET session_replication_role = replica AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     doomed uuid[];
-    me uuid := @extschema@.current_memory_user();
-    actor name := @extschema@.acting_db_role();
-    tx bigint := txid_current();
 BEGIN
     IF lim IS NULL OR lim < 1 THEN
         RAISE EXCEPTION 'lim must be a positive number of memories, not %', coalesce(lim::text, 'NULL')
@@ -149,42 +134,7 @@ BEGIN
         RETURN 0;
     END IF;
 
-    -- the memories, audited as log_memory_change() audits an expired memory's deletion: the row
-    -- without search_tsv, content and content_embedding, marked content_redacted (built from the
-    -- other columns rather than by removing those from to_jsonb(row), which would first convert
-    -- them; tests/lifecycle.rs checks that both ways write the same row)
-    WITH gone AS (DELETE FROM @extschema@.memories m WHERE m.id = ANY (doomed)
-                  RETURNING m.id, m.kind, m.content_hash, m.embedding_model, m.search_config, m._metadata,
-                            m.session_id, m.position, m.role, m._created_at, m._updated_at, m.created_by,
-                            m.updated_by, m.importance, m.expires_at, m.valid_from, m.valid_to)
-    INSERT INTO @extschema@.audit_log (table_name, operation, row_id, old_row, new_row, acting_user, subject_user, db_role, txid)
-    SELECT 'memories', 'DELETE', g.id, pg_catalog.to_jsonb(g) || '{"content_redacted": true}'::jsonb,
-           NULL, me, g.created_by, actor, tx
-      FROM gone g ORDER BY g.expires_at, g.id;
-    -- memory_edges (source_id, target_id: ON DELETE CASCADE), audited by memory_edges_50_audit
-    WITH gone AS (DELETE FROM @extschema@.memory_edges e
-                   WHERE e.source_id = ANY (doomed) OR e.target_id = ANY (doomed) RETURNING e.*)
-    INSERT INTO @extschema@.audit_log (table_name, operation, row_id, old_row, new_row, acting_user, subject_user, db_role, txid)
-    SELECT 'memory_edges', 'DELETE', g.id, pg_catalog.to_jsonb(g), NULL, me, g.created_by, actor, tx
-      FROM gone g ORDER BY g.id;
-    -- memory_shares (memory_id: CASCADE), audited by memory_shares_50_audit, and what a share of a
-    -- session derived (memory_share_segments: CASCADE from memory_shares)
-    WITH gone AS (DELETE FROM @extschema@.memory_shares s WHERE s.memory_id = ANY (doomed) RETURNING s.*)
-    INSERT INTO @extschema@.audit_log (table_name, operation, row_id, old_row, new_row, acting_user, subject_user, db_role, txid)
-    SELECT 'memory_shares', 'DELETE', g.memory_id, pg_catalog.to_jsonb(g), NULL, me, g.granted_by, actor, tx
-      FROM gone g ORDER BY g.memory_id, g.grantee;
-    DELETE FROM @extschema@.memory_share_segments g WHERE g.shared_memory = ANY (doomed);
-    -- CASCADE
-    DELETE FROM @extschema@.memory_chunks c WHERE c.memory_id = ANY (doomed);
-    DELETE FROM @extschema@.embedding_schedule q WHERE q.memory_id = ANY (doomed);
-    DELETE FROM @extschema@.vindexing_schedule v WHERE v.memory_id = ANY (doomed);
-    DELETE FROM @extschema@.memory_facts f WHERE f.memory_id = ANY (doomed);
-    DELETE FROM @extschema@.memory_access a WHERE a.memory_id = ANY (doomed);
-    DELETE FROM @extschema@.memory_summaries s WHERE s.memory_id = ANY (doomed);
-    -- SET NULL
-    UPDATE @extschema@.memory_facts f SET source_message = NULL WHERE f.source_message = ANY (doomed);
-    UPDATE @extschema@.memory_facts f SET superseded_by = NULL WHERE f.superseded_by = ANY (doomed);
-    UPDATE @extschema@.memory_sessions s SET fork_message_id = NULL WHERE s.fork_message_id = ANY (doomed);
-    RETURN pg_catalog.cardinality(doomed);
+    -- deleted with what hangs off them, and their content erased from the audit log too
+    RETURN @extschema@.remove_memories(doomed, true);
 END
 $$;

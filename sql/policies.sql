@@ -77,6 +77,8 @@ ALTER TABLE @extschema@.memory_access ENABLE ROW LEVEL SECURITY;
 ALTER TABLE @extschema@.memory_access FORCE ROW LEVEL SECURITY;
 ALTER TABLE @extschema@.memory_access_log ENABLE ROW LEVEL SECURITY;
 ALTER TABLE @extschema@.memory_access_log FORCE ROW LEVEL SECURITY;
+ALTER TABLE @extschema@.audit_chain_history ENABLE ROW LEVEL SECURITY;
+ALTER TABLE @extschema@.audit_chain_history FORCE ROW LEVEL SECURITY;
 ALTER TABLE @extschema@.memory_summaries ENABLE ROW LEVEL SECURITY;
 ALTER TABLE @extschema@.memory_summaries FORCE ROW LEVEL SECURITY;
 ALTER TABLE @extschema@.memory_chunks ENABLE ROW LEVEL SECURITY;
@@ -206,6 +208,9 @@ CREATE POLICY memory_access_read ON @extschema@.memory_access FOR SELECT
 -- summaries: readable with their memory (written only by add_session_summary())
 CREATE POLICY memory_summaries_read ON @extschema@.memory_summaries FOR SELECT
     USING (EXISTS (SELECT 1 FROM @extschema@.memories m WHERE m.id = memory_summaries.memory_id));
+
+-- the audit chain's history is for auditors (granted only to them)
+CREATE POLICY audit_chain_history_read ON @extschema@.audit_chain_history FOR SELECT USING (true);
 
 -- the memory types are not secret (written only by define_memory_type())
 CREATE POLICY memory_type_definitions_read ON @extschema@.memory_type_definitions FOR SELECT USING (true);

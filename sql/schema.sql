@@ -173,6 +173,9 @@ CREATE TABLE @extschema@.memory_sessions (
     -- how long the session's new messages live (set_session_retention()); NULL: the message
     -- type's default_ttl
     message_ttl     interval CONSTRAINT memory_sessions_ttl_positive CHECK (message_ttl > interval '0'),
+    -- set when the session this one was forked from was erased (sql/erasure.sql): positions
+    -- 1 .. fork_position of this branch were inherited from it and are gone
+    inherited_erased_at timestamptz,
     CHECK ((parent_id IS NULL) = (depth = 0)),
     CHECK (last_position >= fork_position)
 );
@@ -230,9 +233,26 @@ CREATE TABLE @extschema@.audit_log (
     -- tamper evidence, filled in by seal_audit_log(): the row's place in the hash chain and
     -- sha256(previous chain_hash || this row's canonical text)
     chain_position bigint,
-    chain_hash  text
+    chain_hash  text,
+    -- SHA-256 of audit_erasable_text(row) when sealed (see sql/audit.sql), and when the row's
+    -- erasable content was removed by an erasure (erase_audit_rows())
+    erasable_digest text,
+    erased_at   timestamptz
 );
 COMMENT ON TABLE @extschema@.audit_log IS 'Append-only change log of memories and edges (before/after state, user, role, transaction)';
+-- The chain's history: one row per change of how the chain is computed (an upgrade that re-seals
+-- the log under a new chain version), with what the old chain was when it ended: compare
+-- last_hash with a value recorded outside the database before the upgrade.
+CREATE TABLE @extschema@.audit_chain_history (
+    changed_at   timestamptz NOT NULL DEFAULT now(),
+    from_version integer NOT NULL,
+    to_version   integer NOT NULL,
+    sealed_rows  bigint NOT NULL,
+    last_hash    text,
+    intact       boolean NOT NULL,
+    problem      text
+);
+COMMENT ON TABLE @extschema@.audit_chain_history IS 'Changes of the audit chain''s version, with the old chain''s end and whether it verified';
 CREATE INDEX audit_log_row ON @extschema@.audit_log (row_id, id);
 CREATE INDEX audit_log_subject ON @extschema@.audit_log (subject_user, id);
 CREATE INDEX audit_log_unsealed ON @extschema@.audit_log (txid, id) WHERE chain_position IS NULL;
@@ -371,6 +391,7 @@ SELECT pg_catalog.pg_extension_config_dump('@extschema@.memory_sessions', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.memory_edges', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.audit_log', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.audit_log_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.audit_chain_history', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.embedding_schedule', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.memory_chunks', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.memory_shares', '');

@@ -2,12 +2,13 @@
 //! (sql/audit.sql has the table's triggers and `audit_row_text()`, the text of a row the chain
 //! hashes; the audit rows themselves are written by write_path.rs).
 //!
-//! chain_hash(n) = hex SHA-256(chain_hash(n - 1) || audit_row_text(row n)), chain_hash(0) = ''.
+//! chain_hash(n) = hex SHA-256(chain_hash(n - 1) || audit_row_text(row n) || erasable_digest(n)),
+//! chain_hash(0) = '', erasable_digest(n) = hex SHA-256(audit_erasable_text(row n)) (chain
+//! version 2: the erasable content is committed through its digest, so that erasure can remove it
+//! and the chain still verifies; sql/audit.sql).
 //!
-//! In PL/pgSQL each row cost a loop iteration, two SQL function calls and two array appends;
-//! here the rows stream through a cursor in batches (memory stays bounded however long the
-//! chain) and are hashed in Rust, one pass, reading each row's text in place. The text is
-//! audit_row_text()'s, byte for byte, so chains sealed by earlier versions verify.
+//! The rows stream through a cursor in batches (memory stays bounded however long the chain) and
+//! are hashed in Rust, one pass, reading each row's texts in place.
 
 use crate::catalog::SCHEMA;
 use crate::fmgr::raw_arg;
@@ -19,17 +20,34 @@ thread_local! {
     static TAKE_CHAIN_LOCK: KeptPlan = const { KeptPlan::new() };
     static CHAIN_END: KeptPlan = const { KeptPlan::new() };
     static UNSEALED_ROWS: KeptPlan = const { KeptPlan::new() };
+    static UNSEALED_ROWS_V1: KeptPlan = const { KeptPlan::new() };
     static SEAL_ROWS: KeptPlan = const { KeptPlan::new() };
+    static SEAL_ROWS_V1: KeptPlan = const { KeptPlan::new() };
     static COUNT_UNSEALED: KeptPlan = const { KeptPlan::new() };
     static SEALED_ROWS: KeptPlan = const { KeptPlan::new() };
+    static SEALED_ROWS_V1: KeptPlan = const { KeptPlan::new() };
+}
+
+/// Is the catalog's chain version 2? A catalog older than this library (between a package
+/// upgrade and ALTER EXTENSION UPDATE) has chain version 1: audit_row_text() is then the whole
+/// row's text and there is no erasable digest, and the chain is sealed and verified as it was —
+/// the link formula below with an empty digest is version 1's, sha256(previous || row text).
+fn catalog_has_chain_version_2() -> bool {
+    crate::catalog::has_column(c"audit_log", c"erasable_digest")
 }
 
 /// Rows read per cursor fetch.
 const BATCH: i64 = 1000;
 
-/// The next link of the chain: hex SHA-256 of the previous link followed by the row's text.
-fn chain_link(previous: &str, row_text: &[u8]) -> String {
-    crate::hashing::sha256_hex_of(&[previous.as_bytes(), row_text])
+/// The next link of the chain: hex SHA-256 of the previous link, the row's text and the digest of
+/// its erasable text.
+fn chain_link(previous: &str, row_text: &[u8], erasable_digest: &str) -> String {
+    crate::hashing::sha256_hex_of(&[previous.as_bytes(), row_text, erasable_digest.as_bytes()])
+}
+
+/// The digest of an audit row's erasable text.
+fn erasable_digest(erasable_text: &[u8]) -> String {
+    crate::hashing::sha256_hex_of(&[erasable_text])
 }
 
 /// The last sealed link: (its chain position, its hash), (0, '') for an empty chain.
@@ -68,12 +86,14 @@ unsafe fn seal_audit_log(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
         // (read after the lock, with a fresh snapshot: a sealer that waited sees the links the one
         // before it committed)
         let (position, mut previous) = chain_end(spi, Effect::Writes);
-        let (mut ids, mut hashes): (Vec<i64>, Vec<String>) = (Vec::new(), Vec::new());
+        let (mut ids, mut hashes, mut digests): (Vec<i64>, Vec<String>, Vec<String>) = (Vec::new(), Vec::new(), Vec::new());
+        let version_2 = catalog_has_chain_version_2();
+        let erasable = if version_2 { format!("{SCHEMA}.audit_erasable_text(a)") } else { "NULL::pg_catalog.text".into() };
         spi.for_each_batch(
-            &UNSEALED_ROWS,
+            if version_2 { &UNSEALED_ROWS } else { &UNSEALED_ROWS_V1 },
             || {
                 format!(
-                    "SELECT a.id, {SCHEMA}.audit_row_text(a) FROM {SCHEMA}.audit_log a
+                    "SELECT a.id, {SCHEMA}.audit_row_text(a), {erasable} FROM {SCHEMA}.audit_log a
                       WHERE a.chain_position IS NULL
                         AND a.txid OPERATOR(pg_catalog.<) pg_catalog.txid_snapshot_xmin(pg_catalog.txid_current_snapshot())
                       ORDER BY a.txid, a.id LIMIT $1"
@@ -85,18 +105,19 @@ unsafe fn seal_audit_log(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
             BATCH,
             |rows| {
                 for row in 0..rows.count() {
-                    previous = chain_link(&previous, rows.text_bytes(row, 2).unwrap_or_default());
+                    let digest = if version_2 { erasable_digest(rows.text_bytes(row, 3).unwrap_or_default()) } else { String::new() };
+                    previous = chain_link(&previous, rows.text_bytes(row, 2).unwrap_or_default(), &digest);
                     ids.push(rows.get::<i64>(row, 1).expect("audit_log.id is NOT NULL"));
                     hashes.push(previous.clone());
+                    digests.push(digest);
                 }
                 true
             },
         );
         let sealed = ids.len() as i64;
-        if sealed > 0 {
-            // one UPDATE for the batch: an UPDATE per row doubled the cost of sealing
+        if sealed > 0 && !version_2 {
             spi.execute_kept(
-                &SEAL_ROWS,
+                &SEAL_ROWS_V1,
                 || {
                     format!(
                         "UPDATE {SCHEMA}.audit_log a
@@ -107,6 +128,24 @@ unsafe fn seal_audit_log(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
                 },
                 &[pg_sys::INT8ARRAYOID, pg_sys::TEXTARRAYOID, pg_sys::INT8OID],
                 &[arg(ids), arg(hashes), arg(position)],
+                Effect::Writes,
+            );
+        } else if sealed > 0 {
+            // one UPDATE for the batch: an UPDATE per row doubled the cost of sealing
+            spi.execute_kept(
+                &SEAL_ROWS,
+                || {
+                    format!(
+                        "UPDATE {SCHEMA}.audit_log a
+                            SET chain_position = $3 OPERATOR(pg_catalog.+) u.n, chain_hash = u.chain_hash,
+                                erasable_digest = u.erasable_digest
+                           FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($4))
+                                WITH ORDINALITY AS u(id, chain_hash, erasable_digest, n)
+                          WHERE a.id OPERATOR(pg_catalog.=) u.id"
+                    )
+                },
+                &[pg_sys::INT8ARRAYOID, pg_sys::TEXTARRAYOID, pg_sys::INT8OID, pg_sys::TEXTARRAYOID],
+                &[arg(ids), arg(hashes), arg(position), arg(digests)],
                 Effect::Writes,
             );
         }
@@ -147,11 +186,19 @@ unsafe fn verify_audit_chain(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum 
         let mut expected = 0i64;
         let mut previous = String::new();
         let mut broken: Option<Verdict> = None;
+        let version_2 = catalog_has_chain_version_2();
         spi.for_each_batch(
-            &SEALED_ROWS,
+            if version_2 { &SEALED_ROWS } else { &SEALED_ROWS_V1 },
             || {
+                // (version 1: no erasable part, as if erased, with an empty digest)
+                let erasable = if version_2 {
+                    format!("{SCHEMA}.audit_erasable_text(a), a.erasable_digest, a.erased_at IS NOT NULL")
+                } else {
+                    "NULL::pg_catalog.text, ''::pg_catalog.text, true".into()
+                };
                 format!(
-                    "SELECT a.id, a.chain_position, a.chain_hash, {SCHEMA}.audit_row_text(a) FROM {SCHEMA}.audit_log a
+                    "SELECT a.id, a.chain_position, a.chain_hash, {SCHEMA}.audit_row_text(a), {erasable}
+                       FROM {SCHEMA}.audit_log a
                       WHERE a.chain_position IS NOT NULL ORDER BY a.chain_position"
                 )
             },
@@ -177,7 +224,22 @@ unsafe fn verify_audit_chain(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum 
                         });
                         return false;
                     }
-                    previous = chain_link(&previous, rows.text_bytes(row, 4).unwrap_or_default());
+                    // the erasable content verifies against its digest until it is erased; then the
+                    // digest sealed with it stands for it
+                    let sealed_digest = rows.get::<String>(row, 6).unwrap_or_default();
+                    let erased = rows.get::<bool>(row, 7) == Some(true);
+                    if !erased && erasable_digest(rows.text_bytes(row, 5).unwrap_or_default()) != sealed_digest {
+                        broken = Some(Verdict {
+                            intact: false,
+                            sealed_rows: expected - 1,
+                            first_broken_position: Some(position),
+                            first_broken_audit_id: id,
+                            problem: Some("row content was changed after sealing".into()),
+                            last_hash: Some(previous.clone()),
+                        });
+                        return false;
+                    }
+                    previous = chain_link(&previous, rows.text_bytes(row, 4).unwrap_or_default(), &sealed_digest);
                     let stored = rows.get::<String>(row, 3);
                     if stored.as_deref() != Some(previous.as_str()) {
                         broken = Some(Verdict {
@@ -230,10 +292,12 @@ crate::fmgr::sql_function_entry!(pg_finfo_verify_audit_chain_native, verify_audi
 #[cfg(test)]
 mod unit {
     #[test]
-    fn a_link_hashes_the_previous_link_then_the_row() {
-        // sha256("" || "abc") and sha256(that || "abc"), as content_sha256(previous || text) did
-        let first = super::chain_link("", b"abc");
+    fn a_link_hashes_the_previous_link_the_row_and_its_erasable_digest() {
+        // sha256("" || "ab" || "c") = sha256("abc"), then sha256(that || "abc" || digest)
+        let first = super::chain_link("", b"ab", "c");
         assert_eq!(first, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
-        assert_eq!(super::chain_link(&first, b"abc"), crate::hashing::sha256_hex(format!("{first}abc")));
+        let digest = super::erasable_digest(b"[null]");
+        assert_eq!(digest, crate::hashing::sha256_hex("[null]"));
+        assert_eq!(super::chain_link(&first, b"abc", &digest), crate::hashing::sha256_hex(format!("{first}abc{digest}")));
     }
 }

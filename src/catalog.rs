@@ -18,3 +18,18 @@ pub fn extension_installed() -> bool {
     // SAFETY: a catalog lookup; missing_ok = true returns InvalidOid instead of raising.
     unsafe { pg_sys::get_extension_oid(c"memoriesdb".as_ptr(), true) != pg_sys::InvalidOid }
 }
+
+/// Does the extension's table `table` have a column `column`? A catalog lookup (syscache), for
+/// code that must also work against an older catalog: between a package upgrade, which replaces
+/// the library, and ALTER EXTENSION UPDATE, which brings the catalog up to it.
+pub fn has_column(table: &std::ffi::CStr, column: &std::ffi::CStr) -> bool {
+    // SAFETY: catalog lookups by name; missing_ok lookups return InvalidOid.
+    unsafe {
+        let namespace = pg_sys::get_namespace_oid(c"memoriesdb".as_ptr(), true);
+        if namespace == pg_sys::InvalidOid {
+            return false;
+        }
+        let relation = pg_sys::get_relname_relid(table.as_ptr(), namespace);
+        relation != pg_sys::InvalidOid && pg_sys::get_attnum(relation, column.as_ptr()) != pg_sys::InvalidAttrNumber as i16
+    }
+}

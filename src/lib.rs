@@ -92,10 +92,11 @@ extension_sql_file!("../sql/facts.sql", name = "facts", requires = ["lifecycle",
 extension_sql_file!("../sql/ranking.sql", name = "ranking", requires = ["lifecycle"]);
 extension_sql_file!("../sql/context.sql", name = "context", requires = ["ranking", "facts", "search"]);
 extension_sql_file!("../sql/statistics.sql", name = "statistics", requires = ["ranking", "embeddings"]);
+extension_sql_file!("../sql/erasure.sql", name = "erasure", requires = ["context", "lifecycle", "audit"]);
 extension_sql_file!(
     "../sql/policies.sql",
     name = "policies",
-    requires = ["sharing", "graph", "audit", "events", "lifecycle", "facts", "ranking", "context", "statistics", policies::memories_read_rule_sql]
+    requires = ["sharing", "graph", "audit", "events", "lifecycle", "facts", "ranking", "context", "statistics", "erasure", policies::memories_read_rule_sql]
 );
 extension_sql_file!("../sql/finalize.sql", name = "finalize", requires = ["policies"], finalize);
 

@@ -306,7 +306,7 @@ unsafe fn log_memory_change(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
                          VALUES ('{table_name}', $1, $2,
                                  CASE WHEN $7
                                       THEN (pg_catalog.to_jsonb($3)
-                                            OPERATOR(pg_catalog.-) '{{search_tsv,content,content_embedding}}'::pg_catalog.text[])
+                                            OPERATOR(pg_catalog.-) '{{search_tsv,content,content_embedding,_metadata}}'::pg_catalog.text[])
                                            OPERATOR(pg_catalog.||) '{{\"content_redacted\": true}}'::pg_catalog.jsonb
                                       ELSE pg_catalog.to_jsonb($3) OPERATOR(pg_catalog.-) 'search_tsv'::pg_catalog.text END,
                                  pg_catalog.to_jsonb($4) OPERATOR(pg_catalog.-) 'search_tsv'::pg_catalog.text,

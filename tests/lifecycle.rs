@@ -559,9 +559,10 @@ fn the_same_fact_stated_concurrently_is_one_fact() {
     assert_eq!(count(&mut alice, "SELECT count(*) FROM memories WHERE kind = 'fact'"), 1);
 }
 
-/// sweep_expired_memories() runs with session_replication_role = replica and does by hand what
-/// the foreign keys to memories and the delete triggers would do (sql/lifecycle.sql). This holds
-/// that list to the catalog: a new foreign key or delete trigger must be added to the sweep.
+/// remove_memories() (the sweep's and the erasures' deletion) and forget_user() run with
+/// session_replication_role = replica and do by hand what the foreign keys to memories, sessions
+/// and users and the delete triggers would do (sql/erasure.sql). This holds those lists to the
+/// catalog: a new foreign key or delete trigger must be handled there.
 #[test]
 fn the_sweep_handles_every_foreign_key_to_memories_and_every_delete_trigger() {
     let db = TestDb::new();
@@ -571,14 +572,19 @@ fn the_sweep_handles_every_foreign_key_to_memories_and_every_delete_trigger() {
         v.sort();
         v
     };
-    let foreign_keys = rows(
-        &mut admin,
-        "SELECT (SELECT r.relname::text FROM pg_class r WHERE r.oid = c.conrelid) || '.' || a.attname || ' ' || c.confdeltype::text
-           FROM pg_constraint c
-           JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = ANY (c.conkey)
-          WHERE c.contype = 'f' AND c.confrelid = 'memoriesdb.memories'::regclass",
-    );
-    // (confdeltype: c = cascade, n = set null; memory_sessions.id: sessions are never swept)
+    let foreign_keys_to = |admin: &mut Client, table: &str| {
+        rows(
+            admin,
+            &format!(
+                "SELECT (SELECT r.relname::text FROM pg_class r WHERE r.oid = c.conrelid) || '.' || a.attname || ' ' || c.confdeltype::text
+                   FROM pg_constraint c
+                   JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = ANY (c.conkey)
+                  WHERE c.contype = 'f' AND c.confrelid = 'memoriesdb.{table}'::regclass"
+            ),
+        )
+    };
+    let foreign_keys = foreign_keys_to(&mut admin, "memories");
+    // (confdeltype: c = cascade, n = set null, r = restrict)
     let handled = [
         "embedding_schedule.memory_id c",
         "memory_access.memory_id c",
@@ -596,16 +602,49 @@ fn the_sweep_handles_every_foreign_key_to_memories_and_every_delete_trigger() {
     ];
     assert_eq!(foreign_keys, handled.iter().map(|s| s.to_string()).collect::<Vec<_>>(), "foreign keys to memories");
     let sweep: String = admin
-        .query_one("SELECT prosrc FROM pg_proc WHERE oid = 'memoriesdb.sweep_expired_memories'::regproc", &[])
+        .query_one("SELECT prosrc FROM pg_proc WHERE oid = 'memoriesdb.remove_memories'::regproc", &[])
         .unwrap()
         .get(0);
-    for fk in handled.iter().filter(|fk| !fk.starts_with("memory_sessions.id")) {
+    let handles = |source: &str, fk: &str, what: &str| {
         let (table, column) = fk.split_once(' ').unwrap().0.split_once('.').unwrap();
         assert!(
-            sweep.contains(&format!("@extschema@.{table}")) || sweep.contains(&format!("memoriesdb.{table}")),
-            "the sweep does not touch {table}"
+            source.contains(&format!("@extschema@.{table}")) || source.contains(&format!("memoriesdb.{table}")),
+            "{what} does not touch {table}"
         );
-        assert!(sweep.contains(column), "the sweep does not handle {table}.{column}");
+        assert!(source.contains(column), "{what} does not handle {table}.{column}");
+    };
+    for fk in handled {
+        handles(&sweep, fk, "remove_memories()");
+    }
+    // sessions it deletes: what refers to them (forks are detached: parent_id)
+    let to_sessions = [
+        "memories.session_id c",
+        "memory_sessions.parent_id r",
+        "memory_share_segments.session_id c",
+        "memory_summaries.session_id c",
+    ];
+    assert_eq!(foreign_keys_to(&mut admin, "memory_sessions"), to_sessions.map(String::from).to_vec(), "foreign keys to sessions");
+    for fk in to_sessions {
+        handles(&sweep, fk, "remove_memories()");
+    }
+    // users forget_user() deletes: what refers to them
+    let forget: String = admin
+        .query_one("SELECT prosrc FROM pg_proc WHERE oid = 'memoriesdb.forget_user'::regproc", &[])
+        .unwrap()
+        .get(0);
+    let to_users = [
+        "memories.created_by a",
+        "memories.updated_by a",
+        "memory_access.user_id c",
+        "memory_edges.created_by a",
+        "memory_facts.owner_id a",
+        "memory_sessions.owner_id a",
+        "memory_shares.granted_by c",
+        "memory_shares.grantee c",
+    ];
+    assert_eq!(foreign_keys_to(&mut admin, "users"), to_users.map(String::from).to_vec(), "foreign keys to users");
+    for fk in to_users {
+        handles(&forget, fk, "forget_user()");
     }
     // the user triggers that fire on deleting from the tables the sweep deletes from
     let triggers = rows(

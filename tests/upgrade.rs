@@ -237,15 +237,10 @@ fn observe(cluster: &Cluster, sessions: &[(&str, uuid::Uuid)]) -> Vec<String> {
     let mismatches: i64 =
         admin.query_one("SELECT count(*) FROM memoriesdb.verify_memory_integrity()", &[]).unwrap().get(0);
     seen.push(format!("hash mismatches: {mismatches}"));
-    let chain = admin
-        .query_one("SELECT intact, sealed_rows, coalesce(last_hash, '') FROM memoriesdb.verify_audit_chain()", &[])
-        .unwrap();
-    seen.push(format!(
-        "audit chain: intact={} sealed={} last={}",
-        chain.get::<_, bool>(0),
-        chain.get::<_, i64>(1),
-        chain.get::<_, String>(2)
-    ));
+    // (the update re-seals the chain under version 2, rows not sealed yet included: its hashes
+    // and length change, its verdict must not; audit_chain_history records the old chain's end)
+    let chain = admin.query_one("SELECT intact FROM memoriesdb.verify_audit_chain()", &[]).unwrap();
+    seen.push(format!("audit chain: intact={}", chain.get::<_, bool>(0)));
     seen
 }
 
@@ -354,6 +349,10 @@ fn the_previous_release_upgrades_in_place_to_a_catalog_equal_to_a_fresh_install_
 
     // 3. the update
     let mut admin = cluster.connect("postgres", DB);
+    let old_chain = admin
+        .query_one("SELECT sealed_rows, last_hash FROM memoriesdb.verify_audit_chain()", &[])
+        .unwrap();
+    let (old_sealed, old_last_hash): (i64, String) = (old_chain.get(0), old_chain.get(1));
     let target: String = admin
         .query_one("SELECT default_version FROM pg_available_extensions WHERE name = 'memoriesdb'", &[])
         .unwrap()
@@ -382,12 +381,24 @@ fn the_previous_release_upgrades_in_place_to_a_catalog_equal_to_a_fresh_install_
         &upgraded_catalog,
     );
 
-    // 5. the data survived, the chain goes on, and the upgraded database takes new writes
+    // 5. the data survived, the chain goes on (re-sealed under version 2, the old chain's end on
+    // record), and the upgraded database takes new writes
     assert_same("the data before and after the update", &before_update, &observe(&cluster, &sessions));
-    let sealed: i64 = admin.query_one("SELECT memoriesdb.seal_audit_log()", &[]).unwrap().get(0);
-    assert!(sealed > 0, "the rows written on the new library are sealed");
+    let history = admin
+        .query_one("SELECT from_version, to_version, sealed_rows, last_hash, intact FROM memoriesdb.audit_chain_history", &[])
+        .unwrap();
+    assert_eq!(
+        (history.get::<_, i32>(0), history.get::<_, i32>(1), history.get::<_, i64>(2), history.get::<_, String>(3), history.get::<_, bool>(4)),
+        (1, 2, old_sealed, old_last_hash, true),
+        "the old chain's end is on record"
+    );
+    // (the update re-sealed every committed row, those written on the new library before it too)
+    let unsealed: i64 = admin.query_one("SELECT unsealed_rows FROM memoriesdb.verify_audit_chain()", &[]).unwrap().get(0);
+    assert_eq!(unsealed, 0, "the update sealed what was written before it");
     let mut alice = cluster.connect("upgrade_alice", DB);
     alice.query("SELECT add_message_to_session($1, 'assistant', 'after the update')", &[&fork]).unwrap();
+    let sealed: i64 = admin.query_one("SELECT memoriesdb.seal_audit_log()", &[]).unwrap().get(0);
+    assert!(sealed > 0, "the rows written after the update are sealed");
     let refork = one_uuid(&mut alice, "SELECT fork_session($1, 'upgrade: after', '{}', $2)", &[&main, &messages[1]]);
     let text: String = alice.query_one("SELECT get_conversation_text($1)", &[&refork]).unwrap().get(0);
     assert_eq!(text, "user: message 1 before the upgrade\nassistant: message 2 before the upgrade");
