@@ -2,14 +2,14 @@
 -- retention and the sweep (sql/lifecycle.sql). Runs as the superuser, so row-level security
 -- does not apply here; tests/lifecycle.rs covers ordinary roles, grantees and strangers.
 BEGIN;
-SELECT plan(58);
+SELECT plan(63);
 
 SELECT has_function('define_memory_type', ARRAY['text', 'text', 'real', 'interval'], 'define_memory_type(name, description, default_importance, default_ttl)');
-SELECT has_function('set_session_retention', ARRAY['uuid', 'interval', 'boolean'], 'set_session_retention(session_id, message_ttl, apply_to_existing)');
+SELECT has_function('set_session_retention', ARRAY['uuid', 'interval', 'boolean', 'integer'], 'set_session_retention(session_id, message_ttl, apply_to_existing, keep_last)');
 SELECT has_function('sweep_expired_memories', ARRAY['integer'], 'sweep_expired_memories(lim)');
 SELECT is((SELECT pg_catalog.array_to_string(p.proargnames, ',') FROM pg_catalog.pg_proc p
             WHERE p.oid = 'memoriesdb.set_session_retention'::regproc),
-          'session_id,message_ttl,apply_to_existing', 'set_session_retention''s argument names');
+          'session_id,message_ttl,apply_to_existing,keep_last', 'set_session_retention''s argument names');
 SELECT has_column('memories', 'importance', 'memories.importance');
 SELECT col_type_is('memories', 'importance', 'real', 'importance is real');
 SELECT has_column('memories', 'expires_at', 'memories.expires_at');
@@ -112,6 +112,19 @@ SELECT is(delete_session(:'es'), 2::bigint, 'delete_session: the session and its
 SELECT is((SELECT count(*) FROM audit_log WHERE row_id = :'es' AND new_row ? 'content'), 0::bigint,
           'its content is gone from the audit log');
 SELECT throws_ok($$SELECT forget_user(NULL)$$, '22004', NULL, 'forget_user needs a user');
+
+-- retention (sql/lifecycle.sql; tests/retention.rs covers forks, policies and roles)
+SELECT has_function('set_retention_policy', ARRAY['text', 'integer', 'interval', 'real', 'text'],
+                    'set_retention_policy(kind, keep_last, max_age, keep_if_importance, action)');
+SELECT has_function('apply_retention_policies', ARRAY['integer'], 'apply_retention_policies(lim)');
+SELECT create_session('trim probe') AS ts \gset
+SELECT add_messages_to_session(:'ts', '[{"role": "user", "content": "a"}, {"role": "user", "content": "b"},
+                                        {"role": "user", "content": "c"}]');
+SELECT set_session_retention(:'ts', NULL, keep_last => 1);
+SELECT cmp_ok(apply_retention_policies(), '>=', 2::bigint, 'the job trims the session');
+SELECT is((SELECT array_agg(content ORDER BY position) FROM get_formatted_conversation(:'ts')), ARRAY['c'],
+          'the session keeps its last message');
+SELECT throws_ok($$SELECT set_retention_policy('session', 1)$$, '22023', NULL, 'sessions are not subject to policies');
 
 SELECT * FROM finish();
 ROLLBACK;

@@ -237,7 +237,8 @@ BEGIN
     DELETE FROM @extschema@.memory_share_segments g WHERE g.grantee = forget_user.user_id;
     -- (their facts went with their memories; memory_facts.owner_id: nothing may be left)
     DELETE FROM @extschema@.memory_facts f WHERE f.owner_id = forget_user.user_id;
-    -- (memory_access.user_id: CASCADE)
+    -- (memory_retention_policies.user_id, memory_access.user_id: CASCADE)
+    DELETE FROM @extschema@.memory_retention_policies r WHERE r.user_id = forget_user.user_id;
     DELETE FROM @extschema@.memory_access a WHERE a.user_id = forget_user.user_id;
     -- other users' memories they changed keep their change, no longer attributed to anyone
     UPDATE @extschema@.memories m SET updated_by = NULL WHERE m.updated_by = forget_user.user_id;

@@ -51,7 +51,8 @@ GRANT EXECUTE ON FUNCTION
     @extschema@.search_memories, @extschema@.vector_search, @extschema@.hybrid_search, @extschema@.semantic_search,
     @extschema@.embed_text,
     @extschema@.add_edge, @extschema@.remove_edge, @extschema@.traverse_memory_graph,
-    @extschema@.delete_memory, @extschema@.delete_session, @extschema@.forget_user, @extschema@.set_session_retention, @extschema@.remember_fact, @extschema@.facts,
+    @extschema@.delete_memory, @extschema@.delete_session, @extschema@.forget_user, @extschema@.set_session_retention,
+    @extschema@.set_retention_policy, @extschema@.remember_fact, @extschema@.facts,
     @extschema@.share_memory, @extschema@.revoke_share,
     @extschema@.set_memory_user, @extschema@.current_memory_user,
     @extschema@.content_sha256, @extschema@.verify_memory_integrity, @extschema@.uuid_generate_v7
@@ -71,7 +72,7 @@ GRANT EXECUTE ON FUNCTION
     @extschema@.fail_embedding,
     @extschema@.retry_dead_embeddings, @extschema@.require_usable_embedding,
     @extschema@.create_vector_index, @extschema@.process_vindexing, @extschema@.restore_vector_indexes,
-    @extschema@.sweep_expired_memories, @extschema@.fold_memory_accesses
+    @extschema@.sweep_expired_memories, @extschema@.fold_memory_accesses, @extschema@.apply_retention_policies
 TO memoriesdb_worker;
 -- define_memory_type: administrators only (the owner; GRANT EXECUTE to delegate).
 -- Audit: sealing is a maintenance job (its result counts every tenant's unsealed rows).
@@ -99,7 +100,7 @@ GRANT SELECT ON @extschema@.memory_sessions, @extschema@.memory_shares, @extsche
     @extschema@.memory_graph, @extschema@.memory_graph_edges,
     @extschema@.embedding_queue_status, @extschema@.embedding_coverage,
     @extschema@.memory_types, @extschema@.memory_type_definitions, @extschema@.memory_facts,
-    @extschema@.memory_access, @extschema@.memory_summaries,
+    @extschema@.memory_access, @extschema@.memory_summaries, @extschema@.memory_retention_policies,
     @extschema@.user_statistics, @extschema@.session_statistics
 TO memoriesdb_user;
 -- the store's operational figures (every tenant's): workers (and administrators)

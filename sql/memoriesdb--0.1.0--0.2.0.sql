@@ -735,13 +735,16 @@ $$;
 -- How long the messages of one of your sessions live: message_ttl for each new message (NULL:
 -- the message type's default_ttl), and with apply_to_existing also for the messages already
 -- written in it (each expires message_ttl after it was written; messages it inherits from the
--- session it was forked from are the other session's, and keep theirs). A fork made later starts
--- with the same retention. Returns the number of existing messages given a new expiry.
--- Only the session's owner may change it (42501 for a grantee, P0002 for anyone else).
+-- session it was forked from are the other session's, and keep theirs); and keep_last, how many
+-- of its newest messages apply_retention_policies() keeps (NULL: all; messages a fork inherits
+-- are always kept). A fork made later starts with the same retention. Returns the number of
+-- existing messages given a new expiry. Only the session's owner may change it (42501 for a
+-- grantee, P0002 for anyone else).
 CREATE FUNCTION @extschema@.set_session_retention(
     session_id uuid,
     message_ttl interval,
-    apply_to_existing boolean DEFAULT false)
+    apply_to_existing boolean DEFAULT false,
+    keep_last integer DEFAULT NULL)
 RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -756,7 +759,12 @@ BEGIN
         RAISE EXCEPTION 'message_ttl must be positive, not %', set_session_retention.message_ttl
             USING ERRCODE = '22023', HINT = 'NULL means the message type''s default (memory_types)';
     END IF;
-    UPDATE @extschema@.memory_sessions s SET message_ttl = set_session_retention.message_ttl
+    IF set_session_retention.keep_last < 1 THEN
+        RAISE EXCEPTION 'keep_last must be at least 1, not %', set_session_retention.keep_last
+            USING ERRCODE = '22023', HINT = 'NULL keeps every message';
+    END IF;
+    UPDATE @extschema@.memory_sessions s
+       SET message_ttl = set_session_retention.message_ttl, keep_last = set_session_retention.keep_last
      WHERE s.id = set_session_retention.session_id AND (unrestricted OR s.owner_id = me);
     IF NOT FOUND THEN
         IF @extschema@.session_listed_for(me, set_session_retention.session_id) THEN
@@ -816,9 +824,9 @@ END
 $$;
 
 REVOKE ALL ON FUNCTION @extschema@.define_memory_type(text, text, real, interval),
-    @extschema@.set_session_retention(uuid, interval, boolean),
+    @extschema@.set_session_retention(uuid, interval, boolean, integer),
     @extschema@.sweep_expired_memories(integer) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION @extschema@.set_session_retention(uuid, interval, boolean) TO memoriesdb_user;
+GRANT EXECUTE ON FUNCTION @extschema@.set_session_retention(uuid, interval, boolean, integer) TO memoriesdb_user;
 GRANT EXECUTE ON FUNCTION @extschema@.sweep_expired_memories(integer) TO memoriesdb_worker;
 
 -- ---------------------------------------------------------------------------------------------
@@ -1321,9 +1329,14 @@ WITH per_kind AS (
            count(*) FILTER (WHERE m._created_at > now() - interval '7 days') AS last_week,
            min(m._created_at) AS first_written_at,
            max(m._created_at) AS last_written_at
-      FROM @extschema@.memories m
-     WHERE m.created_by IS NOT NULL
-       AND ((SELECT @extschema@.acting_role_bypasses_rls()) OR m.created_by = (SELECT @extschema@.current_memory_user()))
+      -- (two branches, each behind a one-time filter, rather than "bypasses OR created_by = me",
+      -- which no index can serve: a user's figures read their rows through memories_created_by)
+      FROM (SELECT x.* FROM @extschema@.memories x
+             WHERE NOT (SELECT @extschema@.acting_role_bypasses_rls())
+               AND x.created_by = (SELECT @extschema@.current_memory_user())
+            UNION ALL
+            SELECT x.* FROM @extschema@.memories x
+             WHERE (SELECT @extschema@.acting_role_bypasses_rls()) AND x.created_by IS NOT NULL) m
      GROUP BY m.created_by, m.kind)
 SELECT k.created_by AS user_id,
        sum(k.memories)::bigint AS memories,
@@ -1715,7 +1728,8 @@ BEGIN
     DELETE FROM @extschema@.memory_share_segments g WHERE g.grantee = forget_user.user_id;
     -- (their facts went with their memories; memory_facts.owner_id: nothing may be left)
     DELETE FROM @extschema@.memory_facts f WHERE f.owner_id = forget_user.user_id;
-    -- (memory_access.user_id: CASCADE)
+    -- (memory_retention_policies.user_id, memory_access.user_id: CASCADE)
+    DELETE FROM @extschema@.memory_retention_policies r WHERE r.user_id = forget_user.user_id;
     DELETE FROM @extschema@.memory_access a WHERE a.user_id = forget_user.user_id;
     -- other users' memories they changed keep their change, no longer attributed to anyone
     UPDATE @extschema@.memories m SET updated_by = NULL WHERE m.updated_by = forget_user.user_id;
@@ -1738,3 +1752,145 @@ REVOKE ALL ON FUNCTION @extschema@.audit_row_text(@extschema@.audit_log), @extsc
     @extschema@.erase_audit_rows(uuid[]), @extschema@.remove_memories(uuid[], boolean),
     @extschema@.delete_session(uuid, boolean), @extschema@.forget_user(uuid) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION @extschema@.delete_session(uuid, boolean), @extschema@.forget_user(uuid) TO memoriesdb_user;
+
+-- Retention policies and session trimming (sql/lifecycle.sql).
+ALTER TABLE @extschema@.memory_sessions
+    ADD COLUMN keep_last integer CONSTRAINT memory_sessions_keep_last_positive CHECK (keep_last >= 1);
+-- Retention policies: per user and memory type, keep at most the newest keep_last and none older
+-- than max_age (either may be NULL: no such limit) — except those whose importance (their own,
+-- else their type's default) is at least keep_if_importance — and either delete the rest (action 'delete': they expire at once, and
+-- the sweep deletes them) or archive them (action 'archive': valid_to is set, so the searches and
+-- get_context no longer recall them, while transcripts and direct reads still show them). Applied
+-- by apply_retention_policies(). Messages a fork inherits are never removed.
+CREATE TABLE @extschema@.memory_retention_policies (
+    user_id            uuid NOT NULL REFERENCES @extschema@.users (id) ON DELETE CASCADE,
+    kind               text NOT NULL,
+    keep_last          integer CHECK (keep_last >= 1),
+    max_age            interval CHECK (max_age > interval '0'),
+    keep_if_importance real CHECK (keep_if_importance BETWEEN 0 AND 1),
+    action             text NOT NULL DEFAULT 'delete' CHECK (action IN ('delete', 'archive')),
+    PRIMARY KEY (user_id, kind),
+    CHECK (keep_last IS NOT NULL OR max_age IS NOT NULL)
+);
+COMMENT ON TABLE @extschema@.memory_retention_policies IS 'Per user and memory type: how many and how old memories to keep, and what to do with the rest';
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.memory_retention_policies', '');
+
+-- Set your retention policy for memories of type `kind` (see memory_retention_policies); with
+-- neither keep_last nor max_age, remove it. Returns whether a policy is now in place.
+CREATE FUNCTION @extschema@.set_retention_policy(
+    kind text,
+    keep_last integer DEFAULT NULL,
+    max_age interval DEFAULT NULL,
+    keep_if_importance real DEFAULT NULL,
+    action text DEFAULT 'delete')
+RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    me uuid := @extschema@.current_memory_user();
+BEGIN
+    IF me IS NULL THEN
+        RAISE EXCEPTION 'role "%" acts as no MemoriesDB user', @extschema@.acting_db_role()
+            USING ERRCODE = '42501', HINT = 'a retention policy is a user''s';
+    END IF;
+    IF set_retention_policy.kind IS NULL OR set_retention_policy.action IS NULL THEN
+        RAISE EXCEPTION 'kind and action must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM @extschema@.memory_types t WHERE t.name = set_retention_policy.kind) THEN
+        RAISE EXCEPTION 'unknown memory type "%"', pg_catalog.left(set_retention_policy.kind, 64)
+            USING ERRCODE = '22023', HINT = 'the types are listed in memory_types';
+    END IF;
+    IF set_retention_policy.kind = 'session' THEN
+        RAISE EXCEPTION 'sessions are not removed by retention policies'
+            USING ERRCODE = '22023', HINT = 'delete_session() deletes a conversation; set_session_retention() limits its messages';
+    END IF;
+    IF set_retention_policy.keep_last < 1 OR set_retention_policy.max_age <= interval '0'
+       OR NOT (set_retention_policy.keep_if_importance BETWEEN 0 AND 1)
+       OR set_retention_policy.action NOT IN ('delete', 'archive') THEN
+        RAISE EXCEPTION 'keep_last must be at least 1, max_age positive, keep_if_importance between 0 and 1 and action delete or archive'
+            USING ERRCODE = '22023';
+    END IF;
+    IF set_retention_policy.keep_last IS NULL AND set_retention_policy.max_age IS NULL THEN
+        DELETE FROM @extschema@.memory_retention_policies p WHERE p.user_id = me AND p.kind = set_retention_policy.kind;
+        RETURN false;
+    END IF;
+    INSERT INTO @extschema@.memory_retention_policies AS p (user_id, kind, keep_last, max_age, keep_if_importance, action)
+    VALUES (me, set_retention_policy.kind, set_retention_policy.keep_last, set_retention_policy.max_age,
+            set_retention_policy.keep_if_importance, set_retention_policy.action)
+    ON CONFLICT ON CONSTRAINT memory_retention_policies_pkey DO UPDATE
+       SET keep_last = EXCLUDED.keep_last, max_age = EXCLUDED.max_age,
+           keep_if_importance = EXCLUDED.keep_if_importance, action = EXCLUDED.action;
+    RETURN true;
+END
+$$;
+
+-- Apply the retention policies and the sessions' keep_last to at most `lim` memories, and return
+-- how many it removed or archived: removed ones expire at once (gone from every read; the sweep
+-- deletes them and erases their content), archived ones get valid_to. Messages a fork inherits
+-- (positions up to a fork point of their session) are never removed. Each change is audited like
+-- any UPDATE. For workers and administrators, e.g. every minute from pg_cron, before the sweep:
+--   SELECT cron.schedule('memoriesdb-retention', '* * * * *', 'SELECT memoriesdb.apply_retention_policies()');
+CREATE FUNCTION @extschema@.apply_retention_policies(lim integer DEFAULT 10000)
+RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    done bigint := 0;
+    changed bigint;
+    p record;
+BEGIN
+    IF lim IS NULL OR lim < 1 THEN
+        RAISE EXCEPTION 'lim must be a positive number of memories, not %', coalesce(lim::text, 'NULL')
+            USING ERRCODE = '22023';
+    END IF;
+    -- sessions' keep_last: their own messages before the newest keep_last, except those forks inherit
+    WITH doomed AS (
+        SELECT old.id
+          FROM @extschema@.memory_sessions s
+         CROSS JOIN LATERAL (
+               SELECT m.id, m.position FROM @extschema@.memories m
+                WHERE m.session_id = s.id AND (m.expires_at IS NULL OR m.expires_at > now())
+                ORDER BY m.position DESC OFFSET s.keep_last) old
+         WHERE s.keep_last IS NOT NULL
+           AND NOT EXISTS (SELECT 1 FROM @extschema@.memory_sessions f
+                            WHERE f.parent_id = s.id AND f.fork_position >= old.position)
+         LIMIT lim)
+    UPDATE @extschema@.memories m SET expires_at = now() FROM doomed d WHERE m.id = d.id;
+    GET DIAGNOSTICS done = ROW_COUNT;
+    -- the users' policies
+    FOR p IN SELECT * FROM @extschema@.memory_retention_policies ORDER BY user_id, kind LOOP
+        EXIT WHEN done >= lim;
+        WITH ranked AS (
+            SELECT m.id, m.session_id, m.position, m._created_at,
+                   pg_catalog.row_number() OVER (ORDER BY m._created_at DESC, m.id DESC) AS newest,
+                   coalesce(m.importance, t.default_importance) AS importance
+              FROM @extschema@.memories m
+              LEFT JOIN @extschema@.memory_types t ON t.name = m.kind
+             WHERE m.created_by = p.user_id AND m.kind = p.kind
+               AND (m.expires_at IS NULL OR m.expires_at > now())
+               AND (p.action = 'delete' OR m.valid_to IS NULL OR m.valid_to > now())),
+             doomed AS (
+            SELECT r.id FROM ranked r
+             WHERE (r.newest > p.keep_last OR r._created_at < now() - p.max_age)
+               AND NOT coalesce(r.importance >= p.keep_if_importance, false)
+               AND NOT EXISTS (SELECT 1 FROM @extschema@.memory_sessions f
+                                WHERE f.parent_id = r.session_id AND f.fork_position >= r.position)
+             LIMIT lim - done)
+        UPDATE @extschema@.memories m
+           SET expires_at = CASE WHEN p.action = 'delete' THEN now() ELSE m.expires_at END,
+               -- (not before it became valid: valid_to >= valid_from)
+               valid_to = CASE WHEN p.action = 'archive' THEN greatest(now(), m.valid_from) ELSE m.valid_to END
+          FROM doomed d WHERE m.id = d.id;
+        GET DIAGNOSTICS changed = ROW_COUNT;
+        done := done + changed;
+    END LOOP;
+    RETURN done;
+END
+$$;
+ALTER TABLE @extschema@.memory_retention_policies ENABLE ROW LEVEL SECURITY;
+ALTER TABLE @extschema@.memory_retention_policies FORCE ROW LEVEL SECURITY;
+CREATE POLICY memory_retention_policies_read ON @extschema@.memory_retention_policies FOR SELECT
+    USING (user_id = (SELECT @extschema@.current_memory_user()));
+GRANT SELECT ON @extschema@.memory_retention_policies TO memoriesdb_user;
+REVOKE ALL ON FUNCTION @extschema@.set_retention_policy(text, integer, interval, real, text),
+    @extschema@.apply_retention_policies(integer) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.set_retention_policy(text, integer, interval, real, text) TO memoriesdb_user;
+GRANT EXECUTE ON FUNCTION @extschema@.apply_retention_policies(integer) TO memoriesdb_worker;

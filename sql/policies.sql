@@ -79,6 +79,8 @@ ALTER TABLE @extschema@.memory_access_log ENABLE ROW LEVEL SECURITY;
 ALTER TABLE @extschema@.memory_access_log FORCE ROW LEVEL SECURITY;
 ALTER TABLE @extschema@.audit_chain_history ENABLE ROW LEVEL SECURITY;
 ALTER TABLE @extschema@.audit_chain_history FORCE ROW LEVEL SECURITY;
+ALTER TABLE @extschema@.memory_retention_policies ENABLE ROW LEVEL SECURITY;
+ALTER TABLE @extschema@.memory_retention_policies FORCE ROW LEVEL SECURITY;
 ALTER TABLE @extschema@.memory_summaries ENABLE ROW LEVEL SECURITY;
 ALTER TABLE @extschema@.memory_summaries FORCE ROW LEVEL SECURITY;
 ALTER TABLE @extschema@.memory_chunks ENABLE ROW LEVEL SECURITY;
@@ -211,6 +213,10 @@ CREATE POLICY memory_summaries_read ON @extschema@.memory_summaries FOR SELECT
 
 -- the audit chain's history is for auditors (granted only to them)
 CREATE POLICY audit_chain_history_read ON @extschema@.audit_chain_history FOR SELECT USING (true);
+
+-- retention policies: your own (written only by set_retention_policy())
+CREATE POLICY memory_retention_policies_read ON @extschema@.memory_retention_policies FOR SELECT
+    USING (user_id = (SELECT @extschema@.current_memory_user()));
 
 -- the memory types are not secret (written only by define_memory_type())
 CREATE POLICY memory_type_definitions_read ON @extschema@.memory_type_definitions FOR SELECT USING (true);

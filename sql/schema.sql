@@ -176,6 +176,8 @@ CREATE TABLE @extschema@.memory_sessions (
     -- set when the session this one was forked from was erased (sql/erasure.sql): positions
     -- 1 .. fork_position of this branch were inherited from it and are gone
     inherited_erased_at timestamptz,
+    -- how many of the session's own newest messages apply_retention_policies() keeps (NULL: all)
+    keep_last       integer CONSTRAINT memory_sessions_keep_last_positive CHECK (keep_last >= 1),
     CHECK ((parent_id IS NULL) = (depth = 0)),
     CHECK (last_position >= fork_position)
 );

@@ -21,9 +21,14 @@ WITH per_kind AS (
            count(*) FILTER (WHERE m._created_at > now() - interval '7 days') AS last_week,
            min(m._created_at) AS first_written_at,
            max(m._created_at) AS last_written_at
-      FROM @extschema@.memories m
-     WHERE m.created_by IS NOT NULL
-       AND ((SELECT @extschema@.acting_role_bypasses_rls()) OR m.created_by = (SELECT @extschema@.current_memory_user()))
+      -- (two branches, each behind a one-time filter, rather than "bypasses OR created_by = me",
+      -- which no index can serve: a user's figures read their rows through memories_created_by)
+      FROM (SELECT x.* FROM @extschema@.memories x
+             WHERE NOT (SELECT @extschema@.acting_role_bypasses_rls())
+               AND x.created_by = (SELECT @extschema@.current_memory_user())
+            UNION ALL
+            SELECT x.* FROM @extschema@.memories x
+             WHERE (SELECT @extschema@.acting_role_bypasses_rls()) AND x.created_by IS NOT NULL) m
      GROUP BY m.created_by, m.kind)
 SELECT k.created_by AS user_id,
        sum(k.memories)::bigint AS memories,

@@ -239,10 +239,11 @@ fn register_session(spi: &Connection, id: pgrx::Uuid, owner: Option<pgrx::Uuid>,
         || {
             format!(
                 "INSERT INTO {SCHEMA}.memory_sessions (id, owner_id, parent_id, fork_position, fork_message_id, depth, last_position,
-                                                       message_ttl)
-                 VALUES ($1, $2, $3, $4, $5, $6, $4,
-                         -- a fork keeps its parent's retention
-                         (SELECT p.message_ttl FROM {SCHEMA}.memory_sessions p WHERE p.id OPERATOR(pg_catalog.=) $3))"
+                                                       message_ttl, keep_last)
+                 SELECT $1, $2, $3, $4, $5, $6, $4, p.message_ttl, p.keep_last
+                   -- a fork keeps its parent's retention
+                   FROM (SELECT 1) one
+                   LEFT JOIN {SCHEMA}.memory_sessions p ON p.id OPERATOR(pg_catalog.=) $3"
             )
         },
         &[UUID, UUID, UUID, INT8, UUID, INT4],

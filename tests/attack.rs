@@ -48,6 +48,7 @@ const USER_FUNCTIONS: &[&str] = &[
     "session_channel",
     "session_lineage",
     "set_memory_user",
+    "set_retention_policy",
     "set_session_retention",
     "share_memory",
     "traverse_memory_graph",
@@ -90,6 +91,7 @@ const ROLE_FUNCTIONS: &[(&str, &[&str])] = &[
         &[
             "claim_embedding_batch",
             "create_vector_index",
+            "apply_retention_policies",
             "fail_embedding",
             "fold_memory_accesses",
             "process_vindexing",

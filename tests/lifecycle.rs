@@ -638,6 +638,7 @@ fn the_sweep_handles_every_foreign_key_to_memories_and_every_delete_trigger() {
         "memory_access.user_id c",
         "memory_edges.created_by a",
         "memory_facts.owner_id a",
+        "memory_retention_policies.user_id c",
         "memory_sessions.owner_id a",
         "memory_shares.granted_by c",
         "memory_shares.grantee c",
