@@ -101,9 +101,9 @@ script recent "SELECT count(*) FROM get_recent_messages('$SESSION', 50);"
 read -r A B < <(interleave context bench_u1 "$RES/context.sql" "$RES/recent.sql")
 report "get_context (2000 tokens) / get_recent_messages(50) (ms)" "$A / $B"
 log "statistics"
-script user_statistics "SELECT count(*) FROM user_statistics;"
-script session_statistics "SELECT count(*) FROM session_statistics;"
-script memory_statistics "SELECT count(*) FROM memoriesdb.memory_statistics;"
+script user_statistics "SELECT * FROM user_statistics;"
+script session_statistics "SELECT * FROM session_statistics;"
+script memory_statistics "SELECT * FROM memoriesdb.memory_statistics;"
 read -r A B < <(interleave statistics bench_u1 "$RES/user_statistics.sql" "$RES/session_statistics.sql")
 report "user_statistics / session_statistics as user 1 (ms)" "$A / $B"
 read -r A B < <(interleave store_statistics postgres "$RES/memory_statistics.sql" "$RES/user_statistics.sql")

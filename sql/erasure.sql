@@ -22,7 +22,11 @@ BEGIN
        SET old_row = a.old_row OPERATOR(pg_catalog.-) '{content,content_embedding,_metadata}'::text[],
            new_row = a.new_row OPERATOR(pg_catalog.-) '{content,content_embedding,_metadata}'::text[],
            erased_at = now()
-     WHERE a.row_id = ANY (row_ids) AND a.erased_at IS NULL;
+     WHERE a.row_id = ANY (row_ids) AND a.erased_at IS NULL
+       -- (rows without erasable content, e.g. those of a memory written with an expiry, are left
+       -- as they are: nothing to erase, and no new row version to write)
+       AND (a.old_row OPERATOR(pg_catalog.?|) '{content,content_embedding,_metadata}'::text[]
+            OR a.new_row OPERATOR(pg_catalog.?|) '{content,content_embedding,_metadata}'::text[]);
     GET DIAGNOSTICS erased = ROW_COUNT;
     RETURN erased;
 END

@@ -63,7 +63,8 @@ TO memoriesdb_user;
 GRANT EXECUTE ON FUNCTION
     @extschema@.acting_db_role, @extschema@.acting_role_is, @extschema@.acting_role_bypasses_rls,
     @extschema@.default_search_config, @extschema@.require_durable_search_config, @extschema@.searchable_text,
-    @extschema@.require_session, @extschema@.metadata_object, @extschema@.search_limit
+    @extschema@.require_session, @extschema@.metadata_object, @extschema@.search_limit,
+    @extschema@.user_statistics_rows, @extschema@.session_statistics_rows
 TO memoriesdb_user;
 
 -- Embedding and indexing workers.

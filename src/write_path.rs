@@ -451,6 +451,22 @@ fn global_events() -> bool {
     }
 }
 
+/// The new_row of a new memory's audit row, for the memories row `row` (SQL): the row as jsonb
+/// without search_tsv — and, for a memory written with an expiry, without its content, embedding
+/// and metadata either, marked content_redacted (content_hash kept): its content was declared
+/// temporary from the start, so the audit log never holds it, and the sweep has nothing to
+/// erase. (expires_at is read from the jsonb: a catalog older than the library has no such
+/// column.)
+fn new_memory_audited_row(row: &str) -> String {
+    format!(
+        "(SELECT CASE WHEN pg_catalog.jsonb_typeof(j.v OPERATOR(pg_catalog.->) 'expires_at') OPERATOR(pg_catalog.=) 'string'
+                      THEN (j.v OPERATOR(pg_catalog.-) '{{search_tsv,content,content_embedding,_metadata}}'::pg_catalog.text[])
+                           OPERATOR(pg_catalog.||) '{{\"content_redacted\": true}}'::pg_catalog.jsonb
+                      ELSE j.v OPERATOR(pg_catalog.-) 'search_tsv'::pg_catalog.text END
+            FROM (SELECT pg_catalog.to_jsonb({row}) AS v) j)"
+    )
+}
+
 /// Write the audit rows of `rows` (new memories, composite datums of `rowtype`, in the order
 /// they were inserted) and the queue rows `queue` (row number, id, content hash) among them.
 fn audit_and_queue(spi: &spi::Connection, rowtype: pg_sys::Oid, rows: &mut [pg_sys::Datum], queue: &[(usize, pgrx::Uuid, Option<String>)]) {
@@ -467,8 +483,9 @@ fn audit_and_queue(spi: &spi::Connection, rowtype: pg_sys::Oid, rows: &mut [pg_s
                      INSERT INTO {SCHEMA}.audit_log (table_name, operation, row_id, old_row, new_row, acting_user,
                                                      subject_user, db_role, txid)
                      VALUES ('memories', 'INSERT', ($3).id, NULL,
-                             pg_catalog.to_jsonb($3) OPERATOR(pg_catalog.-) 'search_tsv'::pg_catalog.text,
-                             ($3).created_by, ($3).created_by, {SCHEMA}.acting_db_role(), pg_catalog.txid_current())"
+                             {audited_row},
+                             ($3).created_by, ($3).created_by, {SCHEMA}.acting_db_role(), pg_catalog.txid_current())",
+                    audited_row = new_memory_audited_row("$3")
                 )
             },
             &[pg_sys::UUIDOID, pg_sys::TEXTOID, rowtype],
@@ -495,11 +512,12 @@ fn audit_and_queue(spi: &spi::Connection, rowtype: pg_sys::Oid, rows: &mut [pg_s
                  INSERT INTO {SCHEMA}.audit_log (table_name, operation, row_id, old_row, new_row, acting_user,
                                                  subject_user, db_role, txid)
                  SELECT 'memories', 'INSERT', (n.r).id, NULL,
-                        pg_catalog.to_jsonb(n.r) OPERATOR(pg_catalog.-) 'search_tsv'::pg_catalog.text,
+                        {audited_row},
                         (n.r).created_by, (n.r).created_by, {SCHEMA}.acting_db_role(), pg_catalog.txid_current()
                    FROM pg_catalog.generate_subscripts($3, 1) AS i
                   CROSS JOIN LATERAL (SELECT ($3)[i] AS r) n
-                  ORDER BY i"
+                  ORDER BY i",
+                audited_row = new_memory_audited_row("n.r")
             )
         },
         &[pg_sys::UUIDARRAYOID, pg_sys::TEXTARRAYOID, row_array_type],

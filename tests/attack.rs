@@ -65,6 +65,8 @@ const USER_FUNCTIONS: &[&str] = &[
     "require_session",
     "search_limit",
     "searchable_text",
+    "session_statistics_rows",
+    "user_statistics_rows",
 ];
 
 /// Extra functions for the specialised roles (members of memoriesdb_user).

@@ -212,4 +212,28 @@ fn an_expired_memorys_content_leaves_the_audit_log_with_it() {
     assert_eq!(count(&mut admin, "SELECT memoriesdb.sweep_expired_memories()"), 1);
     assert_eq!(traces(&mut admin, "fleeting"), Vec::<String>::new(), "not in its insert's audit row either");
     assert_eq!(chain(&mut admin), (true, None));
+
+    // written with an expiry (here its session's message_ttl): never in the audit log at all
+    let session: Uuid = one(&mut alice, "SELECT create_session('short lived')");
+    alice.execute("SELECT set_session_retention($1, interval '1 hour')", &[&session]).unwrap();
+    let message: Uuid = one(&mut alice, &format!("SELECT add_message_to_session('{session}', 'user', 'ephemeralword')"));
+    alice
+        .batch_execute("INSERT INTO memories (content, expires_at) VALUES ('ephemeralnote', now() + interval '1 day')")
+        .unwrap();
+    assert_eq!(traces(&mut admin, "ephemeral"), vec!["memories: 2".to_string()], "only the live rows");
+    let audited: (bool, Option<bool>, Option<String>) = {
+        let r = admin
+            .query_one(
+                &format!(
+                    "SELECT new_row ? 'content', (new_row->>'content_redacted')::boolean, new_row->>'content_hash'
+                       FROM memoriesdb.audit_log WHERE row_id = '{message}' AND operation = 'INSERT'"
+                ),
+                &[],
+            )
+            .unwrap();
+        (r.get(0), r.get(1), r.get(2))
+    };
+    assert_eq!((audited.0, audited.1), (false, Some(true)));
+    assert_eq!(audited.2.as_deref(), Some(one::<String>(&mut alice, "SELECT content_sha256('ephemeralword')").as_str()));
+    assert_eq!(chain(&mut admin), (true, None));
 }
