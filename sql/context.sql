@@ -25,8 +25,8 @@ LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_tem
 $$;
 
 -- Store a summary of session_id's transcript up to position upto_position (1 .. the session's
--- last position), for get_context() to use in place of those messages. Any user who can read
--- the session may summarise it; the summary is a memory of theirs (type 'summary', with
+-- last position), for get_context() to use in place of those messages. Any user the session is
+-- listed for (its owner, or a grantee it is shared with) may summarise it; the summary is a memory of theirs (type 'summary', with
 -- `metadata`), visible to whom they share it with. Returns its id. A later summary reaching
 -- further replaces an earlier one in get_context (both are kept).
 CREATE FUNCTION @extschema@.add_session_summary(
@@ -45,7 +45,9 @@ BEGIN
     IF add_session_summary.session_id IS NULL OR add_session_summary.summary IS NULL OR add_session_summary.upto_position IS NULL THEN
         RAISE EXCEPTION 'session_id, summary and upto_position must not be NULL' USING ERRCODE = '22004';
     END IF;
-    IF NOT (@extschema@.acting_role_bypasses_rls() OR @extschema@.session_visible_to(me, add_session_summary.session_id)) THEN
+    -- (listed, not merely visible: a grantee of a fork sees a prefix of its ancestors, and must
+    -- learn nothing of how far they went on after the fork point)
+    IF NOT (@extschema@.acting_role_bypasses_rls() OR @extschema@.session_listed_for(me, add_session_summary.session_id)) THEN
         RAISE EXCEPTION 'session % does not exist', add_session_summary.session_id
             USING ERRCODE = 'P0002', HINT = 'create one with create_session(title)';
     END IF;

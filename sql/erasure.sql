@@ -12,8 +12,10 @@
 -- starts after fork_position, where the erased, inherited part used to be.
 
 -- Remove the erasable content (content, content_embedding, _metadata of the row before and after)
--- from every audit row of these rows (memories, edges), marking them erased_at. Internal.
-CREATE FUNCTION @extschema@.erase_audit_rows(row_ids uuid[]) RETURNS bigint
+-- from every audit row of these rows of table `table_name` ('memories' or 'memory_edges'),
+-- marking them erased_at. Internal. (The table matters: ids are unique per table only, and a
+-- user can choose a new row's id — an edge's id can be another user's memory's id.)
+CREATE FUNCTION @extschema@.erase_audit_rows(table_name text, row_ids uuid[]) RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     erased bigint;
@@ -22,7 +24,7 @@ BEGIN
        SET old_row = a.old_row OPERATOR(pg_catalog.-) '{content,content_embedding,_metadata}'::text[],
            new_row = a.new_row OPERATOR(pg_catalog.-) '{content,content_embedding,_metadata}'::text[],
            erased_at = now()
-     WHERE a.row_id = ANY (row_ids) AND a.erased_at IS NULL
+     WHERE a.table_name = erase_audit_rows.table_name AND a.row_id = ANY (row_ids) AND a.erased_at IS NULL
        -- (rows without erasable content, e.g. those of a memory written with an expiry, are left
        -- as they are: nothing to erase, and no new row version to write)
        AND (a.old_row OPERATOR(pg_catalog.?|) '{content,content_embedding,_metadata}'::text[]
@@ -68,7 +70,8 @@ BEGIN
       FROM @extschema@.memory_edges e WHERE e.source_id = ANY (doomed) OR e.target_id = ANY (doomed);
     -- their earlier audit rows first (the rows written below carry no erasable content)
     IF erase THEN
-        PERFORM @extschema@.erase_audit_rows(doomed || coalesce(edges, '{}'));
+        PERFORM @extschema@.erase_audit_rows('memories', doomed);
+        PERFORM @extschema@.erase_audit_rows('memory_edges', coalesce(edges, '{}'));
     END IF;
 
     -- the memories, audited as log_memory_change() audits an expired memory's deletion: the row
@@ -226,7 +229,7 @@ BEGIN
 
     -- what else is theirs: edges they drew between other users' memories
     SELECT pg_catalog.array_agg(e.id) INTO edges FROM @extschema@.memory_edges e WHERE e.created_by = forget_user.user_id;
-    PERFORM @extschema@.erase_audit_rows(coalesce(edges, '{}'));
+    PERFORM @extschema@.erase_audit_rows('memory_edges', coalesce(edges, '{}'));
     WITH gone AS (DELETE FROM @extschema@.memory_edges e WHERE e.id = ANY (edges) RETURNING e.*)
     INSERT INTO @extschema@.audit_log (table_name, operation, row_id, old_row, new_row, acting_user, subject_user, db_role, txid)
     SELECT 'memory_edges', 'DELETE', g.id, pg_catalog.to_jsonb(g) OPERATOR(pg_catalog.-) '_metadata'::text,

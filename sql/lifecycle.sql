@@ -34,8 +34,8 @@ BEGIN
         RAISE EXCEPTION 'default_importance must be between 0 and 1, not %', coalesce(define_memory_type.default_importance::text, 'NULL')
             USING ERRCODE = '22023';
     END IF;
-    IF define_memory_type.default_ttl <= interval '0' THEN
-        RAISE EXCEPTION 'default_ttl must be positive, not %', define_memory_type.default_ttl
+    IF define_memory_type.default_ttl <= interval '0' OR define_memory_type.default_ttl > interval '1000 years' THEN
+        RAISE EXCEPTION 'default_ttl must be positive and at most 1000 years, not %', define_memory_type.default_ttl
             USING ERRCODE = '22023', HINT = 'NULL means memories of the type never expire';
     END IF;
     IF define_memory_type.name = 'session' AND define_memory_type.default_ttl IS NOT NULL THEN
@@ -79,8 +79,9 @@ BEGIN
     IF set_session_retention.session_id IS NULL THEN
         RAISE EXCEPTION 'session_id must not be NULL' USING ERRCODE = '22004';
     END IF;
-    IF set_session_retention.message_ttl <= interval '0' THEN
-        RAISE EXCEPTION 'message_ttl must be positive, not %', set_session_retention.message_ttl
+    -- (at most 1000 years: now() + message_ttl must stay a timestamp)
+    IF set_session_retention.message_ttl <= interval '0' OR set_session_retention.message_ttl > interval '1000 years' THEN
+        RAISE EXCEPTION 'message_ttl must be positive and at most 1000 years, not %', set_session_retention.message_ttl
             USING ERRCODE = '22023', HINT = 'NULL means the message type''s default (memory_types)';
     END IF;
     IF set_session_retention.keep_last < 1 THEN
@@ -158,9 +159,10 @@ BEGIN
             USING ERRCODE = '22023', HINT = 'delete_session() deletes a conversation; set_session_retention() limits its messages';
     END IF;
     IF set_retention_policy.keep_last < 1 OR set_retention_policy.max_age <= interval '0'
+       OR set_retention_policy.max_age > interval '1000 years'
        OR NOT (set_retention_policy.keep_if_importance BETWEEN 0 AND 1)
        OR set_retention_policy.action NOT IN ('delete', 'archive') THEN
-        RAISE EXCEPTION 'keep_last must be at least 1, max_age positive, keep_if_importance between 0 and 1 and action delete or archive'
+        RAISE EXCEPTION 'keep_last must be at least 1, max_age between 0 and 1000 years, keep_if_importance between 0 and 1 and action delete or archive'
             USING ERRCODE = '22023';
     END IF;
     IF set_retention_policy.keep_last IS NULL AND set_retention_policy.max_age IS NULL THEN

@@ -710,8 +710,8 @@ BEGIN
         RAISE EXCEPTION 'default_importance must be between 0 and 1, not %', coalesce(define_memory_type.default_importance::text, 'NULL')
             USING ERRCODE = '22023';
     END IF;
-    IF define_memory_type.default_ttl <= interval '0' THEN
-        RAISE EXCEPTION 'default_ttl must be positive, not %', define_memory_type.default_ttl
+    IF define_memory_type.default_ttl <= interval '0' OR define_memory_type.default_ttl > interval '1000 years' THEN
+        RAISE EXCEPTION 'default_ttl must be positive and at most 1000 years, not %', define_memory_type.default_ttl
             USING ERRCODE = '22023', HINT = 'NULL means memories of the type never expire';
     END IF;
     IF define_memory_type.name = 'session' AND define_memory_type.default_ttl IS NOT NULL THEN
@@ -755,8 +755,9 @@ BEGIN
     IF set_session_retention.session_id IS NULL THEN
         RAISE EXCEPTION 'session_id must not be NULL' USING ERRCODE = '22004';
     END IF;
-    IF set_session_retention.message_ttl <= interval '0' THEN
-        RAISE EXCEPTION 'message_ttl must be positive, not %', set_session_retention.message_ttl
+    -- (at most 1000 years: now() + message_ttl must stay a timestamp)
+    IF set_session_retention.message_ttl <= interval '0' OR set_session_retention.message_ttl > interval '1000 years' THEN
+        RAISE EXCEPTION 'message_ttl must be positive and at most 1000 years, not %', set_session_retention.message_ttl
             USING ERRCODE = '22023', HINT = 'NULL means the message type''s default (memory_types)';
     END IF;
     IF set_session_retention.keep_last < 1 THEN
@@ -1079,8 +1080,8 @@ LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_tem
 $$;
 
 -- Store a summary of session_id's transcript up to position upto_position (1 .. the session's
--- last position), for get_context() to use in place of those messages. Any user who can read
--- the session may summarise it; the summary is a memory of theirs (type 'summary', with
+-- last position), for get_context() to use in place of those messages. Any user the session is
+-- listed for (its owner, or a grantee it is shared with) may summarise it; the summary is a memory of theirs (type 'summary', with
 -- `metadata`), visible to whom they share it with. Returns its id. A later summary reaching
 -- further replaces an earlier one in get_context (both are kept).
 CREATE FUNCTION @extschema@.add_session_summary(
@@ -1099,7 +1100,9 @@ BEGIN
     IF add_session_summary.session_id IS NULL OR add_session_summary.summary IS NULL OR add_session_summary.upto_position IS NULL THEN
         RAISE EXCEPTION 'session_id, summary and upto_position must not be NULL' USING ERRCODE = '22004';
     END IF;
-    IF NOT (@extschema@.acting_role_bypasses_rls() OR @extschema@.session_visible_to(me, add_session_summary.session_id)) THEN
+    -- (listed, not merely visible: a grantee of a fork sees a prefix of its ancestors, and must
+    -- learn nothing of how far they went on after the fork point)
+    IF NOT (@extschema@.acting_role_bypasses_rls() OR @extschema@.session_listed_for(me, add_session_summary.session_id)) THEN
         RAISE EXCEPTION 'session % does not exist', add_session_summary.session_id
             USING ERRCODE = 'P0002', HINT = 'create one with create_session(title)';
     END IF;
@@ -1520,8 +1523,10 @@ BEGIN
 END
 $migrate$;
 -- Remove the erasable content (content, content_embedding, _metadata of the row before and after)
--- from every audit row of these rows (memories, edges), marking them erased_at. Internal.
-CREATE FUNCTION @extschema@.erase_audit_rows(row_ids uuid[]) RETURNS bigint
+-- from every audit row of these rows of table `table_name` ('memories' or 'memory_edges'),
+-- marking them erased_at. Internal. (The table matters: ids are unique per table only, and a
+-- user can choose a new row's id — an edge's id can be another user's memory's id.)
+CREATE FUNCTION @extschema@.erase_audit_rows(table_name text, row_ids uuid[]) RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     erased bigint;
@@ -1530,7 +1535,7 @@ BEGIN
        SET old_row = a.old_row OPERATOR(pg_catalog.-) '{content,content_embedding,_metadata}'::text[],
            new_row = a.new_row OPERATOR(pg_catalog.-) '{content,content_embedding,_metadata}'::text[],
            erased_at = now()
-     WHERE a.row_id = ANY (row_ids) AND a.erased_at IS NULL
+     WHERE a.table_name = erase_audit_rows.table_name AND a.row_id = ANY (row_ids) AND a.erased_at IS NULL
        -- (rows without erasable content, e.g. those of a memory written with an expiry, are left
        -- as they are: nothing to erase, and no new row version to write)
        AND (a.old_row OPERATOR(pg_catalog.?|) '{content,content_embedding,_metadata}'::text[]
@@ -1576,7 +1581,8 @@ BEGIN
       FROM @extschema@.memory_edges e WHERE e.source_id = ANY (doomed) OR e.target_id = ANY (doomed);
     -- their earlier audit rows first (the rows written below carry no erasable content)
     IF erase THEN
-        PERFORM @extschema@.erase_audit_rows(doomed || coalesce(edges, '{}'));
+        PERFORM @extschema@.erase_audit_rows('memories', doomed);
+        PERFORM @extschema@.erase_audit_rows('memory_edges', coalesce(edges, '{}'));
     END IF;
 
     -- the memories, audited as log_memory_change() audits an expired memory's deletion: the row
@@ -1734,7 +1740,7 @@ BEGIN
 
     -- what else is theirs: edges they drew between other users' memories
     SELECT pg_catalog.array_agg(e.id) INTO edges FROM @extschema@.memory_edges e WHERE e.created_by = forget_user.user_id;
-    PERFORM @extschema@.erase_audit_rows(coalesce(edges, '{}'));
+    PERFORM @extschema@.erase_audit_rows('memory_edges', coalesce(edges, '{}'));
     WITH gone AS (DELETE FROM @extschema@.memory_edges e WHERE e.id = ANY (edges) RETURNING e.*)
     INSERT INTO @extschema@.audit_log (table_name, operation, row_id, old_row, new_row, acting_user, subject_user, db_role, txid)
     SELECT 'memory_edges', 'DELETE', g.id, pg_catalog.to_jsonb(g) OPERATOR(pg_catalog.-) '_metadata'::text,
@@ -1770,7 +1776,7 @@ BEGIN
 END
 $$;
 REVOKE ALL ON FUNCTION @extschema@.audit_row_text(@extschema@.audit_log), @extschema@.audit_erasable_text(@extschema@.audit_log),
-    @extschema@.erase_audit_rows(uuid[]), @extschema@.remove_memories(uuid[], boolean),
+    @extschema@.erase_audit_rows(text, uuid[]), @extschema@.remove_memories(uuid[], boolean),
     @extschema@.delete_session(uuid, boolean), @extschema@.forget_user(uuid) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION @extschema@.delete_session(uuid, boolean), @extschema@.forget_user(uuid) TO memoriesdb_user;
 
@@ -1825,9 +1831,10 @@ BEGIN
             USING ERRCODE = '22023', HINT = 'delete_session() deletes a conversation; set_session_retention() limits its messages';
     END IF;
     IF set_retention_policy.keep_last < 1 OR set_retention_policy.max_age <= interval '0'
+       OR set_retention_policy.max_age > interval '1000 years'
        OR NOT (set_retention_policy.keep_if_importance BETWEEN 0 AND 1)
        OR set_retention_policy.action NOT IN ('delete', 'archive') THEN
-        RAISE EXCEPTION 'keep_last must be at least 1, max_age positive, keep_if_importance between 0 and 1 and action delete or archive'
+        RAISE EXCEPTION 'keep_last must be at least 1, max_age between 0 and 1000 years, keep_if_importance between 0 and 1 and action delete or archive'
             USING ERRCODE = '22023';
     END IF;
     IF set_retention_policy.keep_last IS NULL AND set_retention_policy.max_age IS NULL THEN

@@ -73,9 +73,12 @@ impl Ranking {
         };
         // SAFETY: an interval datum (by reference).
         let interval = unsafe { &*half_life.cast_mut_ptr::<pg_sys::Interval>() };
-        // as PostgreSQL compares intervals: a month is 30 days
-        let micros = interval.time as f64 + (f64::from(interval.day) + 30.0 * f64::from(interval.month)) * 86_400e6;
-        if micros <= 0.0 {
+        // its length in seconds exactly as the statement divides by it, date_part('epoch', ...):
+        // a year of 365.25 days, a month of 30, integer division of the months as in C
+        let (years, months) = (interval.month / 12, interval.month % 12);
+        let seconds = (365.25 * f64::from(years) + 30.0 * f64::from(months) + f64::from(interval.day)) * 86_400.0
+            + interval.time as f64 / 1e6;
+        if seconds <= 0.0 {
             raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "half_life must be a positive interval".into(), Some("e.g. '7 days'"))
         }
         Ranking { importance_weight, recency_weight, half_life }

@@ -172,6 +172,14 @@ fn forks_grantees_and_strangers_see_the_context_their_reads_allow() {
     let items = context(&mut alice, &format!("get_context('{session}', facts_limit => 0, memories_limit => 0)"));
     assert_eq!(items[0].2, "the first three turns", "bob's summary is not alice's");
 
+    // a grantee of a fork alone sees a prefix of its ancestor, and must learn nothing more of it:
+    // the ancestor "does not exist" for summaries, whatever position is asked
+    let (carol_role, carol_user) = db.extra_role("carol");
+    let mut carol = db.connect_as(&carol_role);
+    alice.batch_execute(&format!("SELECT share_memory('{fork}', '{carol_user}')")).unwrap();
+    for upto in [1, 5, 100000] {
+        expect_error(&mut carol, &format!("SELECT add_session_summary('{session}', 'x', {upto})"), "P0002");
+    }
     // a stranger: the session does not exist, for every function
     for sql in [
         format!("SELECT * FROM get_context('{session}')"),

@@ -237,3 +237,39 @@ fn an_expired_memorys_content_leaves_the_audit_log_with_it() {
     assert_eq!(audited.2.as_deref(), Some(one::<String>(&mut alice, "SELECT content_sha256('ephemeralword')").as_str()));
     assert_eq!(chain(&mut admin), (true, None));
 }
+
+/// Ids are unique per table only, and a user chooses a new row's id: an edge whose id is another
+/// user's memory's id must not let its deletion erase that memory's audit rows (an attack review
+/// found it did: bob hid his own change of a memory shared with him, and erased a stranger's).
+#[test]
+fn an_edge_named_after_someone_elses_memory_erases_only_the_edges_audit_rows() {
+    let db = TestDb::new();
+    let mut alice = db.connect();
+    let (bob_role, _) = db.extra_role("bob");
+    let mut bob = db.connect_as(&bob_role);
+    let mut admin = db.admin();
+    let diary: Uuid = one(&mut alice, "INSERT INTO memories (content) VALUES ('alice private diary') RETURNING id");
+    assert_eq!(chain(&mut admin), (true, None));
+    let session: Uuid = one(&mut bob, "SELECT create_session('bob throwaway')");
+    let m1: Uuid = one(&mut bob, &format!("SELECT add_message_to_session('{session}', 'user', 'm1')"));
+    let m2: Uuid = one(&mut bob, &format!("SELECT add_message_to_session('{session}', 'user', 'm2')"));
+    bob.batch_execute(&format!(
+        "INSERT INTO memory_edges (id, source_id, target_id, relation) VALUES ('{diary}', '{m1}', '{m2}', 'related')"
+    ))
+    .unwrap();
+    assert_eq!(count(&mut bob, &format!("SELECT delete_session('{session}')")), 3);
+    let kept = count(
+        &mut admin,
+        &format!(
+            "SELECT count(*) FROM memoriesdb.audit_log
+              WHERE table_name = 'memories' AND row_id = '{diary}' AND erased_at IS NULL AND new_row ? 'content'"
+        ),
+    );
+    assert_eq!(kept, 1, "alice's audit row keeps its content");
+    assert_eq!(
+        count(&mut admin, &format!("SELECT count(*) FROM memoriesdb.audit_log WHERE table_name = 'memory_edges' AND row_id = '{diary}' AND erased_at IS NOT NULL")),
+        1,
+        "bob's edge's own audit row is erased"
+    );
+    assert_eq!(chain(&mut admin), (true, None));
+}

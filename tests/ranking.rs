@@ -184,6 +184,8 @@ fn ranking_options_are_checked() {
             ("half_life => '0 seconds'", "22023"),
             ("half_life => '-1 day'", "22023"),
             ("half_life => '1 month -31 days'", "22023"),
+            // 12 months are 365.25 days to date_part('epoch'): zero, not 5.25 days (once 22012)
+            ("half_life => '-1 year 365 days 6 hours'", "22023"),
             ("candidates => 0", "22023"),
             ("candidates => 10001", "22023"),
         ] {

@@ -47,6 +47,7 @@ fn a_session_keeps_its_last_messages_and_its_forks_keep_what_they_inherit() {
     bob.execute("SELECT add_message_to_session($1, 'user', 'bob 5')", &[&fork]).unwrap();
 
     expect_error(&mut alice, &format!("SELECT set_session_retention('{session}', NULL, keep_last => 0)"), "22023");
+    expect_error(&mut alice, &format!("SELECT set_session_retention('{session}', interval '178000000 years')"), "22023");
     expect_error(&mut bob, &format!("SELECT set_session_retention('{session}', NULL, keep_last => 3)"), "42501");
     alice.batch_execute(&format!("SELECT set_session_retention('{session}', NULL, keep_last => 3)")).unwrap();
     // applied by the worker's job: messages 5, 6, 7 go; 1..4 stay (bob's fork inherits them); 8..10 are the last 3
@@ -104,6 +105,8 @@ fn policies_keep_the_newest_the_young_and_the_important_and_delete_or_archive_th
         ("SELECT set_retention_policy('session', 1)", "22023"),
         ("SELECT set_retention_policy('memory', 0)", "22023"),
         ("SELECT set_retention_policy('memory', max_age => '-1 day')", "22023"),
+        // (a huge age once made apply_retention_policies() fail for every user: timestamp out of range)
+        ("SELECT set_retention_policy('memory', max_age => '178000000 years')", "22023"),
         ("SELECT set_retention_policy('memory', 1, keep_if_importance => 1.5)", "22023"),
         ("SELECT set_retention_policy('memory', 1, action => 'shred')", "22023"),
         ("SELECT set_retention_policy(NULL, 1)", "22004"),
