@@ -113,10 +113,19 @@ fn messages_get_embeddings_and_plain_words_find_them() {
         .get(0);
     assert_eq!(unembedded, 0);
     assert!(embedder.get("/readyz").0 == 200, "the worker is connected");
-    let indexed: i64 = admin
-        .query_one("SELECT count(*) FROM pg_indexes WHERE indexname = 'memories_embedding_hnsw_384'", &[])
-        .unwrap()
-        .get(0);
+    // (the embedder runs process_vindexing() after storing a batch, in a transaction of its own:
+    // the index can appear a moment after the queue is done)
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let indexed = loop {
+        let indexed: i64 = admin
+            .query_one("SELECT count(*) FROM pg_indexes WHERE indexname = 'memories_embedding_hnsw_384'", &[])
+            .unwrap()
+            .get(0);
+        if indexed == 1 || std::time::Instant::now() > deadline {
+            break indexed;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
     assert_eq!(indexed, 1, "process_vindexing() built the HNSW index for 384 dimensions");
 
     admin
