@@ -316,9 +316,12 @@ SELECT count(*) FROM m;
 SQL
     printf '\\set pos :pos + 1\nINSERT INTO bench.flat_write (session_id, position, role, content) VALUES ((SELECT sid FROM bench.writers WHERE client_id = :client_id), :pos, %s, %s);\n' \
         "'user'" "'$body'" >"$SQL_DIR/floor_flat.sql"
+    # and MemoriesDB's own append (as the benchmark role, row-level security on), in the same rotation
+    echo "SELECT add_message_to_session((SELECT sid FROM bench.writers WHERE client_id = :client_id), 'user', '$body');" \
+        >"$SQL_DIR/floor_api.sql"
     printf 'round\tvariant\ttps\twal_bytes_per_txn\n' >"$RES/floor.tsv"
     for r in $(seq 1 "$ROUNDS"); do
-        order="flat floor lean message_only"; [ $((r % 2)) = 0 ] && order="message_only lean floor flat"
+        order="flat floor api lean message_only"; [ $((r % 2)) = 0 ] && order="message_only lean api floor flat"
         for v in $order; do
             local script=floor_$v; [ "$v" = floor ] && script=floor
             tps=$(pgb "$RES/floor_${v}_$r.out" "$SQL_DIR/$script.sql" 8 2 "$SECS" -D pos=$((r * 100000000)))
@@ -347,12 +350,27 @@ SELECT '# floor statement server time, median of 300 (each committed): '
        || round(percentile_cont(0.5) WITHIN GROUP (ORDER BY us)::numeric) || ' us' FROM floor_timing;
 SQL
     tail -1 "$RES/floor.tsv" >&2
+    # the fork's server time against the floor statement's (a fork writes at least as much),
+    # measured right after it, the same way (each call committed, medians)
+    qa -c "DELETE FROM bench.timing WHERE variant = 'floor / fork'" -c "CALL bench.time_forks('floor / fork', 300)" >/dev/null
+    q -A -t -c "SELECT '# fork_session (10,000-message session) server time, median of 300 (each committed): '
+                       || round(percentile_cont(0.5) WITHIN GROUP (ORDER BY exec_us)::numeric) || ' us'
+                  FROM bench.timing WHERE variant = 'floor / fork' AND iter > 3" >>"$RES/floor.tsv"
     python3 - "$RES/floor.tsv" <<'PY' | tee -a "$RES/floor.tsv"
-import csv, statistics, sys
-rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
-tps = {v: statistics.median(float(r["tps"]) for r in rows if r["variant"] == v) for v in ("flat", "floor", "lean", "message_only")}
+import csv, re, statistics, sys
+text = open(sys.argv[1]).read()
+rows = [r for r in csv.DictReader(open(sys.argv[1]), delimiter="\t") if r["round"] and not r["round"].startswith("#")]
+tps = {v: statistics.median(float(r["tps"]) for r in rows if r["variant"] == v) for v in ("flat", "floor", "api", "lean", "message_only")}
 for v in ("floor", "lean", "message_only"):
     print(f"# median tps: {v} {tps[v]:.0f}, bare INSERT {tps['flat']:.0f}: {v} / bare = {tps[v] / tps['flat']:.2f}")
+api = [float(r["tps"]) for r in rows if r["variant"] == "api"]
+floor = [float(r["tps"]) for r in rows if r["variant"] == "floor"]
+per_round = " ".join(f"{a / f:.2f}" for a, f in zip(api, floor))
+print(f"# add_message_to_session, 8 clients, median {tps['api']:.0f} tps / floor statement {tps['floor']:.0f} tps = {tps['api'] / tps['floor']:.2f} (per round: {per_round})")
+floor_us = re.search(r"floor statement server time.*?: (\d+) us", text)
+fork_us = re.search(r"fork_session .*?: (\d+) us", text)
+if floor_us and fork_us:
+    print(f"# fork_session / floor statement, server time: {int(fork_us.group(1)) / int(floor_us.group(1)):.2f}")
 PY
 }
 
