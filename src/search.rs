@@ -198,7 +198,7 @@ fn text_ranking(in_session: bool, limit: &str) -> String {
 /// expression of the dimension's HNSW index (create_vector_index), which drives its scan
 /// (pgvector's iterative scan, set on the functions, keeps it going past rows the rule or the
 /// filters refuse); in a session, exact scans of the branch.
-fn vector_ranking(vector_schema: &str, dimensions: Option<i32>, limit: &str) -> String {
+fn vector_ranking(vector_schema: &str, dimensions: Option<i32>, limit: &str, passages: Passages) -> String {
     let visible = visible_and_filtered();
     // the nearest `limit` of one side: embeddings `embedding` of rows `from`, computed by `model`
     let nearest = |from: &str, embedding: &str, model: &str, chunk: &str| {
@@ -222,6 +222,14 @@ fn vector_ranking(vector_schema: &str, dimensions: Option<i32>, limit: &str) -> 
     };
     let memories = searched_memories(dimensions.is_none());
     let whole = nearest(&memories, "m.content_embedding", "m.embedding_model", "NULL::pg_catalog.int4");
+    if passages == Passages::None {
+        // (each memory once already: no merge)
+        return format!(
+            "SELECT hit.id, hit.sim, hit.chunk FROM ({whole}) hit
+              WHERE hit.sim OPERATOR(pg_catalog.<>) 'NaN'::pg_catalog.float8
+              ORDER BY hit.sim DESC, hit.id"
+        );
+    }
     let passages = nearest(
         &format!(
             "{memories}
@@ -245,9 +253,56 @@ fn vector_ranking(vector_schema: &str, dimensions: Option<i32>, limit: &str) -> 
     )
 }
 
+/// Whether a vector search has passages to look at. memory_chunks without a single page holds
+/// no row for any snapshot (every row ever inserted, committed or not, extended the file), so a
+/// store of short memories, which never has passages, is searched by the statement without the
+/// passages' arm, merge and offsets lookup (less to plan and start on every call). A passage
+/// committed between this look and the search's snapshot is seen by the next search.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Passages {
+    None,
+    Some,
+}
+
+impl Passages {
+    fn stored() -> Passages {
+        // SAFETY: catalog lookups by name (InvalidOid when missing: a catalog older than the
+        // library has no memory_chunks) and the relation's size under AccessShareLock, the lock
+        // the search takes on it anyway.
+        let blocks = unsafe {
+            let namespace = pg_sys::get_namespace_oid(c"memoriesdb".as_ptr(), true);
+            let relation = if namespace == pg_sys::InvalidOid {
+                pg_sys::InvalidOid
+            } else {
+                pg_sys::get_relname_relid(c"memory_chunks".as_ptr(), namespace)
+            };
+            if relation == pg_sys::InvalidOid {
+                return Passages::Some;
+            }
+            let opened = pg_sys::relation_open(relation, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+            let blocks = pg_sys::RelationGetNumberOfBlocksInFork(opened, pg_sys::ForkNumber::MAIN_FORKNUM);
+            pg_sys::relation_close(opened, pg_sys::NoLock as pg_sys::LOCKMODE);
+            blocks
+        };
+        if blocks == 0 { Passages::None } else { Passages::Some }
+    }
+
+    /// The statement variant's name part.
+    fn variant(self) -> &'static str {
+        match self {
+            Passages::None => "whole",
+            Passages::Some => "passages",
+        }
+    }
+}
+
 /// The passage a vector ranking's hit `hits` matched, for memory `m`: the chunk it names, or for
 /// the memory's own embedding its first chunk if it has chunks; `c` in the statement.
-fn matched_chunk(hits: &str) -> String {
+fn matched_chunk(hits: &str, passages: Passages) -> String {
+    if passages == Passages::None {
+        // (no chunk row to find: c.* are NULL, as the LEFT JOIN would make them)
+        return "CROSS JOIN (SELECT NULL::pg_catalog.int4 AS start_char, NULL::pg_catalog.int4 AS end_char) c".into();
+    }
     format!(
         "LEFT JOIN {SCHEMA}.memory_chunks c
                 ON c.memory_id OPERATOR(pg_catalog.=) m.id
@@ -632,8 +687,9 @@ impl VectorSearch {
         // above it, because similarity falls monotonically along that order; NaN similarities
         // (stored embeddings written directly can give them) are left out. The relevance the
         // ranking scales is the similarity, or 0 for a negative one.
+        let passages = Passages::stored();
         let sql = || {
-            let nearest = vector_ranking(vector_schema, session.is_none().then_some(dimensions), ranking::POOL);
+            let nearest = vector_ranking(vector_schema, session.is_none().then_some(dimensions), ranking::POOL, passages);
             format!(
                 "SELECT m.id, m.content, m.kind, m.role, m.session_id, m.position, hits.sim, {CHUNK_OFFSETS},
                         hits.importance, hits.recency, hits.score
@@ -648,10 +704,10 @@ impl VectorSearch {
                     ),
                     "greatest(h.sim, 0::pg_catalog.float8)"
                 ),
-                chunk = matched_chunk("hits"),
+                chunk = matched_chunk("hits", passages),
             )
         };
-        let variant = format!("vector_search {} {vector_schema}", session.map_or(dimensions, |_| 0));
+        let variant = format!("vector_search {} {vector_schema} {}", session.map_or(dimensions, |_| 0), passages.variant());
         let plans = if session.is_some() { &VECTOR_PLANS_IN_SESSION } else { &VECTOR_PLANS };
         let plan = spi::kept_variant(plans, variant, sql, &types);
         let [pool, importance_weight, recency_weight, half_life] = self.ranking.args(self.pool);
@@ -774,6 +830,7 @@ unsafe fn hybrid_search(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
         let dimensions = usable_embedding(spi, embedding, vector, &vector_schema);
         let in_session = session.is_some();
         let types = all_parameter_types(vector);
+        let passages = Passages::stored();
         // (a query without searchable words is passed as NULL: it matches nothing, at no cost)
         let sql = || {
             format!(
@@ -804,14 +861,14 @@ unsafe fn hybrid_search(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
                 pool = ranking::POOL,
                 ranked = ranking::ranked("SELECT * FROM fused", "h.fused_score"),
                 text_ranking = text_ranking(in_session, "$15"),
-                vector_ranking = vector_ranking(&vector_schema, (!in_session).then_some(dimensions), "$15"),
-                chunk = matched_chunk("f"),
+                vector_ranking = vector_ranking(&vector_schema, (!in_session).then_some(dimensions), "$15", passages),
+                chunk = matched_chunk("f", passages),
             )
         };
         // re-ranked: every candidate either ranking found (up to 2 x pool)
         let [pool, importance_weight, recency_weight, half_life] =
             ranking.args(if ranking.reranks() { candidates_per_ranking.saturating_mul(2) } else { n });
-        let variant = format!("hybrid_search {} {vector_schema}", session.map_or(dimensions, |_| 0));
+        let variant = format!("hybrid_search {} {vector_schema} {}", session.map_or(dimensions, |_| 0), passages.variant());
         let plans = if session.is_some() { &VECTOR_PLANS_IN_SESSION } else { &VECTOR_PLANS };
         let plan = spi::kept_variant(plans, variant, sql, &types);
         let returned = spi.return_rows_noting_ids(
