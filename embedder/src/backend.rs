@@ -36,7 +36,7 @@ impl Backend {
     pub fn from_config(config: &Config) -> anyhow::Result<Self> {
         Ok(match config.backend {
             BackendKind::Local => Backend::Local {
-                model: Arc::new(LocalModel::load(&config.model_dir, config.model_name.clone(), config.model_batch)?),
+                model: Arc::new(LocalModel::load(&config.model_dir, config.model_name.clone(), config.model_batch)?.with_passes(config.model_passes)?),
                 inference: Semaphore::new(1),
             },
             BackendKind::Openai => Backend::Remote(RemoteApi::from_config(config)?),
@@ -99,11 +99,12 @@ impl Backend {
         let count = texts.len();
         let result = match self {
             Backend::Local { model, inference } => {
-                // One forward pass at a time: candle already uses every core for one. The
-                // semaphore is first come, first served, and the worker takes it one model
-                // batch at a time, so a query from /v1/embeddings waits for one batch at most.
+                // One round of forward passes at a time (a batch per core, side by side: see
+                // LocalModel::embed). The semaphore is first come, first served, and the worker
+                // takes it one round at a time, so a query from /v1/embeddings waits for one
+                // batch's time at most.
                 let mut vectors = Vec::with_capacity(count);
-                for chunk in texts.chunks(model.batch_size) {
+                for chunk in texts.chunks(model.texts_per_round()) {
                     let _permit = inference.acquire().await.map_err(|_| EmbedError::Unavailable("shutting down".into()))?;
                     let model = Arc::clone(model);
                     let chunk = chunk.to_vec();

@@ -30,6 +30,11 @@ pub struct Config {
     #[arg(long, env = "MEMORIESDB_EMBEDDER_MODEL_BATCH", default_value_t = 32)]
     pub model_batch: usize,
 
+    /// Forward passes of the local model that run side by side, one thread each, when there
+    /// are several batches to embed (0: one per core). A single batch uses every core.
+    #[arg(long, env = "MEMORIESDB_EMBEDDER_MODEL_PASSES", default_value_t = 0)]
+    pub model_passes: usize,
+
     /// Base URL of an OpenAI-compatible API (e.g. https://api.openai.com/v1, http://localhost:11434/v1).
     #[arg(long, env = "MEMORIESDB_EMBEDDER_API_URL")]
     pub api_url: Option<String>,

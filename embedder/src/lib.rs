@@ -25,7 +25,7 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
 pub fn embed_lines(config: &config::Config) -> anyhow::Result<()> {
     use anyhow::Context;
     use std::io::{BufRead, Write};
-    let model = model::LocalModel::load(&config.model_dir, config.model_name.clone(), config.model_batch)?;
+    let model = model::LocalModel::load(&config.model_dir, config.model_name.clone(), config.model_batch)?.with_passes(config.model_passes)?;
     let mut texts = Vec::new();
     for (number, line) in std::io::stdin().lock().lines().enumerate() {
         let line = line.context("cannot read stdin")?;

@@ -27,6 +27,9 @@ pub struct LocalModel {
     pub max_tokens: usize,
     /// Texts per forward pass: larger batches pad more, smaller ones use the cores less well.
     pub batch_size: usize,
+    /// Forward passes that run side by side when a call has several batches, each on a thread of
+    /// its own (see embed()).
+    passes: Vec<rayon::ThreadPool>,
 }
 
 #[derive(Deserialize)]
@@ -93,19 +96,66 @@ impl LocalModel {
                 .map(str::to_owned)
                 .ok_or_else(|| anyhow!("cannot name the model after {}; pass --model-name", dir.display()))?,
         };
-        Ok(Self { model, tokenizer, splitter, name, dimensions, max_tokens, batch_size: batch_size.max(1) })
+        Ok(Self { model, tokenizer, splitter, name, dimensions, max_tokens, batch_size: batch_size.max(1), passes: Vec::new() })
+    }
+
+    /// How many texts one call of embed() runs at once: a batch per pass.
+    pub fn texts_per_round(&self) -> usize {
+        self.batch_size * self.passes.len().max(1)
+    }
+
+    /// Run up to `passes` forward passes side by side (0: one per core), each single-threaded.
+    pub fn with_passes(mut self, passes: usize) -> Result<Self> {
+        let passes = if passes == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { passes };
+        self.passes = (0..passes.max(1))
+            .map(|n| rayon::ThreadPoolBuilder::new().num_threads(1).thread_name(move |_| format!("model-pass-{n}")).build())
+            .collect::<Result<_, _>>()
+            .context("cannot start the model's threads")?;
+        Ok(self)
     }
 
     /// Embed `texts`, in order. Texts are sorted by length and run in batches of similar
     /// lengths (as sentence-transformers does), so short texts are not padded to long ones.
+    ///
+    /// One batch runs on every core (the shortest wait for a query). Several batches run side
+    /// by side, one single-threaded pass per core (with_passes): a pass split over both cores
+    /// waits for its slowest thread at every matrix product, so when the database takes a core
+    /// to store the previous batch both threads stall; independent passes lose only the core
+    /// the database uses, and need no synchronisation at all (BENCHMARKS.md, "Embedder").
     pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
         let texts: Vec<&str> = texts.iter().map(|text| self.readable_part(text)).collect();
         let mut order: Vec<usize> = (0..texts.len()).collect();
         order.sort_by_key(|&index| std::cmp::Reverse(texts[index].len()));
-        let mut embeddings = vec![Vec::new(); texts.len()];
-        for batch in order.chunks(self.batch_size) {
+        let batches: Vec<&[usize]> = order.chunks(self.batch_size).collect();
+        let embed = |batch: &[usize]| {
             let inputs: Vec<&str> = batch.iter().map(|&index| texts[index]).collect();
-            for (index, embedding) in batch.iter().zip(self.embed_batch(&inputs)?) {
+            self.embed_batch(&inputs)
+        };
+        let embedded: Vec<Result<Vec<Vec<f32>>>> = if batches.len() < 2 || self.passes.len() < 2 {
+            batches.iter().map(|batch| embed(batch)).collect()
+        } else {
+            // each pass takes the next batch until none is left
+            let next = std::sync::atomic::AtomicUsize::new(0);
+            let done = std::sync::Mutex::new(Vec::with_capacity(batches.len()));
+            std::thread::scope(|scope| {
+                for pass in self.passes.iter().take(batches.len()) {
+                    scope.spawn(|| {
+                        pass.install(|| loop {
+                            let index = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let Some(batch) = batches.get(index) else { break };
+                            let result = embed(batch);
+                            done.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push((index, result));
+                        })
+                    });
+                }
+            });
+            let mut done = done.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
+            done.sort_by_key(|(index, _)| *index);
+            done.into_iter().map(|(_, result)| result).collect()
+        };
+        let mut embeddings = vec![Vec::new(); texts.len()];
+        for (batch, vectors) in batches.iter().zip(embedded) {
+            for (index, embedding) in batch.iter().zip(vectors?) {
                 embeddings[*index] = embedding;
             }
         }
