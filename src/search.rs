@@ -279,7 +279,11 @@ impl Passages {
             if relation == pg_sys::InvalidOid {
                 return Passages::Some;
             }
-            let opened = pg_sys::relation_open(relation, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+            // (dropped since the lookup: the search statement says so)
+            let opened = pg_sys::try_relation_open(relation, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+            if opened.is_null() {
+                return Passages::Some;
+            }
             let blocks = pg_sys::RelationGetNumberOfBlocksInFork(opened, pg_sys::ForkNumber::MAIN_FORKNUM);
             pg_sys::relation_close(opened, pg_sys::NoLock as pg_sys::LOCKMODE);
             blocks

@@ -2,18 +2,9 @@
 //! cluster: ordinary roles under row-level security, a grantee of a shared session, forks, a
 //! stranger, expired messages and bad input.
 
-use memoriesdb_integration_tests::{error_shape, sqlstate, TestDb};
+use memoriesdb_integration_tests::{error_shape, expect_error, one, TestDb};
 use postgres::Client;
 use uuid::Uuid;
-
-fn expect_error(c: &mut Client, sql: &str, state: &str) {
-    let err = c.batch_execute(sql).expect_err(sql);
-    assert_eq!(sqlstate(&err), state, "{sql}: {}", error_shape(&err, &[]));
-}
-
-fn one<T: for<'a> postgres::types::FromSql<'a>>(c: &mut Client, sql: &str) -> T {
-    c.query_one(sql, &[]).unwrap_or_else(|e| panic!("{sql}: {}", error_shape(&e, &[]))).get(0)
-}
 
 /// A context row: (ordinal, section, content, position, tokens, details).
 type Item = (i32, String, String, Option<i64>, i32, Option<serde_json::Value>);

@@ -2,22 +2,9 @@
 //! including the audit log, whose chain still verifies and still detects tampering; other users'
 //! forks keep their own messages with a marker; nobody erases someone else's data.
 
-use memoriesdb_integration_tests::{error_shape, sqlstate, TestDb};
+use memoriesdb_integration_tests::{count, expect_error, one, TestDb};
 use postgres::Client;
 use uuid::Uuid;
-
-fn one<T: for<'a> postgres::types::FromSql<'a>>(c: &mut Client, sql: &str) -> T {
-    c.query_one(sql, &[]).unwrap_or_else(|e| panic!("{sql}: {}", error_shape(&e, &[]))).get(0)
-}
-
-fn count(c: &mut Client, sql: &str) -> i64 {
-    one(c, sql)
-}
-
-fn expect_error(c: &mut Client, sql: &str, state: &str) {
-    let err = c.batch_execute(sql).expect_err(sql);
-    assert_eq!(sqlstate(&err), state, "{sql}: {}", error_shape(&err, &[]));
-}
 
 /// (intact, problem) of verify_audit_chain(), after sealing everything.
 fn chain(admin: &mut Client) -> (bool, Option<String>) {

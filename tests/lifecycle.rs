@@ -2,23 +2,13 @@
 //! meet them on a real cluster — ordinary roles under row-level security, a grantee, a
 //! stranger, a worker, and a superuser connection.
 
-use memoriesdb_integration_tests::{error_shape, sqlstate, TestDb};
+use memoriesdb_integration_tests::{count, error_shape, expect_error, sqlstate, TestDb};
 use postgres::Client;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 use uuid::Uuid;
-
-fn expect_error(c: &mut Client, sql: &str, state: &str) -> String {
-    let err = c.batch_execute(sql).expect_err(sql);
-    assert_eq!(sqlstate(&err), state, "{sql}: {}", error_shape(&err, &[]));
-    error_shape(&err, &[])
-}
-
-fn count(c: &mut Client, sql: &str) -> i64 {
-    c.query_one(sql, &[]).unwrap_or_else(|e| panic!("{sql}: {}", error_shape(&e, &[]))).get(0)
-}
 
 #[test]
 fn types_are_checked_and_an_administrator_extends_them() {

@@ -2,19 +2,10 @@
 //! from, on a real cluster: ordinary roles under row-level security, a worker folding the log,
 //! a client idling in a transaction.
 
-use memoriesdb_integration_tests::{error_shape, sqlstate, TestDb};
+use memoriesdb_integration_tests::{count, error_shape, expect_error, TestDb};
 use postgres::Client;
 use std::time::Duration;
 use uuid::Uuid;
-
-fn count(c: &mut Client, sql: &str) -> i64 {
-    c.query_one(sql, &[]).unwrap_or_else(|e| panic!("{sql}: {}", error_shape(&e, &[]))).get(0)
-}
-
-fn expect_error(c: &mut Client, sql: &str, state: &str) {
-    let err = c.batch_execute(sql).expect_err(sql);
-    assert_eq!(sqlstate(&err), state, "{sql}: {}", error_shape(&err, &[]));
-}
 
 /// A memory of alice's with this content, importance and embedding, written `age_days` ago
 /// (backdated by the administrator: nobody else can change when a memory was written).

@@ -1,22 +1,9 @@
 //! Retention on a real cluster: a session that keeps its last N messages (forks keep what they
 //! inherit), and per-user policies by type, age and importance that delete or archive.
 
-use memoriesdb_integration_tests::{error_shape, sqlstate, TestDb};
+use memoriesdb_integration_tests::{count, expect_error, one, TestDb};
 use postgres::Client;
 use uuid::Uuid;
-
-fn one<T: for<'a> postgres::types::FromSql<'a>>(c: &mut Client, sql: &str) -> T {
-    c.query_one(sql, &[]).unwrap_or_else(|e| panic!("{sql}: {}", error_shape(&e, &[]))).get(0)
-}
-
-fn count(c: &mut Client, sql: &str) -> i64 {
-    one(c, sql)
-}
-
-fn expect_error(c: &mut Client, sql: &str, state: &str) {
-    let err = c.batch_execute(sql).expect_err(sql);
-    assert_eq!(sqlstate(&err), state, "{sql}: {}", error_shape(&err, &[]));
-}
 
 fn transcript(c: &mut Client, session: Uuid) -> Vec<i64> {
     c.query("SELECT position FROM get_formatted_conversation($1)", &[&session])

@@ -1,17 +1,9 @@
 //! Statistics views on a real cluster: each user sees their own figures, a grantee the sessions
 //! shared with them, administrators everyone's, and only workers and administrators the store's.
 
-use memoriesdb_integration_tests::{error_shape, sqlstate, TestDb};
+use memoriesdb_integration_tests::{count, one, sqlstate, TestDb};
 use postgres::Client;
 use uuid::Uuid;
-
-fn one<T: for<'a> postgres::types::FromSql<'a>>(c: &mut Client, sql: &str) -> T {
-    c.query_one(sql, &[]).unwrap_or_else(|e| panic!("{sql}: {}", error_shape(&e, &[]))).get(0)
-}
-
-fn count(c: &mut Client, sql: &str) -> i64 {
-    one(c, sql)
-}
 
 #[test]
 fn everyone_sees_their_own_figures_and_administrators_and_workers_the_stores() {

@@ -182,6 +182,23 @@ impl Drop for TestDb {
     }
 }
 
+/// The first column of the one row `sql` returns (panics with the error's shape if it fails).
+pub fn one<T: for<'a> postgres::types::FromSql<'a>>(c: &mut Client, sql: &str) -> T {
+    c.query_one(sql, &[]).unwrap_or_else(|e| panic!("{sql}: {}", error_shape(&e, &[]))).get(0)
+}
+
+/// The count `sql` returns.
+pub fn count(c: &mut Client, sql: &str) -> i64 {
+    one(c, sql)
+}
+
+/// Run `sql`, which must fail with SQLSTATE `state`; returns the error's shape.
+pub fn expect_error(c: &mut Client, sql: &str, state: &str) -> String {
+    let err = c.batch_execute(sql).expect_err(sql);
+    assert_eq!(sqlstate(&err), state, "{sql}: {}", error_shape(&err, &[]));
+    error_shape(&err, &[])
+}
+
 /// The SQLSTATE of a failed statement, e.g. "23514".
 pub fn sqlstate(err: &postgres::Error) -> String {
     err.code().map(|c| c.code().to_string()).unwrap_or_else(|| format!("no SQLSTATE: {err}"))
