@@ -11,6 +11,7 @@ use pgrx::pg_sys;
 
 /// The extension's schema, as it appears in SQL (a plain identifier: no quoting needed).
 pub const SCHEMA: &str = "memoriesdb";
+const SCHEMA_C: &std::ffi::CStr = c"memoriesdb";
 
 /// Is the extension installed in the current database? A catalog lookup by name in
 /// pg_extension (an index scan, no SQL, independent of search_path).
@@ -23,13 +24,20 @@ pub fn extension_installed() -> bool {
 /// code that must also work against an older catalog: between a package upgrade, which replaces
 /// the library, and ALTER EXTENSION UPDATE, which brings the catalog up to it.
 pub fn has_column(table: &std::ffi::CStr, column: &std::ffi::CStr) -> bool {
+    // SAFETY: a catalog lookup by name (syscache).
+    relation(table).is_some_and(|relation| unsafe { pg_sys::get_attnum(relation, column.as_ptr()) } != pg_sys::InvalidAttrNumber as i16)
+}
+
+/// The extension's relation `table`, if the catalog has it (a syscache lookup by name,
+/// independent of search_path; not locked: open it to use it).
+pub fn relation(table: &std::ffi::CStr) -> Option<pg_sys::Oid> {
     // SAFETY: catalog lookups by name; missing_ok lookups return InvalidOid.
     unsafe {
-        let namespace = pg_sys::get_namespace_oid(c"memoriesdb".as_ptr(), true);
+        let namespace = pg_sys::get_namespace_oid(SCHEMA_C.as_ptr(), true);
         if namespace == pg_sys::InvalidOid {
-            return false;
+            return None;
         }
         let relation = pg_sys::get_relname_relid(table.as_ptr(), namespace);
-        relation != pg_sys::InvalidOid && pg_sys::get_attnum(relation, column.as_ptr()) != pg_sys::InvalidAttrNumber as i16
+        (relation != pg_sys::InvalidOid).then_some(relation)
     }
 }

@@ -202,13 +202,21 @@ fn vector_ranking(vector_schema: &str, dimensions: Option<i32>, limit: &str, pas
     let visible = visible_and_filtered();
     // the nearest `limit` of one side: embeddings `embedding` of rows `from`, computed by `model`
     let nearest = |from: &str, embedding: &str, model: &str, chunk: &str| {
-        let (dimension, distance, order) = match dimensions {
+        // (an exact scan, in a session, orders by similarity, highest first, where NaN sorts
+        // before every number: an embedding that gives NaN — components near the largest float
+        // overflow the cosine — would take the LIMIT's places, so such rows are left out before
+        // it; the index scan orders by distance, where NaN sorts last)
+        let (dimension, distance, order, not_nan) = match dimensions {
             Some(d) => {
                 let distance =
                     format!("{embedding}::{vector_schema}.vector({d}) OPERATOR({vector_schema}.<=>) $13::{vector_schema}.vector({d})");
-                (d.to_string(), distance.clone(), distance)
+                (d.to_string(), distance.clone(), distance, String::new())
             }
-            None => (format!("{vector_schema}.vector_dims($13)"), format!("{embedding} OPERATOR({vector_schema}.<=>) $13"), "sim DESC, m.id".into()),
+            None => {
+                let distance = format!("{embedding} OPERATOR({vector_schema}.<=>) $13");
+                let not_nan = format!("AND ({distance}) OPERATOR(pg_catalog.<>) 'NaN'::pg_catalog.float8");
+                (format!("{vector_schema}.vector_dims($13)"), distance, "sim DESC, m.id".into(), not_nan)
+            }
         };
         format!(
             "SELECT m.id, 1::pg_catalog.float8 OPERATOR(pg_catalog.-) ({distance}) AS sim, {chunk} AS chunk
@@ -216,6 +224,7 @@ fn vector_ranking(vector_schema: &str, dimensions: Option<i32>, limit: &str, pas
               WHERE {vector_schema}.vector_dims({embedding}) OPERATOR(pg_catalog.=) {dimension}
                 AND {visible}
                 AND ($19 IS NULL OR {model} OPERATOR(pg_catalog.=) $19)
+                {not_nan}
               ORDER BY {order}
               LIMIT {limit}"
         )
@@ -254,10 +263,12 @@ fn vector_ranking(vector_schema: &str, dimensions: Option<i32>, limit: &str, pas
 }
 
 /// Whether a vector search has passages to look at. memory_chunks without a single page holds
-/// no row for any snapshot (every row ever inserted, committed or not, extended the file), so a
-/// store of short memories, which never has passages, is searched by the statement without the
-/// passages' arm, merge and offsets lookup (less to plan and start on every call). A passage
-/// committed between this look and the search's snapshot is seen by the next search.
+/// no row for any snapshot (every row ever inserted, committed or not, extended the file first),
+/// so a store of short memories, which never has passages, is searched by the statement without
+/// the passages' arm, merge and offsets lookup (less to plan and start on every call). This holds
+/// for the search's snapshot because the search statements run read-only on the caller's
+/// snapshot, taken before this look (spi.rs, return_rows_to): a page added since is of a row that
+/// snapshot cannot see.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Passages {
     None,
@@ -266,29 +277,33 @@ enum Passages {
 
 impl Passages {
     fn stored() -> Passages {
-        // SAFETY: catalog lookups by name (InvalidOid when missing: a catalog older than the
-        // library has no memory_chunks) and the relation's size under AccessShareLock, the lock
-        // the search takes on it anyway.
-        let blocks = unsafe {
-            let namespace = pg_sys::get_namespace_oid(c"memoriesdb".as_ptr(), true);
-            let relation = if namespace == pg_sys::InvalidOid {
-                pg_sys::InvalidOid
-            } else {
-                pg_sys::get_relname_relid(c"memory_chunks".as_ptr(), namespace)
-            };
-            if relation == pg_sys::InvalidOid {
-                return Passages::Some;
-            }
+        // (a catalog older than the library has no memory_chunks: the statement says so)
+        let Some(relation) = crate::catalog::relation(c"memory_chunks") else { return Passages::Some };
+        // SAFETY: a relation opened and closed here; its size read in between.
+        unsafe {
             // (dropped since the lookup: the search statement says so)
             let opened = pg_sys::try_relation_open(relation, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
             if opened.is_null() {
                 return Passages::Some;
             }
-            let blocks = pg_sys::RelationGetNumberOfBlocksInFork(opened, pg_sys::ForkNumber::MAIN_FORKNUM);
-            pg_sys::relation_close(opened, pg_sys::NoLock as pg_sys::LOCKMODE);
-            blocks
-        };
-        if blocks == 0 { Passages::None } else { Passages::Some }
+            // only a plain table without children has all its rows in its own pages
+            let rel = &*(*opened).rd_rel;
+            let none = rel.relkind == pg_sys::RELKIND_RELATION as std::ffi::c_char
+                && !rel.relhassubclass
+                && pg_sys::RelationGetNumberOfBlocksInFork(opened, pg_sys::ForkNumber::MAIN_FORKNUM) == 0;
+            if none {
+                // what the passages' scan would have told a serializable transaction: a passage
+                // written concurrently conflicts with this search
+                unsafe extern "C-unwind" {
+                    fn PredicateLockRelation(relation: pg_sys::Relation, snapshot: pg_sys::Snapshot);
+                }
+                crate::errors::catching(|| PredicateLockRelation(opened, pg_sys::GetActiveSnapshot()));
+            }
+            // (released at once: the statement without passages never touches the table, and
+            // holding the lock to the end of the transaction would take it before memories')
+            pg_sys::relation_close(opened, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+            if none { Passages::None } else { Passages::Some }
+        }
     }
 
     /// The statement variant's name part.

@@ -799,6 +799,43 @@ fn no_content_fails_a_write_and_no_query_reaches_an_internal_error() {
     assert_eq!(found, ["real"], "only the real match passes the 0.99 threshold");
 }
 
+/// An embedding whose similarity to a query is NaN (components near the largest float overflow
+/// the cosine's products) takes no place in a search's result: a writer of a session cannot
+/// crowd the real matches out of a search in it with such embeddings (an exact scan ordered by
+/// similarity, highest first, sorts NaN before every number).
+#[test]
+fn embeddings_that_give_nan_cannot_crowd_out_a_search() {
+    let db = TestDb::new();
+    let mut c = db.connect();
+    let s: Uuid = c.query_one("SELECT create_session('crowded')", &[]).unwrap().get(0);
+    let good: Uuid = c.query_one("SELECT add_message_to_session($1, 'user', 'the real answer')", &[&s]).unwrap().get(0);
+    c.execute("UPDATE memories SET content_embedding = '[1,1,1]' WHERE id = $1", &[&good]).unwrap();
+    for i in 0..12 {
+        let id: Uuid = c.query_one("SELECT add_message_to_session($1, 'user', $2)", &[&s, &format!("noise {i}")]).unwrap().get(0);
+        c.execute("UPDATE memories SET content_embedding = '[3e38,3e38,3e38]' WHERE id = $1", &[&id]).unwrap();
+    }
+    let nan: bool = c.query_one("SELECT 'NaN'::float8 = ('[3e38,3e38,3e38]'::vector <=> '[1,1,1]'::vector)", &[]).unwrap().get(0);
+    assert!(nan, "the noise's distance to the query is NaN");
+    let mut problems = Vec::new();
+    for (what, sql) in [
+        ("vector_search in the session", "SELECT id FROM vector_search('[1,1,1]', -1, 5, $1)"),
+        ("vector_search everywhere", "SELECT id FROM vector_search('[1,1,1]', -1, 5) WHERE $1::uuid IS NOT NULL"),
+        ("hybrid_search in the session", "SELECT id FROM hybrid_search('answer', '[1,1,1]', 5, $1)"),
+        ("hybrid_search, vector ranking only", "SELECT id FROM hybrid_search('zzz', '[1,1,1]', 5, $1) WHERE vector_rank IS NOT NULL"),
+    ] {
+        match c.query(sql, &[&s]) {
+            Ok(rows) => {
+                let ids: Vec<Uuid> = rows.iter().map(|r| r.get(0)).collect();
+                if !ids.contains(&good) {
+                    problems.push(format!("{what}: the real match is missing from {} row(s)", ids.len()));
+                }
+            }
+            Err(e) => problems.push(format!("{what}: {}", error_shape(&e, &[]))),
+        }
+    }
+    assert!(problems.is_empty(), "{} problem(s):\n  - {}", problems.len(), problems.join("\n  - "));
+}
+
 /// Defect 12: deleting a session with forks, or history a fork inherits, is refused with a clear
 /// error (never a raw 23503, never a silent hole in a fork's transcript), also when another
 /// user's fork holds it; deleting later messages works, and forking afterwards still does.

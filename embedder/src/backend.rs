@@ -99,10 +99,10 @@ impl Backend {
         let count = texts.len();
         let result = match self {
             Backend::Local { model, inference } => {
-                // One round of forward passes at a time (a batch per core, side by side: see
+                // One round of forward passes at a time (a batch per pass, side by side: see
                 // LocalModel::embed). The semaphore is first come, first served, and the worker
                 // takes it one round at a time, so a query from /v1/embeddings waits for one
-                // batch's time at most.
+                // round at most (on 2 cores, about two batches' time).
                 let mut vectors = Vec::with_capacity(count);
                 for chunk in texts.chunks(model.texts_per_round()) {
                     let _permit = inference.acquire().await.map_err(|_| EmbedError::Unavailable("shutting down".into()))?;

@@ -30,8 +30,9 @@ pub struct Config {
     #[arg(long, env = "MEMORIESDB_EMBEDDER_MODEL_BATCH", default_value_t = 32)]
     pub model_batch: usize,
 
-    /// Forward passes of the local model that run side by side, one thread each, when there
-    /// are several batches to embed (0: one per core). A single batch uses every core.
+    /// Forward passes of the local model that run side by side when a call has several batches,
+    /// each on cores / passes threads (0: two, or one on a single core). A single batch uses
+    /// every core. Each pass holds one batch's activations in memory.
     #[arg(long, env = "MEMORIESDB_EMBEDDER_MODEL_PASSES", default_value_t = 0)]
     pub model_passes: usize,
 
