@@ -202,41 +202,39 @@ fn vector_ranking(vector_schema: &str, dimensions: Option<i32>, limit: &str, pas
     let visible = visible_and_filtered();
     // the nearest `limit` of one side: embeddings `embedding` of rows `from`, computed by `model`
     let nearest = |from: &str, embedding: &str, model: &str, chunk: &str| {
-        // (an exact scan, in a session, orders by similarity, highest first, where NaN sorts
-        // before every number: an embedding that gives NaN — components near the largest float
-        // overflow the cosine — would take the LIMIT's places, so such rows are left out before
-        // it; the index scan orders by distance, where NaN sorts last)
-        let (dimension, distance, order, not_nan) = match dimensions {
+        // ordered by distance, nearest first, either way: the index scan's own order, and one
+        // where an embedding that gives a NaN distance (components near the largest float
+        // overflow the cosine) sorts last, so it cannot take a real match's place under the LIMIT
+        let (dimension, distance, order) = match dimensions {
             Some(d) => {
                 let distance =
                     format!("{embedding}::{vector_schema}.vector({d}) OPERATOR({vector_schema}.<=>) $13::{vector_schema}.vector({d})");
-                (d.to_string(), distance.clone(), distance, String::new())
+                (d.to_string(), distance.clone(), distance)
             }
-            None => {
-                let distance = format!("{embedding} OPERATOR({vector_schema}.<=>) $13");
-                let not_nan = format!("AND ({distance}) OPERATOR(pg_catalog.<>) 'NaN'::pg_catalog.float8");
-                (format!("{vector_schema}.vector_dims($13)"), distance, "sim DESC, m.id".into(), not_nan)
-            }
+            // (`distance` here is the output column: the distance computed once per row)
+            None => (format!("{vector_schema}.vector_dims($13)"), format!("{embedding} OPERATOR({vector_schema}.<=>) $13"), "distance, m.id".into()),
         };
         format!(
-            "SELECT m.id, 1::pg_catalog.float8 OPERATOR(pg_catalog.-) ({distance}) AS sim, {chunk} AS chunk
+            "SELECT m.id, {distance} AS distance, {chunk} AS chunk
                FROM {from}
               WHERE {vector_schema}.vector_dims({embedding}) OPERATOR(pg_catalog.=) {dimension}
                 AND {visible}
                 AND ($19 IS NULL OR {model} OPERATOR(pg_catalog.=) $19)
-                {not_nan}
               ORDER BY {order}
               LIMIT {limit}"
         )
     };
     let memories = searched_memories(dimensions.is_none());
     let whole = nearest(&memories, "m.content_embedding", "m.embedding_model", "NULL::pg_catalog.int4");
+    // the hits of `nearest` rows with their similarity
+    let hits = |nearest: &str| format!("(SELECT n.id, 1::pg_catalog.float8 OPERATOR(pg_catalog.-) n.distance AS sim, n.chunk FROM {nearest} n)");
     if passages == Passages::None {
         // (each memory once already: no merge)
         return format!(
-            "SELECT hit.id, hit.sim, hit.chunk FROM ({whole}) hit
+            "SELECT hit.id, hit.sim, hit.chunk FROM {hits} hit
               WHERE hit.sim OPERATOR(pg_catalog.<>) 'NaN'::pg_catalog.float8
-              ORDER BY hit.sim DESC, hit.id"
+              ORDER BY hit.sim DESC, hit.id",
+            hits = hits(&format!("({whole})"))
         );
     }
     let passages = nearest(
@@ -252,13 +250,14 @@ fn vector_ranking(vector_schema: &str, dimensions: Option<i32>, limit: &str, pas
     format!(
         "SELECT best.id, best.sim, best.chunk
            FROM (SELECT DISTINCT ON (hit.id) hit.id, hit.sim, hit.chunk
-                   FROM (({whole}) UNION ALL ({passages})) hit
+                   FROM {hits} hit
                   -- (NaN sorts first: an embedding written directly that gives NaN must not
                   -- stand for its memory's good passages)
                   WHERE hit.sim OPERATOR(pg_catalog.<>) 'NaN'::pg_catalog.float8
                   ORDER BY hit.id, hit.sim DESC, hit.chunk NULLS FIRST) best
           ORDER BY best.sim DESC, best.id
-          LIMIT {limit}"
+          LIMIT {limit}",
+        hits = hits(&format!("(({whole}) UNION ALL ({passages}))"))
     )
 }
 

@@ -304,13 +304,10 @@ unsafe fn log_memory_change(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
                         "INSERT INTO {SCHEMA}.audit_log (table_name, operation, row_id, old_row, new_row, acting_user,
                                                          subject_user, db_role, txid)
                          VALUES ('{table_name}', $1, $2,
-                                 CASE WHEN $7
-                                      THEN (pg_catalog.to_jsonb($3)
-                                            OPERATOR(pg_catalog.-) '{{search_tsv,content,content_embedding,_metadata}}'::pg_catalog.text[])
-                                           OPERATOR(pg_catalog.||) '{{\"content_redacted\": true}}'::pg_catalog.jsonb
-                                      ELSE pg_catalog.to_jsonb($3) OPERATOR(pg_catalog.-) 'search_tsv'::pg_catalog.text END,
+                                 {old_row},
                                  pg_catalog.to_jsonb($4) OPERATOR(pg_catalog.-) 'search_tsv'::pg_catalog.text,
-                                 $5, $6, {SCHEMA}.acting_db_role(), pg_catalog.txid_current())"
+                                 $5, $6, {SCHEMA}.acting_db_role(), pg_catalog.txid_current())",
+                        old_row = audited_row("$3", "$7")
                     )
                 },
                 &[text, uuid, rowtype, rowtype, uuid, uuid, pg_sys::BOOLOID],
@@ -451,20 +448,28 @@ fn global_events() -> bool {
     }
 }
 
-/// The new_row of a new memory's audit row, for the memories row `row` (SQL): the row as jsonb
-/// without search_tsv — and, for a memory written with an expiry, without its content, embedding
-/// and metadata either, marked content_redacted (content_hash kept): its content was declared
-/// temporary from the start, so the audit log never holds it, and the sweep has nothing to
-/// erase. (expires_at is read from the jsonb: a catalog older than the library has no such
-/// column.)
-fn new_memory_audited_row(row: &str) -> String {
+/// The erasable parts of an audited memories row (sql/audit.sql: audit_erasable_text()).
+const ERASABLE_KEYS: &str = "content,content_embedding,_metadata";
+
+/// An audit row's jsonb of the memories row `row` (SQL): the row without search_tsv — and when
+/// `redacted` (SQL; `j.v` is the row as jsonb) without its erasable content either, marked
+/// content_redacted (content_hash kept).
+fn audited_row(row: &str, redacted: &str) -> String {
     format!(
-        "(SELECT CASE WHEN pg_catalog.jsonb_typeof(j.v OPERATOR(pg_catalog.->) 'expires_at') OPERATOR(pg_catalog.=) 'string'
-                      THEN (j.v OPERATOR(pg_catalog.-) '{{search_tsv,content,content_embedding,_metadata}}'::pg_catalog.text[])
+        "(SELECT CASE WHEN {redacted}
+                      THEN (j.v OPERATOR(pg_catalog.-) '{{search_tsv,{ERASABLE_KEYS}}}'::pg_catalog.text[])
                            OPERATOR(pg_catalog.||) '{{\"content_redacted\": true}}'::pg_catalog.jsonb
                       ELSE j.v OPERATOR(pg_catalog.-) 'search_tsv'::pg_catalog.text END
             FROM (SELECT pg_catalog.to_jsonb({row}) AS v) j)"
     )
+}
+
+/// The new_row of a new memory's audit row, for the memories row `row` (SQL): redacted for a
+/// memory written with an expiry — its content was declared temporary from the start, so the
+/// audit log never holds it, and the sweep has nothing to erase. (expires_at is read from the
+/// jsonb: a catalog older than the library has no such column.)
+fn new_memory_audited_row(row: &str) -> String {
+    audited_row(row, "pg_catalog.jsonb_typeof(j.v OPERATOR(pg_catalog.->) 'expires_at') OPERATOR(pg_catalog.=) 'string'")
 }
 
 /// Write the audit rows of `rows` (new memories, composite datums of `rowtype`, in the order
