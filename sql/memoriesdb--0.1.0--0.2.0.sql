@@ -98,6 +98,12 @@ CREATE OR REPLACE FUNCTION @extschema@.fork_session(session_id uuid, new_title t
 RETURNS uuid LANGUAGE c SECURITY DEFINER AS 'MODULE_PATHNAME', 'fork_session_native';
 DROP FUNCTION @extschema@.register_session(uuid, uuid, bigint, uuid);
 
+-- session_lineage() in Rust (src/sessions.rs): the same walk and the same answer, without a
+-- PL/pgSQL call and its search_path switch on every transcript and search of a branch.
+CREATE OR REPLACE FUNCTION @extschema@.session_lineage(session_id uuid)
+RETURNS TABLE (lineage_session_id uuid, visible_upto bigint, generation integer)
+LANGUAGE c STABLE SECURITY DEFINER AS 'MODULE_PATHNAME', 'session_lineage_native';
+
 -- The audit chain's sealing and verification in Rust (src/audit.rs): the same chain, hashed in
 -- one pass over a cursor.
 CREATE OR REPLACE FUNCTION @extschema@.seal_audit_log(max_rows integer DEFAULT 100000)

@@ -66,35 +66,11 @@ $$;
 -- example, how many messages the owner wrote after the fork point). It answers only for a
 -- session the acting user may see (own, or shared with them, directly or as part of a shared
 -- branch); for any other id it returns nothing. Which messages of each segment the caller then
--- reads is still decided by the memories policies. PL/pgSQL, so that the query's plan is cached.
+-- reads is still decided by the memories policies. Rust (src/sessions.rs: the walk is
+-- lineage_sql(), which fork_session() also uses).
 CREATE FUNCTION @extschema@.session_lineage(session_id uuid)
 RETURNS TABLE (lineage_session_id uuid, visible_upto bigint, generation integer)
-LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-#variable_conflict use_column
-DECLARE
-    me uuid;
-BEGIN
-    IF NOT (@extschema@.acting_role_bypasses_rls() OR @extschema@.acting_role_is('memoriesdb_worker')) THEN
-        me := @extschema@.current_memory_user();
-        IF NOT @extschema@.session_visible_to(me, session_lineage.session_id) THEN
-            RETURN;
-        END IF;
-    END IF;
-    RETURN QUERY
-    WITH RECURSIVE chain AS (
-        SELECT s.id, s.parent_id, s.fork_position, 9223372036854775807::bigint AS upto, 0 AS generation
-          FROM @extschema@.memory_sessions s
-         WHERE s.id = session_lineage.session_id
-        UNION ALL
-        -- a fork may sit at an inherited message, so an ancestor is seen only up to the
-        -- lowest fork point on the way down to the branch
-        SELECT p.id, p.parent_id, p.fork_position, LEAST(c.fork_position, c.upto), c.generation + 1
-          FROM @extschema@.memory_sessions p
-          JOIN chain c ON p.id = c.parent_id
-    )
-    SELECT chain.id, chain.upto, chain.generation FROM chain;
-END
-$$;
+LANGUAGE c STABLE SECURITY DEFINER AS 'MODULE_PATHNAME', 'session_lineage_native';
 
 -- Rust (src/sessions.rs): a session memory and its memory_sessions row, owned by the acting user
 -- (require_acting_user() words the refusal when the role acts as nobody).

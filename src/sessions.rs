@@ -38,6 +38,7 @@ thread_local! {
     static LATEST_VISIBLE_MESSAGE: KeptPlan = const { KeptPlan::new() };
     static FORK_MESSAGE: KeptPlan = const { KeptPlan::new() };
     static INSERT_MESSAGES: KeptPlan = const { KeptPlan::new() };
+    static LINEAGE: KeptPlan = const { KeptPlan::new() };
 }
 
 /// The UPDATE that takes the next `$2` positions of session `$1` for new messages if the acting
@@ -502,8 +503,8 @@ unsafe fn fork_session(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
                     &LATEST_VISIBLE_MESSAGE,
                     || {
                         format!(
-                            "SELECT x.id, x.position, {SCHEMA}.memory_visible_to($3, x.created_by, x.session_id, x.position, x.id, x.expires_at)
-                               FROM {SCHEMA}.session_lineage($1) l
+                            "SELECT x.id, x.position, {readable}
+                               FROM {lineage} l
                               CROSS JOIN LATERAL (
                                     SELECT m.id, m.position, m.created_by, m.session_id, m.expires_at FROM {SCHEMA}.memories m
                                      WHERE m.session_id OPERATOR(pg_catalog.=) l.lineage_session_id
@@ -511,7 +512,9 @@ unsafe fn fork_session(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
                                        AND {not_expired}
                                      ORDER BY m.position DESC LIMIT 1) x
                               ORDER BY x.position DESC LIMIT 1",
-                            not_expired = crate::policies::not_expired("m.expires_at")
+                            not_expired = crate::policies::not_expired("m.expires_at"),
+                            readable = readable_by("x", "$3"),
+                            lineage = lineage_sql("$1"),
                         )
                     },
                     &[UUID, INT8, UUID],
@@ -530,15 +533,16 @@ unsafe fn fork_session(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
                     || {
                         format!(
                             "SELECT m.position,
-                                    EXISTS (SELECT 1 FROM {SCHEMA}.session_lineage($2) l
+                                    EXISTS (SELECT 1 FROM {lineage} l
                                              WHERE l.lineage_session_id OPERATOR(pg_catalog.=) m.session_id
                                                AND m.position OPERATOR(pg_catalog.<=) l.visible_upto),
                                     readable.by_user
                                FROM {SCHEMA}.memories m
-                              CROSS JOIN LATERAL (SELECT {SCHEMA}.memory_visible_to($4, m.created_by, m.session_id, m.position, m.id, m.expires_at)
-                                                         AS by_user) readable
+                              CROSS JOIN LATERAL (SELECT {readable} AS by_user) readable
                               WHERE m.id OPERATOR(pg_catalog.=) $1 AND m.kind OPERATOR(pg_catalog.=) 'message'
-                                AND ($3 OR readable.by_user)"
+                                AND ($3 OR readable.by_user)",
+                            readable = readable_by("m", "$4"),
+                            lineage = lineage_sql("$2"),
                         )
                     },
                     &[UUID, UUID, BOOL, UUID],
@@ -575,6 +579,70 @@ unsafe fn fork_session(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
 }
 
 crate::fmgr::sql_function_entry!(pg_finfo_fork_session_native, fork_session_native, fork_session);
+
+/// The lineage of the session `session` (SQL, a uuid) as a FROM item: the session itself, seen
+/// whole, and each ancestor up to the fork point of the line below it, as rows
+/// (lineage_session_id, visible_upto, generation), generation 0 being the session. One index
+/// probe per ancestor, whatever the number of messages. It checks no visibility: callers decide
+/// who may see the session first (session_lineage() for SQL callers; fork_session() has).
+pub fn lineage_sql(session: &str) -> String {
+    format!(
+        "(WITH RECURSIVE chain AS (
+              SELECT s.id, s.parent_id, s.fork_position, 9223372036854775807::pg_catalog.int8 AS upto, 0 AS generation
+                FROM {SCHEMA}.memory_sessions s
+               WHERE s.id OPERATOR(pg_catalog.=) {session}
+              UNION ALL
+              -- a fork may sit at an inherited message, so an ancestor is seen only up to the
+              -- lowest fork point on the way down to the branch
+              SELECT p.id, p.parent_id, p.fork_position, LEAST(c.fork_position, c.upto), c.generation OPERATOR(pg_catalog.+) 1
+                FROM {SCHEMA}.memory_sessions p
+                JOIN chain c ON p.id OPERATOR(pg_catalog.=) c.parent_id)
+          SELECT chain.id AS lineage_session_id, chain.upto AS visible_upto, chain.generation FROM chain)"
+    )
+}
+
+/// session_lineage(session_id uuid) RETURNS TABLE (lineage_session_id uuid, visible_upto bigint,
+/// generation integer): lineage_sql() for SQL callers (transcripts, searches, shares, context),
+/// as the extension owner, so that a grantee of a shared fork walks up to the ancestors it
+/// inherits from without seeing their memory_sessions rows. It answers only for a session the
+/// acting user may see (session_visible_to(): their own, or shared with them directly or as part
+/// of a shared branch) — roles that bypass row-level security and workers see every session —
+/// and returns nothing for any other id. Which messages of each segment the caller then reads is
+/// still decided by the memories read rule.
+unsafe fn session_lineage(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    // SAFETY: declared in SQL with this one argument, as a set-returning function with a row type.
+    let (session, result) = unsafe { (raw_arg(fcinfo, 0), spi::ResultSet::materialize(fcinfo)) };
+    let sees_all = identity::acting_role_bypasses_rls() || identity::acting_role_is("memoriesdb_worker");
+    let me = if sees_all { None } else { identity::current_memory_user() };
+    spi::connect(|spi| {
+        let plan = spi::kept(
+            &LINEAGE,
+            || {
+                format!(
+                    // (the condition names no column: PostgreSQL checks it once, before the walk)
+                    "SELECT l.lineage_session_id, l.visible_upto, l.generation
+                       FROM {lineage} l
+                      WHERE $2 OR {SCHEMA}.session_visible_to($3, $1)",
+                    lineage = lineage_sql("$1")
+                )
+            },
+            &[UUID, BOOL, UUID],
+        );
+        spi.return_rows(plan, &[session, arg(sees_all), arg(me)], &result);
+    });
+    pg_sys::Datum::from(0)
+}
+
+crate::fmgr::sql_function_entry!(pg_finfo_session_lineage_native, session_lineage_native, session_lineage);
+
+/// May the user `me` (SQL) read the memory `row` (a row or alias with the memories columns)? The
+/// read rule written into the statement, as memory_visible_to() answers it: a call to that SQL
+/// function (pinned search_path, so never inlined) parsed and planned its body again in every
+/// statement, about a quarter of a fork's time (BENCHMARKS.md, session 18).
+fn readable_by(row: &str, me: &str) -> String {
+    let rule = crate::policies::memories_read_rule(&crate::policies::MemoryColumns::of_row(row), me, "false");
+    format!("({me} IS NOT NULL AND {rule})")
+}
 
 /// P0002 (no_data_found), as PL/pgSQL raises "does not exist" errors.
 fn raise_no_data(message: String, hint: Option<&str>) -> ! {

@@ -84,6 +84,7 @@ const NATIVE_UNPINNED_DEFINERS: &[&str] =
         "log_memory_change",
         "memories_inserted",
         "seal_audit_log",
+        "session_lineage",
         "verify_audit_chain",
     ];
 
@@ -272,6 +273,13 @@ fn search_path_poisoning_cannot_change_identity_or_visibility() {
             .map(|rows| rows.len())
             .unwrap_or(0);
         check(&format!("[{path}] search finds none of alice's"), found == 0);
+        let lineage = b.query("SELECT * FROM memoriesdb.session_lineage($1)", &[&secret_session]).map(|rows| rows.len());
+        check(&format!("[{path}] session_lineage of alice's session is empty for bob: {lineage:?}"), matches!(lineage, Ok(0)));
+        let forked = b.query_one("SELECT memoriesdb.fork_session($1, 'bob''s fork of alice')", &[&secret_session]);
+        check(
+            &format!("[{path}] bob's fork of alice's session: does not exist"),
+            forked.as_ref().err().map(sqlstate).as_deref() == Some("P0002"),
+        );
         let appended = b.query_one("SELECT memoriesdb.add_message_to_session($1, 'user', 'bob was here')", &[&secret_session]);
         check(&format!("[{path}] bob cannot append to alice's session"), appended.is_err());
         let walked = b.query("SELECT * FROM memoriesdb.traverse_memory_graph($1)", &[&secret_memory]);
@@ -290,6 +298,17 @@ fn search_path_poisoning_cannot_change_identity_or_visibility() {
             .unwrap()
             .get(0);
         check(&format!("[{path}] bob's message is at position 1 of his session"), landed == 1);
+        let own_fork: Uuid = b.query_one("SELECT memoriesdb.fork_session($1, 'bob''s fork')", &[&own]).unwrap().get(0);
+        let segments: Vec<(Uuid, i64)> = b
+            .query("SELECT lineage_session_id, visible_upto FROM memoriesdb.session_lineage($1) ORDER BY generation", &[&own_fork])
+            .unwrap()
+            .iter()
+            .map(|row| (row.get(0), row.get(1)))
+            .collect();
+        check(
+            &format!("[{path}] the lineage of bob's fork is the fork, then his session up to position 1: {segments:?}"),
+            segments == vec![(own_fork, i64::MAX), (own, 1)],
+        );
         let owner: Option<Uuid> =
             b.query_one("SELECT created_by FROM memoriesdb.memories m WHERE m.id OPERATOR(pg_catalog.=) $1", &[&own]).unwrap().get(0);
         check(&format!("[{path}] a session bob creates is bob's"), owner == Some(bob));
