@@ -267,9 +267,10 @@ BEGIN
     EXECUTE pg_catalog.format(
         'CREATE FUNCTION @extschema@.memory_visible_to(me uuid, owner uuid, session uuid, message_position bigint, memory uuid,
                                                       expires timestamptz)
-         RETURNS boolean LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS %L',
-        'SELECT me IS NOT NULL AND '
-            OPERATOR(pg_catalog.||) @extschema@.memories_read_rule_sql('memory', 'owner', 'session', 'message_position', 'expires', 'me', 'false'));
+         RETURNS boolean LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS %L',
+        'BEGIN RETURN me IS NOT NULL AND '
+            OPERATOR(pg_catalog.||) @extschema@.memories_read_rule_sql('memory', 'owner', 'session', 'message_position', 'expires', 'me', 'false')
+            OPERATOR(pg_catalog.||) '; END');
 END
 $$;
 DO $$

@@ -9,14 +9,18 @@
 -- Can user `me` see this memory? The memories read rule (its one definition is in Rust,
 -- src/policies.rs), for SQL code that runs as the extension owner (SECURITY DEFINER) and must
 -- decide for its caller. Created from the rule's text, as the memories_read policy below is.
+-- PL/pgSQL, so that its plan is kept across calls: a SQL function with a pinned search_path is
+-- never inlined, and parsed and planned its body again in every statement that called it (about
+-- 100 us a call, against 20 us). Rust code writes the rule into its statements instead.
 DO $$
 BEGIN
     EXECUTE pg_catalog.format(
         'CREATE FUNCTION @extschema@.memory_visible_to(me uuid, owner uuid, session uuid, message_position bigint, memory uuid,
                                                       expires timestamptz)
-         RETURNS boolean LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS %L',
-        'SELECT me IS NOT NULL AND '
-            OPERATOR(pg_catalog.||) @extschema@.memories_read_rule_sql('memory', 'owner', 'session', 'message_position', 'expires', 'me', 'false'));
+         RETURNS boolean LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS %L',
+        'BEGIN RETURN me IS NOT NULL AND '
+            OPERATOR(pg_catalog.||) @extschema@.memories_read_rule_sql('memory', 'owner', 'session', 'message_position', 'expires', 'me', 'false')
+            OPERATOR(pg_catalog.||) '; END');
 END
 $$;
 
