@@ -98,11 +98,12 @@ CREATE OR REPLACE FUNCTION @extschema@.fork_session(session_id uuid, new_title t
 RETURNS uuid LANGUAGE c SECURITY DEFINER AS 'MODULE_PATHNAME', 'fork_session_native';
 DROP FUNCTION @extschema@.register_session(uuid, uuid, bigint, uuid);
 
--- session_lineage() in Rust (src/sessions.rs): the same walk and the same answer, without a
--- PL/pgSQL call and its search_path switch on every transcript and search of a branch.
+-- session_lineage() in Rust (src/sessions.rs): the same walk and the same answer, without
+-- PL/pgSQL's own call and search_path switch (the visibility check, session_visible_to(), is
+-- still one PL/pgSQL call for users other than workers and roles that bypass row-level security).
 CREATE OR REPLACE FUNCTION @extschema@.session_lineage(session_id uuid)
 RETURNS TABLE (lineage_session_id uuid, visible_upto bigint, generation integer)
-LANGUAGE c STABLE SECURITY DEFINER AS 'MODULE_PATHNAME', 'session_lineage_native';
+LANGUAGE c STABLE SECURITY DEFINER COST 100 AS 'MODULE_PATHNAME', 'session_lineage_native';
 
 -- The audit chain's sealing and verification in Rust (src/audit.rs): the same chain, hashed in
 -- one pass over a cursor.
@@ -268,8 +269,10 @@ BEGIN
         'CREATE FUNCTION @extschema@.memory_visible_to(me uuid, owner uuid, session uuid, message_position bigint, memory uuid,
                                                       expires timestamptz)
          RETURNS boolean LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS %L',
-        'BEGIN RETURN me IS NOT NULL AND '
-            OPERATOR(pg_catalog.||) @extschema@.memories_read_rule_sql('memory', 'owner', 'session', 'message_position', 'expires', 'me', 'false')
+        'BEGIN RETURN memory_visible_to.me IS NOT NULL AND '
+            OPERATOR(pg_catalog.||) @extschema@.memories_read_rule_sql(
+                'memory_visible_to.memory', 'memory_visible_to.owner', 'memory_visible_to.session',
+                'memory_visible_to.message_position', 'memory_visible_to.expires', 'memory_visible_to.me', 'false')
             OPERATOR(pg_catalog.||) '; END');
 END
 $$;

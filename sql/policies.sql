@@ -11,15 +11,19 @@
 -- decide for its caller. Created from the rule's text, as the memories_read policy below is.
 -- PL/pgSQL, so that its plan is kept across calls: a SQL function with a pinned search_path is
 -- never inlined, and parsed and planned its body again in every statement that called it (about
--- 100 us a call, against 20 us). Rust code writes the rule into its statements instead.
+-- 100 us a call in PostgreSQL 15, against 20 us). Rust code writes the rule into its statements
+-- instead. Its parameters are named with the function's name, so that a column of the same name
+-- in a table the rule reads can never take their place.
 DO $$
 BEGIN
     EXECUTE pg_catalog.format(
         'CREATE FUNCTION @extschema@.memory_visible_to(me uuid, owner uuid, session uuid, message_position bigint, memory uuid,
                                                       expires timestamptz)
          RETURNS boolean LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS %L',
-        'BEGIN RETURN me IS NOT NULL AND '
-            OPERATOR(pg_catalog.||) @extschema@.memories_read_rule_sql('memory', 'owner', 'session', 'message_position', 'expires', 'me', 'false')
+        'BEGIN RETURN memory_visible_to.me IS NOT NULL AND '
+            OPERATOR(pg_catalog.||) @extschema@.memories_read_rule_sql(
+                'memory_visible_to.memory', 'memory_visible_to.owner', 'memory_visible_to.session',
+                'memory_visible_to.message_position', 'memory_visible_to.expires', 'memory_visible_to.me', 'false')
             OPERATOR(pg_catalog.||) '; END');
 END
 $$;

@@ -28,7 +28,7 @@ $$;
 
 -- The conversation writers (create_session, add_message(s)_to_session, fork_session) run as the
 -- extension owner (SECURITY DEFINER): they call internal helpers nobody else may call
--- (session_lineage, check_message_batch) and write rows only the extension writes. Running
+-- (check_message_batch) and write rows only the extension writes. Running
 -- as the owner, they bypass row-level security, so each decides for its caller explicitly,
 -- with the helpers below, and answers "does not exist" for whatever the caller cannot see.
 
@@ -67,10 +67,11 @@ $$;
 -- session the acting user may see (own, or shared with them, directly or as part of a shared
 -- branch); for any other id it returns nothing. Which messages of each segment the caller then
 -- reads is still decided by the memories policies. Rust (src/sessions.rs: the walk is
--- lineage_sql(), which fork_session() also uses).
+-- lineage_sql(), which fork_session() also uses). COST 100, as the PL/pgSQL function had (a C
+-- function's default is 1), so the plans around it stay as they were.
 CREATE FUNCTION @extschema@.session_lineage(session_id uuid)
 RETURNS TABLE (lineage_session_id uuid, visible_upto bigint, generation integer)
-LANGUAGE c STABLE SECURITY DEFINER AS 'MODULE_PATHNAME', 'session_lineage_native';
+LANGUAGE c STABLE SECURITY DEFINER COST 100 AS 'MODULE_PATHNAME', 'session_lineage_native';
 
 -- Rust (src/sessions.rs): a session memory and its memory_sessions row, owned by the acting user
 -- (require_acting_user() words the refusal when the role acts as nobody).

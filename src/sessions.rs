@@ -636,9 +636,10 @@ unsafe fn session_lineage(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
 crate::fmgr::sql_function_entry!(pg_finfo_session_lineage_native, session_lineage_native, session_lineage);
 
 /// May the user `me` (SQL) read the memory `row` (a row or alias with the memories columns)? The
-/// read rule written into the statement, as memory_visible_to() answers it: a call to that SQL
-/// function (pinned search_path, so never inlined) parsed and planned its body again in every
-/// statement, about a quarter of a fork's time (BENCHMARKS.md, session 18).
+/// read rule written into the statement, as memory_visible_to() answers it. Calling that function
+/// instead cost about a third of a fork while it was SQL (a pinned search_path keeps PostgreSQL 15
+/// from inlining it, so it parsed and planned its body again in every statement), and still a
+/// PL/pgSQL call now (BENCHMARKS.md, session 18).
 fn readable_by(row: &str, me: &str) -> String {
     let rule = crate::policies::memories_read_rule(&crate::policies::MemoryColumns::of_row(row), me, "false");
     format!("({me} IS NOT NULL AND {rule})")

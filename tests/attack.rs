@@ -224,6 +224,12 @@ fn search_path_poisoning_cannot_change_identity_or_visibility() {
     a.query_one("SELECT add_message_to_session($1, 'user', 'alice secret message')", &[&secret_session]).unwrap();
     let secret_memory: Uuid =
         a.query_one("INSERT INTO memories (content) VALUES ('alice secret memory') RETURNING id", &[]).unwrap().get(0);
+    let secret_message: Uuid =
+        a.query_one("SELECT message_id FROM get_formatted_conversation($1)", &[&secret_session]).unwrap().get(0);
+    // a session alice shares with bob: he may fork it, and his fork's lineage walks up to it
+    let shared_session: Uuid = a.query_one("SELECT create_session('a shared conversation')", &[]).unwrap().get(0);
+    a.query_one("SELECT add_message_to_session($1, 'user', 'shared message')", &[&shared_session]).unwrap();
+    a.query_one("SELECT share_memory($1, $2, false)", &[&shared_session, &bob]).unwrap();
 
     db.admin().batch_execute(&format!("CREATE SCHEMA evil AUTHORIZATION {bob_role}")).unwrap();
     let mut b = db.connect_as(&bob_role);
@@ -241,6 +247,11 @@ fn search_path_poisoning_cannot_change_identity_or_visibility() {
          CREATE OPERATOR evil.= (LEFTARG = bigint, RIGHTARG = bigint, FUNCTION = evil.yes);
          CREATE OPERATOR evil.= (LEFTARG = name, RIGHTARG = text, FUNCTION = evil.yes);
          CREATE OPERATOR evil.<= (LEFTARG = bigint, RIGHTARG = bigint, FUNCTION = evil.yes);
+         CREATE FUNCTION evil.yes(timestamptz, timestamptz) RETURNS boolean LANGUAGE sql IMMUTABLE AS 'SELECT true';
+         CREATE OPERATOR evil.> (LEFTARG = timestamptz, RIGHTARG = timestamptz, FUNCTION = evil.yes);
+         CREATE FUNCTION evil.yes(integer, integer) RETURNS boolean LANGUAGE sql IMMUTABLE AS 'SELECT true';
+         CREATE OPERATOR evil.+ (LEFTARG = integer, RIGHTARG = integer, FUNCTION = evil.yes);
+         CREATE FUNCTION evil.now() RETURNS timestamptz LANGUAGE sql IMMUTABLE AS 'SELECT ''-infinity''::timestamptz';
          CREATE TABLE evil.users (id uuid, name text, db_role name, _metadata jsonb);
          INSERT INTO evil.users VALUES ('{alice}', 'fake', '{bob_role}', '{{}}');
          CREATE TABLE evil.memories AS SELECT 'fake'::text AS content;
@@ -309,6 +320,34 @@ fn search_path_poisoning_cannot_change_identity_or_visibility() {
             &format!("[{path}] the lineage of bob's fork is the fork, then his session up to position 1: {segments:?}"),
             segments == vec![(own_fork, i64::MAX), (own, 1)],
         );
+        // a fork at a named message: his own, and alice's secret one
+        let own_message: Uuid =
+            b.query_one("SELECT message_id FROM memoriesdb.get_formatted_conversation($1)", &[&own]).unwrap().get(0);
+        let at_message = b.query_one("SELECT memoriesdb.fork_session($1, 'at his message', '{}', $2)", &[&own, &own_message]);
+        check(&format!("[{path}] bob forks his session at his own message: {at_message:?}"), at_message.is_ok());
+        let at_secret = b.query_one("SELECT memoriesdb.fork_session($1, 'at her message', '{}', $2)", &[&own, &secret_message]);
+        check(
+            &format!("[{path}] bob's fork at alice's secret message: does not exist"),
+            at_secret.as_ref().err().map(sqlstate).as_deref() == Some("P0002"),
+        );
+        // a fork of the session alice shared with him walks up to it
+        let shared_fork = b.query_one("SELECT memoriesdb.fork_session($1, 'fork of a shared session')", &[&shared_session]);
+        let shared_segments: Vec<Uuid> = match &shared_fork {
+            Ok(row) => b
+                .query(
+                    "SELECT lineage_session_id FROM memoriesdb.session_lineage($1) ORDER BY generation",
+                    &[&row.get::<_, Uuid>(0)],
+                )
+                .unwrap()
+                .iter()
+                .map(|row| row.get(0))
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        check(
+            &format!("[{path}] bob forks the shared session, and the fork's lineage reaches it: {shared_fork:?} {shared_segments:?}"),
+            shared_segments.len() == 2 && shared_segments[1] == shared_session,
+        );
         let owner: Option<Uuid> =
             b.query_one("SELECT created_by FROM memoriesdb.memories m WHERE m.id OPERATOR(pg_catalog.=) $1", &[&own]).unwrap().get(0);
         check(&format!("[{path}] a session bob creates is bob's"), owner == Some(bob));
@@ -316,8 +355,14 @@ fn search_path_poisoning_cannot_change_identity_or_visibility() {
     b.batch_execute("RESET search_path").unwrap();
     let me: Option<Uuid> = b.query_one("SELECT current_memory_user()", &[]).unwrap().get(0);
     check("after RESET search_path, current_memory_user() is still bob", me == Some(bob));
-    let seen: i64 = b.query_one("SELECT count(*) FROM memories WHERE created_by = $1", &[&alice]).unwrap().get(0);
-    check("after RESET, none of alice's memories are visible", seen == 0);
+    let seen: i64 = b
+        .query_one(
+            "SELECT count(*) FROM memories WHERE created_by = $1 AND id <> $2 AND session_id IS DISTINCT FROM $2",
+            &[&alice, &shared_session],
+        )
+        .unwrap()
+        .get(0);
+    check("after RESET, none of alice's memories but the session she shared are visible", seen == 0);
     let audited: i64 = db
         .admin()
         .query_one("SELECT count(*) FROM memoriesdb.audit_log WHERE acting_user = $1 AND db_role = $2", &[&alice, &bob_role])
