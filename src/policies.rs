@@ -7,9 +7,10 @@
 //! and HNSW indexes from driving them (their operators are not leakproof, so they may not run
 //! before a policy). All three are made from `memories_read_rule()`: sql/policies.sql creates
 //! the policy and the function from its text at install time, and search.rs (and fork_session()
-//! in sessions.rs, for the fork point) puts it into its statements. The rule is written as plain conditions and EXISTS probes, never as a function
-//! call, so that the planner sees it (a scalar SQL function containing a subquery is never
-//! inlined), and tests/visibility.rs checks the indexes still drive every plan.
+//! in sessions.rs, for the fork point) puts it into its statements. The rule is written as plain
+//! conditions and EXISTS probes, never as a function call, so that the planner sees it (a scalar
+//! SQL function containing a subquery is never inlined), and tests/visibility.rs checks the
+//! indexes still drive every plan.
 
 use crate::catalog::SCHEMA;
 use pgrx::prelude::*;
