@@ -68,6 +68,16 @@ pub fn memories_read_rule(memory: &MemoryColumns, me: &str, worker: &str) -> Str
     )
 }
 
+/// May the user `me` (SQL) read the memory `row` (a row or alias with the memories columns)? The
+/// read rule written into the statement, as memory_visible_to() answers it. Calling that function
+/// instead cost about a third of a fork while it was SQL (a pinned search_path keeps PostgreSQL 15
+/// from inlining it, so it parsed and planned its body again in every statement), and still a
+/// PL/pgSQL call now (BENCHMARKS.md, session 18). fork_session() uses it for the fork point.
+pub fn readable_by(row: &str, me: &str) -> String {
+    let rule = memories_read_rule(&MemoryColumns::of_row(row), me, "false");
+    format!("({me} IS NOT NULL AND {rule})")
+}
+
 /// The rule as SQL text, for sql/policies.sql to create the memories_read policy and
 /// memory_visible_to() from at install (and upgrade) time. Internal: nobody else may call it.
 #[pg_extern(immutable, strict, parallel_safe)]

@@ -513,7 +513,7 @@ unsafe fn fork_session(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
                                      ORDER BY m.position DESC LIMIT 1) x
                               ORDER BY x.position DESC LIMIT 1",
                             not_expired = crate::policies::not_expired("m.expires_at"),
-                            readable = readable_by("x", "$3"),
+                            readable = crate::policies::readable_by("x", "$3"),
                             lineage = lineage_sql("$1"),
                         )
                     },
@@ -541,7 +541,7 @@ unsafe fn fork_session(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
                               CROSS JOIN LATERAL (SELECT {readable} AS by_user) readable
                               WHERE m.id OPERATOR(pg_catalog.=) $1 AND m.kind OPERATOR(pg_catalog.=) 'message'
                                 AND ($3 OR readable.by_user)",
-                            readable = readable_by("m", "$4"),
+                            readable = crate::policies::readable_by("m", "$4"),
                             lineage = lineage_sql("$2"),
                         )
                     },
@@ -634,16 +634,6 @@ unsafe fn session_lineage(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
 }
 
 crate::fmgr::sql_function_entry!(pg_finfo_session_lineage_native, session_lineage_native, session_lineage);
-
-/// May the user `me` (SQL) read the memory `row` (a row or alias with the memories columns)? The
-/// read rule written into the statement, as memory_visible_to() answers it. Calling that function
-/// instead cost about a third of a fork while it was SQL (a pinned search_path keeps PostgreSQL 15
-/// from inlining it, so it parsed and planned its body again in every statement), and still a
-/// PL/pgSQL call now (BENCHMARKS.md, session 18).
-fn readable_by(row: &str, me: &str) -> String {
-    let rule = crate::policies::memories_read_rule(&crate::policies::MemoryColumns::of_row(row), me, "false");
-    format!("({me} IS NOT NULL AND {rule})")
-}
 
 /// P0002 (no_data_found), as PL/pgSQL raises "does not exist" errors.
 fn raise_no_data(message: String, hint: Option<&str>) -> ! {

@@ -304,10 +304,10 @@ unsafe fn log_memory_change(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
                         "INSERT INTO {SCHEMA}.audit_log (table_name, operation, row_id, old_row, new_row, acting_user,
                                                          subject_user, db_role, txid)
                          VALUES ('{table_name}', $1, $2,
-                                 {old_row},
-                                 pg_catalog.to_jsonb($4) OPERATOR(pg_catalog.-) 'search_tsv'::pg_catalog.text,
+                                 {old_row}, {new_row},
                                  $5, $6, {SCHEMA}.acting_db_role(), pg_catalog.txid_current())",
-                        old_row = audited_row("$3", "$7")
+                        old_row = audited_row("$3", "$7"),
+                        new_row = audited_row("$4", "false")
                     )
                 },
                 &[text, uuid, rowtype, rowtype, uuid, uuid, pg_sys::BOOLOID],
